@@ -1,0 +1,209 @@
+//! Device resolution: from a file's `st_dev` to the block device node whose
+//! byte offsets FIEMAP reports, opened for reading only.
+//!
+//! FIEMAP's `fe_physical` is relative to the block device the filesystem sits
+//! on: a partition (`/dev/nvme0n1p1`), a loop device, a dm target. The kernel
+//! names that device in `/sys/dev/block/MAJ:MIN/uevent` (`DEVNAME=`), which
+//! works the same for partitions, NVMe, loop and dm. Filesystems without a
+//! backing block device (tmpfs, overlayfs, FUSE, NFS, btrfs's anonymous
+//! device numbers) have major number 0 or no sysfs entry: their files are read
+//! through the file instead.
+//!
+//! The device is opened `O_RDONLY | O_DIRECT`: read-only because prewarm
+//! never writes to a device, and direct because reading the device through
+//! the page cache would fill it with blocks nobody reads through the device
+//! node (see `docs/design.md`: hydrating is not cache-warming). If the device
+//! refuses O_DIRECT it is opened buffered, and the report says so.
+
+use std::fs::File;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::fiemap;
+
+/// A block device number, `MAJ:MIN`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct DeviceId {
+    pub major: u32,
+    pub minor: u32,
+}
+
+impl DeviceId {
+    /// Split an `st_dev` / `st_rdev` value.
+    pub fn from_dev(dev: u64) -> Self {
+        DeviceId {
+            major: libc::major(dev),
+            minor: libc::minor(dev),
+        }
+    }
+}
+
+impl std::fmt::Display for DeviceId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.major, self.minor)
+    }
+}
+
+/// Why a device could not be used for device-level reads.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    #[error("{0} is not backed by a block device (tmpfs, overlayfs, FUSE, ...)")]
+    Virtual(DeviceId),
+    #[error("reading {path}: {source}")]
+    Sysfs {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no device node for block device {0} in /dev")]
+    NoNode(DeviceId),
+    #[error("opening {path}: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{node}: {reason}")]
+    Unusable { node: PathBuf, reason: String },
+    #[error("querying {path}: {source}")]
+    Ioctl {
+        path: PathBuf,
+        #[source]
+        source: nix::Error,
+    },
+}
+
+/// An open block device, ready for aligned reads.
+#[derive(Debug)]
+pub struct BlockDevice {
+    pub id: DeviceId,
+    pub node: PathBuf,
+    pub file: File,
+    /// Opened with O_DIRECT (false when the device refused it).
+    pub direct: bool,
+    /// `BLKSSZGET`: the alignment of direct reads.
+    pub logical_block_size: u32,
+    /// `BLKGETSIZE64`.
+    pub size: u64,
+    /// Filesystem type mounted from it, when /proc/self/mountinfo says.
+    pub fs_type: Option<String>,
+}
+
+/// Find the `/dev` node of block device `id`.
+pub fn resolve_node(id: DeviceId) -> Result<PathBuf, DeviceError> {
+    if id.major == 0 {
+        return Err(DeviceError::Virtual(id));
+    }
+    let uevent = PathBuf::from(format!("/sys/dev/block/{id}/uevent"));
+    let text = match std::fs::read_to_string(&uevent) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(DeviceError::Virtual(id)),
+        Err(source) => {
+            return Err(DeviceError::Sysfs {
+                path: uevent,
+                source,
+            })
+        }
+    };
+    let mut candidates = Vec::new();
+    if let Some(name) = text.lines().find_map(|l| l.strip_prefix("DEVNAME=")) {
+        candidates.push(Path::new("/dev").join(name));
+    }
+    candidates.push(PathBuf::from(format!("/dev/block/{id}")));
+    candidates
+        .into_iter()
+        .find(|p| is_block_device(p, id))
+        .ok_or(DeviceError::NoNode(id))
+}
+
+fn is_block_device(path: &Path, id: DeviceId) -> bool {
+    std::fs::metadata(path)
+        .map(|m| m.file_type().is_block_device() && DeviceId::from_dev(m.rdev()) == id)
+        .unwrap_or(false)
+}
+
+/// Resolve and open block device `id` read-only, preferring O_DIRECT.
+pub fn open(id: DeviceId) -> Result<BlockDevice, DeviceError> {
+    let node = resolve_node(id)?;
+    let (file, direct) = open_read_only(&node, true, 0).map_err(|source| DeviceError::Open {
+        path: node.clone(),
+        source,
+    })?;
+    let ioctl_err = |source| DeviceError::Ioctl {
+        path: node.clone(),
+        source,
+    };
+    let logical_block_size = fiemap::logical_block_size(&file).map_err(ioctl_err)?;
+    let size = fiemap::device_size(&file).map_err(ioctl_err)?;
+    Ok(BlockDevice {
+        id,
+        fs_type: mounted_fs_type(id),
+        node,
+        file,
+        direct,
+        logical_block_size,
+        size,
+    })
+}
+
+/// Open `path` read-only (never writable: this is the one place prewarm
+/// opens anything), with O_DIRECT when `direct` and the filesystem or driver
+/// accepts it (EINVAL means it does not), else buffered; `extra` flags are
+/// added. Returns the file and whether O_DIRECT is in effect.
+pub fn open_read_only(path: &Path, direct: bool, extra: i32) -> std::io::Result<(File, bool)> {
+    let open = |flags| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(flags | extra | libc::O_CLOEXEC)
+            .open(path)
+    };
+    if direct {
+        match open(libc::O_DIRECT) {
+            Ok(f) => return Ok((f, true)),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                tracing::debug!(path = %path.display(), "O_DIRECT refused, reading buffered")
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    open(0).map(|f| (f, false))
+}
+
+fn mounted_fs_type(id: DeviceId) -> Option<String> {
+    let infos = procfs::process::Process::myself().ok()?.mountinfo().ok()?;
+    let majmin = id.to_string();
+    infos
+        .iter()
+        .find(|m| m.majmin == majmin)
+        .map(|m| m.fs_type.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn virtual_devices_are_refused() {
+        let err = resolve_node(DeviceId {
+            major: 0,
+            minor: 42,
+        })
+        .unwrap_err();
+        assert!(matches!(err, DeviceError::Virtual(_)), "{err}");
+    }
+
+    #[test]
+    fn devid_roundtrip() {
+        let id = DeviceId::from_dev(libc::makedev(259, 3));
+        assert_eq!(
+            id,
+            DeviceId {
+                major: 259,
+                minor: 3
+            }
+        );
+        assert_eq!(id.to_string(), "259:3");
+    }
+}

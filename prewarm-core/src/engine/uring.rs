@@ -1,0 +1,185 @@
+//! io_uring backend: one ring, one registered buffer per slot, the ring kept
+//! full from the first read to the last.
+//!
+//! This module and `fiemap` are the only places with `unsafe`: io_uring
+//! hands the kernel raw buffer addresses that it writes into later, which the
+//! borrow checker cannot follow. The invariants are simple and local:
+//!
+//! * each slot `i` owns the buffer `slot_ptrs[i]` (`slot_len` bytes inside
+//!   the caller's `IoBuffers` mapping) and has at most one read in flight, so
+//!   the kernel never writes one buffer for two reads at once;
+//! * the mapping outlives every read: the function does not return while a
+//!   read is in flight, except by leaking both the ring and the mapping
+//!   (`abandon`), so a late completion can only write into memory that is
+//!   never freed or reused.
+
+use std::os::fd::AsRawFd;
+use std::time::Instant;
+
+use io_uring::{opcode, squeue, types, IoUring};
+
+use super::{
+    account, Backend, EngineConfig, EngineStats, IoBuffers, Next, ReadOp, ReadTarget, STOP_GRACE,
+};
+
+/// io_uring could not be set up (or refused the first submission): nothing
+/// was read, the caller may fall back.
+pub(super) struct SetupError(pub std::io::Error);
+
+#[derive(Clone, Copy)]
+struct InFlight {
+    op: usize,
+    /// Bytes of the op already read (short reads resubmit the rest).
+    done: u32,
+}
+
+pub(super) fn run(
+    targets: &[ReadTarget<'_>],
+    ops: &[ReadOp],
+    cfg: &EngineConfig,
+    buffers: &mut IoBuffers,
+) -> Result<EngineStats, SetupError> {
+    let depth = buffers.slots;
+    let slot_len = buffers.slot_len;
+    let mut ring = IoUring::new((depth as u32).next_power_of_two()).map_err(SetupError)?;
+    let slot_ptrs: Vec<*mut u8> = buffers
+        .slot_buffers()
+        .into_iter()
+        .map(<[u8]>::as_mut_ptr)
+        .collect();
+    let iovecs: Vec<libc::iovec> = slot_ptrs
+        .iter()
+        .map(|&p| libc::iovec {
+            iov_base: p.cast(),
+            iov_len: slot_len,
+        })
+        .collect();
+    // Safety: every iovec points into `buffers.map`, which outlives the ring
+    // (see the module doc: the ring is dropped or leaked before we return,
+    // and on leak the mapping is leaked too).
+    let fixed = unsafe { ring.submitter().register_buffers(&iovecs) }.is_ok();
+    if !fixed {
+        tracing::debug!("io_uring buffer registration refused; using unregistered buffers");
+    }
+
+    let entry = |op: &ReadOp, done: u32, slot: usize| -> squeue::Entry {
+        let fd = types::Fd(targets[op.target].fd.as_raw_fd());
+        let buf = slot_ptrs[slot].wrapping_add(done as usize);
+        let len = op.len - done;
+        let offset = op.offset + u64::from(done);
+        let e = if fixed {
+            opcode::ReadFixed::new(fd, buf, len, slot as u16)
+                .offset(offset)
+                .build()
+        } else {
+            opcode::Read::new(fd, buf, len).offset(offset).build()
+        };
+        e.user_data(slot as u64)
+    };
+
+    let mut stats = EngineStats::new(Backend::Uring, ops.len());
+    let mut slots: Vec<Option<InFlight>> = vec![None; depth];
+    let mut free: Vec<usize> = (0..depth).rev().collect();
+    let mut next = 0usize;
+    let mut inflight = 0usize;
+    let mut stopped_at: Option<Instant> = None;
+    let mut first_submit = true;
+    let timeout = types::Timespec::new().nsec(100_000_000);
+    let mut completed: Vec<(u64, i32)> = Vec::with_capacity(depth);
+
+    loop {
+        if stats.stopped.is_none() {
+            if let Some(reason) = cfg.stop.check() {
+                tracing::info!(?reason, "stopping: no new reads are issued");
+                stats.stopped = Some(reason);
+                stopped_at = Some(Instant::now());
+            }
+        }
+        while stats.stopped.is_none() && next < ops.len() {
+            let Some(slot) = free.pop() else { break };
+            let e = entry(&ops[next], 0, slot);
+            // Safety: the entry's buffer is slot `slot`'s, which is free (no
+            // read in flight on it) and lives as long as the ring.
+            if unsafe { ring.submission().push(&e) }.is_err() {
+                free.push(slot);
+                break;
+            }
+            slots[slot] = Some(InFlight { op: next, done: 0 });
+            next += 1;
+            inflight += 1;
+        }
+        if inflight == 0 {
+            break;
+        }
+        if stopped_at.is_some_and(|t| t.elapsed() > STOP_GRACE) {
+            tracing::warn!(
+                inflight,
+                "reads still in flight after the stop grace period; abandoning them"
+            );
+            abandon(ring, buffers);
+            break;
+        }
+        let args = types::SubmitArgs::new().timespec(&timeout);
+        match ring.submitter().submit_with_args(1, &args) {
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ETIME | libc::EINTR | libc::EBUSY)
+                ) => {}
+            Err(e) if first_submit => return Err(SetupError(e)),
+            Err(e) => {
+                tracing::error!("io_uring submit failed: {e}; abandoning {inflight} reads");
+                for f in slots.iter().flatten() {
+                    stats.fail(&ops[f.op], e.raw_os_error().unwrap_or(libc::EIO));
+                }
+                abandon(ring, buffers);
+                break;
+            }
+        }
+        first_submit = false;
+
+        completed.extend(ring.completion().map(|c| (c.user_data(), c.result())));
+        for (user_data, res) in completed.drain(..) {
+            let slot = user_data as usize;
+            let Some(f) = slots.get_mut(slot).and_then(Option::take) else {
+                continue;
+            };
+            let op = &ops[f.op];
+            match account(
+                &mut stats,
+                &targets[op.target],
+                op,
+                op.len - f.done,
+                i64::from(res),
+            ) {
+                Next::Done => {
+                    stats.ios_done += 1;
+                    inflight -= 1;
+                    free.push(slot);
+                    if let Some(p) = &cfg.progress {
+                        p.complete(op.priority);
+                    }
+                }
+                Next::Resubmit { advanced } => {
+                    let done = f.done + advanced;
+                    let e = entry(op, done, slot);
+                    // Safety: as above; the slot's previous read has completed.
+                    // The SQ holds as many entries as there are slots, so
+                    // there is room.
+                    let _ = unsafe { ring.submission().push(&e) };
+                    slots[slot] = Some(InFlight { op: f.op, done });
+                }
+            }
+        }
+    }
+    stats.not_issued = (ops.len() - next) as u64;
+    Ok(stats)
+}
+
+/// Give up on reads still in flight: leak the ring and the buffer mapping so
+/// that a late completion writes into memory that stays allocated and unused.
+fn abandon(ring: IoUring, buffers: &mut IoBuffers) {
+    std::mem::forget(ring);
+    buffers.leak();
+}

@@ -1,0 +1,223 @@
+//! Extent mapping: where on its block device each byte of a file lives, and
+//! which bytes must instead be read through the file.
+//!
+//! [`map_file`] asks FIEMAP for the file's extents and sorts them three ways:
+//!
+//! * plain extents become [`DeviceExtent`]s, read later from the raw device;
+//! * `UNWRITTEN` extents and holes need no read at all (the filesystem returns
+//!   zeroes without touching the disk);
+//! * extents whose device location is not a plain byte range (`UNKNOWN`,
+//!   `DELALLOC`, `ENCODED`, `DATA_ENCRYPTED`, `DATA_INLINE`, `DATA_TAIL`,
+//!   `NOT_ALIGNED`) become file ranges, read through the file.
+//!
+//! A filesystem without FIEMAP makes the whole file one file range. Either
+//! way, once the plan has run, every byte of the file has been read.
+
+use std::fs::File;
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::device::open_read_only;
+use crate::fiemap::{self, RawFileExtent};
+
+/// Flags whose extents have no plain device byte range.
+const NEEDS_FILE_READ: u32 = fiemap::FIEMAP_EXTENT_UNKNOWN
+    | fiemap::FIEMAP_EXTENT_DELALLOC
+    | fiemap::FIEMAP_EXTENT_ENCODED
+    | fiemap::FIEMAP_EXTENT_DATA_ENCRYPTED
+    | fiemap::FIEMAP_EXTENT_NOT_ALIGNED
+    | fiemap::FIEMAP_EXTENT_DATA_INLINE
+    | fiemap::FIEMAP_EXTENT_DATA_TAIL;
+
+/// A half-open byte range `[offset, offset + len)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct ByteRange {
+    pub offset: u64,
+    pub len: u64,
+}
+
+impl ByteRange {
+    pub fn end(&self) -> u64 {
+        self.offset + self.len
+    }
+}
+
+/// `length` bytes of the file at `logical` live on the device at `physical`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct DeviceExtent {
+    pub logical: u64,
+    pub physical: u64,
+    pub length: u64,
+    pub flags: u32,
+}
+
+/// How a file's bytes will be read.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ExtentMap {
+    /// Extents read from the raw block device.
+    pub device_extents: Vec<DeviceExtent>,
+    /// Byte ranges of the file read through the file itself.
+    pub file_ranges: Vec<ByteRange>,
+    /// Bytes in unwritten (preallocated) extents: nothing to read.
+    pub unwritten_bytes: u64,
+    /// Why some or all bytes are read through the file, if they are.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<String>,
+}
+
+impl ExtentMap {
+    /// Bytes read from the device.
+    pub fn device_bytes(&self) -> u64 {
+        self.device_extents.iter().map(|e| e.length).sum()
+    }
+
+    /// Bytes read through the file.
+    pub fn file_bytes(&self) -> u64 {
+        self.file_ranges.iter().map(|r| r.len).sum()
+    }
+
+    /// The whole file is read through the file (no usable FIEMAP, or the
+    /// device cannot be opened).
+    pub fn whole_file(size: u64, reason: impl Into<String>) -> Self {
+        ExtentMap {
+            file_ranges: if size > 0 {
+                vec![ByteRange {
+                    offset: 0,
+                    len: size,
+                }]
+            } else {
+                Vec::new()
+            },
+            fallback: Some(reason.into()),
+            ..Default::default()
+        }
+    }
+
+    /// Turn the device extents into file ranges: used when the file's block
+    /// device cannot be resolved or opened.
+    pub fn demote_to_file_reads(&mut self, reason: impl Into<String>) {
+        if self.device_extents.is_empty() {
+            return;
+        }
+        self.file_ranges
+            .extend(self.device_extents.drain(..).map(|e| ByteRange {
+                offset: e.logical,
+                len: e.length,
+            }));
+        self.file_ranges.sort();
+        self.fallback = Some(reason.into());
+    }
+}
+
+/// Open a file read-only for mapping and reading, without updating its
+/// access time where the kernel lets us (an atime update is a write), and
+/// with O_DIRECT when `direct` and the filesystem accepts it. Returns the file
+/// and whether O_DIRECT is in effect.
+pub fn open_file(path: &Path, direct: bool) -> std::io::Result<(File, bool)> {
+    match open_read_only(path, direct, libc::O_NOATIME) {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => open_read_only(path, direct, 0),
+        other => other,
+    }
+}
+
+/// Map the open file `file` of `size` bytes. Never fails: a filesystem
+/// without FIEMAP yields a whole-file fallback.
+pub fn map_file(file: &File, size: u64) -> ExtentMap {
+    match fiemap::file_extents(file) {
+        Ok(raw) => classify(&raw, size),
+        Err(errno) => ExtentMap::whole_file(size, format!("FIEMAP unavailable ({errno})")),
+    }
+}
+
+/// Sort raw extents into device extents, file ranges and unwritten bytes,
+/// clipped to the file's size.
+pub fn classify(raw: &[RawFileExtent], size: u64) -> ExtentMap {
+    let mut map = ExtentMap::default();
+    for e in raw {
+        if e.logical >= size || e.length == 0 {
+            continue;
+        }
+        let length = e.length.min(size - e.logical);
+        if e.flags & fiemap::FIEMAP_EXTENT_UNWRITTEN != 0 {
+            map.unwritten_bytes += length;
+        } else if e.flags & NEEDS_FILE_READ != 0 {
+            map.file_ranges.push(ByteRange {
+                offset: e.logical,
+                len: length,
+            });
+            map.fallback
+                .get_or_insert_with(|| format!("extent flags {:#x}", e.flags));
+        } else {
+            map.device_extents.push(DeviceExtent {
+                logical: e.logical,
+                physical: e.physical,
+                length,
+                flags: e.flags,
+            });
+        }
+    }
+    map
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fiemap::*;
+
+    fn raw(logical: u64, physical: u64, length: u64, flags: u32) -> RawFileExtent {
+        RawFileExtent {
+            logical,
+            physical,
+            length,
+            flags,
+        }
+    }
+
+    #[test]
+    fn classify_sorts_by_flags_and_clips() {
+        let map = classify(
+            &[
+                raw(0, 1 << 20, 8192, 0),
+                // hole at 8192..16384
+                raw(16384, 0, 4096, FIEMAP_EXTENT_UNWRITTEN),
+                raw(20480, 0, 4096, FIEMAP_EXTENT_DELALLOC),
+                raw(
+                    24576,
+                    0,
+                    100,
+                    FIEMAP_EXTENT_DATA_INLINE | FIEMAP_EXTENT_NOT_ALIGNED,
+                ),
+                raw(28672, 4 << 20, 8192, FIEMAP_EXTENT_LAST),
+                raw(1 << 30, 8 << 20, 4096, 0), // beyond EOF: preallocated tail
+            ],
+            30000,
+        );
+        assert_eq!(map.device_extents.len(), 2);
+        assert_eq!(map.device_extents[1].length, 30000 - 28672);
+        assert_eq!(map.unwritten_bytes, 4096);
+        assert_eq!(
+            map.file_ranges,
+            [
+                ByteRange {
+                    offset: 20480,
+                    len: 4096
+                },
+                ByteRange {
+                    offset: 24576,
+                    len: 100
+                }
+            ]
+        );
+        assert!(map.fallback.is_some());
+    }
+
+    #[test]
+    fn demote_keeps_every_byte() {
+        let mut map = classify(&[raw(0, 4096, 4096, 0), raw(8192, 0, 10, 0)], 8202);
+        let before = map.device_bytes();
+        map.demote_to_file_reads("device gone");
+        assert_eq!(map.file_bytes(), before);
+        assert!(map.device_extents.is_empty());
+    }
+}

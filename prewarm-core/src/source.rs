@@ -1,0 +1,460 @@
+//! Sources: turning path lists, arguments, globs and directories into the set
+//! of regular files to hydrate, each once, with its priority.
+//!
+//! A list file holds one entry per line:
+//!
+//! ```text
+//! # comment                      (ignored, as are blank lines)
+//! 10 /usr/bin/kubelet            priority 10: lower numbers run first
+//! /usr/lib64/libc.so.6           no number: priority 100 (DEFAULT_PRIORITY)
+//! 20 /usr/lib64/libsystemd*.so*  glob patterns (*, ?, [...]) are expanded
+//! 50 /var/lib/containerd/io.containerd.snapshotter.v1.overlayfs/snapshots
+//!                                a directory: every regular file under it
+//! ```
+//!
+//! Paths must be absolute. Symlinks are followed to their target once (a loop
+//! is reported); a file reached twice (duplicate line, hard link, symlink to a
+//! listed file, overlapping directories) is kept once, at the most urgent
+//! priority it was given. Directory walks do not cross mount points unless
+//! asked to. Every bad entry becomes a [`Warning`] naming the path and the
+//! list line, and collection carries on with the rest.
+
+use std::collections::HashMap;
+use std::io::{ErrorKind, Read};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Origin, Warning, WarningKind};
+
+/// Priority of entries that do not give one.
+pub const DEFAULT_PRIORITY: u32 = 100;
+
+/// One entry of the input: a path (maybe a glob), its priority and origin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceEntry {
+    pub path: PathBuf,
+    pub priority: u32,
+    pub origin: Origin,
+}
+
+impl SourceEntry {
+    /// An entry named on the command line.
+    pub fn argument(path: impl Into<PathBuf>, priority: u32) -> Self {
+        SourceEntry {
+            path: path.into(),
+            priority,
+            origin: Origin::Argument,
+        }
+    }
+}
+
+/// A regular file selected for hydration.
+#[derive(Debug, Clone)]
+pub struct TargetFile {
+    /// The path the file was reached by (symlinks resolved).
+    pub path: PathBuf,
+    pub priority: u32,
+    pub origin: Origin,
+    /// `st_dev` of the filesystem holding the file.
+    pub dev: u64,
+    pub ino: u64,
+    pub size: u64,
+    /// Modification time (seconds, nanoseconds), for staleness checks.
+    pub mtime: (i64, i64),
+}
+
+/// Options for turning entries into files.
+#[derive(Debug, Clone, Default)]
+pub struct CollectOptions {
+    /// Let directory walks descend into other filesystems.
+    pub cross_mounts: bool,
+}
+
+/// The files to hydrate, plus everything that was wrong with the input.
+#[derive(Debug, Default)]
+pub struct FileSet {
+    pub files: Vec<TargetFile>,
+    pub warnings: Vec<Warning>,
+    /// Non-regular files met inside walked directories (skipped quietly:
+    /// sockets and device nodes under a directory are not worth a warning).
+    pub skipped_non_regular: u64,
+}
+
+/// Read a list file (`-` is standard input) into entries.
+pub fn read_list(path: &Path) -> Result<(Vec<SourceEntry>, Vec<Warning>), Error> {
+    let mut bytes = Vec::new();
+    let res = if path == Path::new("-") {
+        std::io::stdin().read_to_end(&mut bytes)
+    } else {
+        std::fs::File::open(path).and_then(|mut f| f.read_to_end(&mut bytes))
+    };
+    res.map_err(|source| Error::ListRead {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(parse_list(&bytes, path))
+}
+
+/// Parse the text of a list file. Bad lines become warnings.
+pub fn parse_list(text: &[u8], list: &Path) -> (Vec<SourceEntry>, Vec<Warning>) {
+    let mut entries = Vec::new();
+    let mut warnings = Vec::new();
+    for (idx, raw) in text.split(|&b| b == b'\n').enumerate() {
+        let origin = Origin::List {
+            list: list.to_path_buf(),
+            line: idx + 1,
+        };
+        match parse_line(raw) {
+            Ok(None) => {}
+            Ok(Some((priority, path))) => entries.push(SourceEntry {
+                path,
+                priority,
+                origin,
+            }),
+            Err(msg) => warnings.push(Warning::new(WarningKind::BadLine, None, Some(&origin), msg)),
+        }
+    }
+    (entries, warnings)
+}
+
+/// `Ok(None)` for blank and comment lines.
+fn parse_line(raw: &[u8]) -> Result<Option<(u32, PathBuf)>, String> {
+    let line = raw.trim_ascii();
+    if line.is_empty() || line.starts_with(b"#") {
+        return Ok(None);
+    }
+    if line.contains(&0) {
+        return Err("line contains a NUL byte".into());
+    }
+    let (priority, rest) = match line.iter().position(|b| b.is_ascii_whitespace()) {
+        Some(sp) if line[..sp].iter().all(u8::is_ascii_digit) => {
+            let digits = std::str::from_utf8(&line[..sp]).unwrap_or_default();
+            let priority = digits
+                .parse::<u32>()
+                .map_err(|_| format!("priority {digits:?} is out of range (0..={})", u32::MAX))?;
+            (priority, line[sp..].trim_ascii_start())
+        }
+        None if line.iter().all(u8::is_ascii_digit) => {
+            return Err(format!(
+                "priority {:?} without a path",
+                String::from_utf8_lossy(line)
+            ))
+        }
+        _ => (DEFAULT_PRIORITY, line),
+    };
+    if !rest.starts_with(b"/") {
+        return Err(format!(
+            "expected `[PRIORITY] /absolute/path`, got {:?}",
+            String::from_utf8_lossy(line)
+        ));
+    }
+    Ok(Some((
+        priority,
+        PathBuf::from(std::ffi::OsStr::from_bytes(rest)),
+    )))
+}
+
+fn is_glob(path: &Path) -> bool {
+    path.as_os_str()
+        .as_bytes()
+        .iter()
+        .any(|b| matches!(b, b'*' | b'?' | b'['))
+}
+
+/// Resolve entries to the set of regular files they name.
+pub fn collect(entries: &[SourceEntry], opts: &CollectOptions) -> FileSet {
+    let mut c = Collector {
+        opts,
+        set: FileSet::default(),
+        by_inode: HashMap::new(),
+    };
+    for entry in entries {
+        if is_glob(&entry.path) {
+            c.expand_glob(entry);
+        } else {
+            c.add_path(&entry.path, entry);
+        }
+    }
+    c.set
+}
+
+struct Collector<'a> {
+    opts: &'a CollectOptions,
+    set: FileSet,
+    /// (dev, ino) → index in `set.files`.
+    by_inode: HashMap<(u64, u64), usize>,
+}
+
+impl Collector<'_> {
+    fn warn(
+        &mut self,
+        kind: WarningKind,
+        path: &Path,
+        entry: &SourceEntry,
+        msg: impl Into<String>,
+    ) {
+        self.set
+            .warnings
+            .push(Warning::new(kind, Some(path), Some(&entry.origin), msg));
+    }
+
+    fn expand_glob(&mut self, entry: &SourceEntry) {
+        let pattern = entry.path.to_string_lossy().into_owned();
+        let paths = match glob::glob(&pattern) {
+            Ok(paths) => paths,
+            Err(e) => {
+                self.warn(
+                    WarningKind::BadLine,
+                    &entry.path,
+                    entry,
+                    format!("bad glob pattern: {e}"),
+                );
+                return;
+            }
+        };
+        let mut matched = false;
+        for p in paths {
+            matched = true;
+            match p {
+                Ok(p) => self.add_path(&p, entry),
+                Err(e) => {
+                    let path = e.path().to_path_buf();
+                    self.warn(WarningKind::Unreadable, &path, entry, e.error().to_string());
+                }
+            }
+        }
+        if !matched {
+            self.warn(
+                WarningKind::NoMatch,
+                &entry.path,
+                entry,
+                "glob matched nothing",
+            );
+        }
+    }
+
+    /// Add one named path: follow symlinks, walk directories.
+    fn add_path(&mut self, path: &Path, entry: &SourceEntry) {
+        let resolved = match std::fs::canonicalize(path) {
+            Ok(p) => p,
+            Err(e) => {
+                let (kind, msg) = match (e.kind(), e.raw_os_error()) {
+                    (_, Some(libc::ELOOP)) => (WarningKind::SymlinkLoop, "symlink loop".into()),
+                    (ErrorKind::NotFound, _) if path.symlink_metadata().is_ok() => (
+                        WarningKind::Missing,
+                        "symlink points to a missing file".into(),
+                    ),
+                    (ErrorKind::NotFound, _) => (WarningKind::Missing, "no such file".into()),
+                    _ => (WarningKind::Unreadable, e.to_string()),
+                };
+                self.warn(kind, path, entry, msg);
+                return;
+            }
+        };
+        let meta = match std::fs::metadata(&resolved) {
+            Ok(m) => m,
+            Err(e) => {
+                self.warn(WarningKind::Unreadable, path, entry, e.to_string());
+                return;
+            }
+        };
+        if meta.is_dir() {
+            self.walk(&resolved, entry);
+        } else if meta.is_file() {
+            self.add_file(resolved, &meta, entry, true);
+        } else {
+            let what = describe_type(&meta.file_type());
+            self.warn(
+                WarningKind::NotRegular,
+                path,
+                entry,
+                format!("not a regular file ({what}): skipped"),
+            );
+        }
+    }
+
+    fn walk(&mut self, dir: &Path, entry: &SourceEntry) {
+        let walker = walkdir::WalkDir::new(dir)
+            .follow_links(true)
+            .same_file_system(!self.opts.cross_mounts)
+            .sort_by_file_name();
+        for item in walker {
+            let item = match item {
+                Ok(item) => item,
+                Err(e) => {
+                    let at = e.path().unwrap_or(dir).to_path_buf();
+                    if let Some(ancestor) = e.loop_ancestor() {
+                        let msg = format!(
+                            "directory loop back to {}: not followed",
+                            ancestor.display()
+                        );
+                        self.warn(WarningKind::DirectoryLoop, &at, entry, msg);
+                    } else if e.io_error().and_then(|io| io.raw_os_error()) == Some(libc::ELOOP) {
+                        self.warn(WarningKind::SymlinkLoop, &at, entry, "symlink loop");
+                    } else if e.io_error().map(|io| io.kind()) == Some(ErrorKind::NotFound) {
+                        self.warn(
+                            WarningKind::Missing,
+                            &at,
+                            entry,
+                            "vanished or dangling symlink",
+                        );
+                    } else {
+                        let msg = e
+                            .io_error()
+                            .map_or_else(|| e.to_string(), ToString::to_string);
+                        self.warn(WarningKind::WalkError, &at, entry, msg);
+                    }
+                    continue;
+                }
+            };
+            let ft = item.file_type();
+            if ft.is_dir() {
+                continue;
+            }
+            let meta = match item.metadata() {
+                Ok(m) => m,
+                Err(e) => {
+                    self.warn(WarningKind::Unreadable, item.path(), entry, e.to_string());
+                    continue;
+                }
+            };
+            if meta.is_file() {
+                self.add_file(item.into_path(), &meta, entry, false);
+            } else {
+                tracing::debug!(path = %item.path().display(), "skipping {}", describe_type(&ft));
+                self.set.skipped_non_regular += 1;
+            }
+        }
+    }
+
+    fn add_file(
+        &mut self,
+        path: PathBuf,
+        meta: &std::fs::Metadata,
+        entry: &SourceEntry,
+        named: bool,
+    ) {
+        let key = (meta.dev(), meta.ino());
+        if let Some(&idx) = self.by_inode.get(&key) {
+            let first = &mut self.set.files[idx];
+            first.priority = first.priority.min(entry.priority);
+            // A file reached again through a walk of an overlapping directory
+            // is expected; one named again explicitly is worth a warning.
+            if named || first.path != path {
+                let msg = if first.path == path {
+                    format!("duplicate of the entry at {}: counted once", first.origin)
+                } else {
+                    format!(
+                        "same file as {} (hard link or symlink): counted once",
+                        first.path.display()
+                    )
+                };
+                self.warn(WarningKind::Duplicate, &path, entry, msg);
+            }
+            return;
+        }
+        self.by_inode.insert(key, self.set.files.len());
+        self.set.files.push(TargetFile {
+            path,
+            priority: entry.priority,
+            origin: entry.origin.clone(),
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.len(),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+        });
+    }
+}
+
+fn describe_type(ft: &std::fs::FileType) -> &'static str {
+    if ft.is_block_device() {
+        "block device"
+    } else if ft.is_char_device() {
+        "character device"
+    } else if ft.is_fifo() {
+        "FIFO"
+    } else if ft.is_socket() {
+        "socket"
+    } else if ft.is_symlink() {
+        "symlink"
+    } else if ft.is_dir() {
+        "directory"
+    } else {
+        "special file"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> (Vec<SourceEntry>, Vec<Warning>) {
+        parse_list(text.as_bytes(), Path::new("list.txt"))
+    }
+
+    #[test]
+    fn list_syntax() {
+        let (entries, warnings) = parse(
+            "# comment\n\n  10 /usr/bin/kubelet\n/etc/hosts\r\n7\t/a b/c\n-5 /x\nrelative/path\n42\n99999999999 /y\n",
+        );
+        let got: Vec<_> = entries
+            .iter()
+            .map(|e| (e.priority, e.path.to_str().unwrap()))
+            .collect();
+        assert_eq!(
+            got,
+            [(10, "/usr/bin/kubelet"), (100, "/etc/hosts"), (7, "/a b/c")]
+        );
+        let lines: Vec<_> = warnings
+            .iter()
+            .map(|w| match &w.origin {
+                Some(Origin::List { line, .. }) => *line,
+                _ => 0,
+            })
+            .collect();
+        assert_eq!(lines, [6, 7, 8, 9]);
+        assert!(warnings.iter().all(|w| w.kind == WarningKind::BadLine));
+        assert!(warnings[3].to_string().starts_with("list.txt:9: priority"));
+    }
+
+    #[test]
+    fn collects_dedupes_and_warns() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::write(d.join("a"), b"aaaa").unwrap();
+        std::fs::hard_link(d.join("a"), d.join("a-link")).unwrap();
+        std::os::unix::fs::symlink(d.join("a"), d.join("a-sym")).unwrap();
+        std::os::unix::fs::symlink(d.join("loop1"), d.join("loop2")).unwrap();
+        std::os::unix::fs::symlink(d.join("loop2"), d.join("loop1")).unwrap();
+        std::fs::create_dir(d.join("sub")).unwrap();
+        std::fs::write(d.join("sub/b"), b"bb").unwrap();
+        std::os::unix::fs::symlink(d.join("sub"), d.join("sub/up")).unwrap();
+        let e = |p: &str, prio| SourceEntry::argument(d.join(p), prio);
+        let set = collect(
+            &[
+                e("a", 50),
+                e("a-link", 10),
+                e("a-sym", 60),
+                e("missing", 1),
+                e("loop1", 1),
+                e("sub", 5),
+                e("su?", 5),
+                e("nomatch*", 5),
+            ],
+            &CollectOptions::default(),
+        );
+        let names: Vec<_> = set
+            .files
+            .iter()
+            .map(|f| (f.path.file_name().unwrap().to_str().unwrap(), f.priority))
+            .collect();
+        assert_eq!(names, [("a", 10), ("b", 5)]);
+        let kinds: Vec<_> = set.warnings.iter().map(|w| w.kind).collect();
+        assert!(kinds.contains(&WarningKind::Missing), "{kinds:?}");
+        assert!(kinds.contains(&WarningKind::SymlinkLoop), "{kinds:?}");
+        assert!(kinds.contains(&WarningKind::DirectoryLoop), "{kinds:?}");
+        assert!(kinds.contains(&WarningKind::NoMatch), "{kinds:?}");
+        assert!(kinds.contains(&WarningKind::Duplicate), "{kinds:?}");
+    }
+}
