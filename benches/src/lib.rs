@@ -1,0 +1,15 @@
+//! prewarm-benches: the lazy-volume testbed and the node-volume fixture used to
+//! test and benchmark prewarm against snapshot-restored (lazily hydrated) volumes.
+//!
+//! - [`lazy`]: the volume model (chunks, fetch scheduler, caps, counters, error
+//!   injection), independent of FUSE so it can be unit-tested.
+//! - [`control`]: the JSON-over-unix-socket control protocol.
+//! - [`fuse`]: the FUSE adapter exposing the model as a read-only `disk.img`.
+//! - [`fixture`]: building a realistic node volume image and its critical list.
+//! - [`units`]: parsing of size arguments such as `512K`.
+
+pub mod control;
+pub mod fixture;
+pub mod fuse;
+pub mod lazy;
+pub mod units;
