@@ -36,6 +36,10 @@ struct Cli {
     #[arg(short = 'p', long = "paths", value_name = "LIST")]
     lists: Vec<PathBuf>,
 
+    /// Hydrate a whole block device (a full-volume sweep). May be repeated.
+    #[arg(long, value_name = "DEV")]
+    device: Vec<PathBuf>,
+
     /// Priority of PATH arguments (lower runs first).
     #[arg(long, default_value_t = DEFAULT_PRIORITY)]
     priority: u32,
@@ -170,8 +174,8 @@ fn spawn_watchdog(deadline: Instant) {
 }
 
 fn run(cli: &Cli) -> Result<i32> {
-    if cli.paths.is_empty() && cli.lists.is_empty() {
-        bail!("nothing to do: give PATHs or --paths LIST (see --help)");
+    if cli.paths.is_empty() && cli.lists.is_empty() && cli.device.is_empty() {
+        bail!("nothing to do: give PATHs, --paths LIST or --device DEV (see --help)");
     }
     let start = Instant::now();
     let deadline = cli.deadline.map(|d| start + d);
@@ -231,7 +235,12 @@ fn run(cli: &Cli) -> Result<i32> {
         })),
     };
 
-    let prepared = pipeline::prepare(&entries, warnings, &cfg).context("planning")?;
+    let mut prepared = pipeline::prepare(&entries, warnings, &cfg).context("planning")?;
+    for dev in &cli.device {
+        prepared
+            .add_whole_device(dev, cli.priority, &cfg)
+            .with_context(|| format!("whole-device sweep of {}", dev.display()))?;
+    }
     for w in &prepared.warnings {
         eprintln!("prewarm: warning: {w}");
     }

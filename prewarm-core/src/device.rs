@@ -148,6 +148,21 @@ pub fn open(id: DeviceId) -> Result<BlockDevice, DeviceError> {
     })
 }
 
+/// Open the block device node `path` (e.g. `/dev/nvme1n1`) read-only.
+pub fn open_node(path: &Path) -> Result<BlockDevice, DeviceError> {
+    let meta = std::fs::metadata(path).map_err(|source| DeviceError::Open {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if !meta.file_type().is_block_device() {
+        return Err(DeviceError::Unusable {
+            node: path.to_path_buf(),
+            reason: "not a block device".into(),
+        });
+    }
+    open(DeviceId::from_dev(meta.rdev()))
+}
+
 /// Open `path` read-only (never writable: this is the one place prewarm
 /// opens anything), with O_DIRECT when `direct` and the filesystem or driver
 /// accepts it (EINVAL means it does not), else buffered; `extra` flags are

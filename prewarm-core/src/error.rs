@@ -25,6 +25,9 @@ pub enum Error {
     /// A configuration value is out of range or inconsistent.
     #[error("invalid configuration: {field}: {reason}")]
     Config { field: &'static str, reason: String },
+    /// A block device named explicitly cannot be used.
+    #[error("{0}")]
+    Device(String),
     /// Nothing at all could be planned or read.
     #[error("nothing to read: {0}")]
     NothingToRead(String),

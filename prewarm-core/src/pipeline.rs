@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::os::fd::AsFd;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -247,6 +248,30 @@ pub fn prepare(
 }
 
 impl Prepared {
+    /// Add a plan that hydrates the whole block device `node` (a full-volume
+    /// sweep, as `fio --rw=read` would do, but through the same engine).
+    pub fn add_whole_device(
+        &mut self,
+        node: &Path,
+        priority: u32,
+        cfg: &Config,
+    ) -> Result<(), Error> {
+        let dev = device::open_node(node).map_err(|e| Error::Device(e.to_string()))?;
+        cfg.plan.validate(u64::from(dev.logical_block_size))?;
+        let whole = PrioritizedExtent {
+            priority,
+            offset: 0,
+            len: dev.size,
+        };
+        let plan = ReadPlan::build(&[whole], dev.size, &cfg.plan);
+        self.devices.push(DevicePlan {
+            device: dev,
+            plan,
+            files: 0,
+        });
+        Ok(())
+    }
+
     /// The report of the plan alone (a dry run), with per-file mappings.
     pub fn dry_run_report(&self, cfg: &Config) -> Report {
         let mut report = self.base_report(cfg, true);

@@ -176,7 +176,8 @@ impl Report {
             self.iops = ios as f64 / secs;
         }
         let unreadable = self.warnings.iter().any(|w| w.kind.is_read_failure());
-        self.outcome = if self.files == 0 {
+        let whole_devices = self.devices.iter().any(|d| d.files == 0);
+        self.outcome = if self.files == 0 && !whole_devices {
             Outcome::NothingReadable
         } else if errors > 0 || unreadable || not_issued > 0 || self.stopped.is_some() {
             Outcome::Partial
