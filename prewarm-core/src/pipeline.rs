@@ -200,31 +200,24 @@ pub fn prepare(
                         members.len()
                     );
                 }
-                fallbacks.push(format!(
-                    "{why}: {} files read through the files",
-                    members.len()
-                ));
                 for i in members {
                     files[i].map.demote_to_file_reads(why.clone());
                 }
             }
         }
     }
-    let no_fiemap = files
-        .iter()
-        .filter(|f| {
-            f.map.device_extents.is_empty()
-                && f.map
-                    .fallback
-                    .as_deref()
-                    .is_some_and(|r| r.starts_with("FIEMAP"))
-        })
-        .count();
-    if no_fiemap > 0 {
-        fallbacks.push(format!(
-            "{no_fiemap} files on filesystems without FIEMAP read through the files"
-        ));
+    // One line per reason some files are read through the files.
+    let mut reasons: BTreeMap<&str, usize> = BTreeMap::new();
+    for f in &files {
+        if let Some(why) = &f.map.fallback {
+            *reasons.entry(why.as_str()).or_default() += 1;
+        }
     }
+    fallbacks.extend(
+        reasons
+            .into_iter()
+            .map(|(why, n)| format!("{n} file(s) read through the file: {why}")),
+    );
 
     let file_ios = plan::file_ios(
         files

@@ -192,8 +192,8 @@ impl Report {
         let verb = if self.dry_run { "plan" } else { "prewarm" };
         let _ = writeln!(
             s,
-            "{verb}: {} files, {} ({} mapped in {} extents, {} through files, {} unwritten)",
-            self.files,
+            "{verb}: {}, {} ({} mapped in {} extents, {} through files, {} unwritten)",
+            plural(self.files, "file"),
             mib(self.file_bytes),
             mib(self.mapped_bytes),
             self.extents,
@@ -214,11 +214,11 @@ impl Report {
         for d in &self.devices {
             let _ = writeln!(
                 s,
-                "  {} ({}, {}): {} files, {} classes, {} ranges, {} chunks, {}{}",
+                "  {} ({}, {}): {}, {} classes, {} ranges, {} chunks, {}{}",
                 d.node,
                 d.id,
                 d.fs_type.as_deref().unwrap_or("?"),
-                d.files,
+                plural(d.files, "file"),
                 d.plan.classes,
                 d.plan.ranges,
                 d.plan.chunks,
@@ -229,8 +229,8 @@ impl Report {
         if self.file_level.files > 0 {
             let _ = writeln!(
                 s,
-                "  file-level reads: {} files, {}{}",
-                self.file_level.files,
+                "  file-level reads: {}, {}{}",
+                plural(self.file_level.files, "file"),
                 mib(self.file_level.bytes),
                 read_line(
                     &self.file_level.read,
@@ -277,7 +277,11 @@ impl Report {
             );
         }
         if !self.warnings.is_empty() {
-            let _ = writeln!(s, "{} warnings (see above)", self.warnings.len());
+            let _ = writeln!(
+                s,
+                "{} (see above)",
+                plural(self.warnings.len() as u64, "warning")
+            );
         }
         s
     }
@@ -299,6 +303,15 @@ fn read_line(r: &ReadStats, dry_run: bool, direct: bool) -> String {
         if direct { " (O_DIRECT)" } else { " (buffered)" },
         r.errors
     )
+}
+
+/// `1 file`, `2 files`.
+fn plural(n: u64, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
 }
 
 /// Bytes as a short human string.

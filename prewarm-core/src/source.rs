@@ -262,7 +262,7 @@ impl Collector<'_> {
         if meta.is_dir() {
             self.walk(&resolved, entry);
         } else if meta.is_file() {
-            self.add_file(resolved, &meta, entry, true);
+            self.add_file(resolved, &meta, entry, Some(path));
         } else {
             let what = describe_type(&meta.file_type());
             self.warn(
@@ -320,7 +320,7 @@ impl Collector<'_> {
                 }
             };
             if meta.is_file() {
-                self.add_file(item.into_path(), &meta, entry, false);
+                self.add_file(item.into_path(), &meta, entry, None);
             } else {
                 tracing::debug!(path = %item.path().display(), "skipping {}", describe_type(&ft));
                 self.set.skipped_non_regular += 1;
@@ -328,29 +328,39 @@ impl Collector<'_> {
         }
     }
 
+    /// Add a regular file reached at `path`; `named` is the path as the
+    /// entry wrote it when the file was named directly (not found by a walk).
     fn add_file(
         &mut self,
         path: PathBuf,
         meta: &std::fs::Metadata,
         entry: &SourceEntry,
-        named: bool,
+        named: Option<&Path>,
     ) {
         let key = (meta.dev(), meta.ino());
         if let Some(&idx) = self.by_inode.get(&key) {
             let first = &mut self.set.files[idx];
             first.priority = first.priority.min(entry.priority);
             // A file reached again through a walk of an overlapping directory
-            // is expected; one named again explicitly is worth a warning.
-            if named || first.path != path {
-                let msg = if first.path == path {
-                    format!("duplicate of the entry at {}: counted once", first.origin)
-                } else {
-                    format!(
-                        "same file as {} (hard link or symlink): counted once",
-                        first.path.display()
-                    )
-                };
-                self.warn(WarningKind::Duplicate, &path, entry, msg);
+            // is expected; one named again, or another name for it, is worth
+            // a warning.
+            let shown = named.unwrap_or(&path).to_path_buf();
+            let msg = if first.path != path {
+                format!(
+                    "same file as {} (hard link): counted once",
+                    first.path.display()
+                )
+            } else if shown != path {
+                format!(
+                    "symlink to {}, already listed at {}: counted once",
+                    path.display(),
+                    first.origin
+                )
+            } else {
+                format!("duplicate of the entry at {}: counted once", first.origin)
+            };
+            if named.is_some() || first.path != path {
+                self.warn(WarningKind::Duplicate, &shown, entry, msg);
             }
             return;
         }

@@ -1,0 +1,323 @@
+//! End-to-end tests of `prewarm` on real ext4 and xfs filesystems on loop
+//! devices: the mapping is checked byte for byte against the device, the
+//! reads are checked against the device's own counters, and the image is
+//! checked to be unchanged.
+
+mod common;
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use common::*;
+use nix::fcntl::{fallocate, FallocateFlags};
+use serde_json::Value;
+
+const K: u64 = 1024;
+
+/// Deterministic, incompressible bytes.
+fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// Write the test files: fragmented, sparse, preallocated, many-extent,
+/// inline-sized, empty, a tree, a hard link, a symlink and a FIFO.
+fn populate(root: &Path) {
+    // Two files grown in turns with an fsync each time: their blocks are
+    // allocated interleaved, so both are fragmented.
+    let mut a = File::create(root.join("frag_a")).unwrap();
+    let mut b = File::create(root.join("frag_b")).unwrap();
+    for i in 0..40 {
+        a.write_all(&pattern(i, 64 * K as usize)).unwrap();
+        a.sync_all().unwrap();
+        b.write_all(&pattern(1000 + i, 64 * K as usize)).unwrap();
+        b.sync_all().unwrap();
+    }
+
+    // Holes, and a tail that ends mid-block.
+    let s = File::create(root.join("sparse")).unwrap();
+    s.set_len(6 * K * K).unwrap();
+    s.write_all_at(&pattern(2, 8192), 0).unwrap();
+    s.write_all_at(&pattern(3, 4096), K * K).unwrap();
+    s.write_all_at(&pattern(4, 100), 5 * K * K + 123).unwrap();
+    s.sync_all().unwrap();
+
+    // Preallocated (unwritten) space with some data written into it, and
+    // preallocation past the end of the file.
+    let p = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(root.join("prealloc"))
+        .unwrap();
+    fallocate(
+        p.as_raw_fd(),
+        FallocateFlags::empty(),
+        0,
+        4 * (K * K) as i64,
+    )
+    .unwrap();
+    fallocate(
+        p.as_raw_fd(),
+        FallocateFlags::FALLOC_FL_KEEP_SIZE,
+        4 * (K * K) as i64,
+        (K * K) as i64,
+    )
+    .unwrap();
+    p.write_all_at(&pattern(5, 8192), K * K).unwrap();
+    p.sync_all().unwrap();
+
+    // Over a thousand extents: write 2400 blocks, then punch out every
+    // other one.
+    let m = File::create(root.join("many")).unwrap();
+    let blocks = 2400u64;
+    m.write_all_at(&pattern(7, (blocks * 4096) as usize), 0)
+        .unwrap();
+    m.sync_all().unwrap();
+    let punch = FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE;
+    for blk in (1..blocks).step_by(2) {
+        fallocate(m.as_raw_fd(), punch, (blk * 4096) as i64, 4096).unwrap();
+    }
+    m.sync_all().unwrap();
+
+    fs::write(root.join("tiny"), pattern(6, 60)).unwrap();
+    File::create(root.join("empty")).unwrap();
+    fs::create_dir(root.join("tree")).unwrap();
+    for i in 0..40u64 {
+        let len = ((i * 37) % 200 + 1) * K;
+        fs::write(
+            root.join(format!("tree/f{i:02}")),
+            pattern(100 + i, len as usize),
+        )
+        .unwrap();
+    }
+    fs::hard_link(root.join("frag_a"), root.join("tree/hardlink")).unwrap();
+    std::os::unix::fs::symlink(root.join("sparse"), root.join("link_to_sparse")).unwrap();
+    nix::unistd::mkfifo(
+        &root.join("tree/fifo"),
+        nix::sys::stat::Mode::from_bits_truncate(0o644),
+    )
+    .unwrap();
+    cmd("sync", &[]);
+}
+
+fn list_text(root: &Path) -> String {
+    let r = root.display();
+    format!(
+        "# critical first\n10 {r}/frag_a\n10 {r}/frag_b\n20 {r}/sparse\n20 {r}/prealloc\n\
+         30 {r}/many\n30 {r}/tiny\n30 {r}/empty\n40 {r}/tree\n40 {r}/link_to_sparse\n"
+    )
+}
+
+/// Files the list resolves to: 7 named + 40 in tree (the hard link and the
+/// symlink are duplicates, the FIFO is skipped).
+const EXPECTED_FILES: u64 = 47;
+
+/// For every file of a dry-run report: the device bytes at each extent equal
+/// the file's bytes, and every byte not mapped (holes, unwritten) is zero.
+fn check_mapping(report: &Value, dev: &File, fs_name: &str) {
+    let maps = report["file_maps"].as_array().unwrap();
+    assert_eq!(maps.len() as u64, EXPECTED_FILES);
+    for m in maps {
+        let path = Path::new(m["path"].as_str().unwrap());
+        let content = read_file(path);
+        assert_eq!(content.len() as u64, u(&m["size"]), "{}", path.display());
+        let mut covered = vec![false; content.len()];
+        for e in m["device_extents"].as_array().unwrap() {
+            let (logical, physical, length) =
+                (u(&e["logical"]), u(&e["physical"]), u(&e["length"]));
+            let got = read_at(dev, physical, length as usize);
+            let want = &content[logical as usize..(logical + length) as usize];
+            assert!(
+                got == want,
+                "{}: device bytes at {physical} differ from file bytes at {logical}",
+                path.display()
+            );
+            covered[logical as usize..(logical + length) as usize].fill(true);
+        }
+        for r in m["file_ranges"].as_array().unwrap() {
+            let (off, len) = (u(&r["offset"]) as usize, u(&r["len"]) as usize);
+            covered[off..(off + len).min(content.len())].fill(true);
+        }
+        let stray = content
+            .iter()
+            .zip(&covered)
+            .position(|(&byte, &c)| !c && byte != 0);
+        assert_eq!(stray, None, "{}: unmapped non-zero byte", path.display());
+    }
+    let by_name = |name: &str| {
+        maps.iter()
+            .find(|m| m["path"].as_str().unwrap().ends_with(name))
+            .unwrap_or_else(|| panic!("{name} not mapped"))
+    };
+    let extents = |name: &str| by_name(name)["device_extents"].as_array().unwrap().len();
+    assert!(
+        extents("/many") >= 1000,
+        "many has only {} extents",
+        extents("/many")
+    );
+    assert!(extents("/frag_a") > 1, "frag_a is not fragmented");
+    assert!(u(&by_name("/prealloc")["unwritten_bytes"]) >= 3 * K * K);
+    if fs_name == "ext4" {
+        // inline_data: the 60-byte file lives in its inode.
+        assert_eq!(extents("/tiny"), 0);
+        assert!(!by_name("/tiny")["file_ranges"]
+            .as_array()
+            .unwrap()
+            .is_empty());
+    }
+}
+
+fn device_plan_bytes(report: &Value) -> u64 {
+    report["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| u(&d["plan"]["bytes"]))
+        .sum()
+}
+
+fn filesystem_end_to_end(fs_name: &str) {
+    // One loop-device test at a time: parallel `losetup -f` races.
+    let _serial = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let image = tmp.path().join(format!("{fs_name}.img"));
+    make_fs_image(&image, fs_name, 512);
+    let mnt = tmp.path().join("mnt");
+    {
+        let rw = LoopDev::attach(&image, false);
+        let _m = Mounted::mount(rw.path(), &mnt, fs_name, "rw");
+        populate(&mnt);
+    }
+    let before = checksum(&image);
+
+    let lo = LoopDev::attach(&image, true);
+    let mounted = Mounted::mount(lo.path(), &mnt, fs_name, ro_options(fs_name));
+    let list = tmp.path().join("list.txt");
+    fs::write(&list, list_text(&mounted.dir)).unwrap();
+    let list = list.to_str().unwrap();
+
+    // Dry run: the plan, and the mapping checked against the device.
+    let (plan, out) = prewarm_json(&["--dry-run", "--paths", list]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(u(&plan["files"]), EXPECTED_FILES);
+    assert_eq!(plan["devices"].as_array().unwrap().len(), 1);
+    assert_eq!(plan["devices"][0]["node"], lo.path());
+    let dev = File::open(&lo.node).unwrap();
+    check_mapping(&plan, &dev, fs_name);
+    let warnings = plan["warnings"].as_array().unwrap();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w["kind"] == "duplicate"
+                && w["path"].as_str().unwrap().ends_with("link_to_sparse")),
+        "{warnings:?}"
+    );
+    assert_eq!(u(&plan["bytes_read"]), 0);
+
+    // The real run: every planned byte read, counted by the device itself.
+    let sectors = lo.sectors_read();
+    let (run, out) = prewarm_json(&["--paths", list]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(run["outcome"], "success");
+    for key in [
+        "files",
+        "extents",
+        "ranges",
+        "chunks",
+        "planned_bytes",
+        "ios_planned",
+        "mapped_bytes",
+    ] {
+        assert_eq!(run[key], plan[key], "{key} differs between plan and run");
+    }
+    let d = &run["devices"][0];
+    assert_eq!(d["direct"], true);
+    assert_eq!(d["read"]["backend"], "uring");
+    assert_eq!(u(&d["read"]["bytes_read"]), u(&d["plan"]["bytes"]));
+    assert_eq!(u(&run["ios_done"]), u(&run["ios_planned"]));
+    assert_eq!(u(&run["errors"]), 0);
+    let device_read = (lo.sectors_read() - sectors) * 512;
+    assert!(
+        device_read >= device_plan_bytes(&run),
+        "the device saw {device_read} bytes read, the plan has {}",
+        device_plan_bytes(&run)
+    );
+    if fs_name == "ext4" {
+        assert!(
+            u(&run["file_level"]["read"]["bytes_read"]) >= 60,
+            "inline file read through the file"
+        );
+    }
+
+    // The pread fallback reads the same bytes.
+    let (pread, out) = prewarm_json(&["--engine", "pread", "--paths", list]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(pread["devices"][0]["read"]["backend"], "pread");
+    assert_eq!(pread["bytes_read"], run["bytes_read"]);
+
+    // Touch mode: one logical block per chunk.
+    let (touch, out) = prewarm_json(&["--mode", "touch", "--paths", list]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let td = &touch["devices"][0];
+    assert_eq!(
+        u(&td["read"]["bytes_read"]),
+        u(&td["plan"]["chunks"]) * u(&td["logical_block_size"])
+    );
+
+    drop(dev);
+    drop(mounted);
+    drop(lo);
+    assert_eq!(checksum(&image), before, "the image changed");
+}
+
+#[test]
+fn ext4_on_a_read_only_loop_device() {
+    if privileged(
+        "ext4_on_a_read_only_loop_device",
+        &["losetup", "mkfs.ext4", "sha256sum"],
+    ) {
+        filesystem_end_to_end("ext4");
+    }
+}
+
+#[test]
+fn xfs_on_a_read_only_loop_device() {
+    if privileged(
+        "xfs_on_a_read_only_loop_device",
+        &["losetup", "mkfs.xfs", "sha256sum"],
+    ) {
+        filesystem_end_to_end("xfs");
+    }
+}
+
+#[test]
+fn tmpfs_files_are_read_through_the_file() {
+    if !privileged("tmpfs_files_are_read_through_the_file", &["mount"]) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let m = Mounted::mount("tmpfs", &tmp.path().join("t"), "tmpfs", "size=64m");
+    let path = m.dir.join("data");
+    let size = 3 * K * K + 100;
+    fs::write(&path, pattern(9, size as usize)).unwrap();
+    let (r, out) = prewarm_json(&[path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(u(&r["files"]), 1);
+    assert_eq!(r["devices"].as_array().unwrap().len(), 0);
+    assert_eq!(u(&r["file_level"]["files"]), 1);
+    assert_eq!(u(&r["file_level"]["read"]["bytes_read"]), size);
+    assert_eq!(u(&r["bytes_read"]), size);
+    let fallbacks = r["fallbacks"].to_string();
+    assert!(fallbacks.contains("FIEMAP unavailable"), "{fallbacks}");
+}
