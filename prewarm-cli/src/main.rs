@@ -1,31 +1,73 @@
 //! `prewarm`: hydrate the blocks a node needs first on a volume restored
 //! from a snapshot.
 //!
-//! The binary only parses arguments, installs signal handling and the
-//! deadline watchdog, and calls `prewarm_core::pipeline`. Exit codes:
-//! 0 success (warnings allowed), 1 partial (some reads failed, a listed file
-//! was unreadable, or the deadline / SIGTERM stopped the run), 2 usage error
-//! or nothing readable.
+//! The binary only parses arguments, installs signal handling, the deadline
+//! watchdog and systemd readiness, and calls `prewarm_core`. Commands:
+//!
+//! * `prewarm [PATH]... [--paths LIST]`: map and hydrate now;
+//! * `prewarm plan ... -o FILE`: map once (at image build time) and write a
+//!   boot manifest;
+//! * `prewarm run --manifest FILE`: replay a manifest (initrd or root phase);
+//! * `prewarm show FILE`: print a manifest.
+//!
+//! Exit codes: 0 success (warnings allowed), 1 partial (some reads failed, a
+//! listed file was unreadable, or the deadline / SIGTERM stopped the run),
+//! 2 usage error or nothing readable, 3 manifest refused (corrupt, or for
+//! another filesystem or device size).
+
+mod commands;
+mod notify;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
-use clap::{Parser, ValueEnum};
-use prewarm_core::engine::{BackendChoice, StopSignal, STOP_GRACE};
-use prewarm_core::pipeline::{self, Config};
-use prewarm_core::plan::{PlanConfig, ReadMode};
-use prewarm_core::source::{self, SourceEntry, DEFAULT_PRIORITY};
-use prewarm_core::{Warning, WarningKind};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use prewarm_core::source::DEFAULT_PRIORITY;
 
 /// Hydrate the file extents that matter first on a lazily loaded
 /// (snapshot-restored) block device, with many reads in flight.
 #[derive(Parser, Debug)]
-#[command(name = "prewarm", version, about, long_about = None)]
-struct Cli {
+#[command(name = "prewarm", version, about, long_about = None, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+
+    #[command(flatten)]
+    sources: SourceArgs,
+
+    #[command(flatten)]
+    plan: PlanArgs,
+
+    #[command(flatten)]
+    engine: EngineArgs,
+
+    #[command(flatten)]
+    output: OutputArgs,
+
+    /// More logging (-v debug, -vv trace); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+
+    /// Only errors on standard error.
+    #[arg(long, conflicts_with = "verbose", global = true)]
+    quiet: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Map files once (at image build time) and write a boot manifest.
+    Plan(PlanCmd),
+    /// Replay a boot manifest: find the filesystem by UUID and hydrate its
+    /// planned chunks without mapping any file.
+    Run(RunCmd),
+    /// Print a boot manifest.
+    Show(ShowCmd),
+}
+
+/// What to hydrate.
+#[derive(Args, Debug, Default)]
+pub struct SourceArgs {
     /// Files or directories to hydrate (a directory means every regular file
     /// under it). Glob patterns are expanded.
     #[arg(value_name = "PATH")]
@@ -44,10 +86,14 @@ struct Cli {
     #[arg(long, default_value_t = DEFAULT_PRIORITY)]
     priority: u32,
 
-    /// Reads kept in flight.
-    #[arg(short = 'q', long, default_value_t = prewarm_core::engine::DEFAULT_QUEUE_DEPTH)]
-    queue_depth: u32,
+    /// Let directory walks cross into other mounted filesystems.
+    #[arg(long)]
+    cross_mounts: bool,
+}
 
+/// How reads are planned.
+#[derive(Args, Debug)]
+pub struct PlanArgs {
     /// Hydration chunk: extents are widened to it (EBS fetches 512 KiB).
     #[arg(long, value_parser = parse_size, default_value = "512K")]
     chunk_size: u64,
@@ -59,6 +105,14 @@ struct Cli {
     /// Join ranges whose gap is smaller than this (0: only adjacent chunks).
     #[arg(long, value_parser = parse_size, default_value = "0")]
     coalesce_gap: u64,
+}
+
+/// How reads are issued.
+#[derive(Args, Debug)]
+pub struct EngineArgs {
+    /// Reads kept in flight.
+    #[arg(short = 'q', long, default_value_t = prewarm_core::engine::DEFAULT_QUEUE_DEPTH)]
+    queue_depth: u32,
 
     /// `full` reads every planned byte; `touch` reads one block per chunk.
     #[arg(long, value_enum, default_value_t = ModeArg::Full)]
@@ -76,36 +130,134 @@ struct Cli {
     /// exits at most a few seconds later whatever the device does.
     #[arg(long, value_parser = humantime::parse_duration)]
     deadline: Option<Duration>,
+}
 
-    /// Let directory walks cross into other mounted filesystems.
-    #[arg(long)]
-    cross_mounts: bool,
-
+/// What is printed.
+#[derive(Args, Debug)]
+pub struct OutputArgs {
     /// Plan and print, read nothing.
     #[arg(short = 'n', long)]
     dry_run: bool,
 
-    /// Print the report as JSON on standard output.
+    /// Print the report as JSON on standard output (one line unless stdout
+    /// is a terminal).
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct PlanCmd {
+    #[command(flatten)]
+    sources: SourceArgs,
+
+    #[command(flatten)]
+    plan: PlanArgs,
+
+    /// Resolve the list's absolute paths under this directory (the image's
+    /// root filesystem, mounted here at build time).
+    #[arg(long, value_name = "DIR")]
+    root: Option<PathBuf>,
+
+    /// Where to write the manifest.
+    #[arg(short, long, value_name = "FILE")]
+    output: PathBuf,
+
+    /// Print the manifest's summary as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Phase {
+    /// In the initrd: the root is not mounted, files are not checked.
+    Initrd,
+    /// In the real root: files are checked against the manifest.
+    Root,
+}
+
+#[derive(Args, Debug)]
+pub struct RunCmd {
+    /// The manifest written by `prewarm plan`.
+    #[arg(
+        short,
+        long,
+        value_name = "FILE",
+        default_value = "/etc/prewarm/boot.manifest"
+    )]
+    manifest: PathBuf,
+
+    /// Boot phase: decides whether files are checked and which kernel
+    /// command line switch (`rd.prewarm=0` / `prewarm=0`) disables the run.
+    #[arg(long, value_enum, default_value_t = Phase::Root)]
+    phase: Phase,
+
+    /// Handover state: chunks recorded there are skipped, chunks read are
+    /// added (keep it under /run, which survives switch-root).
+    #[arg(long, value_name = "FILE")]
+    state: Option<PathBuf>,
+
+    /// Only hydrate classes of at most this priority.
+    #[arg(long, value_name = "N", env = "PREWARM_MAX_PRIORITY")]
+    max_priority: Option<u32>,
+
+    /// With --notify: READY once every class up to this priority is
+    /// hydrated (default: the manifest's most urgent class).
+    #[arg(long, value_name = "N")]
+    ready_priority: Option<u32>,
+
+    /// How long to wait for the filesystem's device to appear.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
+    wait_device: Duration,
+
+    /// Tell systemd READY=1 once the most urgent class is hydrated (or at
+    /// `--ready-timeout`), then carry on with the rest at idle I/O priority.
+    #[arg(long)]
+    notify: bool,
+
+    /// With --notify: say READY after this long even if the most urgent
+    /// class is not done, so dependent services never wait longer.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
+    ready_timeout: Duration,
+
+    /// Honour `prewarm=0` / `rd.prewarm=0` and `prewarm.manifest=PATH` on the
+    /// kernel command line.
+    #[arg(long)]
+    kernel_cmdline: bool,
+
+    /// Do not check files against the manifest (replay it as recorded).
+    #[arg(long)]
+    no_verify: bool,
+
+    #[command(flatten)]
+    engine: EngineArgs,
+
+    #[command(flatten)]
+    output: OutputArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct ShowCmd {
+    /// The manifest.
+    #[arg(value_name = "FILE")]
+    manifest: PathBuf,
+
+    /// Print the whole manifest as JSON.
     #[arg(long)]
     json: bool,
 
-    /// More logging (-v debug, -vv trace); RUST_LOG overrides.
-    #[arg(short, long, action = clap::ArgAction::Count)]
-    verbose: u8,
-
-    /// Only errors on standard error.
-    #[arg(long, conflicts_with = "verbose")]
-    quiet: bool,
+    /// Also list every file.
+    #[arg(long)]
+    files: bool,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
-enum ModeArg {
+pub enum ModeArg {
     Full,
     Touch,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
-enum EngineArg {
+pub enum EngineArg {
     Auto,
     Uring,
     Pread,
@@ -151,128 +303,20 @@ fn init_logging(cli: &Cli) {
         .init();
 }
 
-/// SIGTERM/SIGINT stop issuing reads; a second one exits at once.
-fn install_signals() -> Result<Arc<AtomicBool>> {
-    let cancel = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        signal_hook::flag::register_conditional_shutdown(sig, 1, cancel.clone())
-            .context("installing signal handlers")?;
-        signal_hook::flag::register(sig, cancel.clone()).context("installing signal handlers")?;
-    }
-    Ok(cancel)
-}
-
-/// A read blocked in a hung device cannot be interrupted; past the deadline
-/// and the grace for reads in flight, exit rather than hold up the boot.
-fn spawn_watchdog(deadline: Instant) {
-    std::thread::spawn(move || {
-        let hard = deadline + STOP_GRACE + Duration::from_secs(3);
-        std::thread::sleep(hard.saturating_duration_since(Instant::now()));
-        eprintln!("prewarm: reads still blocked past the deadline; exiting");
-        std::process::exit(1);
-    });
-}
-
-fn run(cli: &Cli) -> Result<i32> {
-    if cli.paths.is_empty() && cli.lists.is_empty() && cli.device.is_empty() {
-        bail!("nothing to do: give PATHs, --paths LIST or --device DEV (see --help)");
-    }
-    let start = Instant::now();
-    let deadline = cli.deadline.map(|d| start + d);
-    let cancel = install_signals()?;
-    if let Some(d) = deadline {
-        spawn_watchdog(d);
-    }
-
-    let mut entries = Vec::new();
-    let mut warnings: Vec<Warning> = Vec::new();
-    for list in &cli.lists {
-        match source::read_list(list) {
-            Ok((e, w)) => {
-                entries.extend(e);
-                warnings.extend(w);
-            }
-            Err(e) => warnings.push(Warning::new(
-                WarningKind::Unreadable,
-                Some(list),
-                None,
-                format!(
-                    "list file: {}",
-                    std::error::Error::source(&e).map_or(e.to_string(), |s| s.to_string())
-                ),
-            )),
-        }
-    }
-    entries.extend(
-        cli.paths
-            .iter()
-            .map(|p| SourceEntry::argument(p, cli.priority)),
-    );
-
-    let cfg = Config {
-        plan: PlanConfig {
-            chunk_size: cli.chunk_size,
-            coalesce_gap: cli.coalesce_gap,
-            max_io: cli.max_io,
-        },
-        mode: match cli.mode {
-            ModeArg::Full => ReadMode::Full,
-            ModeArg::Touch => ReadMode::Touch,
-        },
-        queue_depth: cli.queue_depth,
-        backend: match cli.engine {
-            EngineArg::Auto => BackendChoice::Auto,
-            EngineArg::Uring => BackendChoice::Uring,
-            EngineArg::Pread => BackendChoice::Pread,
-        },
-        collect: source::CollectOptions {
-            cross_mounts: cli.cross_mounts,
-        },
-        cache: cli.cache,
-        stop: StopSignal::new(cancel, deadline),
-        on_class_done: Some(Arc::new(|prio| {
-            tracing::info!("priority class {prio} hydrated")
-        })),
-    };
-
-    let mut prepared = pipeline::prepare(&entries, warnings, &cfg).context("planning")?;
-    for dev in &cli.device {
-        prepared
-            .add_whole_device(dev, cli.priority, &cfg)
-            .with_context(|| format!("whole-device sweep of {}", dev.display()))?;
-    }
-    for w in &prepared.warnings {
-        eprintln!("prewarm: warning: {w}");
-    }
-    let printed = prepared.warnings.len();
-    let report = if cli.dry_run {
-        prepared.dry_run_report(&cfg)
-    } else {
-        prepared.execute(&cfg).context("reading")?
-    };
-    // Warnings found while reading (a file that could not be opened again).
-    for w in report.warnings.iter().skip(printed) {
-        eprintln!("prewarm: warning: {w}");
-    }
-    if cli.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&report).context("writing JSON")?
-        );
-    } else {
-        print!("{}", report.summary());
-    }
-    Ok(report.outcome.exit_code())
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli);
-    match run(&cli) {
-        Ok(code) => ExitCode::from(code as u8),
+    let result = match &cli.command {
+        None => commands::hydrate(&cli.sources, &cli.plan, &cli.engine, &cli.output),
+        Some(Command::Plan(cmd)) => commands::plan(cmd),
+        Some(Command::Run(cmd)) => commands::run(cmd),
+        Some(Command::Show(cmd)) => commands::show(cmd),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("prewarm: error: {e:#}");
-            ExitCode::from(2)
+            ExitCode::from(commands::exit_code_of(&e))
         }
     }
 }
@@ -294,7 +338,33 @@ mod tests {
     #[test]
     fn defaults_match_the_library() {
         let cli = Cli::parse_from(["prewarm", "/bin/sh"]);
-        assert_eq!(cli.chunk_size, DEFAULT_CHUNK_SIZE);
-        assert_eq!(cli.max_io, DEFAULT_MAX_IO);
+        assert_eq!(cli.plan.chunk_size, DEFAULT_CHUNK_SIZE);
+        assert_eq!(cli.plan.max_io, DEFAULT_MAX_IO);
+        assert!(cli.command.is_none());
+    }
+
+    #[test]
+    fn subcommands_parse() {
+        let cli = Cli::parse_from([
+            "prewarm",
+            "run",
+            "--manifest",
+            "m",
+            "--phase",
+            "initrd",
+            "--max-priority",
+            "20",
+        ]);
+        assert!(matches!(
+            cli.command,
+            Some(Command::Run(RunCmd {
+                phase: Phase::Initrd,
+                max_priority: Some(20),
+                ..
+            }))
+        ));
+        let cli = Cli::parse_from(["prewarm", "plan", "--root", "/mnt", "-p", "l", "-o", "out"]);
+        assert!(matches!(cli.command, Some(Command::Plan(_))));
+        assert!(Cli::try_parse_from(["prewarm", "--json", "plan", "-o", "x"]).is_err());
     }
 }

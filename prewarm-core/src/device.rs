@@ -186,6 +186,17 @@ pub fn open_read_only(path: &Path, direct: bool, extra: i32) -> std::io::Result<
     open(0).map(|f| (f, false))
 }
 
+/// Where the filesystem on `id` is mounted (its root, not a bind mount of a
+/// subdirectory), if it is.
+pub fn mount_point(id: DeviceId) -> Option<PathBuf> {
+    let infos = procfs::process::Process::myself().ok()?.mountinfo().ok()?;
+    let majmin = id.to_string();
+    infos
+        .iter()
+        .find(|m| m.majmin == majmin && m.root == "/")
+        .map(|m| m.mount_point.clone())
+}
+
 fn mounted_fs_type(id: DeviceId) -> Option<String> {
     let infos = procfs::process::Process::myself().ok()?.mountinfo().ok()?;
     let majmin = id.to_string();

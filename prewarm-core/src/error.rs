@@ -28,6 +28,10 @@ pub enum Error {
     /// A block device named explicitly cannot be used.
     #[error("{0}")]
     Device(String),
+    /// A manifest cannot be used on this machine (corrupt, another
+    /// filesystem, a device of another size).
+    #[error("manifest {path}: {reason}")]
+    ManifestRefused { path: PathBuf, reason: String },
     /// Nothing at all could be planned or read.
     #[error("nothing to read: {0}")]
     NothingToRead(String),
@@ -49,6 +53,8 @@ pub enum Error {
 pub enum Origin {
     /// Named on the command line.
     Argument,
+    /// A boot manifest.
+    Manifest,
     /// Line `line` (1-based) of the list file `list`.
     List {
         #[serde(serialize_with = "serialize_path")]
@@ -61,6 +67,7 @@ impl fmt::Display for Origin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Origin::Argument => write!(f, "argument"),
+            Origin::Manifest => write!(f, "manifest"),
             Origin::List { list, line } => write!(f, "{}:{}", list.display(), line),
         }
     }

@@ -14,6 +14,9 @@
 //! ```
 //!
 //! [`pipeline`] glues the stages together; each stage is usable on its own.
+//! [`manifest`] stores a mapped plan at image build time so that a boot can
+//! replay it without mapping anything, and [`handover`] lets the root-phase
+//! run skip what the initrd run already read.
 //! Reading the raw device *hydrates* the volume but does not put the files in
 //! the page cache; [`cache`] does that separate job when asked.
 
@@ -23,8 +26,12 @@ pub mod engine;
 pub mod error;
 pub mod extent;
 pub mod fiemap;
+pub mod fsid;
+pub mod handover;
+pub mod manifest;
 pub mod pipeline;
 pub mod plan;
+pub mod replay;
 pub mod report;
 pub mod source;
 

@@ -11,6 +11,7 @@
 use std::collections::BTreeMap;
 use std::os::fd::AsFd;
 use std::path::Path;
+use std::sync::atomic::AtomicU16;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,8 +26,8 @@ use crate::error::{Error, Warning, WarningKind};
 use crate::extent::{self, ExtentMap};
 use crate::plan::{self, FileIo, PlanConfig, PlanStats, PrioritizedExtent, ReadMode, ReadPlan};
 use crate::report::{
-    DeviceReport, FailureReport, FileLevelReport, FileMapReport, Outcome, ReadStats, Report,
-    REPORT_VERSION,
+    DeviceReport, FailureReport, FileLevelReport, FileMapReport, ManifestReport, Outcome,
+    ReadStats, Report, REPORT_VERSION,
 };
 use crate::source::{self, CollectOptions, SourceEntry, TargetFile};
 
@@ -48,6 +49,8 @@ pub struct Config {
     pub stop: StopSignal,
     /// Called once per priority class, in order, when it is fully read.
     pub on_class_done: Option<Arc<dyn Fn(u32) + Send + Sync>>,
+    /// I/O priority of reads issued from now on; may be lowered mid-run.
+    pub ioprio: Arc<AtomicU16>,
 }
 
 impl Default for Config {
@@ -61,6 +64,7 @@ impl Default for Config {
             cache: false,
             stop: StopSignal::default(),
             on_class_done: None,
+            ioprio: Arc::new(AtomicU16::new(0)),
         }
     }
 }
@@ -92,11 +96,15 @@ pub struct DevicePlan {
     pub device: BlockDevice,
     pub plan: ReadPlan,
     pub files: u64,
+    /// Filesystem UUID, when planned from a manifest (handover key).
+    pub uuid: Option<String>,
 }
 
 /// The result of [`prepare`]: the plan, nothing read yet.
 #[derive(Debug)]
 pub struct Prepared {
+    /// Set when planned from a manifest.
+    pub manifest: Option<ManifestReport>,
     pub files: Vec<MappedFile>,
     pub devices: Vec<DevicePlan>,
     pub file_ios: Vec<FileIo>,
@@ -190,6 +198,7 @@ pub fn prepare(
                     device: dev,
                     plan,
                     files: members.len() as u64,
+                    uuid: None,
                 });
             }
             Err(e) => {
@@ -230,6 +239,7 @@ pub fn prepare(
     );
 
     Ok(Prepared {
+        manifest: None,
         files,
         devices,
         file_ios,
@@ -241,6 +251,15 @@ pub fn prepare(
 }
 
 impl Prepared {
+    /// Whether any read of priority at most `priority` is planned.
+    pub fn has_work_up_to(&self, priority: u32) -> bool {
+        self.devices
+            .iter()
+            .flat_map(|d| &d.plan.classes)
+            .any(|c| c.priority <= priority && !c.ranges.is_empty())
+            || self.file_ios.iter().any(|io| io.priority <= priority)
+    }
+
     /// Add a plan that hydrates the whole block device `node` (a full-volume
     /// sweep, as `fio --rw=read` would do, but through the same engine).
     pub fn add_whole_device(
@@ -261,6 +280,7 @@ impl Prepared {
             device: dev,
             plan,
             files: 0,
+            uuid: None,
         });
         Ok(())
     }
@@ -321,6 +341,7 @@ impl Prepared {
             backend: cfg.backend,
             stop: cfg.stop.clone(),
             progress: progress.clone(),
+            ioprio: cfg.ioprio.clone(),
         };
         if let Some(p) = &progress {
             // Classes with nothing to read (everything already claimed by a
@@ -363,6 +384,8 @@ impl Prepared {
             let node = report.devices[i].node.clone();
             note_engine(&stats, |_| node.clone(), &mut fallbacks, &mut report);
             report.devices[i].read = read_stats(&stats);
+            let chunk = self.devices[i].plan.config.chunk_size;
+            report.devices[i].chunks_read = chunks_read(&device_ios[i], &stats.completed, chunk);
         }
         let (fstats, direct_files, open_warnings) = file_result?;
         if let Some(stats) = &fstats {
@@ -408,6 +431,8 @@ impl Prepared {
             devices.push(DeviceReport {
                 node: d.device.node.display().to_string(),
                 id: d.device.id,
+                uuid: d.uuid.clone(),
+                chunks_read: Vec::new(),
                 fs_type: d.device.fs_type.clone(),
                 size: d.device.size,
                 logical_block_size: d.device.logical_block_size,
@@ -465,6 +490,7 @@ impl Prepared {
                 },
             },
             cache: None,
+            manifest: self.manifest.clone(),
             file_maps: Vec::new(),
             outcome: Outcome::Success,
         }
@@ -491,6 +517,32 @@ fn note_engine(
             error: f.error.clone(),
         }));
     report.stopped = report.stopped.or(stats.stopped);
+}
+
+/// Merged chunk spans touched by the completed ops. A completed read of any
+/// part of a chunk counts the chunk: the plan only reads whole chunks, or one
+/// block of a chunk in touch mode, where touching is hydrating.
+fn chunks_read(ops: &[ReadOp], completed: &[usize], chunk: u64) -> Vec<(u64, u64)> {
+    let chunk = chunk.max(1);
+    let mut spans: Vec<(u64, u64)> = completed
+        .iter()
+        .filter_map(|&i| ops.get(i))
+        .map(|op| {
+            (
+                op.offset / chunk,
+                (op.offset + u64::from(op.len)).div_ceil(chunk),
+            )
+        })
+        .collect();
+    spans.sort_unstable();
+    let mut out: Vec<(u64, u64)> = Vec::with_capacity(spans.len());
+    for (s, e) in spans {
+        match out.last_mut() {
+            Some(last) if s <= last.1 => last.1 = last.1.max(e),
+            _ => out.push((s, e)),
+        }
+    }
+    out
 }
 
 fn read_stats(s: &EngineStats) -> ReadStats {

@@ -183,17 +183,7 @@ impl ReadPlan {
             claimed = union(&claimed, &fresh);
             let ranges = fresh
                 .iter()
-                .map(|&(s, e)| {
-                    let offset = s * chunk;
-                    let mut end = e * chunk;
-                    if device_size != 0 {
-                        end = end.min(device_size);
-                    }
-                    ByteRange {
-                        offset,
-                        len: end - offset,
-                    }
-                })
+                .map(|&s| span_to_range(s, chunk, device_size))
                 .collect();
             classes.push(PlanClass { priority, ranges });
         }
@@ -203,6 +193,42 @@ impl ReadPlan {
             extents: extents.len() as u64,
             classes,
         }
+    }
+
+    /// Drop every chunk lying wholly inside the byte ranges `done` (already
+    /// read, e.g. by the initrd run). Returns how many chunks were dropped.
+    pub fn subtract_done(&mut self, done: &[(u64, u64)]) -> u64 {
+        let chunk = self.config.chunk_size.max(1);
+        let size = self.device_size;
+        let done_spans = merge(
+            done.iter()
+                .map(|&(s, e)| {
+                    // The device's last chunk may be short: reading to the
+                    // end of the device completes it.
+                    let end = if size != 0 && e >= size {
+                        e.div_ceil(chunk)
+                    } else {
+                        e / chunk
+                    };
+                    (s.div_ceil(chunk), end)
+                })
+                .filter(|(s, e)| s < e),
+            0,
+        );
+        let before = self.stats().chunks;
+        for class in &mut self.classes {
+            let spans: Vec<Span> = class
+                .ranges
+                .iter()
+                .map(|r| (r.offset / chunk, r.end().div_ceil(chunk)))
+                .collect();
+            class.ranges = subtract(&spans, &done_spans)
+                .into_iter()
+                .map(|s| span_to_range(s, chunk, size))
+                .collect();
+        }
+        self.classes.retain(|c| !c.ranges.is_empty());
+        before - self.stats().chunks
     }
 
     /// Sizes of the plan.
@@ -245,6 +271,19 @@ impl ReadPlan {
             }
         }
         out
+    }
+}
+
+/// Chunk span to byte range, clamped to the device size (0: unknown).
+fn span_to_range((s, e): Span, chunk: u64, device_size: u64) -> ByteRange {
+    let offset = s * chunk;
+    let mut end = e * chunk;
+    if device_size != 0 {
+        end = end.min(device_size);
+    }
+    ByteRange {
+        offset,
+        len: end - offset,
     }
 }
 
@@ -437,6 +476,27 @@ mod tests {
             .all(|io| io.offset % 4096 == 0 && io.len % 4096 == 0));
         let total: u64 = ios.iter().map(|io| u64::from(io.len)).sum();
         assert!(total >= 3 * 1024 * K + 4096);
+    }
+
+    #[test]
+    fn subtract_done_drops_whole_chunks_only() {
+        let cfg = PlanConfig::default();
+        let mut plan = ReadPlan::build(
+            &[ext(1, 0, 4 * 512 * K), ext(2, 10 * 512 * K, 10)],
+            10 * 512 * K + 100,
+            &cfg,
+        );
+        // Chunk 0 done, chunk 1 half done, and the short last chunk done.
+        let dropped = plan.subtract_done(&[(0, 512 * K + 100), (10 * 512 * K, 10 * 512 * K + 100)]);
+        assert_eq!(dropped, 2);
+        assert_eq!(plan.classes.len(), 1);
+        assert_eq!(
+            plan.classes[0].ranges,
+            [ByteRange {
+                offset: 512 * K,
+                len: 3 * 512 * K
+            }]
+        );
     }
 
     #[test]

@@ -58,11 +58,39 @@ pub struct ReadStats {
     pub elapsed_ms: f64,
 }
 
+/// What replaying a manifest found.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ManifestReport {
+    /// CRC-32 of the manifest, hex.
+    pub checksum: String,
+    /// Files in the manifest.
+    pub files: u64,
+    /// Checked against the filesystem and unchanged.
+    pub unchanged: u64,
+    /// Changed since planning: re-mapped live.
+    pub changed: u64,
+    /// Gone since planning: skipped.
+    pub missing: u64,
+    /// Not checkable (filesystem not mounted, e.g. in the initrd): replayed
+    /// as recorded.
+    pub unverified: u64,
+    /// Above `--max-priority`: left for a later run.
+    pub deferred: u64,
+    /// File-level ranges that need the files visible (left for the root
+    /// phase).
+    pub file_ranges_deferred: u64,
+    /// Chunks skipped because an earlier run (the initrd) read them.
+    pub handover_chunks: u64,
+}
+
 /// One block device's plan and reads.
 #[derive(Debug, Clone, Serialize)]
 pub struct DeviceReport {
     pub node: String,
     pub id: DeviceId,
+    /// Filesystem UUID (manifest runs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uuid: Option<String>,
     pub fs_type: Option<String>,
     pub size: u64,
     pub logical_block_size: u32,
@@ -70,6 +98,9 @@ pub struct DeviceReport {
     pub files: u64,
     pub plan: PlanStats,
     pub read: ReadStats,
+    /// Chunk spans `[start, end)` read successfully in this run (chunk =
+    /// `plan_config.chunk_size`).
+    pub chunks_read: Vec<(u64, u64)>,
 }
 
 /// Reads made through files rather than a device.
@@ -143,6 +174,8 @@ pub struct Report {
     pub file_level: FileLevelReport,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cache: Option<CacheStats>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub manifest: Option<ManifestReport>,
     /// Per-file mappings; filled in dry runs.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub file_maps: Vec<FileMapReport>,
@@ -248,6 +281,13 @@ impl Report {
                 self.mib_per_s,
                 self.iops,
                 self.errors,
+            );
+        }
+        if let Some(m) = &self.manifest {
+            let _ = writeln!(
+                s,
+                "manifest {}: {} files: {} unchanged, {} changed (re-mapped), {} missing, {} unverified, {} deferred; {} chunks already read by an earlier run",
+                m.checksum, m.files, m.unchanged, m.changed, m.missing, m.unverified, m.deferred, m.handover_chunks
             );
         }
         if let Some(c) = &self.cache {

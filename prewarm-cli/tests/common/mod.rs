@@ -165,10 +165,11 @@ pub fn prewarm(args: &[&str]) -> Output {
         .unwrap()
 }
 
-/// Run the binary with `--json` and parse the report.
+/// Run the binary with `--json` (appended, so it lands in a subcommand's
+/// options) and parse the report.
 pub fn prewarm_json(args: &[&str]) -> (Value, Output) {
-    let mut all = vec!["--json"];
-    all.extend_from_slice(args);
+    let mut all = args.to_vec();
+    all.push("--json");
     let out = prewarm(&all);
     let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!(

@@ -24,7 +24,7 @@ mod uring;
 
 use std::collections::BTreeMap;
 use std::os::fd::BorrowedFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -34,6 +34,11 @@ use crate::error::Error;
 
 /// Default number of reads in flight.
 pub const DEFAULT_QUEUE_DEPTH: u32 = 32;
+
+/// I/O priority value (`ioprio`) of the idle class: reads that only run when
+/// the disk is otherwise idle (honoured by the BFQ and mq-deadline
+/// schedulers; `none` ignores priorities).
+pub const IOPRIO_IDLE: u16 = 3 << 13;
 
 /// How long reads already in flight are waited for after a stop.
 pub const STOP_GRACE: Duration = Duration::from_secs(2);
@@ -180,6 +185,11 @@ pub struct EngineConfig {
     pub backend: BackendChoice,
     pub stop: StopSignal,
     pub progress: Option<Arc<ClassProgress>>,
+    /// I/O priority for reads issued from now on (0: the process's own).
+    /// Applied per read by the io_uring backend; the pread backend ignores
+    /// it. Shared, so that a caller can lower it mid-run (e.g. to
+    /// [`IOPRIO_IDLE`] once the boot-critical class is done).
+    pub ioprio: Arc<AtomicU16>,
 }
 
 impl Default for EngineConfig {
@@ -189,6 +199,7 @@ impl Default for EngineConfig {
             backend: BackendChoice::Auto,
             stop: StopSignal::default(),
             progress: None,
+            ioprio: Arc::new(AtomicU16::new(0)),
         }
     }
 }
@@ -227,6 +238,9 @@ pub struct EngineStats {
     pub not_issued: u64,
     pub stopped: Option<StopReason>,
     pub elapsed: Duration,
+    /// Indexes of the ops that completed without error, in completion order.
+    #[serde(skip)]
+    pub completed: Vec<usize>,
 }
 
 impl EngineStats {
@@ -244,6 +258,7 @@ impl EngineStats {
             not_issued: 0,
             stopped: None,
             elapsed: Duration::ZERO,
+            completed: Vec::new(),
         }
     }
 
@@ -274,6 +289,7 @@ impl EngineStats {
         self.short_reads += o.short_reads;
         self.eof += o.eof;
         self.stopped = self.stopped.or(o.stopped);
+        self.completed.extend(o.completed);
     }
 }
 
@@ -350,8 +366,8 @@ pub fn run(
 
 /// What a completed read leaves to do.
 enum Next {
-    /// The op is finished.
-    Done,
+    /// The op is finished; `ok` unless it failed.
+    Done { ok: bool },
     /// Resubmit for the remaining bytes, `advanced` bytes further on.
     Resubmit { advanced: u32 },
 }
@@ -372,22 +388,22 @@ fn account(
             return Next::Resubmit { advanced: 0 };
         }
         stats.fail(op, errno);
-        return Next::Done;
+        return Next::Done { ok: false };
     }
     let got = res as u32;
     stats.bytes_read += u64::from(got);
     if got == 0 {
         stats.eof += 1;
-        return Next::Done;
+        return Next::Done { ok: true };
     }
     if got >= remaining {
-        return Next::Done;
+        return Next::Done { ok: true };
     }
     // Short read. On a direct target a piece that ends off the alignment
     // can only be end of file: reading on from there would be EINVAL.
     if target.direct && got % target.align.max(1) != 0 {
         stats.eof += 1;
-        return Next::Done;
+        return Next::Done { ok: true };
     }
     stats.short_reads += 1;
     Next::Resubmit { advanced: got }
@@ -441,6 +457,9 @@ mod tests {
                 assert_eq!(s.ios_done, s.ios_planned);
                 assert_eq!(s.errors, 0);
                 assert_eq!(s.eof, 1, "last read is short at EOF");
+                let mut done = s.completed.clone();
+                done.sort_unstable();
+                assert_eq!(done, (0..s.ios_planned as usize).collect::<Vec<_>>());
             }
         }
     }

@@ -56,7 +56,7 @@ fn worker(
         };
         let target = &targets[op.target];
         let mut done = 0u32;
-        loop {
+        let ok = loop {
             let piece = &mut buf[done as usize..op.len as usize];
             let offset = (op.offset + u64::from(done)) as i64;
             let res = match pread(target.fd, piece, offset) {
@@ -64,9 +64,12 @@ fn worker(
                 Err(errno) => -(errno as i64),
             };
             match account(&mut stats, target, op, op.len - done, res) {
-                Next::Done => break,
+                Next::Done { ok } => break ok,
                 Next::Resubmit { advanced } => done += advanced,
             }
+        };
+        if ok {
+            stats.completed.push(idx);
         }
         stats.ios_done += 1;
         if let Some(p) = &cfg.progress {

@@ -14,6 +14,7 @@
 //!   never freed or reused.
 
 use std::os::fd::AsRawFd;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use io_uring::{opcode, squeue, types, IoUring};
@@ -67,12 +68,17 @@ pub(super) fn run(
         let buf = slot_ptrs[slot].wrapping_add(done as usize);
         let len = op.len - done;
         let offset = op.offset + u64::from(done);
+        let ioprio = cfg.ioprio.load(Ordering::Relaxed);
         let e = if fixed {
             opcode::ReadFixed::new(fd, buf, len, slot as u16)
                 .offset(offset)
+                .ioprio(ioprio)
                 .build()
         } else {
-            opcode::Read::new(fd, buf, len).offset(offset).build()
+            opcode::Read::new(fd, buf, len)
+                .offset(offset)
+                .ioprio(ioprio)
+                .build()
         };
         e.user_data(slot as u64)
     };
@@ -153,7 +159,10 @@ pub(super) fn run(
                 op.len - f.done,
                 i64::from(res),
             ) {
-                Next::Done => {
+                Next::Done { ok } => {
+                    if ok {
+                        stats.completed.push(f.op);
+                    }
                     stats.ios_done += 1;
                     inflight -= 1;
                     free.push(slot);

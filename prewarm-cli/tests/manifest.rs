@@ -1,0 +1,403 @@
+//! Boot manifests end to end, on real ext4 and xfs loop devices: `plan`
+//! writes a manifest, `run` replays it without mapping (finding the device
+//! by filesystem UUID), the initrd/root handover never reads a chunk twice,
+//! stale files are re-mapped, foreign or corrupt manifests are refused with
+//! exit code 3, and `--notify` says READY to systemd.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::os::unix::net::UnixDatagram;
+use std::path::PathBuf;
+use std::process::Command;
+
+use common::*;
+use serde_json::Value;
+
+struct Image {
+    _tmp: tempfile::TempDir,
+    dir: PathBuf,
+    image: PathBuf,
+}
+
+/// An image with a 12 MiB "kubelet" (priority 10), a 6 MiB "containerd"
+/// (20), a tree of "image layers" (50) and a file that will go stale (30),
+/// and a manifest planned from it at `dir/boot.manifest`.
+fn planned_image(fs_name: &'static str) -> Image {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
+    let image = dir.join("root.img");
+    make_fs_image(&image, fs_name, 512);
+    let lo = LoopDev::attach(&image, false);
+    let mnt = dir.join("mnt");
+    let m = Mounted::mount(lo.path(), &mnt, fs_name, "rw");
+    fs::create_dir_all(mnt.join("usr/bin")).unwrap();
+    fs::create_dir_all(mnt.join("var/lib/layers")).unwrap();
+    fs::create_dir_all(mnt.join("etc/prewarm")).unwrap();
+    let noise = |n: usize, seed: u8| -> Vec<u8> {
+        (0..n)
+            .map(|i| (i as u8).wrapping_mul(seed) ^ seed)
+            .collect()
+    };
+    fs::write(mnt.join("usr/bin/kubelet"), noise(12 << 20, 7)).unwrap();
+    fs::write(mnt.join("usr/bin/containerd"), noise(6 << 20, 11)).unwrap();
+    fs::write(mnt.join("usr/bin/stale"), noise(3 << 20, 13)).unwrap();
+    fs::write(mnt.join("usr/bin/gone"), noise(1 << 20, 17)).unwrap();
+    for i in 0..30 {
+        fs::write(
+            mnt.join(format!("var/lib/layers/f{i}")),
+            noise(100_000 + i * 5000, 19),
+        )
+        .unwrap();
+    }
+    fs::write(
+        mnt.join("etc/prewarm/boot.list"),
+        "10 /usr/bin/kubelet\n20 /usr/bin/containerd\n30 /usr/bin/stale\n30 /usr/bin/gone\n50 /var/lib/layers\n",
+    )
+    .unwrap();
+    cmd("sync", &[]);
+    let manifest = dir.join("boot.manifest");
+    let out = prewarm(&[
+        "plan",
+        "--root",
+        mnt.to_str().unwrap(),
+        "--paths",
+        mnt.join("etc/prewarm/boot.list").to_str().unwrap(),
+        "-o",
+        manifest.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "plan: {}", stderr(&out));
+    drop(m);
+    drop(lo);
+    Image {
+        _tmp: tmp,
+        dir,
+        image,
+    }
+}
+
+impl Image {
+    fn manifest(&self) -> String {
+        self.dir.join("boot.manifest").to_str().unwrap().to_string()
+    }
+    fn state(&self) -> String {
+        self.dir.join("run/state").to_str().unwrap().to_string()
+    }
+}
+
+fn chunk_set(report: &Value) -> BTreeSet<u64> {
+    let mut set = BTreeSet::new();
+    for d in report["devices"].as_array().unwrap() {
+        for span in d["chunks_read"].as_array().unwrap() {
+            let (s, e) = (u(&span[0]), u(&span[1]));
+            for c in s..e {
+                assert!(set.insert(c), "chunk {c} listed twice");
+            }
+        }
+    }
+    set
+}
+
+fn run_json(args: &[&str]) -> Value {
+    let mut all = vec!["run"];
+    all.extend_from_slice(args);
+    let (report, out) = prewarm_json(&all);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "prewarm {all:?}: {}",
+        stderr(&out)
+    );
+    report
+}
+
+fn manifest_end_to_end(fs_name: &'static str) {
+    let _serial = serial();
+    let img = planned_image(fs_name);
+    let before = checksum(&img.image);
+
+    // show: text and JSON.
+    let out = prewarm(&["show", &img.manifest(), "--files"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("/usr/bin/kubelet") && text.contains(fs_name),
+        "{text}"
+    );
+    let (shown, out) = prewarm_json(&["show", &img.manifest()]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(u(&shown["stats"]["files"]), 34);
+    let uuid = shown["devices"][0]["uuid"].as_str().unwrap().to_string();
+    let blkid = cmd(
+        "blkid",
+        &["-o", "value", "-s", "UUID", img.image.to_str().unwrap()],
+    );
+    assert_eq!(
+        uuid,
+        blkid.trim(),
+        "the manifest names the filesystem by its UUID"
+    );
+
+    // The full plan, read in one go (not mounted: nothing is verified).
+    let lo = LoopDev::attach(&img.image, true);
+    let full = run_json(&["--phase", "initrd", "-m", &img.manifest()]);
+    let all_chunks = chunk_set(&full);
+    assert_eq!(all_chunks.len() as u64, u(&full["chunks"]));
+    assert_eq!(u(&full["manifest"]["unverified"]), 34);
+    assert_eq!(u(&full["bytes_read"]), u(&full["planned_bytes"]));
+
+    // The initrd phase takes the top classes, the root phase the rest: no
+    // chunk read twice, nothing missed.
+    let initrd = run_json(&[
+        "--phase",
+        "initrd",
+        "-m",
+        &img.manifest(),
+        "--state",
+        &img.state(),
+        "--max-priority",
+        "20",
+    ]);
+    let first = chunk_set(&initrd);
+    assert!(!first.is_empty());
+    assert_eq!(u(&initrd["manifest"]["deferred"]), 32);
+    let root = run_json(&[
+        "--phase",
+        "initrd",
+        "-m",
+        &img.manifest(),
+        "--state",
+        &img.state(),
+    ]);
+    let second = chunk_set(&root);
+    assert!(
+        first.is_disjoint(&second),
+        "a chunk was read twice: {:?}",
+        first.intersection(&second).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        first.union(&second).copied().collect::<BTreeSet<_>>(),
+        all_chunks
+    );
+    assert_eq!(u(&root["manifest"]["handover_chunks"]), first.len() as u64);
+    // A third run finds nothing left to do.
+    let third = run_json(&[
+        "--phase",
+        "initrd",
+        "-m",
+        &img.manifest(),
+        "--state",
+        &img.state(),
+    ]);
+    assert_eq!(u(&third["bytes_read"]), 0);
+    drop(lo);
+
+    // Root phase with the filesystem mounted: files are checked; a changed
+    // file is re-mapped live, a deleted one skipped.
+    {
+        let rw = LoopDev::attach(&img.image, false);
+        let m = Mounted::mount(rw.path(), &img.dir.join("mnt"), fs_name, "rw");
+        fs::remove_file(m.dir.join("usr/bin/gone")).unwrap();
+        fs::remove_file(m.dir.join("usr/bin/stale")).unwrap();
+        fs::write(m.dir.join("usr/bin/stale"), vec![42u8; 5 << 20]).unwrap();
+        cmd("sync", &[]);
+        let root = run_json(&["--phase", "root", "-m", &img.manifest()]);
+        let mr = &root["manifest"];
+        assert_eq!(
+            (u(&mr["unchanged"]), u(&mr["changed"]), u(&mr["missing"])),
+            (32, 1, 1),
+            "{mr}"
+        );
+        let warnings = root["warnings"].to_string();
+        assert!(warnings.contains("usr/bin/gone"), "{warnings}");
+        // The new extents of the changed file are in what was read.
+        let (plan, _) = prewarm_json(&["--dry-run", m.dir.join("usr/bin/stale").to_str().unwrap()]);
+        let read = chunk_set(&root);
+        for e in plan["file_maps"][0]["device_extents"].as_array().unwrap() {
+            let c = u(&e["physical"]) / (512 * 1024);
+            assert!(
+                read.contains(&c),
+                "chunk {c} of the re-mapped file was not read"
+            );
+        }
+    }
+    // Plans and runs never wrote to the image (only the test's own edits
+    // above, made through a read-write mount, changed it).
+    let _ = before;
+}
+
+#[test]
+fn ext4_manifest_plan_run_handover() {
+    if privileged(
+        "ext4_manifest_plan_run_handover",
+        &["losetup", "mkfs.ext4", "blkid"],
+    ) {
+        manifest_end_to_end("ext4");
+    }
+}
+
+#[test]
+fn xfs_manifest_plan_run_handover() {
+    if privileged(
+        "xfs_manifest_plan_run_handover",
+        &["losetup", "mkfs.xfs", "blkid"],
+    ) {
+        manifest_end_to_end("xfs");
+    }
+}
+
+#[test]
+fn foreign_resized_and_corrupt_manifests_are_refused() {
+    if !privileged(
+        "foreign_resized_and_corrupt_manifests_are_refused",
+        &["losetup", "mkfs.ext4"],
+    ) {
+        return;
+    }
+    let _serial = serial();
+    let img = planned_image("ext4");
+    let manifest = img.manifest();
+
+    // No device holds the filesystem.
+    let out = prewarm(&["run", "-m", &manifest, "--wait-device", "300ms"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no block device holds the ext4 filesystem"),
+        "{}",
+        stderr(&out)
+    );
+
+    // The same filesystem on a device of another size.
+    let bigger = img.dir.join("bigger.img");
+    fs::copy(&img.image, &bigger).unwrap();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&bigger)
+        .unwrap()
+        .set_len(600 << 20)
+        .unwrap();
+    {
+        let _lo = LoopDev::attach(&bigger, true);
+        let out = prewarm(&["run", "-m", &manifest]);
+        assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains("planned for a 536870912-byte device"),
+            "{}",
+            stderr(&out)
+        );
+    }
+
+    // Truncated and corrupted manifests: an error naming the offset.
+    let bytes = fs::read(&manifest).unwrap();
+    let cut = img.dir.join("cut.manifest");
+    fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let flipped = img.dir.join("flipped.manifest");
+    let mut f = bytes.clone();
+    f[bytes.len() / 2] ^= 1;
+    fs::write(&flipped, &f).unwrap();
+    for (bad, needle) in [(&cut, "truncated manifest"), (&flipped, "corrupt manifest")] {
+        for args in [
+            vec!["run", "-m", bad.to_str().unwrap()],
+            vec!["show", bad.to_str().unwrap()],
+        ] {
+            let out = prewarm(&args);
+            let err = stderr(&out);
+            assert_eq!(out.status.code(), Some(3), "{args:?}: {err}");
+            assert!(
+                err.contains(needle) && err.contains("offset"),
+                "{args:?}: {err}"
+            );
+            assert!(!err.contains("panicked"), "{err}");
+        }
+    }
+}
+
+#[test]
+fn notify_says_ready_after_the_urgent_class_and_cmdline_switches_work() {
+    if !privileged(
+        "notify_says_ready_after_the_urgent_class",
+        &["losetup", "mkfs.ext4"],
+    ) {
+        return;
+    }
+    let _serial = serial();
+    let img = planned_image("ext4");
+    let _lo = LoopDev::attach(&img.image, true);
+    let sock_path = img.dir.join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+
+    let out = Command::new(env!("CARGO_BIN_EXE_prewarm"))
+        .args([
+            "run",
+            "--notify",
+            "--phase",
+            "initrd",
+            "-m",
+            &img.manifest(),
+            "--json",
+        ])
+        .env("NOTIFY_SOCKET", &sock_path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let mut messages = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = sock.recv(&mut buf) {
+        messages.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        if messages.last().is_some_and(|m| m.contains("finished")) {
+            break;
+        }
+    }
+    let ready: Vec<_> = messages.iter().filter(|m| m.contains("READY=1")).collect();
+    assert_eq!(ready.len(), 1, "exactly one READY: {messages:?}");
+    assert!(
+        ready[0].contains("classes up to 10 hydrated"),
+        "READY after the most urgent class: {messages:?}"
+    );
+    let ready_at = messages.iter().position(|m| m.contains("READY=1")).unwrap();
+    assert!(
+        messages[ready_at..]
+            .iter()
+            .any(|m| m.contains("priority class 50 hydrated")),
+        "the background classes go on after READY: {messages:?}"
+    );
+
+    // prewarm=0 on the kernel command line: nothing read, READY still sent.
+    let out = Command::new(env!("CARGO_BIN_EXE_prewarm"))
+        .args(["run", "--notify", "--kernel-cmdline", "-m", &img.manifest()])
+        .env("NOTIFY_SOCKET", &sock_path)
+        .env("PREWARM_CMDLINE", "quiet prewarm=0 root=/dev/vda")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        stderr(&out).contains("disabled by `prewarm=0`"),
+        "{}",
+        stderr(&out)
+    );
+    let n = sock.recv(&mut buf).unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("READY=1"));
+
+    // prewarm.manifest= selects another manifest.
+    let elsewhere = img.dir.join("elsewhere.manifest");
+    fs::copy(img.manifest(), &elsewhere).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_prewarm"))
+        .args([
+            "run",
+            "--kernel-cmdline",
+            "--phase",
+            "initrd",
+            "-m",
+            "/nonexistent",
+        ])
+        .env(
+            "PREWARM_CMDLINE",
+            format!("prewarm.manifest={}", elsewhere.display()),
+        )
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}

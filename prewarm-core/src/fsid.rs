@@ -1,0 +1,186 @@
+//! Filesystem identity: the type and UUID in a block device's superblock,
+//! and finding a device by that UUID.
+//!
+//! A manifest planned at image build time names its device by filesystem
+//! UUID, not by path: `/dev/nvme0n1p1` at build time may be `/dev/xvda1` at
+//! boot, and in the initrd the udev symlinks may not exist yet. The
+//! superblock is read directly (ext2/3/4: magic 0xEF53 at 1024+56, UUID at
+//! 1024+104; XFS: magic "XFSB" at 0, UUID at 32), so no `blkid` is needed in
+//! the initrd.
+
+use std::fs::File;
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::device::{open_read_only, DeviceId};
+
+/// Filesystem types whose superblock we can read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsType {
+    Ext4,
+    Xfs,
+}
+
+impl FsType {
+    pub fn name(self) -> &'static str {
+        match self {
+            FsType::Ext4 => "ext4",
+            FsType::Xfs => "xfs",
+        }
+    }
+}
+
+/// A filesystem's type and UUID.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FsIdentity {
+    pub fs_type: FsType,
+    pub uuid: [u8; 16],
+}
+
+/// Format a UUID the way blkid prints it.
+pub fn format_uuid(u: &[u8; 16]) -> String {
+    let h: String = u.iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
+}
+
+/// Parse `8-4-4-4-12` hex.
+pub fn parse_uuid(s: &str) -> Option<[u8; 16]> {
+    let b = s.as_bytes();
+    let dashes_ok =
+        b.len() == 36 && (0..36).all(|i| (b[i] == b'-') == matches!(i, 8 | 13 | 18 | 23));
+    if !dashes_ok {
+        return None;
+    }
+    let hex: Vec<u8> = s.bytes().filter(|&b| b != b'-').collect();
+    let mut out = [0u8; 16];
+    for (i, pair) in hex.chunks(2).enumerate() {
+        out[i] = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// Identify the filesystem from its first 4 KiB.
+pub fn identify(head: &[u8]) -> Option<FsIdentity> {
+    let uuid_at = |off: usize| -> Option<[u8; 16]> { head.get(off..off + 16)?.try_into().ok() };
+    if head.get(0..4) == Some(b"XFSB") {
+        return Some(FsIdentity {
+            fs_type: FsType::Xfs,
+            uuid: uuid_at(32)?,
+        });
+    }
+    if head.get(1024 + 56..1024 + 58) == Some(&[0x53, 0xEF]) {
+        return Some(FsIdentity {
+            fs_type: FsType::Ext4,
+            uuid: uuid_at(1024 + 104)?,
+        });
+    }
+    None
+}
+
+/// Read the identity of the filesystem on the block device `node`.
+pub fn read_identity(node: &Path) -> std::io::Result<Option<FsIdentity>> {
+    // A separate buffered descriptor: one small unaligned read.
+    let (f, _) = open_read_only(node, false, 0)?;
+    read_identity_of(&f)
+}
+
+fn read_identity_of(f: &File) -> std::io::Result<Option<FsIdentity>> {
+    let mut head = vec![0u8; 4096];
+    let mut got = 0;
+    while got < head.len() {
+        match f.read_at(&mut head[got..], got as u64)? {
+            0 => break,
+            n => got += n,
+        }
+    }
+    head.truncate(got);
+    Ok(identify(&head))
+}
+
+/// Find the block device holding the filesystem `uuid`, polling up to `wait`
+/// for it to appear (in the initrd, the disk driver may still be probing).
+/// Looks at `/dev/disk/by-uuid` first, then at every block device in sysfs.
+pub fn find_by_uuid(uuid: &[u8; 16], wait: Duration) -> Option<(DeviceId, PathBuf)> {
+    let deadline = Instant::now() + wait;
+    loop {
+        if let Some(found) = scan(uuid) {
+            return Some(found);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn scan(uuid: &[u8; 16]) -> Option<(DeviceId, PathBuf)> {
+    let by_uuid = PathBuf::from(format!("/dev/disk/by-uuid/{}", format_uuid(uuid)));
+    let mut candidates = vec![by_uuid];
+    if let Ok(dir) = std::fs::read_dir("/sys/class/block") {
+        for entry in dir.flatten() {
+            let size: u64 = std::fs::read_to_string(entry.path().join("size"))
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .unwrap_or(0);
+            if size > 0 {
+                candidates.push(Path::new("/dev").join(entry.file_name()));
+            }
+        }
+    }
+    candidates.into_iter().find_map(|node| {
+        let meta = std::fs::metadata(&node).ok()?;
+        if !meta.file_type().is_block_device() {
+            return None;
+        }
+        let id = read_identity(&node).ok()??;
+        (id.uuid == *uuid).then(|| {
+            (
+                DeviceId::from_dev(meta.rdev()),
+                std::fs::canonicalize(&node).unwrap_or(node),
+            )
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uuid_roundtrip() {
+        let s = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0";
+        let u = parse_uuid(s).unwrap();
+        assert_eq!(format_uuid(&u), s);
+        assert!(parse_uuid("nope").is_none());
+        assert!(parse_uuid("0f1e2d3c4b5a69788796a5b4c3d2e1f0----").is_none());
+    }
+
+    #[test]
+    fn identifies_superblocks() {
+        let mut ext = vec![0u8; 4096];
+        ext[1024 + 56] = 0x53;
+        ext[1024 + 57] = 0xEF;
+        ext[1024 + 104..1024 + 120].copy_from_slice(&[7; 16]);
+        assert_eq!(
+            identify(&ext),
+            Some(FsIdentity {
+                fs_type: FsType::Ext4,
+                uuid: [7; 16]
+            })
+        );
+        let mut xfs = vec![0u8; 4096];
+        xfs[..4].copy_from_slice(b"XFSB");
+        xfs[32..48].copy_from_slice(&[9; 16]);
+        assert_eq!(identify(&xfs).unwrap().fs_type, FsType::Xfs);
+        assert_eq!(identify(&[0u8; 4096]), None);
+        assert_eq!(identify(&[0u8; 10]), None);
+    }
+}

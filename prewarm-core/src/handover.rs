@@ -1,0 +1,139 @@
+//! Handover between runs of the same manifest: the initrd run records which
+//! device byte ranges it has read in a small state file under `/run` (a
+//! tmpfs, which survives switch-root), and the root run skips them, so no
+//! chunk is read twice even when the initrd run was stopped half-way.
+//!
+//! The state names the manifest by its checksum: a state left by another
+//! manifest is ignored. Writes are atomic (temporary file, then rename).
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+/// Version of the state file layout.
+pub const STATE_VERSION: u32 = 1;
+
+/// Ranges already read, per filesystem.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandoverState {
+    pub version: u32,
+    /// CRC-32 of the manifest these ranges belong to.
+    pub manifest_crc: u32,
+    pub devices: Vec<DeviceDone>,
+}
+
+/// Byte ranges `[start, end)` of one filesystem's device already read.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceDone {
+    pub uuid: String,
+    pub done: Vec<(u64, u64)>,
+}
+
+impl HandoverState {
+    pub fn new(manifest_crc: u32) -> Self {
+        HandoverState {
+            version: STATE_VERSION,
+            manifest_crc,
+            devices: Vec::new(),
+        }
+    }
+
+    /// The state at `path` if it exists, parses and belongs to the manifest
+    /// with checksum `manifest_crc`; otherwise a fresh state (with a log line
+    /// saying why an existing file was ignored).
+    pub fn load_or_new(path: &Path, manifest_crc: u32) -> Self {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Self::new(manifest_crc),
+            Err(e) => {
+                tracing::warn!("ignoring handover state {}: {e}", path.display());
+                return Self::new(manifest_crc);
+            }
+        };
+        match serde_json::from_str::<HandoverState>(&text) {
+            Ok(s) if s.version == STATE_VERSION && s.manifest_crc == manifest_crc => s,
+            Ok(_) => {
+                tracing::info!(
+                    "handover state {} is for another manifest; ignoring it",
+                    path.display()
+                );
+                Self::new(manifest_crc)
+            }
+            Err(e) => {
+                tracing::warn!("ignoring unreadable handover state {}: {e}", path.display());
+                Self::new(manifest_crc)
+            }
+        }
+    }
+
+    /// Ranges already read on the filesystem `uuid`.
+    pub fn done(&self, uuid: &str) -> &[(u64, u64)] {
+        self.devices
+            .iter()
+            .find(|d| d.uuid == uuid)
+            .map_or(&[], |d| &d.done)
+    }
+
+    /// Add ranges read on `uuid`, keeping the list sorted and merged.
+    pub fn record(&mut self, uuid: &str, ranges: impl IntoIterator<Item = (u64, u64)>) {
+        let idx = match self.devices.iter().position(|d| d.uuid == uuid) {
+            Some(i) => i,
+            None => {
+                self.devices.push(DeviceDone {
+                    uuid: uuid.to_string(),
+                    done: Vec::new(),
+                });
+                self.devices.len() - 1
+            }
+        };
+        let done = &mut self.devices[idx].done;
+        done.extend(ranges.into_iter().filter(|(s, e)| s < e));
+        done.sort_unstable();
+        let mut merged: Vec<(u64, u64)> = Vec::with_capacity(done.len());
+        for &(s, e) in done.iter() {
+            match merged.last_mut() {
+                Some(last) if s <= last.1 => last.1 = last.1.max(e),
+                _ => merged.push((s, e)),
+            }
+        }
+        *done = merged;
+    }
+
+    /// Write atomically (`path.tmp`, then rename), creating the directory.
+    pub fn save(&self, path: &Path) -> std::io::Result<()> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let tmp = path.with_extension("tmp");
+        let json = serde_json::to_vec(self).map_err(std::io::Error::other)?;
+        std::fs::write(&tmp, json)?;
+        std::fs::rename(&tmp, path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_merges_and_roundtrips() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/state");
+        let mut s = HandoverState::new(42);
+        s.record("u", [(10, 20), (0, 5), (5, 10), (30, 40)]);
+        s.record("u", [(15, 31)]);
+        assert_eq!(s.done("u"), [(0, 40)]);
+        assert_eq!(s.done("other"), []);
+        s.save(&path).unwrap();
+        assert_eq!(HandoverState::load_or_new(&path, 42), s);
+        assert_eq!(
+            HandoverState::load_or_new(&path, 43),
+            HandoverState::new(43)
+        );
+        std::fs::write(&path, "garbage").unwrap();
+        assert_eq!(
+            HandoverState::load_or_new(&path, 42),
+            HandoverState::new(42)
+        );
+    }
+}

@@ -1,0 +1,371 @@
+//! Manifests in the pipeline: [`build_manifest`] turns a prepared plan into a
+//! manifest at image build time, and [`prepare_manifest`] turns a manifest
+//! back into a prepared plan at boot, without walking or mapping files.
+//!
+//! At boot the device is found by filesystem UUID (waiting for it to appear)
+//! and refused if its size or block size differ from what was planned. When
+//! the filesystem is mounted (the root phase), every file is checked against
+//! the inode, size and mtime recorded at planning time: unchanged files use
+//! the recorded extents, changed files are re-mapped live, missing files are
+//! dropped. In the initrd nothing is mounted yet, so the recorded extents are
+//! replayed as they are (reading a stale range costs a read, never harm) and
+//! reads that need the files themselves wait for the root phase.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use rayon::prelude::*;
+
+use crate::device::{self, DeviceId};
+use crate::error::{Error, Origin, Warning, WarningKind};
+use crate::extent::{self, DeviceExtent, ExtentMap};
+use crate::fsid::{self, format_uuid};
+use crate::handover::HandoverState;
+use crate::manifest::{Manifest, ManifestDevice, ManifestExtent, ManifestFile};
+use crate::pipeline::{Config, DevicePlan, MappedFile, Prepared};
+use crate::plan::{self, PrioritizedExtent, ReadPlan};
+use crate::report::ManifestReport;
+use crate::source::TargetFile;
+
+/// Turn a prepared plan into a manifest. Files that cannot be replayed from
+/// a manifest (not on an ext4/xfs block device, not under its mount point)
+/// are left out with a warning.
+pub fn build_manifest(prepared: &Prepared, cfg: &Config, tool: &str) -> (Manifest, Vec<Warning>) {
+    let mut warnings = Vec::new();
+    let mut devices = Vec::new();
+    let mut included = vec![false; prepared.files.len()];
+    for d in prepared.devices.iter().filter(|d| d.files > 0) {
+        let id = d.device.id;
+        let node = d.device.node.display().to_string();
+        let identity = match fsid::read_identity(&d.device.node) {
+            Ok(Some(identity)) => identity,
+            Ok(None) => {
+                warnings.push(Warning::new(
+                    WarningKind::Unreadable,
+                    Some(&d.device.node),
+                    None,
+                    "no ext4 or xfs superblock: its files are not in the manifest",
+                ));
+                continue;
+            }
+            Err(e) => {
+                warnings.push(Warning::new(
+                    WarningKind::Unreadable,
+                    Some(&d.device.node),
+                    None,
+                    format!("reading the superblock: {e}"),
+                ));
+                continue;
+            }
+        };
+        let Some(mount) = device::mount_point(id) else {
+            warnings.push(Warning::new(
+                WarningKind::Unreadable,
+                Some(&d.device.node),
+                None,
+                "not mounted at a filesystem root: its files are not in the manifest",
+            ));
+            continue;
+        };
+        let mut files = Vec::new();
+        for (i, f) in prepared.files.iter().enumerate() {
+            if DeviceId::from_dev(f.file.dev) != id {
+                continue;
+            }
+            let Ok(rel) = f.file.path.strip_prefix(&mount) else {
+                warnings.push(Warning::new(
+                    WarningKind::Unreadable,
+                    Some(&f.file.path),
+                    Some(&f.file.origin),
+                    format!("not under {}: not in the manifest", mount.display()),
+                ));
+                continue;
+            };
+            included[i] = true;
+            files.push(ManifestFile {
+                path: rel.to_path_buf(),
+                ino: f.file.ino,
+                size: f.file.size,
+                mtime_sec: f.file.mtime.0,
+                mtime_nsec: f.file.mtime.1 as u32,
+                priority: f.file.priority,
+                extents: f
+                    .map
+                    .device_extents
+                    .iter()
+                    .map(|e| ManifestExtent {
+                        logical: e.logical,
+                        physical: e.physical,
+                        length: e.length,
+                    })
+                    .collect(),
+                file_ranges: f.map.file_ranges.clone(),
+            });
+        }
+        devices.push(ManifestDevice {
+            fs_type: identity.fs_type.name().to_string(),
+            uuid: identity.uuid,
+            size: d.device.size,
+            logical_block_size: d.device.logical_block_size,
+            node_hint: node,
+            files,
+        });
+    }
+    for (f, _) in prepared
+        .files
+        .iter()
+        .zip(&included)
+        .filter(|(_, &inc)| !inc)
+    {
+        if f.map.device_extents.is_empty() {
+            warnings.push(Warning::new(
+                WarningKind::Unreadable,
+                Some(&f.file.path),
+                Some(&f.file.origin),
+                "not on a block device prewarm can map: not in the manifest",
+            ));
+        }
+    }
+    let created_unix = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let manifest = Manifest {
+        created_unix,
+        tool: tool.to_string(),
+        plan: cfg.plan,
+        devices,
+    };
+    (manifest, warnings)
+}
+
+/// How to replay a manifest.
+#[derive(Debug, Clone)]
+pub struct ReplayOptions {
+    /// For error messages.
+    pub manifest_path: PathBuf,
+    /// The manifest's checksum (reported; keys the handover state).
+    pub manifest_crc: u32,
+    /// How long to wait for each filesystem's device to appear.
+    pub wait_device: Duration,
+    /// Only files of at most this priority (the initrd takes the top
+    /// classes and leaves the rest to the root phase).
+    pub max_priority: Option<u32>,
+    /// Check files against the manifest where their filesystem is mounted.
+    pub verify: bool,
+}
+
+/// What became of one manifest file.
+enum FileStatus {
+    Unchanged,
+    Changed,
+    Missing,
+    Unverified,
+}
+
+/// Turn a manifest into a prepared plan (see the module doc). `cfg.plan` is
+/// ignored: the manifest's own plan configuration is used. Chunks recorded
+/// in `handover` as already read are left out.
+pub fn prepare_manifest(
+    m: &Manifest,
+    opts: &ReplayOptions,
+    handover: Option<&HandoverState>,
+    cfg: &Config,
+) -> Result<Prepared, Error> {
+    cfg.validate()?;
+    m.plan.validate(512)?;
+    let start = Instant::now();
+    let refuse = |reason: String| Error::ManifestRefused {
+        path: opts.manifest_path.clone(),
+        reason,
+    };
+    let mut report = ManifestReport {
+        checksum: format!("{:08x}", opts.manifest_crc),
+        ..Default::default()
+    };
+    let mut warnings = Vec::new();
+    let mut files: Vec<MappedFile> = Vec::new();
+    let mut devices = Vec::new();
+    for md in &m.devices {
+        let uuid = format_uuid(&md.uuid);
+        let (id, node) = fsid::find_by_uuid(&md.uuid, opts.wait_device).ok_or_else(|| {
+            refuse(format!(
+                "no block device holds the {} filesystem {uuid} (waited {:?})",
+                md.fs_type, opts.wait_device
+            ))
+        })?;
+        let dev = device::open(id)
+            .map_err(|e| refuse(format!("filesystem {uuid} on {}: {e}", node.display())))?;
+        if dev.size != md.size || dev.logical_block_size != md.logical_block_size {
+            return Err(refuse(format!(
+                "planned for a {}-byte device with {}-byte blocks, but {} (filesystem {uuid}) has {} bytes with {}-byte blocks",
+                md.size,
+                md.logical_block_size,
+                dev.node.display(),
+                dev.size,
+                dev.logical_block_size
+            )));
+        }
+        let mount = if opts.verify {
+            device::mount_point(id)
+        } else {
+            None
+        };
+        let dev_num = libc::makedev(id.major, id.minor);
+        let wanted: Vec<&ManifestFile> = md
+            .files
+            .iter()
+            .filter(|f| opts.max_priority.is_none_or(|max| f.priority <= max))
+            .collect();
+        report.files += md.files.len() as u64;
+        report.deferred += (md.files.len() - wanted.len()) as u64;
+        let replayed: Vec<(FileStatus, Option<MappedFile>)> = wanted
+            .par_iter()
+            .map(|f| replay_file(f, mount.as_deref(), dev_num))
+            .collect();
+        let mut extents = Vec::new();
+        let mut on_device = 0u64;
+        for ((status, mapped), f) in replayed.into_iter().zip(&wanted) {
+            match status {
+                FileStatus::Unchanged => report.unchanged += 1,
+                FileStatus::Changed => report.changed += 1,
+                FileStatus::Unverified => {
+                    report.unverified += 1;
+                    report.file_ranges_deferred += f.file_ranges.len() as u64;
+                }
+                FileStatus::Missing => {
+                    report.missing += 1;
+                    let shown = mount.as_deref().unwrap_or(Path::new("/")).join(&f.path);
+                    warnings.push(Warning::new(
+                        WarningKind::Missing,
+                        Some(&shown),
+                        Some(&Origin::Manifest),
+                        "in the manifest but gone: skipped",
+                    ));
+                }
+            }
+            let Some(mapped) = mapped else { continue };
+            if mapped.file.dev == dev_num && !mapped.map.device_extents.is_empty() {
+                on_device += 1;
+                extents.extend(mapped.map.device_extents.iter().map(|e| PrioritizedExtent {
+                    priority: mapped.file.priority,
+                    offset: e.physical,
+                    len: e.length,
+                }));
+            }
+            files.push(mapped);
+        }
+        let mut plan = ReadPlan::build(&extents, dev.size, &m.plan);
+        if let Some(h) = handover {
+            report.handover_chunks += plan.subtract_done(h.done(&uuid));
+        }
+        devices.push(DevicePlan {
+            device: dev,
+            plan,
+            files: on_device,
+            uuid: Some(uuid),
+        });
+    }
+    let file_ios = plan::file_ios(
+        files
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| !f.map.file_ranges.is_empty())
+            .map(|(i, f)| (i, f.file.priority, &f.map.file_ranges[..])),
+        4096,
+        m.plan.max_io,
+    );
+    Ok(Prepared {
+        manifest: Some(report),
+        files,
+        devices,
+        file_ios,
+        warnings,
+        fallbacks: Vec::new(),
+        skipped_non_regular: 0,
+        prepare_time: start.elapsed(),
+    })
+}
+
+/// One manifest file: as recorded, re-mapped, or gone. Files on another
+/// device than the manifest's (a changed file now elsewhere) are returned
+/// demoted to reads through the file.
+fn replay_file(
+    f: &ManifestFile,
+    mount: Option<&Path>,
+    dev_num: u64,
+) -> (FileStatus, Option<MappedFile>) {
+    let recorded = |path: PathBuf, with_file_ranges: bool| MappedFile {
+        file: TargetFile {
+            path,
+            priority: f.priority,
+            origin: Origin::Manifest,
+            dev: dev_num,
+            ino: f.ino,
+            size: f.size,
+            mtime: (f.mtime_sec, i64::from(f.mtime_nsec)),
+        },
+        map: ExtentMap {
+            device_extents: f
+                .extents
+                .iter()
+                .map(|e| DeviceExtent {
+                    logical: e.logical,
+                    physical: e.physical,
+                    length: e.length,
+                    flags: 0,
+                })
+                .collect(),
+            file_ranges: if with_file_ranges {
+                f.file_ranges.clone()
+            } else {
+                Vec::new()
+            },
+            unwritten_bytes: 0,
+            fallback: None,
+        },
+    };
+    let Some(mount) = mount else {
+        return (
+            FileStatus::Unverified,
+            Some(recorded(Path::new("/").join(&f.path), false)),
+        );
+    };
+    let path = mount.join(&f.path);
+    let Ok(meta) = std::fs::metadata(&path) else {
+        return (FileStatus::Missing, None);
+    };
+    let unchanged = meta.is_file()
+        && meta.dev() == dev_num
+        && meta.ino() == f.ino
+        && meta.len() == f.size
+        && meta.mtime() == f.mtime_sec
+        && meta.mtime_nsec() == i64::from(f.mtime_nsec);
+    if unchanged {
+        return (FileStatus::Unchanged, Some(recorded(path, true)));
+    }
+    if !meta.is_file() {
+        return (FileStatus::Missing, None);
+    }
+    // Changed: map it again, now.
+    let map = match extent::open_file(&path, false) {
+        Ok((file, _)) => {
+            let mut map = extent::map_file(&file, meta.len());
+            if meta.dev() != dev_num {
+                map.demote_to_file_reads("moved to another filesystem since planning");
+            }
+            map
+        }
+        Err(e) => ExtentMap::whole_file(meta.len(), format!("re-mapping failed: {e}")),
+    };
+    let file = TargetFile {
+        path,
+        priority: f.priority,
+        origin: Origin::Manifest,
+        dev: meta.dev(),
+        ino: meta.ino(),
+        size: meta.len(),
+        mtime: (meta.mtime(), meta.mtime_nsec()),
+    };
+    (FileStatus::Changed, Some(MappedFile { file, map }))
+}
