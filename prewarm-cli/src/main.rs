@@ -122,7 +122,8 @@ pub struct EngineArgs {
     #[arg(long, value_enum, env = "PREWARM_ENGINE", default_value_t = EngineArg::Auto)]
     engine: EngineArg,
 
-    /// Also warm the files' page cache (fadvise WILLNEED) after hydrating.
+    /// Also warm the files' own page cache after hydrating (device reads do
+    /// not fill it): the files are read through the page cache.
     #[arg(long)]
     cache: bool,
 

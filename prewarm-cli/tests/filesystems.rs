@@ -321,3 +321,61 @@ fn tmpfs_files_are_read_through_the_file() {
     let fallbacks = r["fallbacks"].to_string();
     assert!(fallbacks.contains("FIEMAP unavailable"), "{fallbacks}");
 }
+
+/// Fact 1 of the design: hydrating through the device does not put the
+/// file in its page cache; `--cache` does.
+#[test]
+fn hydrating_is_not_cache_warming() {
+    if !privileged(
+        "hydrating_is_not_cache_warming",
+        &["losetup", "mkfs.ext4", "vmtouch"],
+    ) {
+        return;
+    }
+    let _serial = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let image = tmp.path().join("c.img");
+    make_fs_image(&image, "ext4", 128);
+    let lo = LoopDev::attach(&image, false);
+    let m = Mounted::mount(lo.path(), &tmp.path().join("mnt"), "ext4", "rw");
+    let file = m.dir.join("big");
+    fs::write(&file, pattern(1, 8 << 20)).unwrap();
+    cmd("sync", &[]);
+    let f = file.to_str().unwrap();
+    let resident = || -> String {
+        let out = cmd("vmtouch", &[f]);
+        out.lines()
+            .find(|l| l.contains("Resident Pages"))
+            .unwrap_or_default()
+            .to_string()
+    };
+    let drop_caches = || fs::write("/proc/sys/vm/drop_caches", "3").unwrap();
+
+    drop_caches();
+    let (r, out) = prewarm_json(&[f]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(r["devices"][0]["direct"], true);
+    assert!(
+        resident().contains("0/2048"),
+        "device reads filled the file's cache: {}",
+        resident()
+    );
+
+    drop_caches();
+    let (r, out) = prewarm_json(&["--cache", f]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(u(&r["cache"]["files"]), 1);
+    // The reads are done when prewarm exits; poll briefly all the same.
+    let mut seen = String::new();
+    for _ in 0..50 {
+        seen = resident();
+        if seen.contains("2048/2048") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(
+        seen.contains("2048/2048"),
+        "--cache did not warm the file: {seen}"
+    );
+}

@@ -174,3 +174,14 @@ fn example_list_runs() {
     let out = prewarm(&["--paths", list]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
 }
+
+#[test]
+fn a_passed_deadline_stops_issuing_and_reports_partial() {
+    let t = BadList::new();
+    let (r, out) = prewarm_json(&["--deadline", "0s", t.dir.join("good1").to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(r["stopped"], "deadline");
+    assert_eq!(r["outcome"], "partial");
+    assert_eq!(u(&r["bytes_read"]), 0);
+    assert!(u(&r["not_issued"]) > 0);
+}

@@ -4,17 +4,26 @@
 //! blocks but leaves the data in the *device's* page cache (or, with
 //! O_DIRECT, in no cache at all). A later `read()` of the file still goes to
 //! the disk, now fast because the blocks are hydrated. When the caller also
-//! wants the first read of each file to be a page-cache hit, this module asks
-//! the kernel to read the files ahead (`posix_fadvise(POSIX_FADV_WILLNEED)`),
-//! which is cheap once the blocks are hydrated.
+//! wants the first read of each file to be a page-cache hit, this module
+//! reads the files through the page cache.
+//!
+//! `posix_fadvise(WILLNEED)` and `readahead(2)` alone are not enough: the
+//! kernel caps each call at the device's readahead window (measured here:
+//! 640 of 2048 pages of an 8 MiB file), so the files are read with buffered
+//! `pread`s after a `POSIX_FADV_SEQUENTIAL` hint, several files at a time.
 
 use std::os::fd::AsRawFd;
 use std::path::Path;
 
 use nix::fcntl::{posix_fadvise, PosixFadviseAdvice};
+use nix::sys::uio::pread;
+use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::extent::open_file;
+
+/// Buffer per file being read.
+const READ_CHUNK: usize = 1 << 20;
 
 /// What cache-warming did.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -24,24 +33,49 @@ pub struct CacheStats {
     pub errors: u64,
 }
 
-/// Ask the kernel to read each `(path, size)` into its page cache.
+/// Read each `(path, size)` through the page cache.
 pub fn warm<'a>(files: impl IntoIterator<Item = (&'a Path, u64)>) -> CacheStats {
-    let mut stats = CacheStats::default();
-    for (path, size) in files {
-        let res = open_file(path, false).and_then(|(f, _)| {
-            posix_fadvise(f.as_raw_fd(), 0, 0, PosixFadviseAdvice::POSIX_FADV_WILLNEED)
-                .map_err(std::io::Error::from)
-        });
-        match res {
-            Ok(()) => {
-                stats.files += 1;
-                stats.bytes += size;
-            }
+    let files: Vec<(&Path, u64)> = files.into_iter().collect();
+    files
+        .par_iter()
+        .map(|&(path, _)| match read_through_cache(path) {
+            Ok(bytes) => CacheStats {
+                files: 1,
+                bytes,
+                errors: 0,
+            },
             Err(e) => {
                 tracing::warn!(path = %path.display(), "cache-warming failed: {e}");
-                stats.errors += 1;
+                CacheStats {
+                    errors: 1,
+                    ..Default::default()
+                }
             }
+        })
+        .reduce(CacheStats::default, |a, b| CacheStats {
+            files: a.files + b.files,
+            bytes: a.bytes + b.bytes,
+            errors: a.errors + b.errors,
+        })
+}
+
+fn read_through_cache(path: &Path) -> std::io::Result<u64> {
+    let (file, _) = open_file(path, false)?;
+    // Only a hint: a filesystem that ignores it is still read.
+    let _ = posix_fadvise(
+        file.as_raw_fd(),
+        0,
+        0,
+        PosixFadviseAdvice::POSIX_FADV_SEQUENTIAL,
+    );
+    let mut buf = vec![0u8; READ_CHUNK];
+    let mut offset = 0u64;
+    loop {
+        match pread(&file, &mut buf, offset as i64) {
+            Ok(0) => return Ok(offset),
+            Ok(n) => offset += n as u64,
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
         }
     }
-    stats
 }
