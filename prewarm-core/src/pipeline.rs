@@ -228,15 +228,7 @@ pub fn prepare(
             .map(|(why, n)| format!("{n} file(s) read through the file: {why}")),
     );
 
-    let file_ios = plan::file_ios(
-        files
-            .iter()
-            .enumerate()
-            .filter(|(_, f)| !f.map.file_ranges.is_empty())
-            .map(|(i, f)| (i, f.file.priority, &f.map.file_ranges[..])),
-        FILE_ALIGN,
-        cfg.plan.max_io,
-    );
+    let file_ios = plan_file_ios(&files, cfg.plan.max_io);
 
     Ok(Prepared {
         manifest: None,
@@ -495,6 +487,19 @@ impl Prepared {
             outcome: Outcome::Success,
         }
     }
+}
+
+/// The reads to make through files, for every file with file ranges.
+pub(crate) fn plan_file_ios(files: &[MappedFile], max_io: u64) -> Vec<FileIo> {
+    plan::file_ios(
+        files
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| !f.map.file_ranges.is_empty())
+            .map(|(i, f)| (i, f.file.priority, &f.map.file_ranges[..])),
+        FILE_ALIGN,
+        max_io,
+    )
 }
 
 /// Fold one engine's stats into the report's fallbacks, failures and stop;

@@ -23,8 +23,8 @@ use crate::extent::{self, DeviceExtent, ExtentMap};
 use crate::fsid::{self, format_uuid};
 use crate::handover::HandoverState;
 use crate::manifest::{Manifest, ManifestDevice, ManifestExtent, ManifestFile};
-use crate::pipeline::{Config, DevicePlan, MappedFile, Prepared};
-use crate::plan::{self, PrioritizedExtent, ReadPlan};
+use crate::pipeline::{plan_file_ios, Config, DevicePlan, MappedFile, Prepared};
+use crate::plan::{PrioritizedExtent, ReadPlan};
 use crate::report::ManifestReport;
 use crate::source::TargetFile;
 
@@ -266,15 +266,7 @@ pub fn prepare_manifest(
             uuid: Some(uuid),
         });
     }
-    let file_ios = plan::file_ios(
-        files
-            .iter()
-            .enumerate()
-            .filter(|(_, f)| !f.map.file_ranges.is_empty())
-            .map(|(i, f)| (i, f.file.priority, &f.map.file_ranges[..])),
-        4096,
-        m.plan.max_io,
-    );
+    let file_ios = plan_file_ios(&files, m.plan.max_io);
     Ok(Prepared {
         manifest: Some(report),
         files,
