@@ -379,3 +379,48 @@ fn hydrating_is_not_cache_warming() {
         "--cache did not warm the file: {seen}"
     );
 }
+
+/// Files on two filesystems: one plan per device, both read.
+#[test]
+fn two_devices_two_plans() {
+    if !privileged(
+        "two_devices_two_plans",
+        &["losetup", "mkfs.ext4", "mkfs.xfs"],
+    ) {
+        return;
+    }
+    let _serial = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut guards = Vec::new();
+    let mut paths = Vec::new();
+    for (i, fs_name) in ["ext4", "xfs"].into_iter().enumerate() {
+        let image = tmp.path().join(format!("{fs_name}.img"));
+        make_fs_image(&image, fs_name, 512);
+        let lo = LoopDev::attach(&image, false);
+        let m = Mounted::mount(lo.path(), &tmp.path().join(fs_name), fs_name, "rw");
+        let file = m.dir.join("data");
+        fs::write(&file, pattern(50 + i as u64, (3 << 20) + 17)).unwrap();
+        paths.push(file.to_str().unwrap().to_string());
+        guards.push((lo, m));
+    }
+    cmd("sync", &[]);
+    let args: Vec<&str> = paths.iter().map(String::as_str).collect();
+    let (r, out) = prewarm_json(&args);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let devices = r["devices"].as_array().unwrap();
+    assert_eq!(devices.len(), 2);
+    let fs_types: Vec<_> = devices
+        .iter()
+        .map(|d| d["fs_type"].as_str().unwrap_or("?"))
+        .collect();
+    assert!(
+        fs_types.contains(&"ext4") && fs_types.contains(&"xfs"),
+        "{fs_types:?}"
+    );
+    for d in devices {
+        assert_eq!(u(&d["files"]), 1);
+        assert_eq!(u(&d["read"]["bytes_read"]), u(&d["plan"]["bytes"]));
+        assert!(u(&d["plan"]["bytes"]) >= (3 << 20) + 17);
+    }
+    drop(guards);
+}
