@@ -7,8 +7,11 @@
 //! - [`fuse`]: the FUSE adapter exposing the model as a read-only `disk.img`.
 //! - [`fixture`]: building a realistic node volume image and its critical list.
 //! - [`units`]: parsing of size arguments such as `512K`.
+//! - [`e2e`]: the end-to-end comparison behind `prewarm-e2e` (and the
+//!   cleanup guards the loop-device benchmark shares).
 
 pub mod control;
+pub mod e2e;
 pub mod fixture;
 pub mod fuse;
 pub mod lazy;

@@ -1,0 +1,306 @@
+//! The end-to-end comparison behind `prewarm-e2e`: prewarm against the usual
+//! ways of warming a snapshot-restored volume (cat, xargs cat, vmtouch, fio,
+//! a physical-order reader, doing nothing), on the lazy-volume testbed, with
+//! every number taken from the testbed's own hydration record.
+//!
+//! - [`sys`]: commands, cache dropping and the cleanup guards (testbed
+//!   process, loop device, mount);
+//! - [`analysis`]: critical chunk set, physical limit, per-run metrics;
+//! - [`harness`]: the scenarios and methods, and measuring them;
+//! - [`report`]: medians, target checks, RESULTS.md / results.json / CSV.
+//!
+//! [`run`] is the whole program minus argument parsing.
+
+pub mod analysis;
+pub mod harness;
+pub mod report;
+pub mod sys;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+
+use harness::{Harness, Options, ScenarioResult};
+use report::{Meta, Results};
+
+/// Outputs of a full run.
+#[derive(Debug, Clone)]
+pub struct Outputs {
+    /// Where RESULTS.md and results.json go (`None`: nowhere).
+    pub dir: Option<PathBuf>,
+    /// Criterion's output directory, read for the micro-benchmark table.
+    pub criterion_dir: PathBuf,
+}
+
+/// What must be present for a real run; the first thing missing, if any.
+pub fn missing_requirement(ci: bool) -> Option<String> {
+    if !sys::is_root() {
+        return Some("not running as root".into());
+    }
+    if !Path::new("/dev/fuse").exists() {
+        return Some("/dev/fuse is missing".into());
+    }
+    let mut tools = vec!["losetup", "mount", "umount", "mkfs.ext4", "filefrag"];
+    if !ci {
+        tools.extend(["fio", "vmtouch", "xargs", "cat"]);
+    }
+    tools
+        .into_iter()
+        .find(|t| sys::which(t).is_none())
+        .map(|t| format!("{t} not found"))
+}
+
+/// A work directory under /var/tmp removed on drop (unless kept). Declared
+/// before any guard, so it is removed after every mount is gone.
+pub struct WorkDir {
+    pub path: PathBuf,
+    keep: bool,
+}
+
+impl WorkDir {
+    /// Use `path`, or create `/var/tmp/prewarm-e2e-<pid>`.
+    pub fn new(path: Option<PathBuf>, keep: bool) -> Result<Self> {
+        let (path, keep) = match path {
+            Some(p) => (p, true),
+            None => (
+                PathBuf::from(format!("/var/tmp/prewarm-e2e-{}", std::process::id())),
+                keep,
+            ),
+        };
+        std::fs::create_dir_all(&path).with_context(|| format!("mkdir {}", path.display()))?;
+        let path = path
+            .canonicalize()
+            .with_context(|| format!("resolving {}", path.display()))?;
+        Ok(WorkDir { path, keep })
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        if !self.keep {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+fn first_line_of(path: &str, key: &str) -> String {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with(key))
+                .and_then(|l| l.split_once(':').map(|(_, v)| v.trim().to_string()))
+        })
+        .unwrap_or_default()
+}
+
+/// The first three fields of /proc/loadavg.
+pub fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|t| t.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+fn collect_meta(opts: &Options, manifest: &serde_json::Value) -> Meta {
+    let date = Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M:%S UTC"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let kernel = Command::new("uname")
+        .arg("-r")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let mem_kib: u64 = first_line_of("/proc/meminfo", "MemTotal")
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .unwrap_or(0);
+    let prewarm = opts.prewarm.to_string_lossy().into_owned();
+    let g = |p: &str| manifest.pointer(p).and_then(serde_json::Value::as_u64);
+    let fixture = format!(
+        "`prewarm-fixture{}`: {} {} MiB image, {} files ({} MiB); critical list {} files ({:.1} MiB)",
+        if opts.small { " --small" } else { "" },
+        manifest
+            .pointer("/spec/fs")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("?"),
+        g("/spec/image_size").unwrap_or(0) >> 20,
+        g("/summary/all/files").unwrap_or(0),
+        g("/summary/all/bytes").unwrap_or(0) >> 20,
+        g("/summary/critical/files").unwrap_or(0),
+        g("/summary/critical/bytes").unwrap_or(0) as f64 / 1048576.0,
+    );
+    Meta {
+        date,
+        kernel,
+        cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
+        mem_mib: mem_kib / 1024,
+        cpu_model: first_line_of("/proc/cpuinfo", "model name"),
+        prewarm_version: sys::tool_version(&prewarm, &["--version"]),
+        fio_version: sys::tool_version("fio", &["--version"]),
+        vmtouch_version: sys::tool_version("vmtouch", &["-h"]),
+        coreutils_version: sys::tool_version("cat", &["--version"]),
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        ci: opts.ci,
+        fixture,
+        fixture_manifest: manifest.clone(),
+        chunk_size: opts.chunk_size,
+        latency_ms: opts.latency_ms,
+        max_mibps: opts.max_mibps,
+        duration_s: 0.0,
+        loadavg_start: String::new(),
+        loadavg_end: loadavg(),
+    }
+}
+
+/// CI verdict: every cached prewarm run hydrated exactly its plan, and no
+/// prewarm run failed. Returns the failures.
+pub fn ci_failures(scenarios: &[ScenarioResult]) -> Vec<String> {
+    let mut out = Vec::new();
+    for sc in scenarios {
+        for r in sc.runs.iter().filter(|r| r.method.is_prewarm()) {
+            if let Some(e) = &r.error {
+                out.push(format!("{}: {e}", r.label));
+            }
+            if let Some(x) = &r.exact {
+                if !x.outside.is_empty() {
+                    out.push(format!(
+                        "{}: hydrated {} chunks outside the plan: {}",
+                        r.label,
+                        x.outside.len(),
+                        analysis::chunk_ranges(&x.outside)
+                    ));
+                }
+                if !x.missing.is_empty() {
+                    out.push(format!(
+                        "{}: missed {} chunks of the plan: {}",
+                        r.label,
+                        x.missing.len(),
+                        analysis::chunk_ranges(&x.missing)
+                    ));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The short CI table.
+pub fn ci_table(scenarios: &[ScenarioResult]) -> String {
+    let mut s = String::from(
+        "method                                         critical ms  x limit  chunks  outside  exact  warm fetches\n",
+    );
+    for sc in scenarios {
+        for r in &sc.runs {
+            let h = &r.hydration;
+            s.push_str(&format!(
+                "{:<46} {:>11} {:>8} {:>7} {:>8} {:>6} {:>13}\n",
+                r.label,
+                h.time_to_critical_ms
+                    .map_or("-".into(), |t| format!("{t:.1}")),
+                r.ratio.map_or("-".into(), |x| format!("{x:.2}")),
+                h.chunks_hydrated,
+                h.outside_critical,
+                r.exact
+                    .as_ref()
+                    .map_or("", |x| if x.exact() { "yes" } else { "NO" }),
+                r.warm
+                    .as_ref()
+                    .map_or("-".into(), |w| w.fetches.to_string()),
+            ));
+        }
+        s.push_str(&format!(
+            "(critical set {} chunks, limit {:.1} ms at concurrency {}, {} ms latency)\n",
+            sc.critical_chunks, sc.limit_ms, sc.scenario.concurrency, sc.scenario.latency_ms
+        ));
+    }
+    s
+}
+
+/// Run everything; returns the process exit code.
+pub fn run(opts: Options, out: &Outputs) -> Result<i32> {
+    if let Some(why) = missing_requirement(opts.ci) {
+        bail!("cannot run: {why}");
+    }
+    for (what, p) in [
+        ("prewarm", &opts.prewarm),
+        ("prewarm-testbed", &opts.testbed),
+        ("prewarm-fixture", &opts.fixture),
+    ] {
+        if !p.is_file() {
+            bail!(
+                "{what} not found at {} (build it: cargo build --release -p prewarm-cli -p prewarm-benches)",
+                p.display()
+            );
+        }
+    }
+    sys::install_interrupt_handler()?;
+    let started = Instant::now();
+    let load_start = loadavg();
+    let h = Harness::prepare(opts.clone())?;
+    let methods = if opts.ci {
+        harness::ci_methods()
+    } else {
+        harness::all_methods()
+    };
+    let mut scenarios = Vec::new();
+    for sc in h.scenarios() {
+        sys::check_interrupt()?;
+        scenarios.push(h.run_scenario(&sc, &methods)?);
+    }
+    let mut meta = collect_meta(&opts, &h.manifest);
+    meta.duration_s = started.elapsed().as_secs_f64();
+    meta.loadavg_start = load_start;
+    let targets = report::check_targets(&scenarios);
+    let results = Results {
+        meta,
+        scenarios,
+        targets,
+        criterion: if opts.ci {
+            Vec::new()
+        } else {
+            report::load_criterion(&out.criterion_dir)
+        },
+    };
+
+    if let Some(dir) = &out.dir {
+        let md = dir.join("RESULTS.md");
+        std::fs::write(&md, report::markdown(&results))
+            .with_context(|| format!("writing {}", md.display()))?;
+        let js = dir.join("results.json");
+        let text = serde_json::to_string_pretty(&results).context("serialising results")?;
+        std::fs::write(&js, text + "\n").with_context(|| format!("writing {}", js.display()))?;
+        eprintln!("prewarm-e2e: wrote {} and {}", md.display(), js.display());
+    }
+    if opts.ci {
+        print!("{}", ci_table(&results.scenarios));
+        let failures = ci_failures(&results.scenarios);
+        if failures.is_empty() {
+            println!("prewarm-e2e --ci: PASS (prewarm hydrated exactly its plan)");
+            return Ok(0);
+        }
+        for f in &failures {
+            println!("FAIL: {f}");
+        }
+        println!("prewarm-e2e --ci: FAIL ({} problems)", failures.len());
+        return Ok(1);
+    }
+    print!("{}", report::csv(&results));
+    for t in &results.targets {
+        eprintln!(
+            "prewarm-e2e: target {}: {} — {}",
+            match t.met {
+                Some(true) => "MET",
+                Some(false) => "MISSED",
+                None => "n/a",
+            },
+            t.target,
+            t.detail
+        );
+    }
+    Ok(0)
+}
