@@ -99,6 +99,9 @@ pub enum Method {
     PhysicalOrder,
     /// The prewarm CLI on the critical list.
     Prewarm { touch: bool, qd: u32, cached: bool },
+    /// `prewarm run --manifest`: the plan made ahead by `prewarm plan` (as at
+    /// image build time), replayed without mapping anything.
+    PrewarmManifest { touch: bool },
 }
 
 impl Method {
@@ -116,6 +119,9 @@ impl Method {
                 if *touch { "touch" } else { "full" },
                 if *cached { "cached" } else { "cold" }
             ),
+            Method::PrewarmManifest { touch } => {
+                format!("prewarm-manifest-{}", if *touch { "touch" } else { "full" })
+            }
         }
     }
 
@@ -143,11 +149,29 @@ impl Method {
                 });
                 s
             }
+            Method::PrewarmManifest { touch: false } => {
+                "prewarm run --manifest [planned ahead]".into()
+            }
+            Method::PrewarmManifest { touch: true } => {
+                "prewarm run --manifest --mode touch [planned ahead]".into()
+            }
         }
     }
 
     pub fn is_prewarm(&self) -> bool {
-        matches!(self, Method::Prewarm { .. })
+        matches!(
+            self,
+            Method::Prewarm { .. } | Method::PrewarmManifest { .. }
+        )
+    }
+
+    /// The plan exists before the run (metadata cached or a manifest): the
+    /// run must hydrate exactly its plan.
+    pub fn plans_ahead(&self) -> bool {
+        matches!(
+            self,
+            Method::Prewarm { cached: true, .. } | Method::PrewarmManifest { .. }
+        )
     }
 
     /// prewarm at default settings (full mode, queue depth 32).
@@ -193,6 +217,8 @@ pub fn all_methods() -> Vec<Method> {
             });
         }
     }
+    m.push(Method::PrewarmManifest { touch: false });
+    m.push(Method::PrewarmManifest { touch: true });
     m
 }
 
@@ -215,6 +241,7 @@ pub fn ci_methods() -> Vec<Method> {
             qd: 32,
             cached: true,
         },
+        Method::PrewarmManifest { touch: false },
     ]
 }
 
@@ -519,6 +546,26 @@ impl Harness {
         Ok(f.stdout)
     }
 
+    /// Where `prewarm plan` writes the manifest of the critical list.
+    fn manifest_path(&self) -> PathBuf {
+        self.list.with_extension("manifest")
+    }
+
+    /// `prewarm plan` of the critical list (mapping reads the metadata, as
+    /// the dry run does; the image build would have done it long before).
+    fn plan_manifest(&self) -> Result<()> {
+        let mut c = self.prewarm_cmd();
+        c.args(["plan", "--paths"])
+            .arg(&self.list)
+            .arg("-o")
+            .arg(self.manifest_path());
+        let f = sys::run_timed(&mut c, self.opts.timeout, false)?;
+        if !f.status.success() {
+            bail!("{}", f.failure("prewarm plan"));
+        }
+        Ok(())
+    }
+
     fn fio_cmd(dev: &Path) -> Command {
         let mut c = Command::new("fio");
         c.arg(format!("--filename={}", dev.display())).args([
@@ -700,6 +747,18 @@ impl Harness {
                     serde_json::from_str(&f.stdout).context("parsing prewarm's JSON report")?;
                 return Ok(v.get("bytes_read").and_then(serde_json::Value::as_u64));
             }
+            Method::PrewarmManifest { touch } => {
+                let mut c = self.prewarm_cmd();
+                c.arg("run").arg("--manifest").arg(self.manifest_path());
+                c.args(["--no-verify", "--json"]);
+                if touch {
+                    c.args(["--mode", "touch"]);
+                }
+                let f = external(c, "prewarm run")?;
+                let v: serde_json::Value =
+                    serde_json::from_str(&f.stdout).context("parsing prewarm's JSON report")?;
+                return Ok(v.get("bytes_read").and_then(serde_json::Value::as_u64));
+            }
         }
         Ok(None)
     }
@@ -734,11 +793,14 @@ impl Harness {
         };
         tb.wait_idle(Duration::from_secs(10))?;
         sys::drop_caches()?;
-        if matches!(m, Method::Prewarm { cached: true, .. }) {
-            if let Err(e) = self.dry_run() {
-                rec.error = Some(format!("{e:#}"));
-                return Ok(rec);
-            }
+        let ahead = match m {
+            Method::Prewarm { cached: true, .. } => self.dry_run().map(drop),
+            Method::PrewarmManifest { .. } => self.plan_manifest(),
+            _ => Ok(()),
+        };
+        if let Err(e) = ahead {
+            rec.error = Some(format!("{e:#}"));
+            return Ok(rec);
         }
         let reset_at = tb.reset()?;
         let cpu0 = sys::cpu_counters();
@@ -762,7 +824,7 @@ impl Harness {
         rec.ratio = rec.hydration.time_to_critical_ms.map(|t| t / limit_ms);
         rec.cpu_busy = sys::cpu_busy(cpu0, cpu1);
         rec.testbed_cpu_ms = tcpu0.zip(tcpu1).map(|(a, b)| b - a);
-        if matches!(m, Method::Prewarm { cached: true, .. }) {
+        if m.plans_ahead() {
             let hydrated = stats.hydrated.clone().unwrap_or_default();
             let (outside, missing) = compare_sets(&hydrated, &critical.chunks);
             rec.exact = Some(ExactCheck { outside, missing });

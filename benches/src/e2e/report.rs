@@ -271,16 +271,30 @@ pub fn check_targets(scenarios: &[ScenarioResult]) -> Vec<TargetCheck> {
         return out;
     };
     let sums = summarise(&head.runs);
-    for cached in [false, true] {
-        let variant = if cached { "metadata cached" } else { "cold" };
-        let Some(pw) = sums.iter().find(|s| {
-            s.method
-                == Method::Prewarm {
-                    touch: false,
-                    qd: 32,
-                    cached,
-                }
-        }) else {
+    let variants = [
+        (
+            "cold",
+            Method::Prewarm {
+                touch: false,
+                qd: 32,
+                cached: false,
+            },
+        ),
+        (
+            "metadata cached",
+            Method::Prewarm {
+                touch: false,
+                qd: 32,
+                cached: true,
+            },
+        ),
+        (
+            "planned ahead: run --manifest",
+            Method::PrewarmManifest { touch: false },
+        ),
+    ];
+    for (variant, method) in variants {
+        let Some(pw) = sums.iter().find(|s| s.method == method) else {
             continue;
         };
         let others_ratio: Vec<String> = scenarios

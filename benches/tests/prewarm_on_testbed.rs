@@ -1,0 +1,125 @@
+//! prewarm against the lazy-volume testbed, where reads are slow enough to
+//! observe what unit tests cannot: SIGTERM stops a run promptly (even with
+//! reads stuck in flight) and reports it as partial; a chunk that fails with
+//! EIO is counted and the rest of the device is still hydrated.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{prewarm_bin, privileged};
+use prewarm_benches::e2e::sys::{LoopDevice, TestbedProcess};
+
+const TESTBED: &str = env!("CARGO_BIN_EXE_prewarm-testbed");
+const CHUNK: u64 = 512 * 1024;
+
+/// A 32 MiB image served by the testbed with `args`, and a read-only
+/// direct-I/O loop device over it.
+fn lazy_device(dir: &Path, args: &[&str]) -> (TestbedProcess, LoopDevice) {
+    let image = dir.join("image");
+    let data: Vec<u8> = (0..32u32 << 20)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    std::fs::write(&image, data).unwrap();
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let tb = TestbedProcess::start(
+        Path::new(TESTBED),
+        &image,
+        &dir.join("mnt"),
+        &args,
+        &dir.join("tb.log"),
+    )
+    .unwrap();
+    let lo = LoopDevice::attach(&tb.disk(), true).unwrap();
+    tb.reset().unwrap();
+    (tb, lo)
+}
+
+#[test]
+fn sigterm_stops_a_slow_run_promptly() {
+    if !privileged() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    // 64 chunks at 150 ms, one at a time: ~10 s for the whole device.
+    let (tb, lo) = lazy_device(tmp.path(), &["--latency-ms", "150", "--concurrency", "1"]);
+    let start = Instant::now();
+    let child = Command::new(prewarm_bin())
+        .args(["--json", "-q", "4", "--device"])
+        .arg(&lo.path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let took = start.elapsed();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    println!(
+        "stopped after {took:?}: {} of 32 MiB read",
+        report["bytes_read"]
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "partial: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(report["stopped"], "cancelled");
+    assert!(report["not_issued"].as_u64().unwrap() > 0);
+    // The whole run would take ~10 s; the stop waits at most the 2 s grace
+    // for reads in flight (here queued behind one slow fetch slot).
+    assert!(took < Duration::from_secs(6), "took {took:?}");
+    let hydrated = tb.stats(false).unwrap().hydrated_chunks;
+    assert!(
+        hydrated < 64,
+        "the stop did not stop: {hydrated} chunks hydrated"
+    );
+}
+
+#[test]
+fn an_eio_chunk_is_counted_and_the_rest_is_hydrated() {
+    if !privileged() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (tb, lo) = lazy_device(tmp.path(), &["--latency-ms", "1", "--fail-chunks", "5"]);
+    let out = Command::new(prewarm_bin())
+        .args(["--json", "--device"])
+        .arg(&lo.path)
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a failed read makes the run partial"
+    );
+    assert_eq!(report["errors"], 1, "{}", report["failures"]);
+    let failure = &report["failures"][0];
+    assert!(
+        failure["error"]
+            .as_str()
+            .unwrap()
+            .contains("Input/output error"),
+        "{failure}"
+    );
+    // The failed 1 MiB read covered chunks 4 and 5 (the kernel may split it,
+    // so chunk 4 can still be fetched); every other chunk was hydrated.
+    assert_eq!(failure["offset"], 4 * CHUNK);
+    let hydrated = tb.stats(true).unwrap().hydrated.unwrap_or_default();
+    let missing: Vec<u64> = (0..64).filter(|c| !hydrated.contains(c)).collect();
+    assert!(
+        missing == [5] || missing == [4, 5],
+        "cold chunks: {missing:?}"
+    );
+    assert_eq!(report["bytes_read"], (32 << 20) - 2 * CHUNK);
+}
