@@ -78,6 +78,10 @@ struct Cli {
     /// Skip the full-volume sweeps.
     #[arg(long)]
     no_sweep: bool,
+    /// Measure nothing: re-render RESULTS.md (and results.json's target
+    /// checks, and the CSV) from this results.json of an earlier run.
+    #[arg(long, value_name = "RESULTS_JSON")]
+    render: Option<PathBuf>,
     /// Kill a method after this many seconds.
     #[arg(long, default_value_t = 120)]
     timeout_s: u64,
@@ -91,6 +95,23 @@ fn sibling(name: &str) -> Option<PathBuf> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let manifest_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    if let Some(json) = &cli.render {
+        let out = Outputs {
+            dir: if cli.no_write {
+                None
+            } else {
+                Some(cli.out_dir.clone().unwrap_or_else(|| manifest_dir.clone()))
+            },
+            criterion_dir: PathBuf::new(),
+        };
+        return match e2e::render(json, &out) {
+            Ok(_) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("prewarm-e2e: error: {e:#}");
+                ExitCode::from(2)
+            }
+        };
+    }
     let prewarm = cli
         .prewarm
         .clone()

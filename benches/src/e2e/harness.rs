@@ -337,6 +337,15 @@ pub struct ScenarioResult {
     /// metadata through the testbed) and with the metadata cached.
     pub prepare_cold_ms: Option<f64>,
     pub prepare_warm_ms: Option<f64>,
+    /// /proc/loadavg when the scenario started and ended (other work on
+    /// the host skews its timings).
+    pub loadavg_start: String,
+    pub loadavg_end: String,
+    /// CPU seconds used by processes other than the harness and its
+    /// children during the scenario, and the scenario's wall time: other
+    /// work on the host competes with the testbed and the methods.
+    pub other_cpu_s: f64,
+    pub wall_s: f64,
     pub runs: Vec<RunRecord>,
     pub sweeps: Vec<SweepRecord>,
 }
@@ -554,8 +563,10 @@ impl Harness {
     /// `prewarm plan` of the critical list (mapping reads the metadata, as
     /// the dry run does; the image build would have done it long before).
     fn plan_manifest(&self) -> Result<()> {
-        let mut c = self.prewarm_cmd();
-        c.args(["plan", "--paths"])
+        // Subcommand options follow the subcommand (`prewarm --quiet plan`
+        // is a usage error).
+        let mut c = Command::new(&self.opts.prewarm);
+        c.args(["plan", "--quiet", "--paths"])
             .arg(&self.list)
             .arg("-o")
             .arg(self.manifest_path());
@@ -600,6 +611,9 @@ impl Harness {
             args.push(m.to_string());
         }
         eprintln!("prewarm-e2e: scenario {}: {}", sc.id, sc.title);
+        let loadavg_start = super::loadavg();
+        let foreign0 = sys::foreign_cpu_sample();
+        let started = Instant::now();
         // Declared in this order so they drop in reverse: mount, loop, testbed.
         let tb = TestbedProcess::start(
             &o.testbed,
@@ -684,6 +698,10 @@ impl Harness {
             limit_ms,
             prepare_cold_ms,
             prepare_warm_ms,
+            loadavg_start,
+            loadavg_end: super::loadavg(),
+            other_cpu_s: sys::foreign_cpu_delta_ms(&foreign0, &sys::foreign_cpu_sample()) / 1e3,
+            wall_s: started.elapsed().as_secs_f64(),
             runs,
             sweeps,
         })
@@ -748,8 +766,9 @@ impl Harness {
                 return Ok(v.get("bytes_read").and_then(serde_json::Value::as_u64));
             }
             Method::PrewarmManifest { touch } => {
-                let mut c = self.prewarm_cmd();
-                c.arg("run").arg("--manifest").arg(self.manifest_path());
+                let mut c = Command::new(&self.opts.prewarm);
+                c.args(["run", "--quiet", "--manifest"])
+                    .arg(self.manifest_path());
                 c.args(["--no-verify", "--json"]);
                 if touch {
                     c.args(["--mode", "touch"]);

@@ -221,6 +221,32 @@ pub fn ci_table(scenarios: &[ScenarioResult]) -> String {
     s
 }
 
+/// Re-render RESULTS.md (and the CSV on stdout) from a results.json of an
+/// earlier run, recomputing the target checks; nothing is measured.
+pub fn render(json: &Path, out: &Outputs) -> Result<i32> {
+    let text =
+        std::fs::read_to_string(json).with_context(|| format!("reading {}", json.display()))?;
+    let mut results: Results =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", json.display()))?;
+    results.targets = report::check_targets(&results.scenarios);
+    write_outputs(&results, out)?;
+    print!("{}", report::csv(&results));
+    Ok(0)
+}
+
+fn write_outputs(results: &Results, out: &Outputs) -> Result<()> {
+    if let Some(dir) = &out.dir {
+        let md = dir.join("RESULTS.md");
+        std::fs::write(&md, report::markdown(results))
+            .with_context(|| format!("writing {}", md.display()))?;
+        let js = dir.join("results.json");
+        let text = serde_json::to_string_pretty(results).context("serialising results")?;
+        std::fs::write(&js, text + "\n").with_context(|| format!("writing {}", js.display()))?;
+        eprintln!("prewarm-e2e: wrote {} and {}", md.display(), js.display());
+    }
+    Ok(())
+}
+
 /// Run everything; returns the process exit code.
 pub fn run(opts: Options, out: &Outputs) -> Result<i32> {
     if let Some(why) = missing_requirement(opts.ci) {
@@ -267,15 +293,7 @@ pub fn run(opts: Options, out: &Outputs) -> Result<i32> {
         },
     };
 
-    if let Some(dir) = &out.dir {
-        let md = dir.join("RESULTS.md");
-        std::fs::write(&md, report::markdown(&results))
-            .with_context(|| format!("writing {}", md.display()))?;
-        let js = dir.join("results.json");
-        let text = serde_json::to_string_pretty(&results).context("serialising results")?;
-        std::fs::write(&js, text + "\n").with_context(|| format!("writing {}", js.display()))?;
-        eprintln!("prewarm-e2e: wrote {} and {}", md.display(), js.display());
-    }
+    write_outputs(&results, out)?;
     if opts.ci {
         print!("{}", ci_table(&results.scenarios));
         let failures = ci_failures(&results.scenarios);

@@ -512,18 +512,27 @@ pub fn time_breakdown(sc: &ScenarioResult) -> String {
         .div_ceil(sc.scenario.concurrency.max(1) as u64);
     let lat = sc.scenario.latency_ms;
     let mut out = String::new();
-    let pick = |touch: bool, cached: bool| {
-        sums.iter().find(|s| {
-            s.method
-                == Method::Prewarm {
-                    touch,
-                    qd: 32,
-                    cached,
-                }
-        })
-    };
-    for (touch, cached) in [(false, false), (false, true), (true, true)] {
-        let Some(s) = pick(touch, cached) else {
+    let shown = [
+        Method::Prewarm {
+            touch: false,
+            qd: 32,
+            cached: false,
+        },
+        Method::Prewarm {
+            touch: false,
+            qd: 32,
+            cached: true,
+        },
+        Method::Prewarm {
+            touch: true,
+            qd: 32,
+            cached: true,
+        },
+        Method::PrewarmManifest { touch: false },
+        Method::PrewarmManifest { touch: true },
+    ];
+    for m in shown {
+        let Some(s) = sums.iter().find(|s| s.method == m) else {
             continue;
         };
         let (Some(t), Some(f)) = (s.ttc_ms, s.first_critical_fetch_ms) else {
@@ -535,14 +544,17 @@ pub fn time_breakdown(sc: &ScenarioResult) -> String {
             "- **{}**: {t:.1} ms ({:.2}× the limit). Before its first critical fetch: {f:.1} ms{}. Fetch phase: {phase:.1} ms for {rounds} rounds = {:.2} ms per round against {lat} ms latency ({:.2}× the limit's {:.1} ms); a fetch held its slot {} ms on average and the slots were busy {} of the time. It had {} MiB served to it; CPUs {} busy, the testbed used {} ms of CPU.",
             s.label,
             t / sc.limit_ms,
-            match (cached, sc.prepare_warm_ms, sc.prepare_cold_ms) {
-                (true, Some(p), _) => format!(
+            match (m, sc.prepare_warm_ms, sc.prepare_cold_ms) {
+                (Method::Prewarm { cached: true, .. }, Some(p), _) => format!(
                     " (prewarm's planning with cached metadata takes {p:.1} ms by itself)"
                 ),
-                (false, _, Some(p)) => format!(
+                (Method::Prewarm { cached: false, .. }, _, Some(p)) => format!(
                     " (prewarm's planning with cold metadata takes {p:.1} ms by itself; its metadata fetches are {} chunks outside the set)",
                     s.outside_critical.map_or("?".into(), |o| format!("{o:.0}"))
                 ),
+                (Method::PrewarmManifest { .. }, _, _) => {
+                    " (no mapping: the manifest is read and the device found by UUID)".into()
+                }
                 _ => String::new(),
             },
             phase / rounds as f64,
@@ -628,7 +640,7 @@ pub fn markdown(r: &Results) -> String {
         );
         let _ = writeln!(
             out,
-            "Physical limit = ceil({} chunks / {}) × {} ms{} = **{:.1} ms**. Medians of {} run(s){}; `{}` on `{}`.\n",
+            "Physical limit = ceil({} chunks / {}) × {} ms{} = **{:.1} ms**. Medians of {} run(s){}; `{}` on `{}`. Other processes on the host used {:.1} CPU-s during this scenario's {:.0} s (load average `{}` at its start, `{}` at its end; our own blocked readers count in it).\n",
             sc.critical_chunks,
             s.concurrency,
             s.latency_ms,
@@ -642,7 +654,11 @@ pub fn markdown(r: &Results) -> String {
                 ""
             },
             s.id,
-            sc.loop_device
+            sc.loop_device,
+            sc.other_cpu_s,
+            sc.wall_s,
+            sc.loadavg_start,
+            sc.loadavg_end
         );
         if let (Some(c), Some(w)) = (sc.prepare_cold_ms, sc.prepare_warm_ms) {
             let _ = writeln!(
@@ -734,7 +750,7 @@ const DEFINITIONS: &str = "\
 - **Chunks hydrated / outside set / fetched MiB**: testbed counters after the method (outside = hydrated chunks not in the critical set: filesystem metadata, or everything for fio).
 - **Testbed backing image**: a copy of the fixture on a private tmpfs, so the cache drops do not evict it and a hydrated chunk is served from memory (on a disk filesystem the testbed would read every hydrated byte back from the host's disk after each drop).
 - **Warm re-read**: after the method, caches dropped again (testbed *not* reset), the application reads every critical file in list order; the fetches it causes are chunks the method left cold (for the *metadata cached* variant, the inode tables and directories its dry run read before the reset).
-- **prewarm [cold]**: `prewarm --paths LIST` exactly as a user would run it, its FIEMAP mapping reading cold filesystem metadata through the testbed. **prewarm [metadata cached]**: a `prewarm --dry-run` first (after the cache drop), then the testbed reset, then the run: the plan is in effect pre-made; this is also the exactness check (hydrated chunks == plan chunks).
+- **prewarm [cold]**: `prewarm --paths LIST` exactly as a user would run it, its FIEMAP mapping reading cold filesystem metadata through the testbed. **prewarm [metadata cached]**: a `prewarm --dry-run` first (after the cache drop), then the testbed reset, then the run: the plan is in effect pre-made; this is also the exactness check (hydrated chunks == plan chunks). **prewarm run --manifest [planned ahead]**: `prewarm plan --paths LIST -o M` after the cache drop (it maps the files as an image build would), then the reset, then `prewarm run --manifest M --no-verify`: no mapping during the run; exactness-checked too.
 - **no prewarm**: the application itself reading the critical files cold, sequentially, in list order (1 MiB `read`s). **cat**: one `cat` of all files. **xargs -P 32 -n N cat**: `xargs -a PATHS -d '\\n' -P 32 -n N cat` (plain `xargs -P 32 cat` passes every path to a single `cat`, i.e. serial). **vmtouch -t**: `vmtouch -t -q FILES`. **physical-order reader**: FIEMAP every file (cold), sort by the physical offset of its first extent, read each file sequentially (in the style of wish / warmer). **fio**: AWS's `volume-initialize` command on the whole device, plus `--readonly --output-format=json` (no effect on the I/O).
 - **Diagnostics**: *first fetch / first critical fetch at* = first testbed fetch (of any chunk / of a critical chunk) after the method started: start-up, and for mapping readers the FIEMAP and metadata time; *mean fetch* = mean slot-holding time of a fetch (configured latency + timer and scheduling overshoot on this host); *rounds × mean fetch* = the limit with the measured fetch time; *slot utilisation* = fetch-slot time used between method start and critical-set completion / (concurrency × that time); *testbed reads* = read requests that reached the testbed (a cold prewarm's extra reads over the cached variant's are its metadata lookups, each a synchronous round trip through the loop device and FUSE); *CPU busy* = /proc/stat over the method; *testbed CPU* = the FUSE server's CPU time over the method (it shares the host's CPUs with the reader).
 ";
@@ -857,6 +873,10 @@ mod tests {
             limit_ms: 100.0,
             prepare_cold_ms: None,
             prepare_warm_ms: None,
+            loadavg_start: String::new(),
+            loadavg_end: String::new(),
+            other_cpu_s: 0.0,
+            wall_s: 0.0,
             runs,
             sweeps: sweeps
                 .into_iter()

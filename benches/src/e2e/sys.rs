@@ -475,6 +475,63 @@ impl Drop for TestbedProcess {
     }
 }
 
+/// CPU time (ms) of every user process that is neither this process nor a
+/// descendant of it, by pid: sample before and after a stretch of work and
+/// pass both to [`foreign_cpu_delta_ms`] to see how much CPU other work on
+/// the host took meanwhile. Kernel threads (children of kthreadd) are left
+/// out: the loop and FUSE work of our own runs shows up there.
+pub fn foreign_cpu_sample() -> std::collections::HashMap<u32, f64> {
+    use std::collections::HashMap;
+    let me = std::process::id();
+    let mut info: HashMap<u32, (u32, f64)> = HashMap::new();
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for e in dir.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                continue;
+            };
+            let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            let Some(close) = text.rfind(')') else {
+                continue;
+            };
+            let f: Vec<&str> = text[close + 2..].split_whitespace().collect();
+            let num = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok());
+            if let (Some(ppid), Some(u), Some(s)) = (num(1), num(11), num(12)) {
+                info.insert(pid, (ppid as u32, (u + s) * 1000.0 / clock_ticks()));
+            }
+        }
+    }
+    let ours = |mut pid: u32| {
+        for _ in 0..64 {
+            if pid == me {
+                return true;
+            }
+            match info.get(&pid) {
+                Some(&(ppid, _)) if ppid > 1 => pid = ppid,
+                _ => return false,
+            }
+        }
+        false
+    };
+    info.iter()
+        .filter(|(&pid, &(ppid, _))| pid != 2 && ppid != 2 && !ours(pid))
+        .map(|(&pid, &(_, ms))| (pid, ms))
+        .collect()
+}
+
+/// CPU ms other processes used between two [`foreign_cpu_sample`]s
+/// (processes that started and ended in between are missed).
+pub fn foreign_cpu_delta_ms(
+    before: &std::collections::HashMap<u32, f64>,
+    after: &std::collections::HashMap<u32, f64>,
+) -> f64 {
+    after
+        .iter()
+        .map(|(pid, ms)| (ms - before.get(pid).copied().unwrap_or(0.0)).max(0.0))
+        .sum()
+}
+
 /// Clock ticks per second for /proc times.
 fn clock_ticks() -> f64 {
     // Safety: sysconf has no preconditions.
@@ -524,6 +581,14 @@ pub fn cpu_busy(before: Option<(u64, u64)>, after: Option<(u64, u64)>) -> Option
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn foreign_cpu_excludes_ourselves() {
+        let a = foreign_cpu_sample();
+        assert!(!a.contains_key(&std::process::id()));
+        let b = foreign_cpu_sample();
+        assert!(foreign_cpu_delta_ms(&a, &b) >= 0.0);
+    }
 
     #[test]
     fn own_cpu_time_is_readable() {
