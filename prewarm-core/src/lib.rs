@@ -20,6 +20,7 @@
 //! Reading the raw device *hydrates* the volume but does not put the files in
 //! the page cache; [`cache`] does that separate job when asked.
 
+pub mod blocking;
 pub mod cache;
 pub mod device;
 pub mod engine;

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use rayon::prelude::*;
 
+use crate::blocking;
 use crate::cache::{self, CacheStats};
 use crate::device::{self, BlockDevice, DeviceError, DeviceId};
 use crate::engine::{
@@ -123,26 +124,29 @@ pub fn prepare(
 ) -> Result<Prepared, Error> {
     cfg.validate()?;
     let start = Instant::now();
-    let set = source::collect(entries, &cfg.collect);
+    // Collect and map as many files at once as reads will be in flight:
+    // cold metadata waits for fetches just as data does.
+    let (set, mapped) = blocking::with_width(cfg.queue_depth as usize, || {
+        let mut set = source::collect(entries, &cfg.collect);
+        // Map every file; a file that cannot be opened is named and dropped.
+        let mapped: Vec<Result<MappedFile, Warning>> = std::mem::take(&mut set.files)
+            .into_par_iter()
+            .map(|file| match extent::open_file(&file.path, false) {
+                Ok((f, _)) => Ok(MappedFile {
+                    map: extent::map_file(&f, file.size),
+                    file,
+                }),
+                Err(e) => Err(Warning::new(
+                    WarningKind::Unreadable,
+                    Some(&file.path),
+                    Some(&file.origin),
+                    format!("opening: {e}"),
+                )),
+            })
+            .collect();
+        (set, mapped)
+    });
     warnings.extend(set.warnings);
-
-    // Map every file; a file that cannot be opened is named and dropped.
-    let mapped: Vec<Result<MappedFile, Warning>> = set
-        .files
-        .into_par_iter()
-        .map(|file| match extent::open_file(&file.path, false) {
-            Ok((f, _)) => Ok(MappedFile {
-                map: extent::map_file(&f, file.size),
-                file,
-            }),
-            Err(e) => Err(Warning::new(
-                WarningKind::Unreadable,
-                Some(&file.path),
-                Some(&file.origin),
-                format!("opening: {e}"),
-            )),
-        })
-        .collect();
     let mut files = Vec::with_capacity(mapped.len());
     for m in mapped {
         match m {

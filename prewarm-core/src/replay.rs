@@ -17,6 +17,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use rayon::prelude::*;
 
+use crate::blocking;
 use crate::device::{self, DeviceId};
 use crate::error::{Error, Origin, Warning, WarningKind};
 use crate::extent::{self, DeviceExtent, ExtentMap};
@@ -219,10 +220,21 @@ pub fn prepare_manifest(
             .collect();
         report.files += md.files.len() as u64;
         report.deferred += (md.files.len() - wanted.len()) as u64;
-        let replayed: Vec<(FileStatus, Option<MappedFile>)> = wanted
-            .par_iter()
-            .map(|f| replay_file(f, mount.as_deref(), dev_num))
-            .collect();
+        let replay = || -> Vec<(FileStatus, Option<MappedFile>)> {
+            wanted
+                .par_iter()
+                .map(|f| replay_file(f, mount.as_deref(), dev_num))
+                .collect()
+        };
+        // Checking a file stats it (and re-maps it when changed): metadata
+        // reads on a cold volume, made as wide as the data reads
+        // (`blocking`). Without a mount nothing is checked, and no pool is
+        // worth starting.
+        let replayed = if mount.is_some() {
+            blocking::with_width(cfg.queue_depth as usize, replay)
+        } else {
+            replay()
+        };
         let mut extents = Vec::new();
         let mut on_device = 0u64;
         for ((status, mapped), f) in replayed.into_iter().zip(&wanted) {
