@@ -9,7 +9,8 @@
 //! away: reading it is the point.
 //!
 //! Two backends, same contract:
-//! * [`uring`]: one io_uring, `queue_depth` registered buffers, short reads
+//! * [`uring`]: one io_uring with `queue_depth` reads in flight into one shared,
+//!   registered sink buffer (the data is discarded), short reads
 //!   resubmitted; the default.
 //! * [`pread`]: `queue_depth` threads doing `pread`; used when io_uring is
 //!   unavailable (`ENOSYS`, `EPERM` from `kernel.io_uring_disabled` or a
@@ -293,13 +294,13 @@ impl EngineStats {
     }
 }
 
-/// Page-aligned I/O buffers, one slot per read in flight. Page alignment
-/// satisfies O_DIRECT for every logical block size up to the page size.
+/// Page-aligned I/O buffers: one slot per pread thread, or the io_uring
+/// backend's single sink. Page alignment satisfies O_DIRECT for every
+/// logical block size up to the page size.
 struct IoBuffers {
     /// `None` once leaked.
     map: Option<memmap2::MmapMut>,
     slot_len: usize,
-    slots: usize,
 }
 
 impl IoBuffers {
@@ -313,7 +314,6 @@ impl IoBuffers {
         Ok(IoBuffers {
             map: Some(map),
             slot_len,
-            slots,
         })
     }
 
@@ -342,10 +342,10 @@ pub fn run(
     let start = Instant::now();
     let depth = (cfg.queue_depth.max(1) as usize).min(ops.len().max(1));
     let max_len = ops.iter().map(|op| op.len).max().unwrap_or(4096);
-    let mut buffers = IoBuffers::new(depth, max_len)?;
     let mut fallback = None;
     if cfg.backend != BackendChoice::Pread {
-        match uring::run(targets, ops, cfg, &mut buffers) {
+        let mut sink = IoBuffers::new(1, max_len)?;
+        match uring::run(targets, ops, cfg, depth, &mut sink) {
             Ok(mut stats) => {
                 stats.elapsed = start.elapsed();
                 return Ok(stats);
@@ -358,6 +358,9 @@ pub fn run(
             Err(uring::SetupError(e)) => return Err(Error::UringUnavailable(e)),
         }
     }
+    // One buffer per thread: the threads fault their own pages in as they
+    // start, in parallel.
+    let mut buffers = IoBuffers::new(depth, max_len)?;
     let mut stats = pread::run(targets, ops, cfg, &mut buffers);
     stats.fallback = fallback;
     stats.elapsed = start.elapsed();
