@@ -55,6 +55,15 @@ pub fn hydrate(
     }
     let cfg = config(plan_config(plan), engine)?;
     let (entries, warnings) = read_sources(sources, None);
+    if !output.dry_run {
+        // Map and read overlapped: each priority class is read as soon as it
+        // is mapped. Input warnings are known before any mapping.
+        print_warnings(&warnings);
+        let printed = warnings.len();
+        let report = pipeline::hydrate(&entries, warnings, &sources.device, sources.priority, &cfg)
+            .context("hydrating")?;
+        return print_report(&report, printed, output);
+    }
     let mut prepared = pipeline::prepare(&entries, warnings, &cfg).context("planning")?;
     for dev in &sources.device {
         prepared
@@ -406,15 +415,22 @@ fn finish_with_report(
     } else {
         prepared.execute(cfg).context("reading")?
     };
-    // Warnings found while reading (a file that could not be opened again).
+    let code = print_report(&report, printed, output)?;
+    Ok((code, (!output.dry_run).then_some(report)))
+}
+
+/// Print the warnings after the first `printed`, then the report; returns
+/// the exit code.
+fn print_report(report: &Report, printed: usize, output: &OutputArgs) -> Result<u8> {
+    // Warnings found while mapping or reading (a file that could not be
+    // opened again).
     print_warnings(report.warnings.get(printed..).unwrap_or_default());
     if output.json {
-        print_json(&report)?;
+        print_json(report)?;
     } else {
         print!("{}", report.summary());
     }
-    let code = report.outcome.exit_code() as u8;
-    Ok((code, (!output.dry_run).then_some(report)))
+    Ok(report.outcome.exit_code() as u8)
 }
 
 /// Pretty JSON on a terminal, one line otherwise (for logs and consoles).

@@ -13,22 +13,43 @@
 /// Most threads a pool gets, whatever the queue depth.
 pub const MAX_WIDTH: usize = 64;
 
-/// Run `f` with rayon's parallel iterators on a pool of `width` threads
-/// (clamped to 1..=[`MAX_WIDTH`]). If the pool cannot be built (threads
-/// refused), `f` runs on rayon's global pool instead: slower, never fatal.
-pub fn with_width<R: Send>(width: usize, f: impl FnOnce() -> R + Send) -> R {
-    let width = width.clamp(1, MAX_WIDTH);
-    match rayon::ThreadPoolBuilder::new()
-        .num_threads(width)
-        .thread_name(|i| format!("prewarm-map-{i}"))
-        .build()
-    {
-        Ok(pool) => pool.install(f),
-        Err(e) => {
-            tracing::debug!("mapping pool of {width} threads refused ({e}); using the global pool");
-            f()
+/// A pool for metadata calls; `install` runs rayon's parallel iterators on
+/// it.
+pub struct MetadataPool(Option<rayon::ThreadPool>);
+
+impl MetadataPool {
+    /// A pool of `width` threads (clamped to 1..=[`MAX_WIDTH`]). If the
+    /// threads are refused, the pool falls back to rayon's global pool:
+    /// slower, never fatal.
+    pub fn new(width: usize) -> Self {
+        let width = width.clamp(1, MAX_WIDTH);
+        match rayon::ThreadPoolBuilder::new()
+            .num_threads(width)
+            .thread_name(|i| format!("prewarm-map-{i}"))
+            .build()
+        {
+            Ok(pool) => MetadataPool(Some(pool)),
+            Err(e) => {
+                tracing::debug!(
+                    "mapping pool of {width} threads refused ({e}); using the global pool"
+                );
+                MetadataPool(None)
+            }
         }
     }
+
+    /// Run `f`, its parallel iterators on this pool.
+    pub fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        match &self.0 {
+            Some(pool) => pool.install(f),
+            None => f(),
+        }
+    }
+}
+
+/// Run `f` on a [`MetadataPool`] of `width` threads made for it.
+pub fn with_width<R: Send>(width: usize, f: impl FnOnce() -> R + Send) -> R {
+    MetadataPool::new(width).install(f)
 }
 
 #[cfg(test)]
@@ -41,7 +62,8 @@ mod tests {
         assert_eq!(with_width(5, rayon::current_num_threads), 5);
         assert_eq!(with_width(0, rayon::current_num_threads), 1);
         assert_eq!(with_width(1000, rayon::current_num_threads), MAX_WIDTH);
-        let sum: u64 = with_width(8, || (0..100u64).into_par_iter().sum());
+        let pool = MetadataPool::new(8);
+        let sum: u64 = pool.install(|| (0..100u64).into_par_iter().sum());
         assert_eq!(sum, 4950);
     }
 }

@@ -10,18 +10,19 @@
 
 use std::collections::BTreeMap;
 use std::os::fd::AsFd;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU16;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rayon::prelude::*;
 
-use crate::blocking;
+use crate::blocking::MetadataPool;
 use crate::cache::{self, CacheStats};
 use crate::device::{self, BlockDevice, DeviceError, DeviceId};
 use crate::engine::{
-    self, BackendChoice, ClassProgress, EngineConfig, EngineStats, ReadOp, ReadTarget, StopSignal,
+    self, BackendChoice, ClassProgress, EngineConfig, EngineStats, OpQueue, ReadOp, ReadTarget,
+    StopSignal,
 };
 use crate::error::{Error, Warning, WarningKind};
 use crate::extent::{self, ExtentMap};
@@ -119,17 +120,114 @@ pub struct Prepared {
 /// input (bad list lines).
 pub fn prepare(
     entries: &[SourceEntry],
-    mut warnings: Vec<Warning>,
+    warnings: Vec<Warning>,
     cfg: &Config,
 ) -> Result<Prepared, Error> {
     cfg.validate()?;
     let start = Instant::now();
     // Collect and map as many files at once as reads will be in flight:
     // cold metadata waits for fetches just as data does.
-    let (set, mapped) = blocking::with_width(cfg.queue_depth as usize, || {
-        let mut set = source::collect(entries, &cfg.collect);
-        // Map every file; a file that cannot be opened is named and dropped.
-        let mapped: Vec<Result<MappedFile, Warning>> = std::mem::take(&mut set.files)
+    let pool = MetadataPool::new(cfg.queue_depth as usize);
+    let mut planner = Planner::new(Prepared::empty(warnings), cfg);
+    let files = planner.collect(entries, &pool);
+    pool.install(|| planner.add_batch(files));
+    let mut prepared = planner.finish();
+    prepared.prepare_time = start.elapsed();
+    Ok(prepared)
+}
+
+/// Collect, map, plan and read, overlapped: the entries are collected and
+/// mapped one priority class at a time, and each class is read as soon as
+/// it is planned, while the next is being collected and mapped. The engines' queues never drain
+/// between classes, and on a cold volume the first data reads start after
+/// the most urgent class's metadata, not everyone's. `sweeps` are whole
+/// block devices to read too (at `sweep_priority`). The plan is the one
+/// [`prepare`] makes.
+pub fn hydrate(
+    entries: &[SourceEntry],
+    warnings: Vec<Warning>,
+    sweeps: &[PathBuf],
+    sweep_priority: u32,
+    cfg: &Config,
+) -> Result<Report, Error> {
+    cfg.validate()?;
+    let start = Instant::now();
+    let mut seed = Prepared::empty(warnings);
+    for node in sweeps {
+        seed.add_whole_device(node, sweep_priority, cfg)?;
+    }
+    let pool = MetadataPool::new(cfg.queue_depth as usize);
+    let mut collector = source::Collector::new(&cfg.collect);
+    let mut classes: BTreeMap<u32, Vec<SourceEntry>> = BTreeMap::new();
+    for e in entries {
+        classes.entry(e.priority).or_default().push(e.clone());
+    }
+    let mut stopped = None;
+    let mut not_reached = 0u64;
+    let mut report = run_engines(Planner::new(seed, cfg), cfg, |planner, feed| {
+        for (priority, entries) in classes {
+            if let Some(reason) = stopped.or_else(|| cfg.stop.check()) {
+                if stopped.is_none() {
+                    tracing::warn!(?reason, "stopped before mapping priority class {priority}");
+                }
+                stopped = Some(reason);
+                not_reached += entries.len() as u64;
+                continue;
+            }
+            let files = pool.install(|| collector.add(&entries).to_vec());
+            planner.prepared.warnings.extend(collector.take_warnings());
+            let added = pool.install(|| planner.add_batch(files));
+            feed.push(planner, &added);
+        }
+        planner.prepared.skipped_non_regular += collector.skipped_non_regular();
+    })?;
+    report.stopped = report.stopped.or(stopped);
+    report.entries_not_reached = not_reached;
+    report.finish(start.elapsed());
+    Ok(report)
+}
+
+/// What one [`Planner::add_batch`] added: per device (index into
+/// `Prepared::devices`) the classes added to its plan, the devices opened
+/// for it, and the file-level reads.
+struct Added {
+    classes: Vec<(usize, std::ops::Range<usize>)>,
+    new_devices: std::ops::Range<usize>,
+    file_ios: std::ops::Range<usize>,
+}
+
+/// Builds a [`Prepared`] from batches of files: maps them, opens their
+/// devices the first time each is met, and extends the devices' plans.
+struct Planner<'c> {
+    cfg: &'c Config,
+    prepared: Prepared,
+    /// Device → its index in `prepared.devices`, or why it cannot be used.
+    devices: BTreeMap<DeviceId, Result<usize, String>>,
+}
+
+impl<'c> Planner<'c> {
+    fn new(prepared: Prepared, cfg: &'c Config) -> Self {
+        Planner {
+            cfg,
+            prepared,
+            devices: BTreeMap::new(),
+        }
+    }
+
+    /// The regular files the entries name (on `pool`); warnings are kept.
+    fn collect(&mut self, entries: &[SourceEntry], pool: &MetadataPool) -> Vec<TargetFile> {
+        let set = pool.install(|| source::collect(entries, &self.cfg.collect));
+        self.prepared.warnings.extend(set.warnings);
+        self.prepared.skipped_non_regular += set.skipped_non_regular;
+        set.files
+    }
+
+    /// Map `files` (on the current rayon pool) and plan them. Every class
+    /// of the batch must be less urgent than those of earlier batches.
+    fn add_batch(&mut self, files: Vec<TargetFile>) -> Added {
+        let cfg = self.cfg;
+        // A file that cannot be opened is named and dropped.
+        let mapped: Vec<Result<MappedFile, Warning>> = files
             .into_par_iter()
             .map(|file| match extent::open_file(&file.path, false) {
                 Ok((f, _)) => Ok(MappedFile {
@@ -144,31 +242,62 @@ pub fn prepare(
                 )),
             })
             .collect();
-        (set, mapped)
-    });
-    warnings.extend(set.warnings);
-    let mut files = Vec::with_capacity(mapped.len());
-    for m in mapped {
-        match m {
-            Ok(m) => files.push(m),
-            Err(w) => warnings.push(w),
+        let first_file = self.prepared.files.len();
+        let first_device = self.prepared.devices.len();
+        let mut extents: BTreeMap<usize, Vec<PrioritizedExtent>> = BTreeMap::new();
+        for m in mapped {
+            let mut m = match m {
+                Ok(m) => m,
+                Err(w) => {
+                    self.prepared.warnings.push(w);
+                    continue;
+                }
+            };
+            if !m.map.device_extents.is_empty() {
+                match self.device_for(DeviceId::from_dev(m.file.dev)) {
+                    Ok(d) => {
+                        self.prepared.devices[d].files += 1;
+                        extents
+                            .entry(d)
+                            .or_default()
+                            .extend(m.map.device_extents.iter().map(|e| PrioritizedExtent {
+                                priority: m.file.priority,
+                                offset: e.physical,
+                                len: e.length,
+                            }));
+                    }
+                    // Files on a device that cannot be used are read
+                    // through the file instead.
+                    Err(why) => m.map.demote_to_file_reads(why),
+                }
+            }
+            self.prepared.files.push(m);
+        }
+        let classes = extents
+            .into_iter()
+            .map(|(d, ext)| (d, self.prepared.devices[d].plan.extend(&ext)))
+            .collect();
+        let first_io = self.prepared.file_ios.len();
+        let new_ios = plan_file_ios(
+            &self.prepared.files[first_file..],
+            first_file,
+            cfg.plan.max_io,
+        );
+        self.prepared.file_ios.extend(new_ios);
+        Added {
+            classes,
+            new_devices: first_device..self.prepared.devices.len(),
+            file_ios: first_io..self.prepared.file_ios.len(),
         }
     }
 
-    // Open each device once; files on a device that cannot be used are read
-    // through the file instead.
-    let mut fallbacks = Vec::new();
-    let mut by_dev: BTreeMap<DeviceId, Vec<usize>> = BTreeMap::new();
-    for (i, f) in files.iter().enumerate() {
-        if !f.map.device_extents.is_empty() {
-            by_dev
-                .entry(DeviceId::from_dev(f.file.dev))
-                .or_default()
-                .push(i);
+    /// The index of device `id` in the plan, opening it when first met; or
+    /// why its files must be read through the files.
+    fn device_for(&mut self, id: DeviceId) -> Result<usize, String> {
+        if let Some(known) = self.devices.get(&id) {
+            return known.clone();
         }
-    }
-    let mut devices = Vec::new();
-    for (id, members) in by_dev {
+        let cfg = self.cfg;
         let opened = device::open(id).and_then(|d| {
             match cfg.plan.validate(u64::from(d.logical_block_size)) {
                 Ok(()) => Ok(d),
@@ -178,72 +307,208 @@ pub fn prepare(
                 }),
             }
         });
-        match opened {
+        let known = match opened {
             Ok(dev) => {
-                let extents: Vec<PrioritizedExtent> = members
-                    .iter()
-                    .flat_map(|&i| {
-                        let f = &files[i];
-                        f.map.device_extents.iter().map(move |e| PrioritizedExtent {
-                            priority: f.file.priority,
-                            offset: e.physical,
-                            len: e.length,
-                        })
-                    })
-                    .collect();
-                let plan = ReadPlan::build(&extents, dev.size, &cfg.plan);
                 if !dev.direct {
-                    fallbacks.push(format!(
+                    self.prepared.fallbacks.push(format!(
                         "{}: O_DIRECT refused, reading buffered",
                         dev.node.display()
                     ));
                 }
-                devices.push(DevicePlan {
+                let plan = ReadPlan::new(dev.size, &cfg.plan);
+                self.prepared.devices.push(DevicePlan {
                     device: dev,
                     plan,
-                    files: members.len() as u64,
+                    files: 0,
                     uuid: None,
                 });
+                Ok(self.prepared.devices.len() - 1)
             }
             Err(e) => {
                 let why = e.to_string();
                 if !matches!(e, DeviceError::Virtual(_)) {
-                    tracing::warn!(
-                        "{why}: reading its {} files through the files",
-                        members.len()
-                    );
+                    tracing::warn!("{why}: reading its files through the files");
                 }
-                for i in members {
-                    files[i].map.demote_to_file_reads(why.clone());
-                }
+                Err(why)
+            }
+        };
+        self.devices.insert(id, known.clone());
+        known
+    }
+
+    /// The plan, with one line per reason some files are read through the
+    /// files.
+    fn finish(mut self) -> Prepared {
+        let mut reasons: BTreeMap<&str, usize> = BTreeMap::new();
+        for f in &self.prepared.files {
+            if let Some(why) = &f.map.fallback {
+                *reasons.entry(why.as_str()).or_default() += 1;
             }
         }
+        let lines: Vec<String> = reasons
+            .into_iter()
+            .map(|(why, n)| format!("{n} file(s) read through the file: {why}"))
+            .collect();
+        self.prepared.fallbacks.extend(lines);
+        self.prepared
     }
-    // One line per reason some files are read through the files.
-    let mut reasons: BTreeMap<&str, usize> = BTreeMap::new();
-    for f in &files {
-        if let Some(why) = &f.map.fallback {
-            *reasons.entry(why.as_str()).or_default() += 1;
+}
+
+/// Feeds the running engines: the reads of each batch as it is planned.
+struct EngineFeed<'s, 'scope, 'env> {
+    scope: &'scope std::thread::Scope<'scope, 'env>,
+    ecfg: &'env EngineConfig,
+    mode: ReadMode,
+    progress: Option<Arc<ClassProgress>>,
+    /// Per device of the plan, in order: its queue, and the engine reading
+    /// it (none when its descriptor could not be duplicated).
+    engines: &'s mut Vec<DeviceEngine<'scope>>,
+}
+
+struct DeviceEngine<'scope> {
+    queue: Arc<OpQueue>,
+    handle: Option<std::thread::ScopedJoinHandle<'scope, Result<EngineStats, Error>>>,
+}
+
+impl<'scope> EngineFeed<'_, 'scope, '_> {
+    /// Start engines for the devices `added` opened, then hand every
+    /// engine its new reads. Progress learns of a class's reads (device and
+    /// file-level) before any of them is issued.
+    fn push(&mut self, planner: &Planner<'_>, added: &Added) {
+        let devices = &planner.prepared.devices;
+        for d in &devices[added.new_devices.clone()] {
+            self.spawn(d);
+        }
+        let ops: Vec<(usize, Vec<ReadOp>)> = added
+            .classes
+            .iter()
+            .map(|(d, which)| {
+                let dev = &devices[*d];
+                let ops = dev
+                    .plan
+                    .class_ios(which.clone(), self.mode, dev.device.logical_block_size)
+                    .into_iter()
+                    .map(|io| ReadOp {
+                        target: 0,
+                        offset: io.offset,
+                        len: io.len,
+                        priority: io.priority,
+                    })
+                    .collect();
+                (*d, ops)
+            })
+            .collect();
+        if let Some(p) = &self.progress {
+            for op in ops.iter().flat_map(|(_, ops)| ops) {
+                p.add(op.priority, 1);
+            }
+            for io in &planner.prepared.file_ios[added.file_ios.clone()] {
+                p.add(io.priority, 1);
+            }
+        }
+        for (d, ops) in ops {
+            self.engines[d].queue.push(ops);
         }
     }
-    fallbacks.extend(
-        reasons
-            .into_iter()
-            .map(|(why, n)| format!("{n} file(s) read through the file: {why}")),
-    );
 
-    let file_ios = plan_file_ios(&files, cfg.plan.max_io);
+    /// Start the engine of `d`, on a duplicate of its descriptor (the plan
+    /// keeps growing while the engine runs).
+    fn spawn(&mut self, d: &DevicePlan) {
+        let max_len = match self.mode {
+            ReadMode::Full => u32::try_from(d.plan.config.max_io).unwrap_or(u32::MAX),
+            ReadMode::Touch => d.device.logical_block_size,
+        };
+        let queue = Arc::new(OpQueue::new(max_len));
+        let direct = d.device.direct;
+        let align = d.device.logical_block_size;
+        let handle = match d.device.file.try_clone() {
+            Ok(file) => {
+                let (ecfg, q) = (self.ecfg, queue.clone());
+                Some(self.scope.spawn(move || {
+                    let target = ReadTarget {
+                        fd: file.as_fd(),
+                        direct,
+                        align,
+                    };
+                    engine::run_queue(&[target], &q, ecfg)
+                }))
+            }
+            Err(e) => {
+                tracing::error!(
+                    "{}: duplicating its descriptor: {e}",
+                    d.device.node.display()
+                );
+                None
+            }
+        };
+        self.engines.push(DeviceEngine { queue, handle });
+    }
+}
 
-    Ok(Prepared {
-        manifest: None,
-        files,
-        devices,
-        file_ios,
-        warnings,
-        fallbacks,
-        skipped_non_regular: set.skipped_non_regular,
-        prepare_time: start.elapsed(),
-    })
+/// Run the engines for `planner`'s devices, let `feed_more` plan and push
+/// further batches while they run, then read the file-level ranges and
+/// report. The report is not finished (`Report::finish`) yet.
+fn run_engines(
+    mut planner: Planner<'_>,
+    cfg: &Config,
+    feed_more: impl FnOnce(&mut Planner<'_>, &mut EngineFeed<'_, '_, '_>),
+) -> Result<Report, Error> {
+    let progress = cfg
+        .on_class_done
+        .clone()
+        .map(|cb| Arc::new(ClassProgress::new(move |prio| cb(prio))));
+    let ecfg = EngineConfig {
+        queue_depth: cfg.queue_depth,
+        backend: cfg.backend,
+        stop: cfg.stop.clone(),
+        progress: progress.clone(),
+        ioprio: cfg.ioprio.clone(),
+    };
+    let (queues, device_results, file_result) = std::thread::scope(|scope| {
+        let mut engines: Vec<DeviceEngine<'_>> = Vec::new();
+        let mut feed = EngineFeed {
+            scope,
+            ecfg: &ecfg,
+            mode: cfg.mode,
+            progress: progress.clone(),
+            engines: &mut engines,
+        };
+        // What is planned already (a manifest, a prepared plan, sweeps).
+        let planned = Added {
+            classes: planner
+                .prepared
+                .devices
+                .iter()
+                .enumerate()
+                .map(|(i, d)| (i, 0..d.plan.classes.len()))
+                .collect(),
+            new_devices: 0..planner.prepared.devices.len(),
+            file_ios: 0..planner.prepared.file_ios.len(),
+        };
+        feed.push(&planner, &planned);
+        feed_more(&mut planner, &mut feed);
+        for e in &engines {
+            e.queue.close();
+        }
+        if let Some(p) = &progress {
+            // Classes with nothing left to read are done before it.
+            p.announce_ready();
+        }
+        let file_result = read_files(&planner.prepared.files, &planner.prepared.file_ios, &ecfg);
+        let device_results: Vec<Result<EngineStats, Error>> = engines
+            .iter_mut()
+            .map(|e| match e.handle.take() {
+                Some(h) => h
+                    .join()
+                    .unwrap_or_else(|_| Err(Error::NothingToRead("engine thread panicked".into()))),
+                None => Err(Error::NothingToRead("device descriptor unavailable".into())),
+            })
+            .collect();
+        let queues: Vec<Arc<OpQueue>> = engines.into_iter().map(|e| e.queue).collect();
+        (queues, device_results, file_result)
+    });
+    let prepared = planner.finish();
+    prepared.report_run(cfg, &queues, device_results, file_result)
 }
 
 impl Prepared {
@@ -301,79 +566,38 @@ impl Prepared {
 
     /// Issue every planned read and report.
     pub fn execute(self, cfg: &Config) -> Result<Report, Error> {
-        let mut report = self.base_report(cfg, false);
         let start = Instant::now();
-        let device_ios: Vec<Vec<ReadOp>> = self
-            .devices
-            .iter()
-            .map(|d| {
-                d.plan
-                    .ios(cfg.mode, d.device.logical_block_size)
-                    .into_iter()
-                    .map(|io| ReadOp {
-                        target: 0,
-                        offset: io.offset,
-                        len: io.len,
-                        priority: io.priority,
-                    })
-                    .collect()
-            })
-            .collect();
+        let mut report = run_engines(Planner::new(self, cfg), cfg, |_, _| {})?;
+        report.finish(start.elapsed());
+        Ok(report)
+    }
 
-        let progress = cfg.on_class_done.clone().map(|cb| {
-            let p = ClassProgress::new(move |prio| cb(prio));
-            for ops in &device_ios {
-                for op in ops {
-                    p.add(op.priority, 1);
-                }
-            }
-            for io in &self.file_ios {
-                p.add(io.priority, 1);
-            }
-            Arc::new(p)
-        });
-        let ecfg = EngineConfig {
-            queue_depth: cfg.queue_depth,
-            backend: cfg.backend,
-            stop: cfg.stop.clone(),
-            progress: progress.clone(),
-            ioprio: cfg.ioprio.clone(),
-        };
-        if let Some(p) = &progress {
-            // Classes with nothing to read (everything already claimed by a
-            // more urgent class) are done before the first read.
-            p.announce_ready();
+    /// A plan with nothing in it yet.
+    fn empty(warnings: Vec<Warning>) -> Self {
+        Prepared {
+            manifest: None,
+            files: Vec::new(),
+            devices: Vec::new(),
+            file_ios: Vec::new(),
+            warnings,
+            fallbacks: Vec::new(),
+            skipped_non_regular: 0,
+            prepare_time: Duration::ZERO,
         }
+    }
 
-        let (device_results, file_result) = std::thread::scope(|scope| {
-            let handles: Vec<_> = self
-                .devices
-                .iter()
-                .zip(&device_ios)
-                .map(|(d, ops)| {
-                    let ecfg = &ecfg;
-                    scope.spawn(move || {
-                        let target = ReadTarget {
-                            fd: d.device.file.as_fd(),
-                            direct: d.device.direct,
-                            align: d.device.logical_block_size,
-                        };
-                        engine::run(&[target], ops, ecfg)
-                    })
-                })
-                .collect();
-            let file_result = read_files(&self.files, &self.file_ios, &ecfg);
-            let device_results: Vec<_> = handles
-                .into_iter()
-                .map(|h| {
-                    h.join().unwrap_or_else(|_| {
-                        Err(Error::NothingToRead("engine thread panicked".into()))
-                    })
-                })
-                .collect();
-            (device_results, file_result)
-        });
-
+    /// The report of a run: the plan's sizes plus what the engines (one per
+    /// device, reading `queues`) and the file-level reads did; the cache
+    /// warmed when asked.
+    #[allow(clippy::type_complexity)]
+    fn report_run(
+        self,
+        cfg: &Config,
+        queues: &[Arc<OpQueue>],
+        device_results: Vec<Result<EngineStats, Error>>,
+        file_result: Result<(Option<EngineStats>, u64, Vec<Warning>), Error>,
+    ) -> Result<Report, Error> {
+        let mut report = self.base_report(cfg, false);
         let mut fallbacks = Vec::new();
         for (i, result) in device_results.into_iter().enumerate() {
             let stats = result?;
@@ -381,7 +605,7 @@ impl Prepared {
             note_engine(&stats, |_| node.clone(), &mut fallbacks, &mut report);
             report.devices[i].read = read_stats(&stats);
             let chunk = self.devices[i].plan.config.chunk_size;
-            report.devices[i].chunks_read = chunks_read(&device_ios[i], &stats.completed, chunk);
+            report.devices[i].chunks_read = chunks_read(&queues[i].ops(), &stats.completed, chunk);
         }
         let (fstats, direct_files, open_warnings) = file_result?;
         if let Some(stats) = &fstats {
@@ -399,11 +623,9 @@ impl Prepared {
         fallbacks.sort();
         fallbacks.dedup();
         report.fallbacks.extend(fallbacks);
-
         if cfg.cache && cfg.stop.check().is_none() {
             report.cache = Some(self.warm_cache());
         }
-        report.finish(start.elapsed());
         Ok(report)
     }
 
@@ -468,6 +690,7 @@ impl Prepared {
             bytes_read: 0,
             errors: 0,
             not_issued: 0,
+            entries_not_reached: 0,
             elapsed_ms: 0.0,
             mib_per_s: 0.0,
             iops: 0.0,
@@ -494,13 +717,14 @@ impl Prepared {
 }
 
 /// The reads to make through files, for every file with file ranges.
-pub(crate) fn plan_file_ios(files: &[MappedFile], max_io: u64) -> Vec<FileIo> {
+/// `files[i]` is file `first + i` of the plan.
+pub(crate) fn plan_file_ios(files: &[MappedFile], first: usize, max_io: u64) -> Vec<FileIo> {
     plan::file_ios(
         files
             .iter()
             .enumerate()
             .filter(|(_, f)| !f.map.file_ranges.is_empty())
-            .map(|(i, f)| (i, f.file.priority, &f.map.file_ranges[..])),
+            .map(|(i, f)| (first + i, f.file.priority, &f.map.file_ranges[..])),
         FILE_ALIGN,
         max_io,
     )

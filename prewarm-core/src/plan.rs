@@ -141,21 +141,46 @@ pub struct ReadPlan {
     pub extents: u64,
     /// Classes in priority order; no chunk appears in two ranges.
     pub classes: Vec<PlanClass>,
+    /// Chunks claimed by a class or dropped as already read: never planned
+    /// again.
+    #[serde(skip)]
+    claimed: Vec<Span>,
 }
 
 /// Half-open interval of chunk indexes.
 type Span = (u64, u64);
 
 impl ReadPlan {
+    /// An empty plan for one device. `cfg` must have been validated.
+    pub fn new(device_size: u64, cfg: &PlanConfig) -> Self {
+        ReadPlan {
+            config: *cfg,
+            device_size,
+            extents: 0,
+            classes: Vec::new(),
+            claimed: Vec::new(),
+        }
+    }
+
     /// Build the plan for one device. `cfg` must have been validated.
     pub fn build(extents: &[PrioritizedExtent], device_size: u64, cfg: &PlanConfig) -> Self {
-        let chunk = cfg.chunk_size.max(1);
-        let limit_chunks = if device_size == 0 {
+        let mut plan = ReadPlan::new(device_size, cfg);
+        plan.extend(extents);
+        plan
+    }
+
+    /// Add the classes of `extents`, which must be less urgent than every
+    /// class already in the plan (the pipeline adds one class at a time, in
+    /// priority order, as its files are mapped). Chunks already claimed are
+    /// cut out. Returns the indexes of the classes added.
+    pub fn extend(&mut self, extents: &[PrioritizedExtent]) -> std::ops::Range<usize> {
+        let chunk = self.config.chunk_size.max(1);
+        let limit_chunks = if self.device_size == 0 {
             u64::MAX
         } else {
-            device_size.div_ceil(chunk)
+            self.device_size.div_ceil(chunk)
         };
-        let gap_chunks = cfg.coalesce_gap / chunk;
+        let gap_chunks = self.config.coalesce_gap / chunk;
         let mut spans: Vec<(u32, Span)> = extents
             .iter()
             .filter(|e| e.len > 0)
@@ -170,29 +195,30 @@ impl ReadPlan {
             })
             .collect();
         spans.sort_unstable();
+        debug_assert!(
+            spans
+                .first()
+                .is_none_or(|(p, _)| self.classes.last().is_none_or(|c| c.priority < *p)),
+            "classes must be added in priority order"
+        );
 
-        let mut claimed: Vec<Span> = Vec::new();
-        let mut classes = Vec::new();
+        let first_new = self.classes.len();
+        self.extents += extents.len() as u64;
         for group in spans.chunk_by(|a, b| a.0 == b.0) {
             let priority = group[0].0;
             let merged = merge(group.iter().map(|&(_, s)| s), gap_chunks);
-            let fresh = subtract(&merged, &claimed);
+            let fresh = subtract(&merged, &self.claimed);
             if fresh.is_empty() {
                 continue;
             }
-            claimed = union(&claimed, &fresh);
+            self.claimed = union(&self.claimed, &fresh);
             let ranges = fresh
                 .iter()
-                .map(|&s| span_to_range(s, chunk, device_size))
+                .map(|&s| span_to_range(s, chunk, self.device_size))
                 .collect();
-            classes.push(PlanClass { priority, ranges });
+            self.classes.push(PlanClass { priority, ranges });
         }
-        ReadPlan {
-            config: *cfg,
-            device_size,
-            extents: extents.len() as u64,
-            classes,
-        }
+        first_new..self.classes.len()
     }
 
     /// Drop every chunk lying wholly inside the byte ranges `done` (already
@@ -216,6 +242,7 @@ impl ReadPlan {
             0,
         );
         let before = self.stats().chunks;
+        self.claimed = union(&self.claimed, &done_spans);
         for class in &mut self.classes {
             let spans: Vec<Span> = class
                 .ranges
@@ -250,10 +277,21 @@ impl ReadPlan {
     /// The I/Os to issue, in order: by class, then physical offset.
     /// `block` is the device's logical block size (the touch-read length).
     pub fn ios(&self, mode: ReadMode, block: u32) -> Vec<PlannedIo> {
+        self.class_ios(0..self.classes.len(), mode, block)
+    }
+
+    /// The I/Os of the classes `which` (e.g. those one [`ReadPlan::extend`]
+    /// added), in order.
+    pub fn class_ios(
+        &self,
+        which: std::ops::Range<usize>,
+        mode: ReadMode,
+        block: u32,
+    ) -> Vec<PlannedIo> {
         let chunk = self.config.chunk_size.max(1);
         let max_io = self.config.max_io.max(1);
         let mut out = Vec::new();
-        for class in &self.classes {
+        for class in self.classes.get(which).unwrap_or_default() {
             for r in &class.ranges {
                 let (step, len_at): (u64, &dyn Fn(u64) -> u64) = match mode {
                     ReadMode::Full => (max_io, &|off| max_io.min(r.end() - off)),
@@ -592,6 +630,27 @@ mod tests {
                     prop_assert!(io.offset + u64::from(io.len) <= device_size);
                 }
             }
+        }
+
+        #[test]
+        fn extending_class_by_class_plans_what_build_plans(
+            extents in arb_extents(),
+            cfg in arb_config(),
+        ) {
+            // The streaming pipeline adds one class at a time, in order; the
+            // plan and its I/Os must be the ones planning everything at once
+            // gives.
+            let whole = ReadPlan::build(&extents, 0, &cfg);
+            let mut sorted = extents.clone();
+            sorted.sort_by_key(|e| e.priority);
+            let mut streamed = ReadPlan::new(0, &cfg);
+            let mut ios = Vec::new();
+            for class in sorted.chunk_by(|a, b| a.priority == b.priority) {
+                let added = streamed.extend(class);
+                ios.extend(streamed.class_ios(added, ReadMode::Full, 4096));
+            }
+            prop_assert_eq!(&streamed, &whole);
+            prop_assert_eq!(ios, whole.ios(ReadMode::Full, 4096));
         }
 
         #[test]

@@ -278,7 +278,7 @@ pub fn prepare_manifest(
             uuid: Some(uuid),
         });
     }
-    let file_ios = plan_file_ios(&files, m.plan.max_io);
+    let file_ios = plan_file_ios(&files, 0, m.plan.max_io);
     Ok(Prepared {
         manifest: Some(report),
         files,

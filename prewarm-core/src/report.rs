@@ -163,6 +163,10 @@ pub struct Report {
     pub bytes_read: u64,
     pub errors: u64,
     pub not_issued: u64,
+    /// List entries and arguments never collected, hence never planned: the
+    /// run was stopped (deadline, SIGTERM) before their priority class came
+    /// up.
+    pub entries_not_reached: u64,
     pub elapsed_ms: f64,
     pub mib_per_s: f64,
     pub iops: f64,
@@ -210,9 +214,14 @@ impl Report {
         }
         let unreadable = self.warnings.iter().any(|w| w.kind.is_read_failure());
         let whole_devices = self.devices.iter().any(|d| d.files == 0);
-        self.outcome = if self.files == 0 && !whole_devices {
+        self.outcome = if self.files == 0 && self.entries_not_reached == 0 && !whole_devices {
             Outcome::NothingReadable
-        } else if errors > 0 || unreadable || not_issued > 0 || self.stopped.is_some() {
+        } else if errors > 0
+            || unreadable
+            || not_issued > 0
+            || self.entries_not_reached > 0
+            || self.stopped.is_some()
+        {
             Outcome::Partial
         } else {
             Outcome::Success
@@ -302,8 +311,8 @@ impl Report {
         if let Some(reason) = self.stopped {
             let _ = writeln!(
                 s,
-                "stopped early ({reason:?}): {} reads not issued",
-                self.not_issued
+                "stopped early ({reason:?}): {} reads not issued, list entries not reached: {}",
+                self.not_issued, self.entries_not_reached
             );
         }
         for f in &self.fallbacks {

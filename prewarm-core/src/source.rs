@@ -166,43 +166,74 @@ fn is_glob(path: &Path) -> bool {
 
 /// Resolve entries to the set of regular files they name.
 pub fn collect(entries: &[SourceEntry], opts: &CollectOptions) -> FileSet {
-    let mut c = Collector {
-        opts,
-        set: FileSet::default(),
-        by_inode: HashMap::new(),
-    };
-    // lstat every named path in parallel first: on a cold volume each waits
-    // for a metadata fetch (directory and inode table blocks), and the
-    // caller's pool (see `blocking`) keeps many of them in flight. The
-    // serial pass below, which dedupes in list order, uses the results.
-    let lstats: Vec<Option<std::fs::Metadata>> = entries
-        .par_iter()
-        .map(|e| {
-            if is_glob(&e.path) {
-                None
-            } else {
-                std::fs::symlink_metadata(&e.path).ok()
-            }
-        })
-        .collect();
-    for (entry, lstat) in entries.iter().zip(lstats) {
-        if is_glob(&entry.path) {
-            c.expand_glob(entry);
-        } else {
-            c.add_path(&entry.path, lstat, entry);
-        }
-    }
-    c.set
+    let mut c = Collector::new(opts);
+    c.add(entries);
+    c.finish()
 }
 
-struct Collector<'a> {
+/// Collects files from entries in batches (the pipeline collects one
+/// priority class at a time, most urgent first), remembering every file it
+/// has met, so that a file named again in a later batch is still a
+/// duplicate of the first.
+pub struct Collector<'a> {
     opts: &'a CollectOptions,
     set: FileSet,
     /// (dev, ino) → index in `set.files`.
     by_inode: HashMap<(u64, u64), usize>,
 }
 
-impl Collector<'_> {
+impl<'a> Collector<'a> {
+    pub fn new(opts: &'a CollectOptions) -> Self {
+        Collector {
+            opts,
+            set: FileSet::default(),
+            by_inode: HashMap::new(),
+        }
+    }
+
+    /// Add the files `entries` name; returns those not met before.
+    pub fn add(&mut self, entries: &[SourceEntry]) -> &[TargetFile] {
+        let first = self.set.files.len();
+        // lstat every named path in parallel first: on a cold volume each
+        // waits for a metadata fetch (directory and inode table blocks), and
+        // the caller's pool (see `blocking`) keeps many of them in flight.
+        // The serial pass below, which dedupes in list order, uses the
+        // results.
+        let lstats: Vec<Option<std::fs::Metadata>> = entries
+            .par_iter()
+            .map(|e| {
+                if is_glob(&e.path) {
+                    None
+                } else {
+                    std::fs::symlink_metadata(&e.path).ok()
+                }
+            })
+            .collect();
+        for (entry, lstat) in entries.iter().zip(lstats) {
+            if is_glob(&entry.path) {
+                self.expand_glob(entry);
+            } else {
+                self.add_path(&entry.path, lstat, entry);
+            }
+        }
+        &self.set.files[first..]
+    }
+
+    /// Warnings so far, taken out.
+    pub fn take_warnings(&mut self) -> Vec<Warning> {
+        std::mem::take(&mut self.set.warnings)
+    }
+
+    /// Non-regular files met inside walked directories so far.
+    pub fn skipped_non_regular(&self) -> u64 {
+        self.set.skipped_non_regular
+    }
+
+    /// Everything collected.
+    pub fn finish(self) -> FileSet {
+        self.set
+    }
+
     fn warn(
         &mut self,
         kind: WarningKind,

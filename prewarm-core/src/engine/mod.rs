@@ -26,7 +26,7 @@ mod uring;
 use std::collections::BTreeMap;
 use std::os::fd::BorrowedFd;
 use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -333,19 +333,133 @@ impl IoBuffers {
     }
 }
 
+/// How long an engine with nothing in flight waits for more reads before it
+/// looks at the stop signal again.
+const QUEUE_POLL: Duration = Duration::from_millis(100);
+
+/// The reads of one engine run, in issue order. A queue can be filled while
+/// the engine runs: the pipeline pushes each priority class as soon as it is
+/// mapped and planned, so the most urgent class is being read while the
+/// later ones are still being mapped, and the ring never drains between
+/// classes. The engine ends once the queue is closed and empty.
+pub struct OpQueue {
+    state: Mutex<QueuedOps>,
+    more: Condvar,
+    max_len: u32,
+}
+
+struct QueuedOps {
+    ops: Vec<ReadOp>,
+    closed: bool,
+}
+
+/// What [`OpQueue::take`] found at an index.
+enum Take {
+    Op(ReadOp),
+    /// Not pushed yet (the queue is open).
+    Pending,
+    /// Past the end of a closed queue.
+    Ended,
+}
+
+impl OpQueue {
+    /// An open, empty queue whose reads will be at most `max_len` bytes (the
+    /// engine's buffers are sized by it; a longer read fails with EINVAL).
+    pub fn new(max_len: u32) -> Self {
+        OpQueue {
+            state: Mutex::new(QueuedOps {
+                ops: Vec::new(),
+                closed: false,
+            }),
+            more: Condvar::new(),
+            max_len: max_len.max(1),
+        }
+    }
+
+    /// A closed queue holding `ops`.
+    pub fn of(ops: &[ReadOp]) -> Self {
+        let q = OpQueue::new(ops.iter().map(|op| op.len).max().unwrap_or(4096));
+        q.push(ops.iter().copied());
+        q.close();
+        q
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, QueuedOps> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Append reads (after every read pushed so far).
+    pub fn push(&self, ops: impl IntoIterator<Item = ReadOp>) {
+        self.lock().ops.extend(ops);
+        self.more.notify_all();
+    }
+
+    /// No more reads will come.
+    pub fn close(&self) {
+        self.lock().closed = true;
+        self.more.notify_all();
+    }
+
+    /// Reads pushed so far.
+    pub fn len(&self) -> usize {
+        self.lock().ops.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// A copy of the reads pushed so far.
+    pub fn ops(&self) -> Vec<ReadOp> {
+        self.lock().ops.clone()
+    }
+
+    /// The read at `index`, waiting up to `wait` for it to be pushed.
+    fn take(&self, index: usize, wait: Duration) -> Take {
+        let mut state = self.lock();
+        let give_up = Instant::now() + wait;
+        loop {
+            if let Some(op) = state.ops.get(index) {
+                return Take::Op(*op);
+            }
+            if state.closed {
+                return Take::Ended;
+            }
+            let left = give_up.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Take::Pending;
+            }
+            state = match self.more.wait_timeout(state, left) {
+                Ok((s, _)) => s,
+                Err(e) => e.into_inner().0,
+            };
+        }
+    }
+}
+
 /// Run `ops` against `targets`, in order, `cfg.queue_depth` at a time.
 pub fn run(
     targets: &[ReadTarget<'_>],
     ops: &[ReadOp],
     cfg: &EngineConfig,
 ) -> Result<EngineStats, Error> {
+    run_queue(targets, &OpQueue::of(ops), cfg)
+}
+
+/// Run the reads of `queue` against `targets`, in order, `cfg.queue_depth`
+/// at a time, until the queue is closed and drained (or a stop).
+pub fn run_queue(
+    targets: &[ReadTarget<'_>],
+    queue: &OpQueue,
+    cfg: &EngineConfig,
+) -> Result<EngineStats, Error> {
     let start = Instant::now();
-    let depth = (cfg.queue_depth.max(1) as usize).min(ops.len().max(1));
-    let max_len = ops.iter().map(|op| op.len).max().unwrap_or(4096);
+    let depth = cfg.queue_depth.max(1) as usize;
+    let max_len = queue.max_len;
     let mut fallback = None;
     if cfg.backend != BackendChoice::Pread {
         let mut sink = IoBuffers::new(1, max_len)?;
-        match uring::run(targets, ops, cfg, depth, &mut sink) {
+        match uring::run(targets, queue, cfg, depth, &mut sink) {
             Ok(mut stats) => {
                 stats.elapsed = start.elapsed();
                 return Ok(stats);
@@ -361,7 +475,7 @@ pub fn run(
     // One buffer per thread: the threads fault their own pages in as they
     // start, in parallel.
     let mut buffers = IoBuffers::new(depth, max_len)?;
-    let mut stats = pread::run(targets, ops, cfg, &mut buffers);
+    let mut stats = pread::run(targets, queue, cfg, &mut buffers);
     stats.fallback = fallback;
     stats.elapsed = start.elapsed();
     Ok(stats)
@@ -373,6 +487,12 @@ enum Next {
     Done { ok: bool },
     /// Resubmit for the remaining bytes, `advanced` bytes further on.
     Resubmit { advanced: u32 },
+}
+
+/// Whether `op` can be issued: its target exists and it fits a buffer of
+/// `buf_len` bytes. Both backends fail one that cannot with EINVAL.
+fn issuable(op: &ReadOp, targets: &[ReadTarget<'_>], buf_len: usize) -> bool {
+    op.target < targets.len() && op.len as usize <= buf_len
 }
 
 /// Account for one read result of `res` bytes (or `-errno`) for `op` whose

@@ -16,8 +16,9 @@
 //!   makes a Rust reference to it after taking its address, so reads in
 //!   flight writing it at once race only with each other, over bytes nobody
 //!   looks at;
-//! * every read fits in it (`buf + done + len <= sink_len`: ops are at most
-//!   `sink_len` bytes long, and a resubmitted rest starts `done` bytes in);
+//! * every read fits in it (`buf + done + len <= sink_len`: an op longer
+//!   than the sink is failed before submission, and a resubmitted rest
+//!   starts `done` bytes in);
 //! * the mapping outlives every read: the function does not return while a
 //!   read is in flight, except by leaking both the ring and the mapping
 //!   (`abandon`), so a late completion can only write into memory that is
@@ -25,12 +26,13 @@
 
 use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use io_uring::{opcode, squeue, types, IoUring};
 
 use super::{
-    account, Backend, EngineConfig, EngineStats, IoBuffers, Next, ReadOp, ReadTarget, STOP_GRACE,
+    account, issuable, Backend, EngineConfig, EngineStats, IoBuffers, Next, OpQueue, ReadOp,
+    ReadTarget, Take, QUEUE_POLL, STOP_GRACE,
 };
 
 /// io_uring could not be set up (or refused the first submission): nothing
@@ -39,16 +41,18 @@ pub(super) struct SetupError(pub std::io::Error);
 
 #[derive(Clone, Copy)]
 struct InFlight {
-    op: usize,
+    /// Index of the op in the queue, and the op.
+    index: usize,
+    op: ReadOp,
     /// Bytes of the op already read (short reads resubmit the rest).
     done: u32,
 }
 
-/// Run `ops` with `depth` reads in flight, every one into `sink` (a single
-/// slot at least as long as the longest op).
+/// Run the reads of `queue` with `depth` in flight, every one into `sink` (a
+/// single slot as long as the queue's longest read).
 pub(super) fn run(
     targets: &[ReadTarget<'_>],
-    ops: &[ReadOp],
+    queue: &OpQueue,
     cfg: &EngineConfig,
     depth: usize,
     sink: &mut IoBuffers,
@@ -92,11 +96,12 @@ pub(super) fn run(
         e.user_data(slot as u64)
     };
 
-    let mut stats = EngineStats::new(Backend::Uring, ops.len());
+    let mut stats = EngineStats::new(Backend::Uring, 0);
     let mut slots: Vec<Option<InFlight>> = vec![None; depth];
     let mut free: Vec<usize> = (0..depth).rev().collect();
     let mut next = 0usize;
     let mut inflight = 0usize;
+    let mut ended = false;
     let mut stopped_at: Option<Instant> = None;
     let mut first_submit = true;
     let timeout = types::Timespec::new().nsec(100_000_000);
@@ -110,21 +115,51 @@ pub(super) fn run(
                 stopped_at = Some(Instant::now());
             }
         }
-        while stats.stopped.is_none() && next < ops.len() {
+        while stats.stopped.is_none() && !ended && !free.is_empty() {
+            // With nothing in flight, wait a while for the queue to grow.
+            let wait = if inflight == 0 {
+                QUEUE_POLL
+            } else {
+                Duration::ZERO
+            };
+            let op = match queue.take(next, wait) {
+                Take::Op(op) => op,
+                Take::Pending => break,
+                Take::Ended => {
+                    ended = true;
+                    break;
+                }
+            };
+            if !issuable(&op, targets, sink_len) {
+                stats.fail(&op, libc::EINVAL);
+                stats.ios_done += 1;
+                next += 1;
+                if let Some(p) = &cfg.progress {
+                    p.complete(op.priority);
+                }
+                continue;
+            }
             let Some(slot) = free.pop() else { break };
-            let e = entry(&ops[next], 0, slot);
-            // Safety: the entry's buffer is the sink, which fits the op and
-            // lives as long as the ring (module doc).
+            let e = entry(&op, 0, slot);
+            // Safety: the entry's buffer is the sink, which fits the op
+            // (checked just above) and lives as long as the ring (module doc).
             if unsafe { ring.submission().push(&e) }.is_err() {
                 free.push(slot);
                 break;
             }
-            slots[slot] = Some(InFlight { op: next, done: 0 });
+            slots[slot] = Some(InFlight {
+                index: next,
+                op,
+                done: 0,
+            });
             next += 1;
             inflight += 1;
         }
         if inflight == 0 {
-            break;
+            if ended || stats.stopped.is_some() {
+                break;
+            }
+            continue;
         }
         if stopped_at.is_some_and(|t| t.elapsed() > STOP_GRACE) {
             tracing::warn!(
@@ -146,7 +181,7 @@ pub(super) fn run(
             Err(e) => {
                 tracing::error!("io_uring submit failed: {e}; abandoning {inflight} reads");
                 for f in slots.iter().flatten() {
-                    stats.fail(&ops[f.op], e.raw_os_error().unwrap_or(libc::EIO));
+                    stats.fail(&f.op, e.raw_os_error().unwrap_or(libc::EIO));
                 }
                 abandon(ring, sink);
                 break;
@@ -160,7 +195,7 @@ pub(super) fn run(
             let Some(f) = slots.get_mut(slot).and_then(Option::take) else {
                 continue;
             };
-            let op = &ops[f.op];
+            let op = &f.op;
             match account(
                 &mut stats,
                 &targets[op.target],
@@ -170,7 +205,7 @@ pub(super) fn run(
             ) {
                 Next::Done { ok } => {
                     if ok {
-                        stats.completed.push(f.op);
+                        stats.completed.push(f.index);
                     }
                     stats.ios_done += 1;
                     inflight -= 1;
@@ -186,12 +221,13 @@ pub(super) fn run(
                     // and the SQ holds as many entries as there are slots, so
                     // there is room.
                     let _ = unsafe { ring.submission().push(&e) };
-                    slots[slot] = Some(InFlight { op: f.op, done });
+                    slots[slot] = Some(InFlight { done, ..f });
                 }
             }
         }
     }
-    stats.not_issued = (ops.len() - next) as u64;
+    stats.ios_planned = queue.len() as u64;
+    stats.not_issued = stats.ios_planned.saturating_sub(next as u64);
     Ok(stats)
 }
 
