@@ -53,7 +53,8 @@ pub fn hydrate(
     if sources.paths.is_empty() && sources.lists.is_empty() && sources.device.is_empty() {
         bail!("nothing to do: give PATHs, --paths LIST or --device DEV (see --help)");
     }
-    let cfg = config(plan_config(plan), engine)?;
+    let mut cfg = config(plan_config(plan), engine)?;
+    cfg.collect.cross_mounts = sources.cross_mounts;
     let (entries, warnings) = read_sources(sources, None);
     if !output.dry_run {
         // Map and read overlapped: each priority class is read as soon as it
@@ -198,6 +199,7 @@ fn run_manifest(cmd: &RunCmd, readiness: &Readiness) -> Result<u8> {
         wait_device: cmd.wait_device,
         max_priority: cmd.max_priority,
         verify: cmd.phase == Phase::Root && !cmd.no_verify,
+        allow_grown: cmd.allow_grown,
     };
     let prepared = replay::prepare_manifest(&manifest, &opts, handover.as_ref(), &cfg)?;
     if !prepared.has_work_up_to(ready_priority) {

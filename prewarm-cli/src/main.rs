@@ -15,6 +15,8 @@
 //! 2 usage error or nothing readable, 3 manifest refused (corrupt, or for
 //! another filesystem or device size).
 
+#![forbid(unsafe_code)]
+
 mod commands;
 mod notify;
 
@@ -228,6 +230,12 @@ pub struct RunCmd {
     /// Do not check files against the manifest (replay it as recorded).
     #[arg(long)]
     no_verify: bool,
+
+    /// Accept a device larger than the manifest's (a volume resized at
+    /// launch whose filesystem was grown in place keeps its blocks where
+    /// they were). Without it any size difference is refused (exit 3).
+    #[arg(long)]
+    allow_grown: bool,
 
     #[command(flatten)]
     engine: EngineArgs,

@@ -3,8 +3,9 @@
 //! `prewarm.service` is `Type=notify`: services ordered after it (nodeadm,
 //! containerd, kubelet) start when it says READY=1. It says so once the most
 //! urgent priority class is hydrated, or after `--ready-timeout` at the
-//! latest, and then carries on with the remaining classes at idle I/O
-//! priority, reporting progress in STATUS=. It always says READY before it
+//! latest, and once the urgent classes are done carries on with the rest at
+//! idle I/O priority (per io_uring read; the pread fallback keeps the
+//! process's priority), reporting progress in STATUS=. It always says READY before it
 //! exits, so a failure can never hold dependent services back.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -74,9 +75,11 @@ impl Readiness {
             if priority >= ready_priority {
                 let text =
                     format!("classes up to {priority} hydrated; continuing in the background");
-                if me.ready(&text) {
-                    ioprio.store(IOPRIO_IDLE, Ordering::Relaxed);
-                }
+                me.ready(&text);
+                // Whether READY came now or earlier from --ready-timeout, the
+                // rest is background work from here on (not before: after a
+                // timeout the urgent class is what the services now wait on).
+                ioprio.store(IOPRIO_IDLE, Ordering::Relaxed);
             }
             me.status(&format!("priority class {priority} hydrated"));
         })

@@ -187,3 +187,45 @@ fn a_passed_deadline_stops_issuing_and_reports_partial() {
     assert_eq!(u(&r["entries_not_reached"]), 1);
     assert_eq!(u(&r["ios_done"]), 0);
 }
+
+#[test]
+fn walks_stay_on_one_filesystem_unless_asked_and_skip_special_files() {
+    if !privileged(
+        "walks_stay_on_one_filesystem_unless_asked",
+        &["mount", "mkfifo"],
+    ) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let top = tmp.path().join("top");
+    fs::create_dir(&top).unwrap();
+    fs::write(top.join("here"), vec![1u8; 10_000]).unwrap();
+    cmd("mkfifo", &[top.join("fifo").to_str().unwrap()]);
+    let sub = Mounted::mount("tmpfs", &top.join("other-fs"), "tmpfs", "size=1m");
+    fs::write(sub.dir.join("there"), vec![2u8; 10_000]).unwrap();
+    let topdir = top.to_str().unwrap();
+
+    let (r, out) = prewarm_json(&["--dry-run", topdir]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(u(&r["files"]), 1, "the walk crossed into the tmpfs: {r}");
+    assert_eq!(
+        u(&r["skipped_non_regular"]),
+        1,
+        "the FIFO is skipped and counted"
+    );
+    let text = String::from_utf8_lossy(&prewarm(&[topdir]).stdout).into_owned();
+    assert!(text.contains("skipped 1 non-regular file"), "{text}");
+
+    for args in [
+        vec!["--dry-run", "--cross-mounts", topdir],
+        vec!["--cross-mounts", topdir],
+    ] {
+        let (r, out) = prewarm_json(&args);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", stderr(&out));
+        assert_eq!(
+            u(&r["files"]),
+            2,
+            "{args:?}: --cross-mounts enters the tmpfs"
+        );
+    }
+}

@@ -192,6 +192,8 @@ fn manifest_end_to_end(fs_name: &'static str) {
     ]);
     assert_eq!(u(&third["bytes_read"]), 0);
     drop(lo);
+    // None of those runs wrote to the image.
+    assert_eq!(checksum(&img.image), before, "a run changed the image");
 
     // Root phase with the filesystem mounted: files are checked; a changed
     // file is re-mapped live, a deleted one skipped.
@@ -222,9 +224,6 @@ fn manifest_end_to_end(fs_name: &'static str) {
             );
         }
     }
-    // Plans and runs never wrote to the image (only the test's own edits
-    // above, made through a read-write mount, changed it).
-    let _ = before;
 }
 
 #[test]
@@ -286,6 +285,27 @@ fn foreign_resized_and_corrupt_manifests_are_refused() {
             "{}",
             stderr(&out)
         );
+    }
+
+    // ... unless it grew, and --allow-grown says a grown filesystem is fine.
+    {
+        let _lo = LoopDev::attach(&bigger, true);
+        let out = prewarm(&["run", "-m", &manifest, "--allow-grown", "--json"]);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    }
+    // A smaller device is refused even then.
+    let smaller = img.dir.join("smaller.img");
+    fs::copy(&img.image, &smaller).unwrap();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&smaller)
+        .unwrap()
+        .set_len(400 << 20)
+        .unwrap();
+    {
+        let _lo = LoopDev::attach(&smaller, true);
+        let out = prewarm(&["run", "-m", &manifest, "--allow-grown"]);
+        assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     }
 
     // Truncated and corrupted manifests: an error naming the offset.
@@ -381,6 +401,23 @@ fn notify_says_ready_after_the_urgent_class_and_cmdline_switches_work() {
     let n = sock.recv(&mut buf).unwrap();
     assert!(String::from_utf8_lossy(&buf[..n]).contains("READY=1"));
 
+    // rd.prewarm=0 disables the initrd phase only.
+    let cmdline = [
+        ("PREWARM_CMDLINE", "quiet rd.prewarm=0"),
+        ("RUST_LOG", "info"),
+    ];
+    let run = ["run", "--kernel-cmdline", "-m", &img.manifest(), "--phase"];
+    let out = prewarm_env(&[&run[..], &["initrd"]].concat(), &cmdline);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("disabled by `rd.prewarm=0`"),
+        "{}",
+        stderr(&out)
+    );
+    let (r, out) = prewarm_json_env(&[&run[..], &["root"]].concat(), &cmdline);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(u(&r["bytes_read"]) > 0, "the root phase still runs: {r}");
+
     // prewarm.manifest= selects another manifest.
     let elsewhere = img.dir.join("elsewhere.manifest");
     fs::copy(img.manifest(), &elsewhere).unwrap();
@@ -400,4 +437,32 @@ fn notify_says_ready_after_the_urgent_class_and_cmdline_switches_work() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}
+
+#[test]
+fn run_waits_for_a_device_that_appears_late() {
+    if !privileged(
+        "run_waits_for_a_device_that_appears_late",
+        &["losetup", "mkfs.ext4", "blkid"],
+    ) {
+        return;
+    }
+    let _serial = serial();
+    let img = planned_image("ext4");
+    // The device appears 1.5 s after prewarm started looking for it, as a
+    // disk does while udev is still probing in the initrd.
+    let child = Command::new(env!("CARGO_BIN_EXE_prewarm"))
+        .args(["run", "--phase", "initrd", "-m", &img.manifest()])
+        .args(["--wait-device", "20s", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let _lo = LoopDev::attach(&img.image, true);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(u(&report["bytes_read"]), u(&report["planned_bytes"]));
+    assert!(u(&report["bytes_read"]) > 0);
 }

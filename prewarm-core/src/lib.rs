@@ -20,12 +20,16 @@
 //! Reading the raw device *hydrates* the volume but does not put the files in
 //! the page cache; [`cache`] does that separate job when asked.
 
+#![deny(unsafe_code)]
+
 pub mod blocking;
 pub mod cache;
 pub mod device;
 pub mod engine;
 pub mod error;
 pub mod extent;
+// `unsafe` is denied everywhere but here and in `engine::uring`.
+#[allow(unsafe_code)]
 pub mod fiemap;
 pub mod fsid;
 pub mod handover;

@@ -24,7 +24,7 @@ use crate::engine::{
     self, BackendChoice, ClassProgress, EngineConfig, EngineStats, OpQueue, ReadOp, ReadTarget,
     StopSignal,
 };
-use crate::error::{Error, Warning, WarningKind};
+use crate::error::{Error, Origin, Warning, WarningKind};
 use crate::extent::{self, ExtentMap};
 use crate::plan::{self, FileIo, PlanConfig, PlanStats, PrioritizedExtent, ReadMode, ReadPlan};
 use crate::report::{
@@ -196,6 +196,19 @@ struct Added {
     file_ios: std::ops::Range<usize>,
 }
 
+impl Added {
+    /// The paths of the files the added file-level reads name.
+    fn file_names(&self, prepared: &Prepared) -> FileNames {
+        prepared.file_ios[self.file_ios.clone()]
+            .iter()
+            .map(|io| {
+                let f = &prepared.files[io.file].file;
+                (io.file, (f.path.clone(), f.origin.clone()))
+            })
+            .collect()
+    }
+}
+
 /// Builds a [`Prepared`] from batches of files: maps them, opens their
 /// devices the first time each is met, and extends the devices' plans.
 struct Planner<'c> {
@@ -363,6 +376,8 @@ struct EngineFeed<'s, 'scope, 'env> {
     /// Per device of the plan, in order: its queue, and the engine reading
     /// it (none when its descriptor could not be duplicated).
     engines: &'s mut Vec<DeviceEngine<'scope>>,
+    /// To the thread making the file-level reads, batch by batch.
+    file_reads: std::sync::mpsc::Sender<(FileNames, Vec<FileIo>)>,
 }
 
 struct DeviceEngine<'scope> {
@@ -409,6 +424,13 @@ impl<'scope> EngineFeed<'_, 'scope, '_> {
         for (d, ops) in ops {
             self.engines[d].queue.push(ops);
         }
+        if !added.file_ios.is_empty() {
+            let ios = planner.prepared.file_ios[added.file_ios.clone()].to_vec();
+            // The receiver lives until every batch is sent.
+            let _ = self
+                .file_reads
+                .send((added.file_names(&planner.prepared), ios));
+        }
     }
 
     /// Start the engine of `d`, on a duplicate of its descriptor (the plan
@@ -445,9 +467,10 @@ impl<'scope> EngineFeed<'_, 'scope, '_> {
     }
 }
 
-/// Run the engines for `planner`'s devices, let `feed_more` plan and push
-/// further batches while they run, then read the file-level ranges and
-/// report. The report is not finished (`Report::finish`) yet.
+/// Run the engines for `planner`'s devices and its file-level reads (a
+/// thread taking them batch by batch, beside the device engines), let
+/// `feed_more` plan and push further batches while they run, and report.
+/// The report is not finished (`Report::finish`) yet.
 fn run_engines(
     mut planner: Planner<'_>,
     cfg: &Config,
@@ -465,13 +488,23 @@ fn run_engines(
         ioprio: cfg.ioprio.clone(),
     };
     let (queues, device_results, file_result) = std::thread::scope(|scope| {
+        let (file_reads, batches) = std::sync::mpsc::channel::<(FileNames, Vec<FileIo>)>();
+        let ecfg = &ecfg;
+        let file_thread = scope.spawn(move || -> Result<FileReads, Error> {
+            let mut all = FileReads::default();
+            for (names, ios) in batches {
+                all.merge(read_files(&names, &ios, ecfg)?);
+            }
+            Ok(all)
+        });
         let mut engines: Vec<DeviceEngine<'_>> = Vec::new();
         let mut feed = EngineFeed {
             scope,
-            ecfg: &ecfg,
+            ecfg,
             mode: cfg.mode,
             progress: progress.clone(),
             engines: &mut engines,
+            file_reads,
         };
         // What is planned already (a manifest, a prepared plan, sweeps).
         let planned = Added {
@@ -487,6 +520,9 @@ fn run_engines(
         };
         feed.push(&planner, &planned);
         feed_more(&mut planner, &mut feed);
+        // Closing: the engines drain their queues, the file thread its
+        // channel, and all of them end.
+        drop(feed);
         for e in &engines {
             e.queue.close();
         }
@@ -494,7 +530,11 @@ fn run_engines(
             // Classes with nothing left to read are done before it.
             p.announce_ready();
         }
-        let file_result = read_files(&planner.prepared.files, &planner.prepared.file_ios, &ecfg);
+        let file_result = file_thread.join().unwrap_or_else(|_| {
+            Err(Error::NothingToRead(
+                "file-level read thread panicked".into(),
+            ))
+        });
         let device_results: Vec<Result<EngineStats, Error>> = engines
             .iter_mut()
             .map(|e| match e.handle.take() {
@@ -589,13 +629,12 @@ impl Prepared {
     /// The report of a run: the plan's sizes plus what the engines (one per
     /// device, reading `queues`) and the file-level reads did; the cache
     /// warmed when asked.
-    #[allow(clippy::type_complexity)]
     fn report_run(
         self,
         cfg: &Config,
         queues: &[Arc<OpQueue>],
         device_results: Vec<Result<EngineStats, Error>>,
-        file_result: Result<(Option<EngineStats>, u64, Vec<Warning>), Error>,
+        file_result: Result<FileReads, Error>,
     ) -> Result<Report, Error> {
         let mut report = self.base_report(cfg, false);
         let mut fallbacks = Vec::new();
@@ -607,7 +646,11 @@ impl Prepared {
             let chunk = self.devices[i].plan.config.chunk_size;
             report.devices[i].chunks_read = chunks_read(&queues[i].ops(), &stats.completed, chunk);
         }
-        let (fstats, direct_files, open_warnings) = file_result?;
+        let FileReads {
+            stats: fstats,
+            direct_files,
+            warnings: open_warnings,
+        } = file_result?;
         if let Some(stats) = &fstats {
             let files = &self.files;
             note_engine(
@@ -677,6 +720,7 @@ impl Prepared {
             queue_depth: cfg.queue_depth,
             plan_config: cfg.plan,
             files: self.files.len() as u64,
+            skipped_non_regular: self.skipped_non_regular,
             file_bytes: self.files.iter().map(|f| f.file.size).sum(),
             mapped_bytes: self.files.iter().map(|f| f.map.device_bytes()).sum(),
             file_level_bytes: self.files.iter().map(|f| f.map.file_bytes()).sum(),
@@ -792,16 +836,36 @@ fn read_stats(s: &EngineStats) -> ReadStats {
     }
 }
 
+/// The path and origin of the files a batch of file-level reads names, by
+/// their index in the plan.
+type FileNames = BTreeMap<usize, (PathBuf, Origin)>;
+
+/// What the file-level reads did: their engines' stats (merged), how many
+/// files took O_DIRECT, and the files that could not be opened.
+#[derive(Default)]
+struct FileReads {
+    stats: Option<EngineStats>,
+    direct_files: u64,
+    warnings: Vec<Warning>,
+}
+
+impl FileReads {
+    fn merge(&mut self, o: FileReads) {
+        match (&mut self.stats, o.stats) {
+            (Some(a), Some(b)) => a.merge(b),
+            (None, b) => self.stats = b,
+            (Some(_), None) => {}
+        }
+        self.direct_files += o.direct_files;
+        self.warnings.extend(o.warnings);
+    }
+}
+
 /// Read the file-level I/Os in batches of at most [`FILE_BATCH`] open files.
-/// Failure targets are indexes into `files`.
-#[allow(clippy::type_complexity)]
-fn read_files(
-    files: &[MappedFile],
-    ios: &[FileIo],
-    ecfg: &EngineConfig,
-) -> Result<(Option<EngineStats>, u64, Vec<Warning>), Error> {
+/// Failure targets are indexes into the plan's files.
+fn read_files(files: &FileNames, ios: &[FileIo], ecfg: &EngineConfig) -> Result<FileReads, Error> {
     if ios.is_empty() {
-        return Ok((None, 0, Vec::new()));
+        return Ok(FileReads::default());
     }
     let mut total: Option<EngineStats> = None;
     let mut direct_files = 0u64;
@@ -828,7 +892,10 @@ fn read_files(
         let mut opened = Vec::new();
         let mut local: Vec<Option<usize>> = Vec::new();
         for &fi in &batch_files {
-            let path = &files[fi].file.path;
+            let Some((path, origin)) = files.get(&fi) else {
+                local.push(None);
+                continue;
+            };
             match extent::open_file(path, true) {
                 Ok((file, direct)) => {
                     direct_files += u64::from(direct);
@@ -839,7 +906,7 @@ fn read_files(
                     warnings.push(Warning::new(
                         WarningKind::Unreadable,
                         Some(path),
-                        Some(&files[fi].file.origin),
+                        Some(origin),
                         format!("opening for reading: {e}"),
                     ));
                     local.push(None);
@@ -886,5 +953,9 @@ fn read_files(
             break;
         }
     }
-    Ok((total, direct_files, warnings))
+    Ok(FileReads {
+        stats: total,
+        direct_files,
+        warnings,
+    })
 }

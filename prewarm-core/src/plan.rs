@@ -7,7 +7,7 @@
 //! 1. every extent is widened outward to chunk boundaries;
 //! 2. classes are taken in priority order (lower first); within a class the
 //!    chunk intervals are merged, intervals separated by less than the
-//!    coalescing gap are joined, and chunks already claimed by a more urgent
+//!    coalescing gap (strictly) are joined, and chunks already claimed by a more urgent
 //!    class are cut out, so no chunk is read twice;
 //! 3. ranges are clamped to the device size and sorted by physical offset;
 //! 4. [`ReadPlan::ios`] splits them into I/Os of at most `max_io` bytes (or,
@@ -180,7 +180,9 @@ impl ReadPlan {
         } else {
             self.device_size.div_ceil(chunk)
         };
-        let gap_chunks = self.config.coalesce_gap / chunk;
+        // Gaps strictly shorter than `coalesce_gap` are filled: the longest
+        // gap of whole chunks that is.
+        let gap_chunks = self.config.coalesce_gap.saturating_sub(1) / chunk;
         let mut spans: Vec<(u32, Span)> = extents
             .iter()
             .filter(|e| e.len > 0)
@@ -490,9 +492,14 @@ mod tests {
             coalesce_gap: 1024 * K,
             ..Default::default()
         };
-        let plan = ReadPlan::build(&[ext(1, 0, 1), ext(1, 3 * 512 * K, 1)], 0, &cfg);
+        // A 512 KiB gap is below the 1 MiB threshold: filled.
+        let plan = ReadPlan::build(&[ext(1, 0, 1), ext(1, 2 * 512 * K, 1)], 0, &cfg);
         assert_eq!(plan.classes[0].ranges.len(), 1);
-        assert_eq!(plan.stats().chunks, 4);
+        assert_eq!(plan.stats().chunks, 3);
+        // A gap of exactly the threshold is not.
+        let plan = ReadPlan::build(&[ext(1, 0, 1), ext(1, 3 * 512 * K, 1)], 0, &cfg);
+        assert_eq!(plan.classes[0].ranges.len(), 2);
+        assert_eq!(plan.stats().chunks, 2);
     }
 
     #[test]

@@ -154,6 +154,10 @@ pub struct ReplayOptions {
     pub max_priority: Option<u32>,
     /// Check files against the manifest where their filesystem is mounted.
     pub verify: bool,
+    /// Accept a device larger than the one planned on (the filesystem was
+    /// grown in place); a smaller or differently blocked one is still
+    /// refused.
+    pub allow_grown: bool,
 }
 
 /// What became of one manifest file.
@@ -197,7 +201,11 @@ pub fn prepare_manifest(
         })?;
         let dev = device::open(id)
             .map_err(|e| refuse(format!("filesystem {uuid} on {}: {e}", node.display())))?;
-        if dev.size != md.size || dev.logical_block_size != md.logical_block_size {
+        // A filesystem grown in place (a root volume resized at launch, then
+        // growpart and resize2fs / xfs_growfs) keeps every block where it
+        // was: with `allow_grown`, a larger device is accepted.
+        let grown = opts.allow_grown && dev.size > md.size;
+        if (dev.size != md.size && !grown) || dev.logical_block_size != md.logical_block_size {
             return Err(refuse(format!(
                 "planned for a {}-byte device with {}-byte blocks, but {} (filesystem {uuid}) has {} bytes with {}-byte blocks",
                 md.size,

@@ -144,6 +144,10 @@ pub struct Report {
     pub plan_config: PlanConfig,
     /// Regular files selected.
     pub files: u64,
+    /// Non-regular files (FIFOs, sockets, device nodes) met inside walked
+    /// directories: skipped, as there is nothing to hydrate (`-v` names
+    /// them).
+    pub skipped_non_regular: u64,
     /// Their total size.
     pub file_bytes: u64,
     /// Bytes mapped to device extents.
@@ -306,6 +310,13 @@ impl Report {
                 c.files,
                 mib(c.bytes),
                 c.errors
+            );
+        }
+        if self.skipped_non_regular > 0 {
+            let _ = writeln!(
+                s,
+                "skipped {} under walked directories (FIFOs, sockets, device nodes: nothing to hydrate)",
+                plural(self.skipped_non_regular, "non-regular file")
             );
         }
         if let Some(reason) = self.stopped {

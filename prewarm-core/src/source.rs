@@ -382,7 +382,7 @@ impl<'a> Collector<'a> {
             if meta.is_file() {
                 self.add_file(item.into_path(), &meta, entry, None);
             } else {
-                tracing::debug!(path = %item.path().display(), "skipping {}", describe_type(&ft));
+                tracing::debug!(path = %item.path().display(), "skipping a {}: not a regular file", describe_type(&ft));
                 self.set.skipped_non_regular += 1;
             }
         }

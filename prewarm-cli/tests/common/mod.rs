@@ -158,9 +158,16 @@ pub fn make_fs_image(path: &Path, fs: &str, mib: u64) {
 
 /// Run the real binary.
 pub fn prewarm(args: &[&str]) -> Output {
+    prewarm_env(args, &[])
+}
+
+/// Run the real binary with extra environment (`RUST_LOG` is `warn` unless
+/// `env` sets it).
+pub fn prewarm_env(args: &[&str], env: &[(&str, &str)]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_prewarm"))
         .args(args)
         .env("RUST_LOG", "warn")
+        .envs(env.iter().copied())
         .output()
         .unwrap()
 }
@@ -168,9 +175,14 @@ pub fn prewarm(args: &[&str]) -> Output {
 /// Run the binary with `--json` (appended, so it lands in a subcommand's
 /// options) and parse the report.
 pub fn prewarm_json(args: &[&str]) -> (Value, Output) {
+    prewarm_json_env(args, &[])
+}
+
+/// [`prewarm_json`] with extra environment.
+pub fn prewarm_json_env(args: &[&str], env: &[(&str, &str)]) -> (Value, Output) {
     let mut all = args.to_vec();
     all.push("--json");
-    let out = prewarm(&all);
+    let out = prewarm_env(&all, env);
     let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!(
             "bad JSON ({e}) from prewarm {all:?}:\nstdout: {}\nstderr: {}",

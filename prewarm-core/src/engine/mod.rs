@@ -21,6 +21,7 @@
 //! being issued; reads already in flight are waited for briefly.
 
 mod pread;
+#[allow(unsafe_code)]
 mod uring;
 
 use std::collections::BTreeMap;
