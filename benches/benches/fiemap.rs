@@ -50,8 +50,7 @@ fn build_tree() -> Result<Tree, String> {
         }
     }
     // Allocate every delayed extent, so FIEMAP sees real block addresses.
-    // Safety: sync(2) takes no arguments and cannot fail.
-    unsafe { libc::sync() };
+    nix::unistd::sync();
     Ok(Tree { dir, files })
 }
 

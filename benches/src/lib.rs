@@ -10,6 +10,8 @@
 //! - [`e2e`]: the end-to-end comparison behind `prewarm-e2e` (and the
 //!   cleanup guards the loop-device benchmark shares).
 
+#![forbid(unsafe_code)]
+
 pub mod control;
 pub mod e2e;
 pub mod fixture;

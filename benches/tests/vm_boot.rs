@@ -1,5 +1,5 @@
 //! VM boot test: a real Debian guest (systemd, dracut initrd with `50prewarm`)
-//! boots under qemu/TCG from a root disk served by `prewarm-testbed`, i.e. a
+//! boots under qemu (KVM when it works, TCG otherwise) from a root disk served by `prewarm-testbed`, i.e. a
 //! lazily hydrated, snapshot-restored volume. `benches/vm/run.sh` builds and
 //! boots (twice each, alternating: with prewarm, and with `prewarm=0
 //! rd.prewarm=0`); this test checks, from the serial logs and the testbed's
@@ -21,7 +21,7 @@
 //! with apt-get, missing packages are installed, like `scripts/test` does) and
 //! the `prewarm` binary of this workspace (next to this test's target dir, or
 //! `PREWARM_BIN`). Otherwise prints `SKIP: <reason>` and passes, unless
-//! PREWARM_REQUIRE_PRIVILEGED=1. Runs in ~3 min on 2 cores (TCG); the Debian
+//! PREWARM_REQUIRE_PRIVILEGED=1. Runs in ~3 min on 2 cores under TCG; the Debian
 //! root tree is cached in /var/tmp/prewarm-vm-cache.
 //!
 //! Environment: PREWARM_VM_WORK (work dir, default
@@ -30,7 +30,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::MetadataExt;
-use std::os::unix::process::CommandExt;
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -160,6 +160,7 @@ fn find_inputs() -> Result<Inputs, String> {
         ("fusermount3", "fuse3"),
         ("flock", "util-linux"),
         ("blkid", "util-linux"),
+        ("setpriv", "util-linux"),
     ];
     let missing = |tools: &[(&str, &'static str)]| -> Vec<&'static str> {
         let mut v: Vec<&str> = tools
@@ -230,17 +231,9 @@ struct Harness {
 impl Harness {
     fn spawn(work: &Path, inputs: &Inputs) -> Harness {
         let log = std::fs::File::create(work.join("run.log")).expect("run.log");
-        let mut cmd = Command::new("sh");
-        // SAFETY: prctl is async-signal-safe; nothing else runs before exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let child = cmd
+        // setpriv --pdeathsig: run.sh gets SIGTERM if this test dies.
+        let child = Command::new("setpriv")
+            .args(["--pdeathsig", "TERM", "sh"])
             .arg(Path::new(MANIFEST_DIR).join("vm/run.sh"))
             .arg(work)
             .env("PREWARM_BIN", &inputs.prewarm)
@@ -279,14 +272,14 @@ impl Harness {
 impl Drop for Harness {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let pg = child.id() as i32;
+            let pg = nix::unistd::Pid::from_raw(child.id() as i32);
             // SIGTERM first: run.sh's traps stop qemu and the testbed cleanly.
-            unsafe { libc::kill(-pg, libc::SIGTERM) };
+            let _ = nix::sys::signal::killpg(pg, nix::sys::signal::Signal::SIGTERM);
             let deadline = Instant::now() + Duration::from_secs(20);
             while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
                 std::thread::sleep(Duration::from_millis(200));
             }
-            unsafe { libc::kill(-pg, libc::SIGKILL) };
+            let _ = nix::sys::signal::killpg(pg, nix::sys::signal::Signal::SIGKILL);
             let _ = child.wait();
         }
         // Mounts left below the work dir, deepest first.
@@ -866,8 +859,7 @@ impl Checks {
 // ---------------------------------------------------------------------------
 // benches/RESULTS.md
 
-const START: &str = "<!-- vm-boot:start -->";
-const END: &str = "<!-- vm-boot:end -->";
+use prewarm_benches::e2e::{VM_BOOT_END as END, VM_BOOT_START as START};
 
 fn results_section(
     layout: &Layout,
@@ -884,10 +876,14 @@ fn results_section(
     let mut s = format!("{START}\n## VM boot on the lazy disk\n\n");
     s.push_str(&format!(
         "`benches/tests/vm_boot.rs` (root; `cargo test --release -p prewarm-benches --test vm_boot -- --nocapture`): \
-a Debian 12 guest (systemd 252, dracut initrd with `50prewarm`) boots under qemu TCG (2 vCPUs, 1 GiB) \
+a Debian 12 guest (systemd 252, dracut initrd with `50prewarm`) boots under qemu {} (2 vCPUs, 1 GiB) \
 from its root disk served by `prewarm-testbed` ({lat} ms per cold 512 KiB chunk, {conc} fetches in \
 flight); a stand-in `kubelet.service` reads a {} MiB binary, then powers the VM off. Times are the \
 guest's `/proc/uptime` (seconds since kernel start) when the stand-in started and finished reading.\n\n",
+        match timings.get("accel").map(String::as_str) {
+            Some("kvm") => "KVM",
+            _ => "TCG (KVM probed: it does not boot a stock kernel on this host)",
+        },
         layout.big_chunks.len() / 2
     ));
     // Mean and range per kind of boot.

@@ -8,6 +8,8 @@
 //! on stdout; `--ci` runs the small fixture and fails (exit 1) unless
 //! prewarm hydrates exactly the chunks of its plan.
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;

@@ -7,6 +7,8 @@
 //! plan itself (files, sizes, priorities, order, content) comes from
 //! `prewarm_benches::fixture`.
 
+#![forbid(unsafe_code)]
+
 use std::fs::{self, File};
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;

@@ -6,6 +6,8 @@
 //! handling; the model lives in `prewarm_benches::lazy`, the FUSE adapter in
 //! `prewarm_benches::fuse`, the control protocol in `prewarm_benches::control`.
 
+#![forbid(unsafe_code)]
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

@@ -237,14 +237,32 @@ pub fn render(json: &Path, out: &Outputs) -> Result<i32> {
 fn write_outputs(results: &Results, out: &Outputs) -> Result<()> {
     if let Some(dir) = &out.dir {
         let md = dir.join("RESULTS.md");
-        std::fs::write(&md, report::markdown(results))
-            .with_context(|| format!("writing {}", md.display()))?;
+        // The VM boot test (tests/vm_boot.rs) owns a section of the same
+        // file, between its markers: keep it.
+        let old = std::fs::read_to_string(&md).unwrap_or_default();
+        let mut text = report::markdown(results);
+        if let Some(section) = vm_boot_section(&old) {
+            text = format!("{}\n\n{section}\n", text.trim_end());
+        }
+        std::fs::write(&md, text).with_context(|| format!("writing {}", md.display()))?;
         let js = dir.join("results.json");
         let text = serde_json::to_string_pretty(results).context("serialising results")?;
         std::fs::write(&js, text + "\n").with_context(|| format!("writing {}", js.display()))?;
         eprintln!("prewarm-e2e: wrote {} and {}", md.display(), js.display());
     }
     Ok(())
+}
+
+/// Markers around the `vm-boot` section of RESULTS.md, which the VM boot
+/// test (tests/vm_boot.rs) writes and this harness keeps.
+pub const VM_BOOT_START: &str = "<!-- vm-boot:start -->";
+pub const VM_BOOT_END: &str = "<!-- vm-boot:end -->";
+
+/// The `vm-boot` section of a RESULTS.md, markers included.
+fn vm_boot_section(text: &str) -> Option<&str> {
+    let a = text.find(VM_BOOT_START)?;
+    let b = text[a..].find(VM_BOOT_END)? + a;
+    Some(&text[a..b + VM_BOOT_END.len()])
 }
 
 /// Run everything; returns the process exit code.

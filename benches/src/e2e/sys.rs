@@ -210,8 +210,7 @@ pub fn tool_version(tool: &str, args: &[&str]) -> String {
 
 /// `sync`, then drop the page cache, dentries and inodes.
 pub fn drop_caches() -> Result<()> {
-    // Safety: sync(2) takes no arguments and cannot fail.
-    unsafe { libc::sync() };
+    nix::unistd::sync();
     std::fs::write("/proc/sys/vm/drop_caches", "3\n").context("writing /proc/sys/vm/drop_caches")
 }
 
@@ -456,9 +455,11 @@ impl Drop for TestbedProcess {
             return;
         };
         if let Ok(pid) = i32::try_from(child.id()) {
-            // Safety: kill(2) on the pid of our own child, which we have not
-            // reaped yet (so the pid cannot have been reused).
-            unsafe { libc::kill(pid, libc::SIGTERM) };
+            // Our own child, not reaped yet: the pid cannot have been reused.
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
         }
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
@@ -534,12 +535,9 @@ pub fn foreign_cpu_delta_ms(
 
 /// Clock ticks per second for /proc times.
 fn clock_ticks() -> f64 {
-    // Safety: sysconf has no preconditions.
-    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if t > 0 {
-        t as f64
-    } else {
-        100.0
+    match nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK) {
+        Ok(Some(t)) if t > 0 => t as f64,
+        _ => 100.0,
     }
 }
 
