@@ -311,6 +311,29 @@ fn sixteen_parallel_cold_reads_are_capped_at_eight_fetches() {
     let mut want: Vec<u64> = (0..16u64).map(|i| i * 3 + 1).collect();
     want.sort_unstable();
     assert_eq!(s.hydrated, Some(want));
+
+    // From the testbed's own clock: every fetch took at least the latency,
+    // the second wave of 8 started only as slots of the first freed, and
+    // the whole took about two latencies (two rounds, not one, not 16).
+    let lat_us = latency_ms * 1000;
+    let mut order = s.hydration_order.expect("hydration order");
+    order.sort_by_key(|e| e.start_us);
+    for e in &order {
+        assert!(e.end_us - e.start_us >= lat_us, "fetch too fast: {e:?}");
+    }
+    let mut first_wave_ends: Vec<u64> = order[..8].iter().map(|e| e.end_us).collect();
+    first_wave_ends.sort_unstable();
+    for (k, e) in order[8..].iter().enumerate() {
+        assert!(
+            e.start_us >= first_wave_ends[k],
+            "fetch {k} of the second wave started before a slot was free: {e:?}"
+        );
+    }
+    let span = order.iter().map(|e| e.end_us).max().unwrap() - order[0].start_us;
+    assert!(
+        (2 * lat_us..3 * lat_us).contains(&span),
+        "16 fetches, 8 at a time, took {span} µs: not about two latencies of {lat_us} µs"
+    );
 }
 
 #[test]

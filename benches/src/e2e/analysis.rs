@@ -73,6 +73,10 @@ pub struct CriticalSet {
     /// Bytes prewarm plans to read (whole chunks).
     pub planned_bytes: u64,
     pub ranges: u64,
+    /// Chunks outside the set that mapping the list reads (filesystem
+    /// metadata: inode tables, directories, extent trees), as hydrated by
+    /// a cold dry run; filled in by the harness.
+    pub metadata: Vec<u64>,
 }
 
 impl CriticalSet {
@@ -136,6 +140,7 @@ impl CriticalSet {
             file_bytes: dry.file_bytes,
             planned_bytes: dry.planned_bytes,
             ranges: dry.ranges,
+            metadata: Vec::new(),
         })
     }
 }

@@ -157,8 +157,9 @@ fn collect_meta(opts: &Options, manifest: &serde_json::Value) -> Meta {
     }
 }
 
-/// CI verdict: every cached prewarm run hydrated exactly its plan, and no
-/// prewarm run failed. Returns the failures.
+/// CI verdict: every prewarm run hydrated exactly its plan (a cold run: its
+/// plan, and beyond it only filesystem metadata that mapping reads), and
+/// none failed. Returns the failures.
 pub fn ci_failures(scenarios: &[ScenarioResult]) -> Vec<String> {
     let mut out = Vec::new();
     for sc in scenarios {
