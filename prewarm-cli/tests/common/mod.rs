@@ -27,11 +27,16 @@ pub fn privileged(test: &str, tools: &[&str]) -> bool {
         }
     }
     let Some(reason) = reason else { return true };
+    skip(test, &reason);
+    false
+}
+
+/// Print `SKIP: test: reason`, or panic when PREWARM_REQUIRE_PRIVILEGED=1.
+pub fn skip(test: &str, reason: &str) {
     if std::env::var_os("PREWARM_REQUIRE_PRIVILEGED").is_some_and(|v| v == "1") {
         panic!("{test}: privileged test cannot run ({reason}) but PREWARM_REQUIRE_PRIVILEGED=1");
     }
     eprintln!("SKIP: {test}: {reason}");
-    false
 }
 
 pub fn tool_exists(name: &str) -> bool {

@@ -467,7 +467,12 @@ pub fn run_queue(
             }
             Err(uring::SetupError(e)) if cfg.backend == BackendChoice::Auto => {
                 let why = format!("io_uring unavailable ({e}); using the pread pool");
-                tracing::warn!("{why}");
+                // Every engine of a run (one per device, and the file-level
+                // reads) meets the same refusal: one log line is enough.
+                static LOGGED: AtomicBool = AtomicBool::new(false);
+                if !LOGGED.swap(true, Ordering::Relaxed) {
+                    tracing::warn!("{why}");
+                }
                 fallback = Some(why);
             }
             Err(uring::SetupError(e)) => return Err(Error::UringUnavailable(e)),
