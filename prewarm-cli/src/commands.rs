@@ -86,6 +86,7 @@ pub fn plan(cmd: &PlanCmd) -> Result<u8> {
         plan: plan_config(&cmd.plan),
         collect: source::CollectOptions {
             cross_mounts: cmd.sources.cross_mounts,
+            root: cmd.root.clone(),
         },
         ..Config::default()
     };

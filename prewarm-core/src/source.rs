@@ -71,6 +71,11 @@ pub struct TargetFile {
 pub struct CollectOptions {
     /// Let directory walks descend into other filesystems.
     pub cross_mounts: bool,
+    /// The paths are those of an image's root filesystem mounted here
+    /// (`prewarm plan --root`): symlinks resolve inside it, as they will on
+    /// the booted node, so an absolute link like `/usr/lib64/libfoo.so ->
+    /// /usr/lib64/libfoo.so.1` names the image's file, not the host's.
+    pub root: Option<PathBuf>,
 }
 
 /// The files to hydrate, plus everything that was wrong with the input.
@@ -296,7 +301,7 @@ impl<'a> Collector<'a> {
             self.add_file(path.to_path_buf(), &meta, entry, Some(path));
             return;
         }
-        let resolved = match std::fs::canonicalize(path) {
+        let resolved = match self.resolve(path) {
             Ok(p) => p,
             Err(e) => {
                 let (kind, msg) = match (e.kind(), e.raw_os_error()) {
@@ -334,9 +339,21 @@ impl<'a> Collector<'a> {
         }
     }
 
+    /// `path` with every symlink resolved: by the host's rules, or inside
+    /// `opts.root` when planning an image.
+    fn resolve(&self, path: &Path) -> std::io::Result<PathBuf> {
+        match &self.opts.root {
+            Some(root) if path.starts_with(root) => resolve_in_root(path, root),
+            _ => std::fs::canonicalize(path),
+        }
+    }
+
     fn walk(&mut self, dir: &Path, entry: &SourceEntry) {
+        // Inside an image root, symlinks met in a walk are resolved by
+        // `resolve` (the image's rules) rather than followed by walkdir.
+        let in_root = self.opts.root.is_some();
         let walker = walkdir::WalkDir::new(dir)
-            .follow_links(true)
+            .follow_links(!in_root)
             .same_file_system(!self.opts.cross_mounts)
             .sort_by_file_name();
         for item in walker {
@@ -370,6 +387,28 @@ impl<'a> Collector<'a> {
             };
             let ft = item.file_type();
             if ft.is_dir() {
+                continue;
+            }
+            if ft.is_symlink() {
+                // Only when walkdir does not follow links (an image root).
+                match self
+                    .resolve(item.path())
+                    .and_then(|p| Ok((std::fs::metadata(&p)?, p)))
+                {
+                    Ok((meta, target)) if meta.is_file() => {
+                        self.add_file(target, &meta, entry, None)
+                    }
+                    Ok(_) => tracing::debug!(
+                        path = %item.path().display(),
+                        "symlink to a directory or special file inside the image: not followed"
+                    ),
+                    Err(e) => self.warn(
+                        WarningKind::Missing,
+                        item.path(),
+                        entry,
+                        format!("symlink inside the image root does not resolve: {e}"),
+                    ),
+                }
                 continue;
             }
             let meta = match item.metadata() {
@@ -437,6 +476,47 @@ impl<'a> Collector<'a> {
     }
 }
 
+/// Resolve every symlink of `path` (which lies under `root`) as if `root`
+/// were `/`: absolute link targets restart at `root`, and `..` never climbs
+/// above it. ELOOP after 40 links, as the kernel does.
+fn resolve_in_root(path: &Path, root: &Path) -> std::io::Result<PathBuf> {
+    use std::path::Component;
+    let rel = path.strip_prefix(root).unwrap_or(path);
+    let mut todo: std::collections::VecDeque<PathBuf> = rel
+        .components()
+        .map(|c| PathBuf::from(c.as_os_str()))
+        .collect();
+    let mut done = root.to_path_buf();
+    let mut links = 0;
+    while let Some(part) = todo.pop_front() {
+        match part.components().next() {
+            Some(Component::Normal(name)) => {
+                let next = done.join(name);
+                if !std::fs::symlink_metadata(&next)?.file_type().is_symlink() {
+                    done = next;
+                    continue;
+                }
+                links += 1;
+                if links > 40 {
+                    return Err(std::io::Error::from_raw_os_error(libc::ELOOP));
+                }
+                let target = std::fs::read_link(&next)?;
+                if target.is_absolute() {
+                    done = root.to_path_buf();
+                }
+                for c in target.components().rev() {
+                    todo.push_front(PathBuf::from(c.as_os_str()));
+                }
+            }
+            Some(Component::ParentDir) if done != root => {
+                done.pop();
+            }
+            _ => {} // `/` and `.`
+        }
+    }
+    Ok(done)
+}
+
 fn describe_type(ft: &std::fs::FileType) -> &'static str {
     if ft.is_block_device() {
         "block device"
@@ -486,6 +566,36 @@ mod tests {
         assert_eq!(lines, [6, 7, 8, 9]);
         assert!(warnings.iter().all(|w| w.kind == WarningKind::BadLine));
         assert!(warnings[3].to_string().starts_with("list.txt:9: priority"));
+    }
+
+    #[test]
+    fn symlinks_resolve_inside_an_image_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("image");
+        std::fs::create_dir_all(root.join("usr/lib64")).unwrap();
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        std::fs::write(root.join("usr/lib64/libfoo.so.1"), b"image").unwrap();
+        // Absolute links, as images have them: they must not reach the host.
+        std::os::unix::fs::symlink("/usr/lib64/libfoo.so.1", root.join("usr/lib64/libfoo.so"))
+            .unwrap();
+        std::os::unix::fs::symlink("/usr/lib64", root.join("lib64")).unwrap();
+        std::os::unix::fs::symlink("../../../../../etc/hostname", root.join("etc/up")).unwrap();
+        let opts = CollectOptions {
+            root: Some(root.clone()),
+            ..Default::default()
+        };
+        let e = |p: &str| SourceEntry::argument(root.join(p), 10);
+        let set = collect(&[e("usr/lib64/libfoo.so"), e("lib64/libfoo.so.1")], &opts);
+        assert_eq!(set.files.len(), 1, "{:?}", set.warnings);
+        assert_eq!(set.files[0].path, root.join("usr/lib64/libfoo.so.1"));
+        assert_eq!(
+            resolve_in_root(&root.join("etc/up"), &root).map_err(|e| e.kind()),
+            Err(ErrorKind::NotFound),
+            "`..` stops at the root: /etc/hostname of the image, which is missing"
+        );
+        // A walk of the image resolves the links it meets the same way.
+        let set = collect(&[e("lib64")], &opts);
+        assert_eq!(set.files.len(), 1, "{:?}", set.warnings);
     }
 
     #[test]
