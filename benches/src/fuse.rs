@@ -293,17 +293,29 @@ impl Filesystem for TestbedFs {
         match ino {
             INO_IMAGE => {
                 let len = size as usize;
-                if let Some(res) = self.volume.try_read_hot(offset, len) {
-                    match res {
-                        Ok(data) => reply.data(&data),
-                        Err(e) => reply.error(errno_of(&e)),
+                // Replies are written straight from the volume's read buffer.
+                let mut slot = Some(reply);
+                let send = |d: &[u8]| slot.take().map(|r| r.data(d));
+                match self.volume.try_read_hot_with(offset, len, send) {
+                    Ok(Ok(_)) => return,
+                    Ok(Err(e)) => {
+                        if let Some(r) = slot.take() {
+                            r.error(errno_of(&e));
+                        }
+                        return;
                     }
-                    return;
+                    Err(_) => {}
                 }
+                let Some(reply) = slot else { return };
                 let volume = Arc::clone(&self.volume);
-                let job: Job = Box::new(move || match volume.read(offset, len) {
-                    Ok(data) => reply.data(&data),
-                    Err(e) => reply.error(errno_of(&e)),
+                let job: Job = Box::new(move || {
+                    let mut slot = Some(reply);
+                    let send = |d: &[u8]| slot.take().map(|r| r.data(d));
+                    if let Err(e) = volume.read_with(offset, len, send) {
+                        if let Some(r) = slot.take() {
+                            r.error(errno_of(&e));
+                        }
+                    }
                 });
                 if let Err(job) = self.pool.submit(job) {
                     // Shutting down: serve on this thread rather than drop the reply.
