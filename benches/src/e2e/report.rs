@@ -628,6 +628,15 @@ pub fn markdown(r: &Results) -> String {
     for t in &r.targets {
         let _ = writeln!(out, "| {} | {} | {} |", t.target, verdict(t.met), t.detail);
     }
+    if r.targets.iter().any(|t| t.met == Some(false)) {
+        let _ = writeln!(
+            out,
+            "\nWhere a target is missed, the cause found and its profile are in [PROFILE.md](PROFILE.md): \
+at high concurrency full reads are bound by the testbed's FUSE data path on the host's CPUs (touch mode, the same \
+fetches without the bytes, shows the engine's own overhead); a cold run first walks a chain of cold metadata \
+reads, which planning at image build time (`prewarm run --manifest`) removes."
+        );
+    }
     let _ = writeln!(out);
 
     for sc in &r.scenarios {
