@@ -84,6 +84,19 @@ impl Image {
     fn state(&self) -> String {
         self.dir.join("run/state").to_str().unwrap().to_string()
     }
+    /// A copy of the image as `name`, grown or cut to `len` bytes (the same
+    /// filesystem on a device of another size).
+    fn resized_copy(&self, name: &str, len: u64) -> PathBuf {
+        let copy = self.dir.join(name);
+        fs::copy(&self.image, &copy).unwrap();
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&copy)
+            .unwrap()
+            .set_len(len)
+            .unwrap();
+        copy
+    }
 }
 
 fn chunk_set(report: &Value) -> BTreeSet<u64> {
@@ -268,14 +281,7 @@ fn foreign_resized_and_corrupt_manifests_are_refused() {
     );
 
     // The same filesystem on a device of another size.
-    let bigger = img.dir.join("bigger.img");
-    fs::copy(&img.image, &bigger).unwrap();
-    fs::OpenOptions::new()
-        .write(true)
-        .open(&bigger)
-        .unwrap()
-        .set_len(600 << 20)
-        .unwrap();
+    let bigger = img.resized_copy("bigger.img", 600 << 20);
     {
         let _lo = LoopDev::attach(&bigger, true);
         let out = prewarm(&["run", "-m", &manifest]);
@@ -294,14 +300,7 @@ fn foreign_resized_and_corrupt_manifests_are_refused() {
         assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     }
     // A smaller device is refused even then.
-    let smaller = img.dir.join("smaller.img");
-    fs::copy(&img.image, &smaller).unwrap();
-    fs::OpenOptions::new()
-        .write(true)
-        .open(&smaller)
-        .unwrap()
-        .set_len(400 << 20)
-        .unwrap();
+    let smaller = img.resized_copy("smaller.img", 400 << 20);
     {
         let _lo = LoopDev::attach(&smaller, true);
         let out = prewarm(&["run", "-m", &manifest, "--allow-grown"]);
