@@ -138,11 +138,11 @@ pub fn prepare(
 
 /// Collect, map, plan and read, overlapped: the entries are collected and
 /// mapped one priority class at a time, and each class is read as soon as
-/// it is planned, while the next is being collected and mapped. The engines' queues never drain
-/// between classes, and on a cold volume the first data reads start after
-/// the most urgent class's metadata, not everyone's. `sweeps` are whole
-/// block devices to read too (at `sweep_priority`). The plan is the one
-/// [`prepare`] makes.
+/// it is planned, while the next is being collected and mapped. The
+/// engines' queues never drain between classes, and on a cold volume the
+/// first data reads start after the most urgent class's metadata, not
+/// everyone's. `sweeps` are whole block devices to read too (at
+/// `sweep_priority`). The plan is the one [`prepare`] makes.
 pub fn hydrate(
     entries: &[SourceEntry],
     warnings: Vec<Warning>,
