@@ -105,6 +105,15 @@ pub enum Method {
 }
 
 impl Method {
+    /// prewarm at the default queue depth (32).
+    pub const fn prewarm_q32(touch: bool, cached: bool) -> Method {
+        Method::Prewarm {
+            touch,
+            qd: 32,
+            cached,
+        }
+    }
+
     /// Stable identifier (JSON, CSV).
     pub fn key(&self) -> String {
         match self {
@@ -199,16 +208,8 @@ pub fn all_methods() -> Vec<Method> {
         Method::PhysicalOrder,
     ];
     for cached in [false, true] {
-        m.push(Method::Prewarm {
-            touch: false,
-            qd: 32,
-            cached,
-        });
-        m.push(Method::Prewarm {
-            touch: true,
-            qd: 32,
-            cached,
-        });
+        m.push(Method::prewarm_q32(false, cached));
+        m.push(Method::prewarm_q32(true, cached));
         for qd in [1, 8, 128] {
             m.push(Method::Prewarm {
                 touch: false,
@@ -226,21 +227,9 @@ pub fn all_methods() -> Vec<Method> {
 pub fn ci_methods() -> Vec<Method> {
     vec![
         Method::AppCold,
-        Method::Prewarm {
-            touch: false,
-            qd: 32,
-            cached: false,
-        },
-        Method::Prewarm {
-            touch: false,
-            qd: 32,
-            cached: true,
-        },
-        Method::Prewarm {
-            touch: true,
-            qd: 32,
-            cached: true,
-        },
+        Method::prewarm_q32(false, false),
+        Method::prewarm_q32(false, true),
+        Method::prewarm_q32(true, true),
         Method::PrewarmManifest { touch: false },
     ]
 }

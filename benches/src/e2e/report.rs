@@ -272,22 +272,8 @@ pub fn check_targets(scenarios: &[ScenarioResult]) -> Vec<TargetCheck> {
     };
     let sums = summarise(&head.runs);
     let variants = [
-        (
-            "cold",
-            Method::Prewarm {
-                touch: false,
-                qd: 32,
-                cached: false,
-            },
-        ),
-        (
-            "metadata cached",
-            Method::Prewarm {
-                touch: false,
-                qd: 32,
-                cached: true,
-            },
-        ),
+        ("cold", Method::prewarm_q32(false, false)),
+        ("metadata cached", Method::prewarm_q32(false, true)),
         (
             "planned ahead: run --manifest",
             Method::PrewarmManifest { touch: false },
@@ -513,21 +499,9 @@ pub fn time_breakdown(sc: &ScenarioResult) -> String {
     let lat = sc.scenario.latency_ms;
     let mut out = String::new();
     let shown = [
-        Method::Prewarm {
-            touch: false,
-            qd: 32,
-            cached: false,
-        },
-        Method::Prewarm {
-            touch: false,
-            qd: 32,
-            cached: true,
-        },
-        Method::Prewarm {
-            touch: true,
-            qd: 32,
-            cached: true,
-        },
+        Method::prewarm_q32(false, false),
+        Method::prewarm_q32(false, true),
+        Method::prewarm_q32(true, true),
         Method::PrewarmManifest { touch: false },
         Method::PrewarmManifest { touch: true },
     ];
@@ -910,11 +884,7 @@ mod tests {
 
     #[test]
     fn targets_are_judged_on_medians() {
-        let pw = Method::Prewarm {
-            touch: false,
-            qd: 32,
-            cached: false,
-        };
+        let pw = Method::prewarm_q32(false, false);
         let sc = scenario(
             vec![
                 run(pw, 105.0, 0),
