@@ -410,6 +410,12 @@ impl OpQueue {
         self.len() == 0
     }
 
+    /// How many reads the queue will ever hold, once it is closed.
+    fn final_len(&self) -> Option<usize> {
+        let state = self.lock();
+        state.closed.then_some(state.ops.len())
+    }
+
     /// A copy of the reads pushed so far.
     pub fn ops(&self) -> Vec<ReadOp> {
         self.lock().ops.clone()
@@ -455,7 +461,12 @@ pub fn run_queue(
     cfg: &EngineConfig,
 ) -> Result<EngineStats, Error> {
     let start = Instant::now();
-    let depth = cfg.queue_depth.max(1) as usize;
+    // No more slots (pread threads, ring entries) than reads, when the
+    // queue is known to hold only a few.
+    let depth = match queue.final_len() {
+        Some(n) => (cfg.queue_depth as usize).min(n).max(1),
+        None => cfg.queue_depth.max(1) as usize,
+    };
     let max_len = queue.max_len;
     let mut fallback = None;
     if cfg.backend != BackendChoice::Pread {
