@@ -325,6 +325,11 @@ fn tmpfs_files_are_read_through_the_file() {
     assert_eq!(u(&r["bytes_read"]), size);
     let fallbacks = r["fallbacks"].to_string();
     assert!(fallbacks.contains("FIEMAP unavailable"), "{fallbacks}");
+    assert_eq!(
+        fallbacks.matches("read through the file").count(),
+        1,
+        "{fallbacks}"
+    );
 }
 
 /// Fact 1 of the design: hydrating through the device does not put the

@@ -180,6 +180,7 @@ pub fn hydrate(
             feed.push(planner, &added);
         }
         planner.prepared.skipped_non_regular += collector.skipped_non_regular();
+        planner.note_file_fallbacks();
     })?;
     report.stopped = report.stopped.or(stopped);
     report.entries_not_reached = not_reached;
@@ -352,6 +353,13 @@ impl<'c> Planner<'c> {
     /// The plan, with one line per reason some files are read through the
     /// files.
     fn finish(mut self) -> Prepared {
+        self.note_file_fallbacks();
+        self.prepared
+    }
+
+    /// Add one fallback line per reason some files are read through the
+    /// files; once, after the last batch.
+    fn note_file_fallbacks(&mut self) {
         let mut reasons: BTreeMap<&str, usize> = BTreeMap::new();
         for f in &self.prepared.files {
             if let Some(why) = &f.map.fallback {
@@ -363,7 +371,6 @@ impl<'c> Planner<'c> {
             .map(|(why, n)| format!("{n} file(s) read through the file: {why}"))
             .collect();
         self.prepared.fallbacks.extend(lines);
-        self.prepared
     }
 }
 
@@ -547,8 +554,11 @@ fn run_engines(
         let queues: Vec<Arc<OpQueue>> = engines.into_iter().map(|e| e.queue).collect();
         (queues, device_results, file_result)
     });
-    let prepared = planner.finish();
-    prepared.report_run(cfg, &queues, device_results, file_result)
+    // `prepared` is complete: planned before (`execute`), or noted by the
+    // feed once its last batch was in (`hydrate`).
+    planner
+        .prepared
+        .report_run(cfg, &queues, device_results, file_result)
 }
 
 impl Prepared {
