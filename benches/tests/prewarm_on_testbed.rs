@@ -45,8 +45,10 @@ fn sigterm_stops_a_slow_run_promptly() {
     let tmp = tempfile::tempdir().unwrap();
     // 64 chunks at 150 ms, one at a time: ~10 s for the whole device.
     let (tb, lo) = lazy_device(tmp.path(), &["--latency-ms", "150", "--concurrency", "1"]);
+    // Resolve (and maybe build) the binary before the clock starts.
+    let bin = prewarm_bin();
     let start = Instant::now();
-    let child = Command::new(prewarm_bin())
+    let child = Command::new(bin)
         .args(["--json", "-q", "4", "--device"])
         .arg(&lo.path)
         .stdout(Stdio::piped())
