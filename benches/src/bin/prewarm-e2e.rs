@@ -6,7 +6,10 @@
 //! work directory; everything else is `prewarm_benches::e2e`. A full run
 //! writes `benches/RESULTS.md` and `benches/results.json` and prints a CSV
 //! on stdout; `--ci` runs the small fixture and fails (exit 1) unless
-//! prewarm hydrates exactly the chunks of its plan.
+//! prewarm hydrates exactly the chunks of its plan. `--render RESULTS_JSON
+//! --vm-boot-section FILE` measures nothing and rewrites RESULTS.md with
+//! the VM boot test's section (which that test writes outside the source
+//! tree) merged in.
 
 #![forbid(unsafe_code)]
 
@@ -84,6 +87,10 @@ struct Cli {
     /// checks, and the CSV) from this results.json of an earlier run.
     #[arg(long, value_name = "RESULTS_JSON")]
     render: Option<PathBuf>,
+    /// Put the `vm-boot` section in FILE (the VM boot test writes one, see
+    /// README.md) into RESULTS.md instead of the one RESULTS.md has.
+    #[arg(long, value_name = "FILE")]
+    vm_boot_section: Option<PathBuf>,
     /// Kill a method after this many seconds.
     #[arg(long, default_value_t = 120)]
     timeout_s: u64,
@@ -105,6 +112,7 @@ fn main() -> ExitCode {
                 Some(cli.out_dir.clone().unwrap_or_else(|| manifest_dir.clone()))
             },
             criterion_dir: PathBuf::new(),
+            vm_boot_section: cli.vm_boot_section.clone(),
         };
         return match e2e::render(json, &out) {
             Ok(_) => ExitCode::SUCCESS,
@@ -161,6 +169,7 @@ fn main() -> ExitCode {
             .criterion_dir
             .clone()
             .unwrap_or_else(|| manifest_dir.join("../target/criterion")),
+        vm_boot_section: cli.vm_boot_section.clone(),
     };
     let code = match e2e::run(opts, &out) {
         Ok(code) => code,

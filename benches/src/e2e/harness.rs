@@ -3,6 +3,11 @@
 //! method from an all-cold volume, measuring each from the testbed's own
 //! hydration record.
 //!
+//! This module owns the set-up and tear-down (fixture, tmpfs backing copy,
+//! testbed, loop device, mount: RAII guards from [`super::sys`]) and the
+//! scenario loop; what each method runs is in [`super::methods`], what a
+//! run records in [`super::records`].
+//!
 //! One method run ("measure"):
 //! 1. wait until no fetch is in flight; `sync` + drop caches (first, so
 //!    nothing the drop might read is counted); for the "metadata cached"
@@ -20,17 +25,17 @@
 //! critical list on the mounted loop device ([`CriticalSet::from_dry_run`]);
 //! the loop device has no partition offset and testbed chunks equal plan
 //! chunks, so device chunk N is testbed chunk N.
-
-use std::fs::File;
-use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use serde::{Deserialize, Serialize};
 
 use super::analysis::{self, analyse, compare_sets, CriticalSet, Hydration};
+use super::methods::{read_files, Method};
+use super::records::{
+    progress_line, ExactCheck, RunRecord, Scenario, ScenarioResult, SweepRecord, WarmCheck,
+};
 use super::sys::{self, check_interrupt, LoopDevice, Mount, TestbedProcess};
 
 const MIB: f64 = 1048576.0;
@@ -67,279 +72,6 @@ pub struct Options {
     pub sweep: bool,
 }
 
-/// One testbed + loop configuration.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Scenario {
-    pub id: String,
-    pub title: String,
-    pub direct_io: bool,
-    pub concurrency: usize,
-    pub latency_ms: f64,
-    pub chunk_size: u64,
-    pub max_mibps: Option<f64>,
-    pub repeat: usize,
-    pub headline: bool,
-}
-
-/// A way of getting the critical files hydrated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Method {
-    /// The application reading the critical files cold, in list order.
-    AppCold,
-    /// One `cat` of all files.
-    Cat,
-    /// `xargs -P 32 -n N cat`.
-    Xargs { n: usize },
-    /// `vmtouch -t` of all files.
-    Vmtouch,
-    /// AWS's documented fio initialisation of the whole device.
-    Fio,
-    /// Files sorted by first physical offset (FIEMAP), each read in turn.
-    PhysicalOrder,
-    /// The prewarm CLI on the critical list.
-    Prewarm { touch: bool, qd: u32, cached: bool },
-    /// `prewarm run --manifest`: the plan made ahead by `prewarm plan` (as at
-    /// image build time), replayed without mapping anything.
-    PrewarmManifest { touch: bool },
-}
-
-impl Method {
-    /// prewarm at the default queue depth (32).
-    pub const fn prewarm_q32(touch: bool, cached: bool) -> Method {
-        Method::Prewarm {
-            touch,
-            qd: 32,
-            cached,
-        }
-    }
-
-    /// Stable identifier (JSON, CSV).
-    pub fn key(&self) -> String {
-        match self {
-            Method::AppCold => "no-prewarm".into(),
-            Method::Cat => "cat".into(),
-            Method::Xargs { n } => format!("xargs-p32-n{n}-cat"),
-            Method::Vmtouch => "vmtouch".into(),
-            Method::Fio => "fio".into(),
-            Method::PhysicalOrder => "physical-order".into(),
-            Method::Prewarm { touch, qd, cached } => format!(
-                "prewarm-{}-q{qd}-{}",
-                if *touch { "touch" } else { "full" },
-                if *cached { "cached" } else { "cold" }
-            ),
-            Method::PrewarmManifest { touch } => {
-                format!("prewarm-manifest-{}", if *touch { "touch" } else { "full" })
-            }
-        }
-    }
-
-    /// Human label.
-    pub fn label(&self) -> String {
-        match self {
-            Method::AppCold => "no prewarm (app reads cold, list order)".into(),
-            Method::Cat => "cat (serial)".into(),
-            Method::Xargs { n } => format!("xargs -P 32 -n {n} cat"),
-            Method::Vmtouch => "vmtouch -t".into(),
-            Method::Fio => "fio volume-initialize (whole device)".into(),
-            Method::PhysicalOrder => "physical-order reader (FIEMAP sort)".into(),
-            Method::Prewarm { touch, qd, cached } => {
-                let mut s = String::from("prewarm");
-                match (touch, qd) {
-                    (false, 32) => s.push_str(" (default)"),
-                    (true, 32) => s.push_str(" --mode touch"),
-                    (true, q) => s.push_str(&format!(" --mode touch -q {q}")),
-                    (false, q) => s.push_str(&format!(" -q {q}")),
-                }
-                s.push_str(if *cached {
-                    " [metadata cached]"
-                } else {
-                    " [cold]"
-                });
-                s
-            }
-            Method::PrewarmManifest { touch: false } => {
-                "prewarm run --manifest [planned ahead]".into()
-            }
-            Method::PrewarmManifest { touch: true } => {
-                "prewarm run --manifest --mode touch [planned ahead]".into()
-            }
-        }
-    }
-
-    pub fn is_prewarm(&self) -> bool {
-        matches!(
-            self,
-            Method::Prewarm { .. } | Method::PrewarmManifest { .. }
-        )
-    }
-
-    /// The plan exists before the run (metadata cached or a manifest): the
-    /// run must hydrate exactly its plan.
-    pub fn plans_ahead(&self) -> bool {
-        matches!(
-            self,
-            Method::Prewarm { cached: true, .. } | Method::PrewarmManifest { .. }
-        )
-    }
-
-    /// prewarm at default settings (full mode, queue depth 32).
-    pub fn is_prewarm_default(&self) -> bool {
-        matches!(
-            self,
-            Method::Prewarm {
-                touch: false,
-                qd: 32,
-                ..
-            }
-        )
-    }
-}
-
-/// The methods of a full run, in run order.
-pub fn all_methods() -> Vec<Method> {
-    let mut m = vec![
-        Method::AppCold,
-        Method::Cat,
-        Method::Xargs { n: 1 },
-        Method::Xargs { n: 8 },
-        Method::Vmtouch,
-        Method::Fio,
-        Method::PhysicalOrder,
-    ];
-    for cached in [false, true] {
-        m.push(Method::prewarm_q32(false, cached));
-        m.push(Method::prewarm_q32(true, cached));
-        for qd in [1, 8, 128] {
-            m.push(Method::Prewarm {
-                touch: false,
-                qd,
-                cached,
-            });
-        }
-    }
-    m.push(Method::PrewarmManifest { touch: false });
-    m.push(Method::PrewarmManifest { touch: true });
-    m
-}
-
-/// The methods of CI mode.
-pub fn ci_methods() -> Vec<Method> {
-    vec![
-        Method::AppCold,
-        Method::prewarm_q32(false, false),
-        Method::prewarm_q32(false, true),
-        Method::prewarm_q32(true, true),
-        Method::PrewarmManifest { touch: false },
-    ]
-}
-
-/// The application reading the critical files again after caches were
-/// dropped, with the testbed not reset.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct WarmCheck {
-    pub read_ms: f64,
-    pub bytes: u64,
-    pub errors: u64,
-    /// Fetches the read caused (0 if everything it needed was hydrated).
-    pub fetches: u64,
-    pub fetched_bytes: u64,
-}
-
-/// The exact-set comparison of a prewarm run with its plan (for a cold
-/// run: with its plan plus the metadata chunks its mapping reads).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct ExactCheck {
-    /// Chunks hydrated that are not in the plan.
-    pub outside: Vec<u64>,
-    /// Chunks of the plan not hydrated.
-    pub missing: Vec<u64>,
-}
-
-impl ExactCheck {
-    pub fn exact(&self) -> bool {
-        self.outside.is_empty() && self.missing.is_empty()
-    }
-}
-
-/// One method run.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct RunRecord {
-    pub scenario: String,
-    pub method: Method,
-    pub key: String,
-    pub label: String,
-    pub rep: usize,
-    pub error: Option<String>,
-    /// Wall time of the method (spawn to exit, or the in-process work).
-    pub wall_ms: f64,
-    pub hydration: Hydration,
-    /// Physical limit of the scenario's critical set.
-    pub limit_ms: f64,
-    /// time to critical / limit.
-    pub ratio: Option<f64>,
-    /// Fraction of all CPUs busy during the method.
-    pub cpu_busy: Option<f64>,
-    /// CPU time the testbed process used during the method.
-    pub testbed_cpu_ms: Option<f64>,
-    /// Bytes the tool says it read (prewarm's report).
-    pub tool_bytes_read: Option<u64>,
-    pub warm: Option<WarmCheck>,
-    pub exact: Option<ExactCheck>,
-}
-
-/// One full-volume sweep.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SweepRecord {
-    pub scenario: String,
-    pub tool: String,
-    pub rep: usize,
-    pub error: Option<String>,
-    pub wall_ms: f64,
-    /// Device size / wall time.
-    pub mib_per_s: f64,
-    /// The tool's own figure (prewarm mib_per_s, fio bw).
-    pub tool_mib_per_s: Option<f64>,
-    pub fetches: u64,
-    pub hydrated_chunks: u64,
-    /// Read requests the testbed received, and the most fetches in flight.
-    pub reads: u64,
-    pub peak_concurrent_fetches: usize,
-    pub cpu_busy: Option<f64>,
-    pub testbed_cpu_ms: Option<f64>,
-}
-
-/// What one scenario produced.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ScenarioResult {
-    pub scenario: Scenario,
-    pub loop_device: String,
-    pub device_size: u64,
-    pub critical_chunks: u64,
-    pub critical_by_priority: Vec<(u32, u64)>,
-    pub critical_files: u64,
-    pub critical_file_bytes: u64,
-    pub planned_bytes: u64,
-    pub planned_ranges: u64,
-    pub limit_ms: f64,
-    /// prewarm's own planning time (dry-run `elapsed_ms`: collect, FIEMAP,
-    /// plan) with cold metadata (straight after a cache drop, fetching
-    /// metadata through the testbed) and with the metadata cached.
-    pub prepare_cold_ms: Option<f64>,
-    pub prepare_warm_ms: Option<f64>,
-    /// /proc/loadavg when the scenario started and ended (other work on
-    /// the host skews its timings).
-    pub loadavg_start: String,
-    pub loadavg_end: String,
-    /// CPU seconds used by processes other than the harness and its
-    /// children during the scenario, and the scenario's wall time: other
-    /// work on the host competes with the testbed and the methods.
-    pub other_cpu_s: f64,
-    pub wall_s: f64,
-    pub runs: Vec<RunRecord>,
-    pub sweeps: Vec<SweepRecord>,
-}
-
 /// Shared state of a run.
 pub struct Harness {
     pub opts: Options,
@@ -369,53 +101,6 @@ pub fn parse_list(text: &str) -> Vec<(u32, PathBuf)> {
             _ => (100, PathBuf::from(l)),
         })
         .collect()
-}
-
-/// Read every file in order, as an application would (1 MiB reads).
-/// Returns (bytes, errors).
-fn read_files<'a>(files: impl IntoIterator<Item = &'a PathBuf>) -> (u64, u64) {
-    let mut buf = vec![0u8; 1 << 20];
-    let (mut bytes, mut errors) = (0u64, 0u64);
-    for p in files {
-        match File::open(p) {
-            Ok(mut f) => loop {
-                match f.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => bytes += n as u64,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(_) => {
-                        errors += 1;
-                        break;
-                    }
-                }
-            },
-            Err(_) => errors += 1,
-        }
-    }
-    (bytes, errors)
-}
-
-/// The physical-order reader (in the style of wish / warmer): FIEMAP every
-/// file, sort by the physical offset of its first extent, read each file
-/// sequentially in that order. Returns (bytes, errors).
-fn physical_order_read(files: &[PathBuf]) -> (u64, u64) {
-    let mut keyed: Vec<(u64, &PathBuf)> = Vec::with_capacity(files.len());
-    let mut errors = 0;
-    for p in files {
-        match File::open(p) {
-            Ok(f) => {
-                let first = prewarm_core::fiemap::file_extents(&f)
-                    .ok()
-                    .and_then(|e| e.first().map(|x| x.physical))
-                    .unwrap_or(u64::MAX);
-                keyed.push((first, p));
-            }
-            Err(_) => errors += 1,
-        }
-    }
-    keyed.sort();
-    let (bytes, e) = read_files(keyed.into_iter().map(|(_, p)| p));
-    (bytes, errors + e)
 }
 
 impl Harness {
@@ -526,62 +211,6 @@ impl Harness {
             }
         }
         out
-    }
-
-    fn prewarm_cmd(&self) -> Command {
-        let mut c = Command::new(&self.opts.prewarm);
-        c.arg("--quiet");
-        c
-    }
-
-    /// `prewarm --dry-run --json` of the critical list.
-    fn dry_run(&self) -> Result<String> {
-        let mut c = self.prewarm_cmd();
-        c.args(["--dry-run", "--json", "--paths"]).arg(&self.list);
-        let f = sys::run_timed(&mut c, self.opts.timeout, false)?;
-        if !f.status.success() {
-            bail!("{}", f.failure("prewarm --dry-run"));
-        }
-        Ok(f.stdout)
-    }
-
-    /// Where `prewarm plan` writes the manifest of the critical list.
-    fn manifest_path(&self) -> PathBuf {
-        self.list.with_extension("manifest")
-    }
-
-    /// `prewarm plan` of the critical list (mapping reads the metadata, as
-    /// the dry run does; the image build would have done it long before).
-    fn plan_manifest(&self) -> Result<()> {
-        // Subcommand options follow the subcommand (`prewarm --quiet plan`
-        // is a usage error).
-        let mut c = Command::new(&self.opts.prewarm);
-        c.args(["plan", "--quiet", "--paths"])
-            .arg(&self.list)
-            .arg("-o")
-            .arg(self.manifest_path());
-        let f = sys::run_timed(&mut c, self.opts.timeout, false)?;
-        if !f.status.success() {
-            bail!("{}", f.failure("prewarm plan"));
-        }
-        Ok(())
-    }
-
-    fn fio_cmd(dev: &Path) -> Command {
-        let mut c = Command::new("fio");
-        c.arg(format!("--filename={}", dev.display())).args([
-            "--rw=read",
-            "--bs=1M",
-            "--iodepth=32",
-            "--ioengine=libaio",
-            "--direct=1",
-            "--name=volume-initialize",
-            // Not part of AWS's command: open read-only (the loop device
-            // is read-only) and report in JSON. Neither changes the I/O.
-            "--readonly",
-            "--output-format=json",
-        ]);
-        c
     }
 
     /// Run one scenario end to end.
@@ -699,81 +328,6 @@ impl Harness {
             runs,
             sweeps,
         })
-    }
-
-    /// Run the method itself. Returns the bytes the tool reports reading
-    /// (prewarm only).
-    fn execute(&self, m: Method, dev: &Path) -> Result<Option<u64>> {
-        let timeout = self.opts.timeout;
-        let external = |mut cmd: Command, what: &str| -> Result<sys::Finished> {
-            let f = sys::run_timed(&mut cmd, timeout, !what.starts_with("prewarm"))?;
-            if !f.status.success() {
-                bail!("{}", f.failure(what));
-            }
-            Ok(f)
-        };
-        match m {
-            Method::AppCold => {
-                let (_, errors) = read_files(&self.files);
-                if errors > 0 {
-                    bail!("{errors} files could not be read");
-                }
-            }
-            Method::PhysicalOrder => {
-                let (_, errors) = physical_order_read(&self.files);
-                if errors > 0 {
-                    bail!("{errors} files could not be read");
-                }
-            }
-            Method::Cat => {
-                let mut c = Command::new("cat");
-                c.arg("--").args(&self.files);
-                external(c, "cat")?;
-            }
-            Method::Xargs { n } => {
-                let mut c = Command::new("xargs");
-                c.arg("-a")
-                    .arg(&self.paths_file)
-                    .args(["-d", "\n", "-P", "32", "-n"])
-                    .arg(n.to_string())
-                    .arg("cat");
-                external(c, "xargs cat")?;
-            }
-            Method::Vmtouch => {
-                let mut c = Command::new("vmtouch");
-                c.args(["-t", "-q"]).args(&self.files);
-                external(c, "vmtouch")?;
-            }
-            Method::Fio => {
-                external(Self::fio_cmd(dev), "fio")?;
-            }
-            Method::Prewarm { touch, qd, .. } => {
-                let mut c = self.prewarm_cmd();
-                c.args(["--json", "-q"]).arg(qd.to_string());
-                if touch {
-                    c.args(["--mode", "touch"]);
-                }
-                c.arg("--paths").arg(&self.list);
-                let f = external(c, "prewarm")?;
-                let v: serde_json::Value =
-                    serde_json::from_str(&f.stdout).context("parsing prewarm's JSON report")?;
-                return Ok(v.get("bytes_read").and_then(serde_json::Value::as_u64));
-            }
-            Method::PrewarmManifest { touch } => {
-                let mut c = Command::new(&self.opts.prewarm);
-                c.args(["run", "--quiet", "--manifest"])
-                    .arg(self.manifest_path());
-                c.args(["--no-verify", "--json"]);
-                if touch {
-                    c.args(["--mode", "touch"]);
-                }
-                let f = external(c, "prewarm run")?;
-                let v: serde_json::Value =
-                    serde_json::from_str(&f.stdout).context("parsing prewarm's JSON report")?;
-                return Ok(v.get("bytes_read").and_then(serde_json::Value::as_u64));
-            }
-        }
-        Ok(None)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -944,32 +498,6 @@ fn elapsed_ms(report: &str) -> Option<f64> {
         .as_f64()
 }
 
-/// One progress line for stderr.
-pub fn progress_line(r: &RunRecord) -> String {
-    let h = &r.hydration;
-    let ttc = h
-        .time_to_critical_ms
-        .map_or("not reached".into(), |t| format!("{t:.1} ms"));
-    let warm = r
-        .warm
-        .as_ref()
-        .map(|w| format!("warm read {:.0} ms/{} fetches", w.read_ms, w.fetches))
-        .unwrap_or_default();
-    format!(
-        "{:<48} rep {} critical {:>12} ({:.2}x) wall {:>8.1} ms, {} chunks, {warm}{}",
-        r.label,
-        r.rep,
-        ttc,
-        r.ratio.unwrap_or(f64::NAN),
-        r.wall_ms,
-        h.chunks_hydrated,
-        r.error
-            .as_deref()
-            .map(|e| format!("  ERROR {e}"))
-            .unwrap_or_default()
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -985,15 +513,5 @@ mod tests {
                 (50, PathBuf::from("/y"))
             ]
         );
-    }
-
-    #[test]
-    fn method_keys_are_unique() {
-        let mut keys: Vec<String> = all_methods().iter().map(Method::key).collect();
-        let n = keys.len();
-        keys.sort();
-        keys.dedup();
-        assert_eq!(keys.len(), n);
-        assert!(all_methods().iter().any(Method::is_prewarm_default));
     }
 }

@@ -6,14 +6,23 @@
 //! - [`sys`]: commands, cache dropping and the cleanup guards (testbed
 //!   process, loop device, mount);
 //! - [`analysis`]: critical chunk set, physical limit, per-run metrics;
-//! - [`harness`]: the scenarios and methods, and measuring them;
-//! - [`report`]: medians, target checks, RESULTS.md / results.json / CSV.
+//! - [`methods`]: the methods compared, and how each one is invoked;
+//! - [`harness`]: set-up, tear-down and the scenario loop, measuring each
+//!   method run;
+//! - [`records`]: what a run produced (results.json);
+//! - [`summary`]: medians, target checks, the CI verdict;
+//! - [`render`]: RESULTS.md (and its `vm-boot` section), CSV, CI table;
+//! - [`criterion`]: the micro-benchmark numbers copied into RESULTS.md.
 //!
 //! [`run`] is the whole program minus argument parsing.
 
 pub mod analysis;
+pub mod criterion;
 pub mod harness;
-pub mod report;
+pub mod methods;
+pub mod records;
+pub mod render;
+pub mod summary;
 pub mod sys;
 
 use std::path::{Path, PathBuf};
@@ -22,8 +31,10 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 
-use harness::{Harness, Options, ScenarioResult};
-use report::{Meta, Results};
+use harness::{Harness, Options};
+use records::{Meta, Results};
+
+pub use render::{VM_BOOT_END, VM_BOOT_START};
 
 /// Outputs of a full run.
 #[derive(Debug, Clone)]
@@ -32,24 +43,18 @@ pub struct Outputs {
     pub dir: Option<PathBuf>,
     /// Criterion's output directory, read for the micro-benchmark table.
     pub criterion_dir: PathBuf,
+    /// A file holding a `vm-boot` section (as the VM boot test writes it)
+    /// to put into RESULTS.md instead of the one the file has.
+    pub vm_boot_section: Option<PathBuf>,
 }
 
 /// What must be present for a real run; the first thing missing, if any.
 pub fn missing_requirement(ci: bool) -> Option<String> {
-    if !sys::is_root() {
-        return Some("not running as root".into());
-    }
-    if !Path::new("/dev/fuse").exists() {
-        return Some("/dev/fuse is missing".into());
-    }
     let mut tools = vec!["losetup", "mount", "umount", "mkfs.ext4", "filefrag"];
     if !ci {
         tools.extend(["fio", "vmtouch", "xargs", "cat"]);
     }
-    tools
-        .into_iter()
-        .find(|t| sys::which(t).is_none())
-        .map(|t| format!("{t} not found"))
+    sys::first_missing(true, &tools)
 }
 
 /// A work directory under /var/tmp removed on drop (unless kept). Declared
@@ -157,71 +162,6 @@ fn collect_meta(opts: &Options, manifest: &serde_json::Value) -> Meta {
     }
 }
 
-/// CI verdict: every prewarm run hydrated exactly its plan (a cold run: its
-/// plan, and beyond it only filesystem metadata that mapping reads), and
-/// none failed. Returns the failures.
-pub fn ci_failures(scenarios: &[ScenarioResult]) -> Vec<String> {
-    let mut out = Vec::new();
-    for sc in scenarios {
-        for r in sc.runs.iter().filter(|r| r.method.is_prewarm()) {
-            if let Some(e) = &r.error {
-                out.push(format!("{}: {e}", r.label));
-            }
-            if let Some(x) = &r.exact {
-                if !x.outside.is_empty() {
-                    out.push(format!(
-                        "{}: hydrated {} chunks outside the plan: {}",
-                        r.label,
-                        x.outside.len(),
-                        analysis::chunk_ranges(&x.outside)
-                    ));
-                }
-                if !x.missing.is_empty() {
-                    out.push(format!(
-                        "{}: missed {} chunks of the plan: {}",
-                        r.label,
-                        x.missing.len(),
-                        analysis::chunk_ranges(&x.missing)
-                    ));
-                }
-            }
-        }
-    }
-    out
-}
-
-/// The short CI table.
-pub fn ci_table(scenarios: &[ScenarioResult]) -> String {
-    let mut s = String::from(
-        "method                                         critical ms  x limit  chunks  outside  exact  warm fetches\n",
-    );
-    for sc in scenarios {
-        for r in &sc.runs {
-            let h = &r.hydration;
-            s.push_str(&format!(
-                "{:<46} {:>11} {:>8} {:>7} {:>8} {:>6} {:>13}\n",
-                r.label,
-                h.time_to_critical_ms
-                    .map_or("-".into(), |t| format!("{t:.1}")),
-                r.ratio.map_or("-".into(), |x| format!("{x:.2}")),
-                h.chunks_hydrated,
-                h.outside_critical,
-                r.exact
-                    .as_ref()
-                    .map_or("", |x| if x.exact() { "yes" } else { "NO" }),
-                r.warm
-                    .as_ref()
-                    .map_or("-".into(), |w| w.fetches.to_string()),
-            ));
-        }
-        s.push_str(&format!(
-            "(critical set {} chunks, limit {:.1} ms at concurrency {}, {} ms latency)\n",
-            sc.critical_chunks, sc.limit_ms, sc.scenario.concurrency, sc.scenario.latency_ms
-        ));
-    }
-    s
-}
-
 /// Re-render RESULTS.md (and the CSV on stdout) from a results.json of an
 /// earlier run, recomputing the target checks; nothing is measured.
 pub fn render(json: &Path, out: &Outputs) -> Result<i32> {
@@ -229,41 +169,42 @@ pub fn render(json: &Path, out: &Outputs) -> Result<i32> {
         std::fs::read_to_string(json).with_context(|| format!("reading {}", json.display()))?;
     let mut results: Results =
         serde_json::from_str(&text).with_context(|| format!("parsing {}", json.display()))?;
-    results.targets = report::check_targets(&results.scenarios);
+    results.targets = summary::check_targets(&results.scenarios);
     write_outputs(&results, out)?;
-    print!("{}", report::csv(&results));
+    print!("{}", render::csv(&results));
     Ok(0)
 }
 
 fn write_outputs(results: &Results, out: &Outputs) -> Result<()> {
+    // The VM boot test (tests/vm_boot.rs) owns a section of the same file,
+    // between its markers: keep it, or take the one given.
+    let vm_boot = match &out.vm_boot_section {
+        Some(f) => {
+            let text =
+                std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+            match render::vm_boot_section(&text) {
+                Some(s) => Some(s.to_string()),
+                None => bail!(
+                    "{} holds no vm-boot section (between {VM_BOOT_START} and {VM_BOOT_END})",
+                    f.display()
+                ),
+            }
+        }
+        None => None,
+    };
     if let Some(dir) = &out.dir {
         let md = dir.join("RESULTS.md");
-        // The VM boot test (tests/vm_boot.rs) owns a section of the same
-        // file, between its markers: keep it.
         let old = std::fs::read_to_string(&md).unwrap_or_default();
-        let mut text = report::markdown(results);
-        if let Some(section) = vm_boot_section(&old) {
-            text = format!("{}\n\n{section}\n", text.trim_end());
-        }
+        let text = render::results_md(results, &old, vm_boot.as_deref());
         std::fs::write(&md, text).with_context(|| format!("writing {}", md.display()))?;
         let js = dir.join("results.json");
         let text = serde_json::to_string_pretty(results).context("serialising results")?;
         std::fs::write(&js, text + "\n").with_context(|| format!("writing {}", js.display()))?;
         eprintln!("prewarm-e2e: wrote {} and {}", md.display(), js.display());
+    } else if vm_boot.is_some() {
+        bail!("--vm-boot-section needs somewhere to write RESULTS.md (not --no-write)");
     }
     Ok(())
-}
-
-/// Markers around the `vm-boot` section of RESULTS.md, which the VM boot
-/// test (tests/vm_boot.rs) writes and this harness keeps.
-pub const VM_BOOT_START: &str = "<!-- vm-boot:start -->";
-pub const VM_BOOT_END: &str = "<!-- vm-boot:end -->";
-
-/// The `vm-boot` section of a RESULTS.md, markers included.
-fn vm_boot_section(text: &str) -> Option<&str> {
-    let a = text.find(VM_BOOT_START)?;
-    let b = text[a..].find(VM_BOOT_END)? + a;
-    Some(&text[a..b + VM_BOOT_END.len()])
 }
 
 /// Run everything; returns the process exit code.
@@ -288,9 +229,9 @@ pub fn run(opts: Options, out: &Outputs) -> Result<i32> {
     let load_start = loadavg();
     let h = Harness::prepare(opts.clone())?;
     let methods = if opts.ci {
-        harness::ci_methods()
+        methods::ci_methods()
     } else {
-        harness::all_methods()
+        methods::all_methods()
     };
     let mut scenarios = Vec::new();
     for sc in h.scenarios() {
@@ -300,7 +241,7 @@ pub fn run(opts: Options, out: &Outputs) -> Result<i32> {
     let mut meta = collect_meta(&opts, &h.manifest);
     meta.duration_s = started.elapsed().as_secs_f64();
     meta.loadavg_start = load_start;
-    let targets = report::check_targets(&scenarios);
+    let targets = summary::check_targets(&scenarios);
     let results = Results {
         meta,
         scenarios,
@@ -308,14 +249,14 @@ pub fn run(opts: Options, out: &Outputs) -> Result<i32> {
         criterion: if opts.ci {
             Vec::new()
         } else {
-            report::load_criterion(&out.criterion_dir)
+            criterion::load_criterion(&out.criterion_dir)
         },
     };
 
     write_outputs(&results, out)?;
     if opts.ci {
-        print!("{}", ci_table(&results.scenarios));
-        let failures = ci_failures(&results.scenarios);
+        print!("{}", render::ci_table(&results.scenarios));
+        let failures = summary::ci_failures(&results.scenarios);
         if failures.is_empty() {
             println!("prewarm-e2e --ci: PASS (prewarm hydrated exactly its plan)");
             return Ok(0);
@@ -326,7 +267,7 @@ pub fn run(opts: Options, out: &Outputs) -> Result<i32> {
         println!("prewarm-e2e --ci: FAIL ({} problems)", failures.len());
         return Ok(1);
     }
-    print!("{}", report::csv(&results));
+    print!("{}", render::csv(&results));
     for t in &results.targets {
         eprintln!(
             "prewarm-e2e: target {}: {} — {}",

@@ -41,6 +41,21 @@ pub fn which(tool: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// The first thing a privileged test or run lacks, if any: root, then
+/// `/dev/fuse` (when `fuse`), then each of `tools` on PATH.
+pub fn first_missing(fuse: bool, tools: &[&str]) -> Option<String> {
+    if !is_root() {
+        return Some("not running as root".into());
+    }
+    if fuse && !Path::new("/dev/fuse").exists() {
+        return Some("/dev/fuse is missing".into());
+    }
+    tools
+        .iter()
+        .find(|t| which(t).is_none())
+        .map(|t| format!("{t} not found"))
+}
+
 static INTERRUPT: OnceLock<Arc<AtomicBool>> = OnceLock::new();
 
 /// The process-wide interrupt flag, set by SIGINT/SIGTERM/SIGHUP once
@@ -238,12 +253,7 @@ impl LoopDevice {
             path: PathBuf::from(out.trim()),
             direct_io,
         };
-        let name = dev
-            .path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let dio = std::fs::read_to_string(format!("/sys/block/{name}/loop/dio"))
+        let dio = std::fs::read_to_string(format!("/sys/block/{}/loop/dio", dev.name()))
             .map(|s| s.trim() == "1")
             .unwrap_or(false);
         if dio != direct_io {
@@ -256,19 +266,22 @@ impl LoopDevice {
         Ok(dev)
     }
 
-    /// The device's size in bytes (from sysfs, 512-byte sectors).
-    pub fn size(&self) -> Result<u64> {
-        let name = self
-            .path
+    /// The device's name under /sys/block (`loopN`).
+    fn name(&self) -> String {
+        self.path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let text = std::fs::read_to_string(format!("/sys/block/{name}/size"))
+            .unwrap_or_default()
+    }
+
+    /// The device's size in bytes (from sysfs, 512-byte sectors).
+    pub fn size(&self) -> Result<u64> {
+        let text = std::fs::read_to_string(format!("/sys/block/{}/size", self.name()))
             .with_context(|| format!("size of {}", self.path.display()))?;
         let sectors: u64 = text
             .trim()
             .parse()
-            .with_context(|| format!("parsing /sys/block/{name}/size"))?;
+            .with_context(|| format!("parsing /sys/block/{}/size", self.name()))?;
         Ok(sectors * 512)
     }
 }

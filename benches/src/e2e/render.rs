@@ -1,407 +1,19 @@
-//! Reporting of an end-to-end run: per-method medians, the target checks,
-//! the criterion numbers of the micro-benchmarks, and the three outputs —
-//! `RESULTS.md` (tables and setup), `results.json` (everything, raw runs
-//! included) and a plot-friendly CSV (one row per run) for stdout.
+//! Rendering of an end-to-end run: RESULTS.md (setup, targets, per-scenario
+//! tables, sweeps, micro-benchmarks, definitions), the plot-friendly CSV
+//! (one row per run), the short CI table, and the `vm-boot` section of
+//! RESULTS.md, which the VM boot test produces and this module keeps or
+//! merges in.
 //!
-//! The target thresholds are fixed here and reported as met or missed with
-//! the measured gap; nothing adjusts them to the results.
+//! Only presentation lives here: every median and verdict comes from
+//! [`super::summary`], so the tables never compute a number of their own
+//! that the target checks could disagree with.
 
 use std::fmt::Write as _;
-use std::path::Path;
-
-use serde::{Deserialize, Serialize};
 
 use super::analysis::median;
-use super::harness::{Method, RunRecord, ScenarioResult, SweepRecord};
-
-/// Ratio to the physical limit prewarm must stay within (default settings).
-pub const LIMIT_TARGET: f64 = 1.1;
-
-/// Machine, tools and parameters of a run.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct Meta {
-    pub date: String,
-    pub kernel: String,
-    pub cpus: usize,
-    pub mem_mib: u64,
-    pub cpu_model: String,
-    pub prewarm_version: String,
-    pub fio_version: String,
-    pub vmtouch_version: String,
-    pub coreutils_version: String,
-    pub command: String,
-    pub ci: bool,
-    pub fixture: String,
-    pub fixture_manifest: serde_json::Value,
-    pub chunk_size: u64,
-    pub latency_ms: f64,
-    pub max_mibps: Option<f64>,
-    pub duration_s: f64,
-    /// /proc/loadavg at the start and the end of the run (other work on the
-    /// host skews timings).
-    pub loadavg_start: String,
-    pub loadavg_end: String,
-}
-
-/// One criterion benchmark's result.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct CriterionRow {
-    pub id: String,
-    pub median_ns: f64,
-    pub mean_ns: f64,
-    /// Elements per iteration, when the bench declared a throughput.
-    pub elements: Option<u64>,
-}
-
-impl CriterionRow {
-    /// The figure the brief asks for, by group.
-    pub fn headline(&self) -> String {
-        let per_iter_ms = self.median_ns / 1e6;
-        match (self.id.split('/').next(), self.elements) {
-            (Some("fiemap"), Some(n)) => format!(
-                "{:.0} files/s ({per_iter_ms:.1} ms per {n} files)",
-                n as f64 / (self.median_ns / 1e9)
-            ),
-            (Some("engine"), Some(n)) => format!(
-                "{:.2} µs per I/O ({n} × 4 KiB reads in {per_iter_ms:.1} ms)",
-                self.median_ns / 1e3 / n as f64
-            ),
-            (_, Some(n)) => format!(
-                "{per_iter_ms:.2} ms per iteration ({:.0} ns per element of {n})",
-                self.median_ns / n as f64
-            ),
-            (_, None) => format!("{per_iter_ms:.3} ms per iteration"),
-        }
-    }
-}
-
-#[derive(Deserialize)]
-struct CritBenchmark {
-    full_id: String,
-    throughput: Option<serde_json::Value>,
-}
-
-#[derive(Deserialize)]
-struct CritEstimate {
-    point_estimate: f64,
-}
-
-#[derive(Deserialize)]
-struct CritEstimates {
-    mean: CritEstimate,
-    median: CritEstimate,
-}
-
-/// Read every `*/new/benchmark.json` + `estimates.json` under criterion's
-/// output directory (missing directory: no rows).
-pub fn load_criterion(dir: &Path) -> Vec<CriterionRow> {
-    let mut rows = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                if p.file_name().is_some_and(|n| n == "new") {
-                    if let Some(r) = read_criterion_bench(&p) {
-                        rows.push(r);
-                    }
-                } else {
-                    stack.push(p);
-                }
-            }
-        }
-    }
-    rows.sort_by(|a, b| a.id.cmp(&b.id));
-    rows
-}
-
-fn read_criterion_bench(new: &Path) -> Option<CriterionRow> {
-    let b: CritBenchmark =
-        serde_json::from_str(&std::fs::read_to_string(new.join("benchmark.json")).ok()?).ok()?;
-    let e: CritEstimates =
-        serde_json::from_str(&std::fs::read_to_string(new.join("estimates.json")).ok()?).ok()?;
-    let elements = b
-        .throughput
-        .as_ref()
-        .and_then(|t| t.get("Elements"))
-        .and_then(serde_json::Value::as_u64);
-    Some(CriterionRow {
-        id: b.full_id,
-        median_ns: e.median.point_estimate,
-        mean_ns: e.mean.point_estimate,
-        elements,
-    })
-}
-
-/// A target and whether this run met it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct TargetCheck {
-    pub target: String,
-    /// `None`: could not be evaluated (method failed or missing).
-    pub met: Option<bool>,
-    pub detail: String,
-}
-
-/// Medians over the repetitions of one method in one scenario.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct MethodSummary {
-    pub key: String,
-    pub label: String,
-    pub method: Method,
-    pub reps: usize,
-    pub errors: usize,
-    pub ttc_ms: Option<f64>,
-    pub ttc_min_ms: Option<f64>,
-    pub ttc_max_ms: Option<f64>,
-    pub ratio: Option<f64>,
-    pub wall_ms: Option<f64>,
-    pub chunks_hydrated: Option<f64>,
-    pub outside_critical: Option<f64>,
-    pub fetched_mib: Option<f64>,
-    pub served_mib: Option<f64>,
-    pub reads: Option<f64>,
-    pub first_fetch_ms: Option<f64>,
-    pub first_critical_fetch_ms: Option<f64>,
-    pub mean_fetch_ms: Option<f64>,
-    pub slot_utilisation: Option<f64>,
-    pub cpu_busy: Option<f64>,
-    pub testbed_cpu_ms: Option<f64>,
-    pub warm_read_ms: Option<f64>,
-    pub warm_fetches_max: Option<u64>,
-    /// All repetitions hydrated exactly the plan (cached prewarm only).
-    pub exact: Option<bool>,
-}
-
-/// Summaries per method, in first-run order.
-pub fn summarise(runs: &[RunRecord]) -> Vec<MethodSummary> {
-    let mut keys: Vec<&str> = Vec::new();
-    for r in runs {
-        if !keys.contains(&r.key.as_str()) {
-            keys.push(&r.key);
-        }
-    }
-    keys.into_iter()
-        .filter_map(|k| {
-            let rs: Vec<&RunRecord> = runs.iter().filter(|r| r.key == k).collect();
-            let first = rs.first()?;
-            let ok: Vec<&&RunRecord> = rs.iter().filter(|r| r.error.is_none()).collect();
-            let med = |f: &dyn Fn(&RunRecord) -> Option<f64>| median(ok.iter().map(|r| f(r)));
-            let ttcs: Vec<f64> = ok
-                .iter()
-                .filter_map(|r| r.hydration.time_to_critical_ms)
-                .collect();
-            let exact = rs
-                .iter()
-                .map(|r| r.exact.as_ref().map(|e| e.exact()))
-                .collect::<Option<Vec<bool>>>()
-                .map(|v| v.iter().all(|&b| b));
-            Some(MethodSummary {
-                key: k.to_string(),
-                label: first.label.clone(),
-                method: first.method,
-                reps: rs.len(),
-                errors: rs.len() - ok.len(),
-                // A run that never hydrated the whole set makes the median
-                // meaningless: report none.
-                ttc_ms: if ttcs.len() == ok.len() && !ok.is_empty() {
-                    med(&|r| r.hydration.time_to_critical_ms)
-                } else {
-                    None
-                },
-                ttc_min_ms: ttcs.iter().copied().reduce(f64::min),
-                ttc_max_ms: ttcs.iter().copied().reduce(f64::max),
-                ratio: med(&|r| r.ratio),
-                wall_ms: med(&|r| Some(r.wall_ms)),
-                chunks_hydrated: med(&|r| Some(r.hydration.chunks_hydrated as f64)),
-                outside_critical: med(&|r| Some(r.hydration.outside_critical as f64)),
-                fetched_mib: med(&|r| Some(r.hydration.fetched_bytes as f64 / 1048576.0)),
-                served_mib: med(&|r| Some(r.hydration.bytes_served as f64 / 1048576.0)),
-                reads: med(&|r| Some(r.hydration.reads as f64)),
-                first_fetch_ms: med(&|r| r.hydration.first_fetch_ms),
-                first_critical_fetch_ms: med(&|r| r.hydration.first_critical_fetch_ms),
-                mean_fetch_ms: med(&|r| r.hydration.mean_fetch_ms),
-                slot_utilisation: med(&|r| r.hydration.slot_utilisation),
-                cpu_busy: med(&|r| r.cpu_busy),
-                testbed_cpu_ms: med(&|r| r.testbed_cpu_ms),
-                warm_read_ms: med(&|r| r.warm.as_ref().map(|w| w.read_ms)),
-                warm_fetches_max: ok
-                    .iter()
-                    .filter_map(|r| r.warm.as_ref())
-                    .map(|w| w.fetches)
-                    .max(),
-                exact,
-            })
-        })
-        .collect()
-}
-
-/// Median sweep MiB/s per tool.
-pub fn sweep_medians(sweeps: &[SweepRecord]) -> Vec<(String, Option<f64>, Option<f64>, usize)> {
-    let mut tools: Vec<&str> = Vec::new();
-    for s in sweeps {
-        if !tools.contains(&s.tool.as_str()) {
-            tools.push(&s.tool);
-        }
-    }
-    tools
-        .into_iter()
-        .map(|t| {
-            let ok: Vec<&SweepRecord> = sweeps
-                .iter()
-                .filter(|s| s.tool == t && s.error.is_none())
-                .collect();
-            (
-                t.to_string(),
-                median(ok.iter().map(|s| Some(s.mib_per_s))),
-                median(ok.iter().map(|s| Some(s.wall_ms))),
-                ok.len(),
-            )
-        })
-        .collect()
-}
-
-/// Evaluate the targets on the headline scenario (others are reported in
-/// the details).
-pub fn check_targets(scenarios: &[ScenarioResult]) -> Vec<TargetCheck> {
-    let mut out = Vec::new();
-    let Some(head) = scenarios.iter().find(|s| s.scenario.headline) else {
-        return out;
-    };
-    let sums = summarise(&head.runs);
-    let variants = [
-        ("cold", Method::prewarm_q32(false, false)),
-        ("metadata cached", Method::prewarm_q32(false, true)),
-        (
-            "planned ahead: run --manifest",
-            Method::PrewarmManifest { touch: false },
-        ),
-    ];
-    for (variant, method) in variants {
-        let Some(pw) = sums.iter().find(|s| s.method == method) else {
-            continue;
-        };
-        let others_ratio: Vec<String> = scenarios
-            .iter()
-            .filter(|s| !s.scenario.headline)
-            .filter_map(|s| {
-                summarise(&s.runs)
-                    .into_iter()
-                    .find(|m| m.key == pw.key)
-                    .and_then(|m| m.ratio.map(|r| format!("{}: {r:.2}×", s.scenario.id)))
-            })
-            .collect();
-        out.push(TargetCheck {
-            target: format!(
-                "prewarm default [{variant}]: critical set within {LIMIT_TARGET}× of the physical limit"
-            ),
-            met: pw.ratio.map(|r| r <= LIMIT_TARGET),
-            detail: match (pw.ttc_ms, pw.ratio) {
-                (Some(t), Some(r)) => format!(
-                    "{t:.1} ms vs limit {:.1} ms = {r:.2}× ({:.1} ms over the {LIMIT_TARGET}× budget; first critical fetch at {:.1} ms, mean fetch {:.2} ms vs {} ms configured, slot utilisation {:.0}%){}",
-                    head.limit_ms,
-                    t - head.limit_ms * LIMIT_TARGET,
-                    pw.first_critical_fetch_ms.unwrap_or(f64::NAN),
-                    pw.mean_fetch_ms.unwrap_or(f64::NAN),
-                    head.scenario.latency_ms,
-                    pw.slot_utilisation.unwrap_or(f64::NAN) * 100.0,
-                    if others_ratio.is_empty() {
-                        String::new()
-                    } else {
-                        format!("; other scenarios {}", others_ratio.join(", "))
-                    }
-                ),
-                _ => format!("not measured ({} of {} runs failed)", pw.errors, pw.reps),
-            },
-        });
-        let rivals: Vec<&MethodSummary> = sums.iter().filter(|s| !s.method.is_prewarm()).collect();
-        let best = rivals
-            .iter()
-            .filter_map(|s| s.ttc_ms.map(|t| (t, s)))
-            .min_by(|a, b| a.0.total_cmp(&b.0));
-        let slower: Vec<String> = rivals
-            .iter()
-            .filter(|s| match (pw.ttc_ms, s.ttc_ms) {
-                (Some(p), Some(o)) => o <= p,
-                _ => false,
-            })
-            .map(|s| format!("{} {:.1} ms", s.label, s.ttc_ms.unwrap_or(f64::NAN)))
-            .collect();
-        out.push(TargetCheck {
-            target: format!(
-                "prewarm default [{variant}]: faster to the critical set than every other method"
-            ),
-            met: pw.ttc_ms.map(|_| slower.is_empty()),
-            detail: match (pw.ttc_ms, best) {
-                (Some(p), Some((t, s))) if slower.is_empty() => format!(
-                    "{p:.1} ms; fastest other: {} {t:.1} ms ({:.2}× prewarm)",
-                    s.label,
-                    t / p
-                ),
-                (Some(p), _) => format!("{p:.1} ms; as fast or faster: {}", slower.join("; ")),
-                _ => "not measured".into(),
-            },
-        });
-    }
-    for s in scenarios.iter().filter(|s| s.scenario.headline) {
-        let med = sweep_medians(&s.sweeps);
-        let get = |t: &str| med.iter().find(|m| m.0 == t).and_then(|m| m.1);
-        let others: Vec<String> = scenarios
-            .iter()
-            .filter(|o| !o.scenario.headline)
-            .map(|o| {
-                let m = sweep_medians(&o.sweeps);
-                let g = |t: &str| m.iter().find(|x| x.0 == t).and_then(|x| x.1);
-                format!(
-                    "{}: prewarm {:.0} vs fio {:.0} MiB/s",
-                    o.scenario.id,
-                    g("prewarm --device").unwrap_or(f64::NAN),
-                    g("fio").unwrap_or(f64::NAN)
-                )
-            })
-            .collect();
-        let (p, f) = (get("prewarm --device"), get("fio"));
-        let own = |t: &str| {
-            median(
-                s.sweeps
-                    .iter()
-                    .filter(|x| x.tool == t && x.error.is_none())
-                    .map(|x| x.tool_mib_per_s),
-            )
-        };
-        let (po, fo) = (own("prewarm --device"), own("fio"));
-        out.push(TargetCheck {
-            target: "full-volume sweep (prewarm --device) at least as fast as fio".into(),
-            met: p.zip(f).map(|(p, f)| p >= f),
-            detail: format!(
-                "wall clock: prewarm {:.0} MiB/s vs fio {:.0} MiB/s ({:+.0}%); the tools' own figures (fio's excludes its start-up): prewarm {:.0} vs fio {:.0} MiB/s ({:+.0}%){}",
-                p.unwrap_or(f64::NAN),
-                f.unwrap_or(f64::NAN),
-                p.zip(f).map_or(f64::NAN, |(p, f)| (p / f - 1.0) * 100.0),
-                po.unwrap_or(f64::NAN),
-                fo.unwrap_or(f64::NAN),
-                po.zip(fo).map_or(f64::NAN, |(p, f)| (p / f - 1.0) * 100.0),
-                if others.is_empty() {
-                    String::new()
-                } else {
-                    format!("; {}", others.join("; "))
-                }
-            ),
-        });
-    }
-    out
-}
-
-/// Everything a run produced.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Results {
-    pub meta: Meta,
-    pub scenarios: Vec<ScenarioResult>,
-    pub targets: Vec<TargetCheck>,
-    pub criterion: Vec<CriterionRow>,
-}
+use super::methods::Method;
+use super::records::{Results, ScenarioResult, SweepRecord};
+use super::summary::{summarise, sweep_medians, MethodSummary};
 
 fn opt(v: Option<f64>, digits: usize) -> String {
     v.map_or("–".into(), |x| format!("{x:.digits$}"))
@@ -801,117 +413,101 @@ fn csv_text(s: &str) -> String {
         s.to_string()
     }
 }
+/// The short CI table.
+pub fn ci_table(scenarios: &[ScenarioResult]) -> String {
+    let mut s = String::from(
+        "method                                         critical ms  x limit  chunks  outside  exact  warm fetches\n",
+    );
+    for sc in scenarios {
+        for r in &sc.runs {
+            let h = &r.hydration;
+            s.push_str(&format!(
+                "{:<46} {:>11} {:>8} {:>7} {:>8} {:>6} {:>13}\n",
+                r.label,
+                h.time_to_critical_ms
+                    .map_or("-".into(), |t| format!("{t:.1}")),
+                r.ratio.map_or("-".into(), |x| format!("{x:.2}")),
+                h.chunks_hydrated,
+                h.outside_critical,
+                r.exact
+                    .as_ref()
+                    .map_or("", |x| if x.exact() { "yes" } else { "NO" }),
+                r.warm
+                    .as_ref()
+                    .map_or("-".into(), |w| w.fetches.to_string()),
+            ));
+        }
+        s.push_str(&format!(
+            "(critical set {} chunks, limit {:.1} ms at concurrency {}, {} ms latency)\n",
+            sc.critical_chunks, sc.limit_ms, sc.scenario.concurrency, sc.scenario.latency_ms
+        ));
+    }
+    s
+}
+
+/// Markers around the `vm-boot` section of RESULTS.md, which the VM boot
+/// test (tests/vm_boot.rs) writes to a file of its own and `prewarm-e2e`
+/// keeps, or replaces with `--vm-boot-section FILE`.
+pub const VM_BOOT_START: &str = "<!-- vm-boot:start -->";
+pub const VM_BOOT_END: &str = "<!-- vm-boot:end -->";
+
+/// The `vm-boot` section of a text, markers included.
+pub fn vm_boot_section(text: &str) -> Option<&str> {
+    let a = text.find(VM_BOOT_START)?;
+    let b = text[a..].find(VM_BOOT_END)? + a;
+    Some(&text[a..b + VM_BOOT_END.len()])
+}
+
+/// `text` with its `vm-boot` section replaced by `section` (markers
+/// included), the rest left alone; appended when `text` has none.
+pub fn with_vm_boot_section(text: &str, section: &str) -> String {
+    let section = section.trim_end();
+    match vm_boot_section(text) {
+        Some(old) => {
+            let a = text.find(old).unwrap_or(0);
+            format!("{}{section}{}", &text[..a], &text[a + old.len()..])
+        }
+        None if text.is_empty() => format!("# Results\n\n{section}\n"),
+        None => format!("{}\n\n{section}\n", text.trim_end()),
+    }
+}
+
+/// The whole RESULTS.md: the end-to-end part rendered from `r`, then the
+/// `vm-boot` section: `vm_boot` when given, else the one the file's
+/// current text `old` has (if any).
+pub fn results_md(r: &Results, old: &str, vm_boot: Option<&str>) -> String {
+    let text = markdown(r);
+    match vm_boot.or_else(|| vm_boot_section(old)) {
+        Some(section) => with_vm_boot_section(&text, section),
+        None => text,
+    }
+}
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::e2e::analysis::Hydration;
-    use crate::e2e::harness::Scenario;
+    use crate::e2e::criterion::CriterionRow;
+    use crate::e2e::records::{fixtures::sample_scenario, Meta};
+    use crate::e2e::summary::check_targets;
 
-    fn run(method: Method, ttc: f64, rep: usize) -> RunRecord {
-        RunRecord {
-            scenario: "dio-c8".into(),
-            method,
-            key: method.key(),
-            label: method.label(),
-            rep,
-            error: None,
-            wall_ms: ttc + 5.0,
-            hydration: Hydration {
-                time_to_critical_ms: Some(ttc),
-                chunks_hydrated: 10,
-                ..Hydration::default()
-            },
-            limit_ms: 100.0,
-            ratio: Some(ttc / 100.0),
-            cpu_busy: None,
-            testbed_cpu_ms: None,
-            tool_bytes_read: None,
-            warm: None,
-            exact: None,
-        }
-    }
-
-    fn scenario(runs: Vec<RunRecord>, sweeps: Vec<(f64, &str)>) -> ScenarioResult {
-        ScenarioResult {
-            scenario: Scenario {
-                id: "dio-c8".into(),
-                title: "t".into(),
-                direct_io: true,
-                concurrency: 8,
-                latency_ms: 4.0,
-                chunk_size: 512 * 1024,
-                max_mibps: None,
-                repeat: 2,
-                headline: true,
-            },
-            loop_device: "/dev/loop0".into(),
-            device_size: 1 << 30,
-            critical_chunks: 100,
-            critical_by_priority: vec![(10, 100)],
-            critical_files: 3,
-            critical_file_bytes: 1,
-            planned_bytes: 1,
-            planned_ranges: 1,
-            limit_ms: 100.0,
-            prepare_cold_ms: None,
-            prepare_warm_ms: None,
-            loadavg_start: String::new(),
-            loadavg_end: String::new(),
-            other_cpu_s: 0.0,
-            wall_s: 0.0,
-            runs,
-            sweeps: sweeps
-                .into_iter()
-                .map(|(mib, tool)| SweepRecord {
-                    scenario: "dio-c8".into(),
-                    tool: tool.into(),
-                    rep: 0,
-                    error: None,
-                    wall_ms: 1.0,
-                    mib_per_s: mib,
-                    tool_mib_per_s: None,
-                    fetches: 0,
-                    hydrated_chunks: 0,
-                    reads: 0,
-                    peak_concurrent_fetches: 0,
-                    cpu_busy: None,
-                    testbed_cpu_ms: None,
-                })
-                .collect(),
-        }
-    }
-
-    #[test]
-    fn targets_are_judged_on_medians() {
-        let pw = Method::prewarm_q32(false, false);
-        let sc = scenario(
-            vec![
-                run(pw, 105.0, 0),
-                run(pw, 109.0, 1),
-                run(Method::Cat, 300.0, 0),
-                run(Method::Xargs { n: 8 }, 107.0, 0),
-            ],
-            vec![(900.0, "prewarm --device"), (800.0, "fio")],
-        );
-        let t = check_targets(std::slice::from_ref(&sc));
-        assert_eq!(t.len(), 3, "{t:?}");
-        assert_eq!(t[0].met, Some(true), "{}", t[0].detail);
-        assert_eq!(t[1].met, Some(false), "{}", t[1].detail);
-        assert!(t[1].detail.contains("xargs"));
-        assert_eq!(t[2].met, Some(true));
-
-        let res = Results {
+    fn sample() -> Results {
+        let sc = sample_scenario();
+        Results {
             meta: Meta::default(),
+            targets: check_targets(std::slice::from_ref(&sc)),
             scenarios: vec![sc],
-            targets: t,
             criterion: vec![CriterionRow {
                 id: "engine/uring qd32".into(),
                 median_ns: 16384.0 * 5000.0,
                 mean_ns: 0.0,
                 elements: Some(16384),
             }],
-        };
+        }
+    }
+
+    #[test]
+    fn markdown_and_csv() {
+        let res = sample();
         let md = markdown(&res);
         assert!(md.contains("5.00 µs per I/O"), "{md}");
         assert!(md.contains("107.0 (105–109)"), "{md}");
@@ -919,5 +515,33 @@ mod tests {
         assert_eq!(c.lines().count(), 1 + 4 + 2);
         let cols = c.lines().next().map_or(0, |l| l.split(',').count());
         assert!(c.lines().all(|l| l.split(',').count() == cols), "{c}");
+    }
+
+    #[test]
+    fn vm_boot_section_is_kept_or_replaced() {
+        let res = sample();
+        let one = format!("{VM_BOOT_START}\n## VM boot\n\nold\n{VM_BOOT_END}\n");
+        let two = format!("{VM_BOOT_START}\n## VM boot\n\nnew\n{VM_BOOT_END}\n");
+        let md = markdown(&res);
+        // Nothing to keep: the e2e part only.
+        assert_eq!(results_md(&res, "", None), md);
+        // Re-rendering keeps the section the file has.
+        let kept = results_md(&res, &format!("# x\n\n{one}"), None);
+        assert!(kept.starts_with(md.trim_end()), "{kept}");
+        assert!(kept.ends_with(&one), "{kept}");
+        // A given section replaces it.
+        let merged = results_md(&res, &kept, Some(&two));
+        assert!(merged.contains("\nnew\n") && !merged.contains("\nold\n"));
+        assert_eq!(vm_boot_section(&merged), Some(two.trim_end()));
+        // Replacing leaves what follows the section alone.
+        let text = format!("a\n\n{one}\nafter\n");
+        assert_eq!(
+            with_vm_boot_section(&text, &two),
+            format!("a\n\n{}\n\nafter\n", two.trim_end())
+        );
+        assert_eq!(
+            with_vm_boot_section("", &two),
+            format!("# Results\n\n{two}")
+        );
     }
 }
