@@ -9,6 +9,8 @@
 //! - [`units`]: parsing of size arguments such as `512K`.
 //! - [`e2e`]: the end-to-end comparison behind `prewarm-e2e` (and the
 //!   cleanup guards the loop-device benchmark shares).
+//! - [`vm_boot`]: parsing and checking the boots of the VM boot test, and
+//!   its section of RESULTS.md.
 
 #![forbid(unsafe_code)]
 
@@ -18,3 +20,4 @@ pub mod fixture;
 pub mod fuse;
 pub mod lazy;
 pub mod units;
+pub mod vm_boot;

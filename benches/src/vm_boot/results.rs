@@ -1,0 +1,189 @@
+//! The `vm-boot` section of `benches/RESULTS.md`: the boot times with and
+//! without prewarm, per boot and per kind of boot, and the checks' verdicts,
+//! between the markers `prewarm-e2e` keeps.
+//!
+//! The VM boot test writes the section to a file outside the source tree
+//! ([`results_path`]); `prewarm-e2e --render benches/results.json
+//! --vm-boot-section FILE` merges it into RESULTS.md. No test rewrites a
+//! tracked file.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::boot::{Boot, Layout};
+use super::checks::Checks;
+use crate::e2e::{VM_BOOT_END as END, VM_BOOT_START as START};
+
+/// Where the test writes the section: `$PREWARM_VM_RESULTS` if set, else
+/// `vm-boot-results.md` in `default_dir` (the test passes its
+/// `CARGO_TARGET_TMPDIR`).
+pub fn results_path(default_dir: &Path) -> PathBuf {
+    std::env::var_os("PREWARM_VM_RESULTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| default_dir.join("vm-boot-results.md"))
+}
+
+/// The section, markers included. `timings` is run.sh's `timings.env`
+/// (`root_s`, `image_s`, `accel`); `elapsed` the whole test's time.
+pub fn results_section(
+    layout: &Layout,
+    boots: &[Boot],
+    checks: &Checks,
+    timings: &BTreeMap<String, String>,
+    elapsed: Duration,
+) -> String {
+    let stats = boots.iter().find_map(|b| b.stats.as_ref());
+    let (lat, conc) = stats
+        .map(|s| (s.latency_us as f64 / 1000.0, s.concurrency))
+        .unwrap_or((0.0, 0));
+    let mut s = format!("{START}\n## VM boot on the lazy disk\n\n");
+    s.push_str(&format!(
+        "`benches/tests/vm_boot.rs` (root; `cargo test --release -p prewarm-benches --test vm_boot -- --nocapture`): \
+a Debian 12 guest (systemd 252, dracut initrd with `50prewarm`) boots under qemu {} (2 vCPUs, 1 GiB) \
+from its root disk served by `prewarm-testbed` ({lat} ms per cold 512 KiB chunk, {conc} fetches in \
+flight); a stand-in `kubelet.service` reads a {} MiB binary, then powers the VM off. Times are the \
+guest's `/proc/uptime` (seconds since kernel start) when the stand-in started and finished reading.\n\n",
+        match timings.get("accel").map(String::as_str) {
+            Some("kvm") => "KVM",
+            _ => "TCG (KVM probed: it does not boot a stock kernel on this host)",
+        },
+        layout.big_chunks.len() / 2
+    ));
+    // Mean and range per kind of boot.
+    s.push_str("| boot | runs | kubelet started | kubelet finished reading | reading took |\n");
+    s.push_str("| --- | --- | --- | --- | --- |\n");
+    let mut kinds: Vec<&str> = boots.iter().map(|b| b.kind.as_str()).collect();
+    kinds.sort();
+    kinds.dedup();
+    for kind in kinds {
+        let runs: Vec<(f64, f64, f64)> = boots
+            .iter()
+            .filter(|b| b.kind == kind)
+            .filter_map(|b| b.standin)
+            .collect();
+        let col =
+            |f: &dyn Fn(&(f64, f64, f64)) -> f64| summary(&runs.iter().map(f).collect::<Vec<_>>());
+        s.push_str(&format!(
+            "| {} | {} | {} | **{}** | {} |\n",
+            kind_label(kind),
+            runs.len(),
+            col(&|r| r.0),
+            col(&|r| r.2),
+            col(&|r| r.2 - r.0),
+        ));
+    }
+    s.push_str(
+        "\nEach boot, seconds since kernel start (\"hydrated first\": chunks of the binary hydrated \
+before the stand-in's first read, testbed clock; READY: `prewarm.service` became active):\n\n",
+    );
+    s.push_str("| boot | root device found | switch-root | READY | kubelet started | finished reading | reading took | hydrated first | qemu wall |\n");
+    s.push_str("| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
+    for b in boots {
+        let (st, done, took) = match b.standin {
+            Some((a, _, c)) => (
+                format!("{a:.2}"),
+                format!("{c:.2}"),
+                format!("{:.2}", c - a),
+            ),
+            None => ("-".into(), "-".into(), "-".into()),
+        };
+        let hyd = b
+            .hydrated_before(layout)
+            .map(|(x, n)| format!("{x}/{n}"))
+            .unwrap_or("-".into());
+        let ready = match b.unit_us("prewarm.service", "ActiveEnterTimestampMonotonic") {
+            0 => "-".to_string(),
+            us => format!("{:.2}", us as f64 / 1e6),
+        };
+        let wall = b.env.get("wall_s").cloned().unwrap_or_default();
+        let at = |what: &str| {
+            b.journal_time(what)
+                .map_or("-".to_string(), |t| format!("{t:.2}"))
+        };
+        let (dev, switch) = (at("Found device dev-disk-by"), at("Switching root."));
+        s.push_str(&format!(
+            "| {} | {dev} | {switch} | {ready} | {st} | {done} | {took} | {hyd} | {wall} |\n",
+            b.name
+        ));
+    }
+    s.push_str(
+        "\nUnder TCG on this 2-core host the boot up to the stand-in varies by seconds between runs \
+(host load, emulation), while the stand-in's own reading time depends on the disk only. prewarm's \
+own work (starting, reading the manifest, checking files) is emulated too, so it costs more time \
+here than on a real node.\n\nChecks:\n\n",
+    );
+    for (_, l) in &checks.lines {
+        s.push_str(&format!("- {l}\n"));
+    }
+    let root_s = timings.get("root_s").map(String::as_str).unwrap_or("?");
+    s.push_str(&format!(
+        "\nRun: Debian root tree {root_s} s ({}), image + initrd {} s, whole test {} s; guest kernel {}; {} build.\n{END}\n",
+        if root_s.parse::<u64>().unwrap_or(0) > 5 { "mmdebstrap" } else { "cached" },
+        timings.get("image_s").map(String::as_str).unwrap_or("?"),
+        elapsed.as_secs(),
+        layout.env.get("KVER").map(String::as_str).unwrap_or("?"),
+        if cfg!(debug_assertions) { "debug" } else { "release" },
+    ));
+    s
+}
+
+fn kind_label(kind: &str) -> &str {
+    match kind {
+        "with" => "prewarm on",
+        "without" => "prewarm off (`prewarm=0 rd.prewarm=0`)",
+        "rootonly" => "root phase only (`rd.prewarm=0`)",
+        "initrdonly" => "initrd phase only (`prewarm=0`)",
+        k => k,
+    }
+}
+
+/// "mean s (min–max)" of some seconds.
+fn summary(v: &[f64]) -> String {
+    if v.is_empty() {
+        return "-".into();
+    }
+    let mean = v.iter().sum::<f64>() / v.len() as f64;
+    let (lo, hi) = v
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(l, h), &x| (l.min(x), h.max(x)));
+    if v.len() == 1 {
+        format!("{mean:.2} s")
+    } else {
+        format!("{mean:.2} s ({lo:.2}–{hi:.2})")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::e2e::render::vm_boot_section;
+    use crate::vm_boot::boot::read_env;
+    use crate::vm_boot::testdata;
+
+    #[test]
+    fn section_of_a_recorded_run() {
+        let layout = testdata::layout();
+        let boots = testdata::boots();
+        let checks = Checks::run(&layout, &boots);
+        let timings = read_env(&testdata::dir().join("timings.env"));
+        let s = results_section(&layout, &boots, &checks, &timings, Duration::from_secs(200));
+        assert_eq!(vm_boot_section(&s), Some(s.trim_end()));
+        assert!(s.contains("| prewarm on | 1 | "), "{s}");
+        assert!(
+            s.contains("| prewarm off (`prewarm=0 rd.prewarm=0`) | 1 | "),
+            "{s}"
+        );
+        assert!(s.contains("| with-1 | ") && s.contains("| 81/81 |"), "{s}");
+        assert!(s.contains("reads a 40 MiB binary"), "{s}");
+        assert_eq!(s.matches("\n- PASS [").count(), 8, "{s}");
+        assert!(s.contains("whole test 200 s"), "{s}");
+    }
+
+    #[test]
+    fn summary_of_seconds() {
+        assert_eq!(summary(&[]), "-");
+        assert_eq!(summary(&[1.0]), "1.00 s");
+        assert_eq!(summary(&[1.0, 2.0, 6.0]), "3.00 s (1.00–6.00)");
+    }
+}
