@@ -9,46 +9,14 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+mod common;
+use common::run;
+
 const BIN: &str = env!("CARGO_BIN_EXE_prewarm-fixture");
 
+/// Root and `tools`; otherwise SKIP (see `common::or_skip`).
 fn privileged(tools: &[&str]) -> bool {
-    let root = std::fs::metadata("/proc/self")
-        .map(|m| m.uid() == 0)
-        .unwrap_or(false);
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let missing = tools.iter().find(|t| {
-        !std::env::split_paths(&path)
-            .chain(["/sbin", "/usr/sbin"].iter().map(PathBuf::from))
-            .any(|d| d.join(t).is_file())
-    });
-    let reason = match (root, missing) {
-        (false, _) => Some("not running as root".to_string()),
-        (true, Some(t)) => Some(format!("{t} not found")),
-        (true, None) => None,
-    };
-    match reason {
-        None => true,
-        Some(r) if std::env::var("PREWARM_REQUIRE_PRIVILEGED").as_deref() == Ok("1") => {
-            panic!("privileged test cannot run: {r} (PREWARM_REQUIRE_PRIVILEGED=1)")
-        }
-        Some(r) => {
-            eprintln!("SKIP: {r}");
-            false
-        }
-    }
-}
-
-fn run(cmd: &mut Command) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    common::privileged_with(false, tools)
 }
 
 /// Unmounts on drop.

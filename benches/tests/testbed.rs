@@ -13,60 +13,20 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
+use prewarm_benches::fixture::parse_filefrag;
 use prewarm_benches::lazy::Stats;
+
+mod common;
+use common::run;
 
 const BIN: &str = env!("CARGO_BIN_EXE_prewarm-testbed");
 const CHUNK: u64 = 512 * 1024;
 const IMAGE_SIZE: u64 = 64 << 20;
 
-/// True when the test may run; otherwise prints SKIP (or panics when
-/// PREWARM_REQUIRE_PRIVILEGED=1).
+/// True when the test may run (root, /dev/fuse, `needs`); otherwise SKIP
+/// (see `common::or_skip`).
 fn privileged(needs: &[&str]) -> bool {
-    let root = std::fs::metadata("/proc/self")
-        .map(|m| m.uid() == 0)
-        .unwrap_or(false);
-    let mut reason = if !root {
-        Some("not running as root".to_string())
-    } else if !Path::new("/dev/fuse").exists() {
-        Some("/dev/fuse is missing".to_string())
-    } else {
-        None
-    };
-    for tool in needs {
-        if reason.is_none() && !tool_exists(tool) {
-            reason = Some(format!("{tool} not found"));
-        }
-    }
-    match reason {
-        None => true,
-        Some(r) if std::env::var("PREWARM_REQUIRE_PRIVILEGED").as_deref() == Ok("1") => {
-            panic!("privileged test cannot run: {r} (PREWARM_REQUIRE_PRIVILEGED=1)")
-        }
-        Some(r) => {
-            eprintln!("SKIP: {r}");
-            false
-        }
-    }
-}
-
-fn tool_exists(name: &str) -> bool {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/sbin", "/usr/sbin"].iter().map(PathBuf::from))
-        .any(|d| d.join(name).is_file())
-}
-
-fn run(cmd: &mut Command) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    common::privileged_with(true, needs)
 }
 
 /// Deterministic pseudo-random bytes.
@@ -499,22 +459,11 @@ fn sigterm_unmounts_cleanly() {
 /// Chunks covered by a file's physical extents, from `filefrag -v` (4 KiB blocks).
 fn file_chunks(path: &Path) -> Vec<u64> {
     let out = run(Command::new("filefrag").arg("-v").arg("-b4096").arg(path));
-    let mut chunks = Vec::new();
-    for line in out.lines() {
-        // "   0:        0..     767:      34816..     35583:    768:             last,eof"
-        let fields: Vec<&str> = line.split(':').map(str::trim).collect();
-        if fields.len() < 4 || fields[0].parse::<u64>().is_err() {
-            continue;
-        }
-        let Some((a, b)) = fields[2].split_once("..") else {
-            continue;
-        };
-        let (Ok(a), Ok(b)) = (a.trim().parse::<u64>(), b.trim().parse::<u64>()) else {
-            continue;
-        };
-        let (first, last) = (a * 4096 / CHUNK, (b * 4096 + 4095) / CHUNK);
-        chunks.extend(first..=last);
-    }
+    let mut chunks: Vec<u64> = parse_filefrag(&out, 4096)
+        .iter()
+        .flat_map(|f| &f.extents)
+        .flat_map(|&(off, len)| off / CHUNK..=(off + len - 1) / CHUNK)
+        .collect();
     chunks.sort_unstable();
     chunks.dedup();
     chunks
