@@ -1,5 +1,5 @@
 //! Criterion bench of the read engine's overhead per I/O: 4 KiB reads
-//! through `prewarm_core::engine::run`, io_uring against the pread pool, at
+//! through `prewarm_core`'s engine (`internals::run`), io_uring against the pread pool, at
 //! queue depths 1 and 32, on data that is already in the host page cache.
 //!
 //! It owns a 64 MiB random image under /var/tmp and, as root, a read-only
@@ -19,8 +19,8 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
 use prewarm_benches::e2e::sys::{self, LoopDevice};
-use prewarm_core::device::open_read_only;
-use prewarm_core::engine::{self, BackendChoice, EngineConfig, ReadOp, ReadTarget};
+use prewarm_core::internals::{self as engine, open_read_only};
+use prewarm_core::internals::{BackendChoice, EngineConfig, ReadOp, ReadTarget};
 
 const IMAGE: u64 = 64 << 20;
 const IO: u32 = 4096;

@@ -14,9 +14,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
-use prewarm_core::extent;
-use prewarm_core::pipeline::{self, Config};
-use prewarm_core::source::SourceEntry;
+use prewarm_core::internals::{map_file, open_file};
+use prewarm_core::{hydrate, Config, Sources};
 
 const DIRS: usize = 100;
 const FILES_PER_DIR: usize = 100;
@@ -56,8 +55,8 @@ fn build_tree() -> Result<Tree, String> {
 
 /// Open and map one file; the number of device extents found.
 fn map_one(path: &Path, size: u64) -> usize {
-    match extent::open_file(path, false) {
-        Ok((file, _)) => extent::map_file(&file, size).device_extents.len(),
+    match open_file(path, false) {
+        Ok((file, _)) => map_file(&file, size).device_extents.len(),
         Err(_) => 0,
     }
 }
@@ -71,12 +70,12 @@ fn bench_fiemap(c: &mut Criterion) {
         }
     };
     let (first, size) = &tree.files[0];
-    match extent::open_file(first, false).map(|(f, _)| extent::map_file(&f, *size)) {
+    match open_file(first, false).map(|(f, _)| map_file(&f, *size)) {
         Ok(m) if m.fallback.is_none() => {}
         Ok(m) => {
             eprintln!(
                 "SKIP fiemap bench: no usable FIEMAP under {PARENT} ({})",
-                m.fallback.unwrap_or_default()
+                m.fallback.map(|r| r.to_string()).unwrap_or_default()
             );
             return;
         }
@@ -99,15 +98,18 @@ fn bench_fiemap(c: &mut Criterion) {
                 .sum::<usize>()
         })
     });
-    let entries = [SourceEntry::argument(tree.dir.path(), 10)];
-    let cfg = Config::default();
+    let mut sources = Sources::default();
+    sources.add_path(tree.dir.path(), 10);
+    // A dry run: the road up to the plan (collect, map, plan), no reads.
+    let cfg = Config {
+        dry_run: true,
+        ..Config::default()
+    };
     group.bench_function("prepare 10k files", |b| {
-        b.iter(
-            || match pipeline::prepare(black_box(&entries), Vec::new(), &cfg) {
-                Ok(p) => p.files.len(),
-                Err(e) => panic!("prepare failed on the bench tree: {e}"),
-            },
-        )
+        b.iter(|| match hydrate(black_box(&sources), &cfg) {
+            Ok(r) => r.files,
+            Err(e) => panic!("planning failed on the bench tree: {e}"),
+        })
     });
     group.finish();
 }

@@ -6,7 +6,6 @@
 //! - [`control`]: the JSON-over-unix-socket control protocol.
 //! - [`fuse`]: the FUSE adapter exposing the model as a read-only `disk.img`.
 //! - [`fixture`]: building a realistic node volume image and its critical list.
-//! - [`units`]: parsing of size arguments such as `512K`.
 //! - [`e2e`]: the end-to-end comparison behind `prewarm-e2e` (and the
 //!   cleanup guards the loop-device benchmark shares).
 //! - [`vm_boot`]: parsing and checking the boots of the VM boot test, and
@@ -19,5 +18,4 @@ pub mod e2e;
 pub mod fixture;
 pub mod fuse;
 pub mod lazy;
-pub mod units;
 pub mod vm_boot;

@@ -1,77 +1,57 @@
-//! The commands: each turns parsed arguments into library calls and prints
-//! the outcome. Errors carry context naming the file involved; the exit code
-//! comes from the report's outcome, or from [`exit_code_of`] for errors.
+//! The commands: each turns parsed arguments into one library call and
+//! prints the outcome. Errors carry context naming the file involved; the
+//! exit code comes from the report's outcome, or from [`exit_code_of`] for
+//! errors.
 
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use prewarm_core::engine::{BackendChoice, StopSignal, STOP_GRACE};
-use prewarm_core::handover::HandoverState;
-use prewarm_core::manifest::{Manifest, ManifestError};
-use prewarm_core::pipeline::{self, Config, Prepared};
-use prewarm_core::plan::{PlanConfig, ReadMode};
-use prewarm_core::replay::{self, ReplayOptions};
-use prewarm_core::report::{mib, Report};
-use prewarm_core::source::{self, SourceEntry};
-use prewarm_core::{Warning, WarningKind};
+use prewarm_core::manifest::{self, ManifestOutcome, ManifestRun, ManifestStats};
+use prewarm_core::{
+    format_bytes, hydrate as hydrate_sources, BackendChoice, CollectOptions, Config, PlanConfig,
+    ReadMode, ReadyPolicy, Report, Sources, StopSignal, Warning, STOP_GRACE,
+};
 use serde::Serialize;
 
-use crate::notify::Readiness;
-use crate::{
+use crate::args::{
     EngineArg, EngineArgs, ModeArg, OutputArgs, Phase, PlanArgs, PlanCmd, RunCmd, ShowCmd,
     SourceArgs,
 };
+use crate::notify::Readiness;
 
 /// Exit code of a manifest that cannot be used here.
 pub const EXIT_REFUSED: u8 = 3;
 
 /// Exit code for an error that ended a command.
 pub fn exit_code_of(e: &anyhow::Error) -> u8 {
-    let refused = e.downcast_ref::<ManifestError>().is_some()
-        || matches!(
-            e.downcast_ref::<prewarm_core::Error>(),
-            Some(prewarm_core::Error::ManifestRefused { .. })
-        );
-    if refused {
-        EXIT_REFUSED
-    } else {
-        2
+    match e.downcast_ref::<prewarm_core::Error>() {
+        Some(e) if e.is_manifest_refusal() => EXIT_REFUSED,
+        _ => 2,
     }
 }
 
-/// `prewarm [PATH]...`: map and hydrate now.
+/// `prewarm [PATH]...`: map and hydrate now (or, with `--dry-run`, plan).
 pub fn hydrate(
     sources: &SourceArgs,
     plan: &PlanArgs,
     engine: &EngineArgs,
     output: &OutputArgs,
 ) -> Result<u8> {
-    if sources.paths.is_empty() && sources.lists.is_empty() && sources.device.is_empty() {
+    let src = read_sources(sources);
+    if src.is_empty() && sources.lists.is_empty() {
         bail!("nothing to do: give PATHs, --paths LIST or --device DEV (see --help)");
     }
     let mut cfg = config(plan_config(plan), engine)?;
     cfg.collect.cross_mounts = sources.cross_mounts;
-    let (entries, warnings) = read_sources(sources, None);
-    if !output.dry_run {
-        // Map and read overlapped: each priority class is read as soon as it
-        // is mapped. Input warnings are known before any mapping.
-        print_warnings(&warnings);
-        let printed = warnings.len();
-        let report = pipeline::hydrate(&entries, warnings, &sources.device, sources.priority, &cfg)
-            .context("hydrating")?;
-        return print_report(&report, printed, output);
-    }
-    let mut prepared = pipeline::prepare(&entries, warnings, &cfg).context("planning")?;
-    for dev in &sources.device {
-        prepared
-            .add_whole_device(dev, sources.priority, &cfg)
-            .with_context(|| format!("whole-device sweep of {}", dev.display()))?;
-    }
-    finish(prepared, &cfg, output)
+    cfg.dry_run = output.dry_run;
+    // Input warnings are known before any mapping: say them now.
+    print_warnings(&src.warnings);
+    let report = hydrate_sources(&src, &cfg).context("hydrating")?;
+    print_report(&report, src.warnings.len(), output)
 }
 
 /// `prewarm plan`: map once and write a manifest.
@@ -79,26 +59,20 @@ pub fn plan(cmd: &PlanCmd) -> Result<u8> {
     if cmd.sources.paths.is_empty() && cmd.sources.lists.is_empty() {
         bail!("nothing to plan: give PATHs or --paths LIST (see --help)");
     }
-    if !cmd.sources.device.is_empty() {
-        bail!("--device cannot be planned into a manifest; name files or directories");
-    }
     let cfg = Config {
         plan: plan_config(&cmd.plan),
-        collect: source::CollectOptions {
+        collect: CollectOptions {
             cross_mounts: cmd.sources.cross_mounts,
             root: cmd.root.clone(),
         },
+        dry_run: true,
         ..Config::default()
     };
-    let (entries, warnings) = read_sources(&cmd.sources, cmd.root.as_deref());
-    let prepared = pipeline::prepare(&entries, warnings, &cfg).context("mapping")?;
-    print_warnings(&prepared.warnings);
     let tool = format!("prewarm {}", env!("CARGO_PKG_VERSION"));
-    let (manifest, warnings) = replay::build_manifest(&prepared, &cfg, &tool);
-    print_warnings(&warnings);
-    let bytes = manifest.encode();
-    write_atomically(&cmd.output, &bytes)
-        .with_context(|| format!("writing {}", cmd.output.display()))?;
+    let planned =
+        manifest::plan_manifest(&read_sources(&cmd.sources), &cfg, &tool).context("mapping")?;
+    print_warnings(&planned.warnings);
+    planned.write(&cmd.output)?;
 
     #[derive(Serialize)]
     struct Summary<'a> {
@@ -106,15 +80,15 @@ pub fn plan(cmd: &PlanCmd) -> Result<u8> {
         bytes: usize,
         checksum: String,
         #[serde(flatten)]
-        stats: prewarm_core::manifest::ManifestStats,
+        stats: ManifestStats,
         warnings: usize,
     }
     let summary = Summary {
         manifest: &cmd.output,
-        bytes: bytes.len(),
-        checksum: format!("{:08x}", Manifest::checksum_of(&bytes).unwrap_or(0)),
-        stats: manifest.stats(),
-        warnings: prepared.warnings.len() + warnings.len(),
+        bytes: planned.encoded.len(),
+        checksum: format!("{:08x}", planned.checksum()),
+        stats: planned.manifest.stats(),
+        warnings: planned.warnings.len(),
     };
     if cmd.json {
         print_json(&summary)?;
@@ -126,12 +100,12 @@ pub fn plan(cmd: &PlanCmd) -> Result<u8> {
             summary.checksum,
             summary.stats.files,
             summary.stats.extents,
-            mib(summary.stats.mapped_bytes),
+            format_bytes(summary.stats.mapped_bytes),
             summary.stats.devices
         );
-        print!("{}", show_text(&manifest, false));
+        print!("{}", planned.manifest.render_text(false));
     }
-    Ok(if summary.stats.files == 0 { 2 } else { 0 })
+    Ok(0)
 }
 
 /// `prewarm run`: replay a manifest.
@@ -149,176 +123,70 @@ pub fn run(cmd: &RunCmd) -> Result<u8> {
 }
 
 fn run_manifest(cmd: &RunCmd, readiness: &Readiness) -> Result<u8> {
-    let mut manifest_path = cmd.manifest.clone();
-    if cmd.kernel_cmdline {
-        // PREWARM_CMDLINE stands in for /proc/cmdline (tests).
-        let cmdline = std::env::var("PREWARM_CMDLINE")
-            .or_else(|_| std::fs::read_to_string("/proc/cmdline"))
-            .unwrap_or_default();
-        let switch = match cmd.phase {
-            Phase::Initrd => "rd.prewarm=0",
-            Phase::Root => "prewarm=0",
-        };
-        if cmdline.split_whitespace().any(|w| w == switch) {
-            tracing::info!("disabled by `{switch}` on the kernel command line");
-            return Ok(0);
-        }
-        if let Some(p) = cmdline
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("prewarm.manifest="))
-        {
-            tracing::info!("manifest {p} selected by the kernel command line");
-            manifest_path = PathBuf::from(p);
-        }
-    }
-    let bytes = std::fs::read(&manifest_path)
-        .with_context(|| format!("reading manifest {}", manifest_path.display()))?;
-    let manifest = Manifest::decode(&bytes)
-        .with_context(|| format!("manifest {}", manifest_path.display()))?;
-    let crc = Manifest::checksum_of(&bytes).unwrap_or(0);
-    let mut handover = cmd
-        .state
-        .as_ref()
-        .map(|p| HandoverState::load_or_new(p, crc));
-
-    let mut cfg = config(manifest.plan, &cmd.engine)?;
-    let most_urgent = manifest
-        .devices
-        .iter()
-        .flat_map(|d| &d.files)
-        .map(|f| f.priority)
-        .min();
-    let ready_priority = cmd.ready_priority.or(most_urgent).unwrap_or(0);
+    let mut cfg = config(PlanConfig::default(), &cmd.engine)?;
+    cfg.dry_run = cmd.output.dry_run;
     if cmd.notify {
-        cfg.on_class_done = Some(readiness.on_class_done(ready_priority, cfg.ioprio.clone()));
-        readiness.ready_at_the_latest(cmd.ready_timeout);
+        let r = readiness.clone();
+        cfg.on_class_done = Some(Arc::new(move |prio| {
+            tracing::info!("priority class {prio} hydrated");
+            r.status(&format!("priority class {prio} hydrated"));
+        }));
+        let r = readiness.clone();
+        cfg.ready = Some(ReadyPolicy::new(
+            cmd.ready_priority,
+            cmd.ready_timeout,
+            move |reason| r.ready(&reason.to_string()),
+        ));
     }
-    readiness.status("finding the filesystems of the manifest");
-    let opts = ReplayOptions {
-        manifest_path: manifest_path.clone(),
-        manifest_crc: crc,
-        wait_device: cmd.wait_device,
+    let req = ManifestRun {
+        path: cmd.manifest.clone(),
+        phase: match cmd.phase {
+            Phase::Initrd => manifest::Phase::Initrd,
+            Phase::Root => manifest::Phase::Root,
+        },
+        kernel_cmdline: cmd.kernel_cmdline.then(manifest::boot::kernel_cmdline),
+        state: cmd.state.clone(),
         max_priority: cmd.max_priority,
+        wait_device: cmd.wait_device,
         verify: cmd.phase == Phase::Root && !cmd.no_verify,
         allow_grown: cmd.allow_grown,
     };
-    let prepared = replay::prepare_manifest(&manifest, &opts, handover.as_ref(), &cfg)?;
-    if !prepared.has_work_up_to(ready_priority) {
-        // The initrd (or an earlier run) already read the urgent classes.
-        if readiness.ready(&format!("classes up to {ready_priority} already hydrated")) {
-            cfg.ioprio.store(
-                prewarm_core::engine::IOPRIO_IDLE,
-                std::sync::atomic::Ordering::Relaxed,
-            );
-        }
+    match manifest::run_manifest(&req, cfg)? {
+        ManifestOutcome::Disabled(_) => Ok(0),
+        ManifestOutcome::Ran(report) => print_report(&report, 0, &cmd.output),
     }
-    readiness.status("hydrating");
-    let uuids: Vec<Option<String>> = prepared.devices.iter().map(|d| d.uuid.clone()).collect();
-    let (code, report) = finish_with_report(prepared, &cfg, &cmd.output)?;
-    if let (Some(state), Some(path), Some(report)) = (handover.as_mut(), &cmd.state, &report) {
-        for (d, uuid) in report.devices.iter().zip(&uuids) {
-            let Some(uuid) = uuid else { continue };
-            let chunk = report.plan_config.chunk_size;
-            state.record(
-                uuid,
-                d.chunks_read
-                    .iter()
-                    .map(|&(s, e)| (s * chunk, (e * chunk).min(d.size))),
-            );
-        }
-        state
-            .save(path)
-            .with_context(|| format!("writing handover state {}", path.display()))?;
-    }
-    Ok(code)
 }
 
 /// `prewarm show`: print a manifest.
 pub fn show(cmd: &ShowCmd) -> Result<u8> {
-    let bytes = std::fs::read(&cmd.manifest)
-        .with_context(|| format!("reading {}", cmd.manifest.display()))?;
-    let manifest =
-        Manifest::decode(&bytes).with_context(|| format!("manifest {}", cmd.manifest.display()))?;
+    let loaded = manifest::load(&cmd.manifest)?;
+    let checksum = format!("{:08x}", loaded.checksum);
     if cmd.json {
         #[derive(Serialize)]
         struct Shown<'a> {
             bytes: usize,
             checksum: String,
-            stats: prewarm_core::manifest::ManifestStats,
+            stats: ManifestStats,
             #[serde(flatten)]
-            manifest: &'a Manifest,
+            manifest: &'a manifest::Manifest,
         }
         print_json(&Shown {
-            bytes: bytes.len(),
-            checksum: format!("{:08x}", Manifest::checksum_of(&bytes).unwrap_or(0)),
-            stats: manifest.stats(),
-            manifest: &manifest,
+            bytes: loaded.bytes,
+            checksum,
+            stats: loaded.manifest.stats(),
+            manifest: &loaded.manifest,
         })?;
     } else {
         println!(
-            "{}: {} bytes, checksum {:08x}, planned by {} at {} (unix time)",
+            "{}: {} bytes, checksum {checksum}, planned by {} at {} (unix time)",
             cmd.manifest.display(),
-            bytes.len(),
-            Manifest::checksum_of(&bytes).unwrap_or(0),
-            manifest.tool,
-            manifest.created_unix
+            loaded.bytes,
+            loaded.manifest.tool,
+            loaded.manifest.created_unix
         );
-        print!("{}", show_text(&manifest, cmd.files));
+        print!("{}", loaded.manifest.render_text(cmd.files));
     }
     Ok(0)
-}
-
-fn show_text(m: &Manifest, files: bool) -> String {
-    use std::collections::BTreeMap;
-    use std::fmt::Write as _;
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "  plan: chunk {}, max I/O {}, coalesce gap {}",
-        mib(m.plan.chunk_size),
-        mib(m.plan.max_io),
-        mib(m.plan.coalesce_gap)
-    );
-    for d in &m.devices {
-        let _ = writeln!(
-            s,
-            "  {} {} ({} bytes, {}-byte blocks, planned on {}): {} files",
-            d.fs_type,
-            prewarm_core::fsid::format_uuid(&d.uuid),
-            d.size,
-            d.logical_block_size,
-            d.node_hint,
-            d.files.len()
-        );
-        let mut classes: BTreeMap<u32, (u64, u64, u64)> = BTreeMap::new();
-        for f in &d.files {
-            let c = classes.entry(f.priority).or_default();
-            c.0 += 1;
-            c.1 += f.extents.len() as u64;
-            c.2 += f.extents.iter().map(|e| e.length).sum::<u64>();
-        }
-        for (prio, (n, ext, bytes)) in classes {
-            let _ = writeln!(
-                s,
-                "    priority {prio}: {n} files, {ext} extents, {}",
-                mib(bytes)
-            );
-        }
-        if files {
-            for f in &d.files {
-                let _ = writeln!(
-                    s,
-                    "    {:>5} /{} ({} bytes, {} extents, {} file ranges)",
-                    f.priority,
-                    f.path.display(),
-                    f.size,
-                    f.extents.len(),
-                    f.file_ranges.len()
-                );
-            }
-        }
-    }
-    s
 }
 
 fn plan_config(p: &PlanArgs) -> PlanConfig {
@@ -329,8 +197,8 @@ fn plan_config(p: &PlanArgs) -> PlanConfig {
     }
 }
 
-/// The pipeline configuration, with SIGTERM/SIGINT and the deadline wired
-/// to the stop signal.
+/// The run configuration, with SIGTERM/SIGINT and the deadline wired to the
+/// stop signal.
 fn config(plan: PlanConfig, engine: &EngineArgs) -> Result<Config> {
     let deadline = engine.deadline.map(|d| Instant::now() + d);
     let cancel = install_signals()?;
@@ -358,41 +226,19 @@ fn config(plan: PlanConfig, engine: &EngineArgs) -> Result<Config> {
     })
 }
 
-/// List files and arguments as entries (paths rebased under `root` when
-/// planning an image mounted elsewhere); an unreadable list is a warning.
-fn read_sources(sources: &SourceArgs, root: Option<&Path>) -> (Vec<SourceEntry>, Vec<Warning>) {
-    let mut entries = Vec::new();
-    let mut warnings = Vec::new();
-    for list in &sources.lists {
-        match source::read_list(list) {
-            Ok((e, w)) => {
-                entries.extend(e);
-                warnings.extend(w);
-            }
-            Err(e) => warnings.push(Warning::new(
-                WarningKind::Unreadable,
-                Some(list),
-                None,
-                format!(
-                    "list file: {}",
-                    std::error::Error::source(&e).map_or(e.to_string(), |s| s.to_string())
-                ),
-            )),
-        }
+/// The lists and arguments as sources (an unreadable list is a warning).
+fn read_sources(args: &SourceArgs) -> Sources {
+    let mut sources = Sources::default();
+    for list in &args.lists {
+        sources.add_list(list);
     }
-    entries.extend(
-        sources
-            .paths
-            .iter()
-            .map(|p| SourceEntry::argument(p, sources.priority)),
-    );
-    if let Some(root) = root {
-        for e in &mut entries {
-            let rel = e.path.strip_prefix("/").unwrap_or(&e.path).to_path_buf();
-            e.path = root.join(rel);
-        }
+    for path in &args.paths {
+        sources.add_path(path, args.priority);
     }
-    (entries, warnings)
+    for dev in &args.device {
+        sources.add_device(dev, args.priority);
+    }
+    sources
 }
 
 fn print_warnings(warnings: &[Warning]) {
@@ -401,32 +247,9 @@ fn print_warnings(warnings: &[Warning]) {
     }
 }
 
-/// Read (or, in a dry run, just report) and print; returns the exit code.
-fn finish(prepared: Prepared, cfg: &Config, output: &OutputArgs) -> Result<u8> {
-    finish_with_report(prepared, cfg, output).map(|(code, _)| code)
-}
-
-fn finish_with_report(
-    prepared: Prepared,
-    cfg: &Config,
-    output: &OutputArgs,
-) -> Result<(u8, Option<Report>)> {
-    print_warnings(&prepared.warnings);
-    let printed = prepared.warnings.len();
-    let report = if output.dry_run {
-        prepared.dry_run_report(cfg)
-    } else {
-        prepared.execute(cfg).context("reading")?
-    };
-    let code = print_report(&report, printed, output)?;
-    Ok((code, (!output.dry_run).then_some(report)))
-}
-
-/// Print the warnings after the first `printed`, then the report; returns
-/// the exit code.
+/// Print the report's warnings after the first `printed`, then the report;
+/// returns the exit code.
 fn print_report(report: &Report, printed: usize, output: &OutputArgs) -> Result<u8> {
-    // Warnings found while mapping or reading (a file that could not be
-    // opened again).
     print_warnings(report.warnings.get(printed..).unwrap_or_default());
     if output.json {
         print_json(report)?;
@@ -446,12 +269,6 @@ fn print_json<T: Serialize>(value: &T) -> Result<()> {
     .context("writing JSON")?;
     println!("{text}");
     Ok(())
-}
-
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)
 }
 
 /// SIGTERM/SIGINT stop issuing reads; a second one exits at once.

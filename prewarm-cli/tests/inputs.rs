@@ -9,6 +9,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 
 use common::*;
+use predicates::str::contains;
 
 /// Run prewarm; as root, without the capabilities that let root read any
 /// file, so that a mode-000 file is unreadable as it is for a normal user.
@@ -140,21 +141,20 @@ fn nothing_readable_or_no_input_exits_two() {
     let out = prewarm(&["--paths", &list]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
 
-    let out = prewarm(&[]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("nothing to do"));
-
-    let out = prewarm(&["--queue-depth", "0", "/bin/sh"]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("queue_depth"), "{}", stderr(&out));
-
-    let out = prewarm(&["--paths", "/nonexistent/list.txt"]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        stderr(&out).contains("/nonexistent/list.txt"),
-        "{}",
-        stderr(&out)
-    );
+    prewarm_cmd()
+        .assert()
+        .code(2)
+        .stderr(contains("nothing to do"));
+    prewarm_cmd()
+        .args(["--queue-depth", "0", "/bin/sh"])
+        .assert()
+        .code(2)
+        .stderr(contains("queue_depth"));
+    prewarm_cmd()
+        .args(["--paths", "/nonexistent/list.txt"])
+        .assert()
+        .code(2)
+        .stderr(contains("/nonexistent/list.txt"));
 }
 
 #[test]

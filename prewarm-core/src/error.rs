@@ -12,26 +12,70 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use crate::manifest::ManifestError;
+use crate::map::DeviceError;
+
 /// Errors that stop an operation.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A path list could not be read at all.
     #[error("reading path list {path}: {source}")]
     ListRead {
+        /// The list.
         path: PathBuf,
+        /// The error.
         #[source]
         source: std::io::Error,
     },
     /// A configuration value is out of range or inconsistent.
     #[error("invalid configuration: {field}: {reason}")]
-    Config { field: &'static str, reason: String },
+    Config {
+        /// The setting.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A block device named explicitly cannot be used.
-    #[error("{0}")]
-    Device(String),
-    /// A manifest cannot be used on this machine (corrupt, another
-    /// filesystem, a device of another size).
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+    /// A manifest file could not be read.
+    #[error("reading manifest {path}: {source}")]
+    ManifestRead {
+        /// The manifest.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A manifest file is not a valid manifest (corrupt, truncated, of
+    /// another version).
+    #[error("manifest {path}: {source}")]
+    ManifestDecode {
+        /// The manifest.
+        path: PathBuf,
+        /// What is wrong with it.
+        #[source]
+        source: ManifestError,
+    },
+    /// A manifest cannot be used on this machine (another filesystem, a
+    /// device of another size).
     #[error("manifest {path}: {reason}")]
-    ManifestRefused { path: PathBuf, reason: String },
+    ManifestRefused {
+        /// The manifest.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// A file prewarm writes (manifest, handover state) could not be
+    /// written; the old one, if any, is left as it was.
+    #[error("writing {path}: {source}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
     /// Nothing at all could be planned or read.
     #[error("nothing to read: {0}")]
     NothingToRead(String),
@@ -41,10 +85,39 @@ pub enum Error {
     /// An I/O buffer could not be allocated.
     #[error("allocating {bytes} bytes of I/O buffers: {source}")]
     Buffers {
+        /// How much was asked for.
         bytes: usize,
+        /// The error.
         #[source]
         source: std::io::Error,
     },
+    /// An engine could not be started.
+    #[error("{what}: {source}")]
+    Engine {
+        /// What was being done.
+        what: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A worker thread panicked (a bug); its part of the run is lost.
+    #[error("{0} panicked")]
+    Panicked(&'static str),
+}
+
+impl Error {
+    pub(crate) fn panicked(what: &'static str) -> Self {
+        Error::Panicked(what)
+    }
+
+    /// Whether the error refuses a manifest (corrupt, of another version,
+    /// for another filesystem or device size): the CLI's exit code 3.
+    pub fn is_manifest_refusal(&self) -> bool {
+        matches!(
+            self,
+            Error::ManifestDecode { .. } | Error::ManifestRefused { .. }
+        )
+    }
 }
 
 /// Where an input came from, so that a warning can point at it.
@@ -57,8 +130,10 @@ pub enum Origin {
     Manifest,
     /// Line `line` (1-based) of the list file `list`.
     List {
+        /// The list file.
         #[serde(serialize_with = "serialize_path")]
         list: PathBuf,
+        /// The line, from 1.
         line: usize,
     },
 }
@@ -109,14 +184,19 @@ impl WarningKind {
 /// One bad input, named, after which the rest of the work went on.
 #[derive(Debug, Clone, Serialize)]
 pub struct Warning {
+    /// What kind of problem.
     pub kind: WarningKind,
+    /// The path concerned, if any.
     #[serde(serialize_with = "serialize_opt_path")]
     pub path: Option<PathBuf>,
+    /// Where the input came from (list and line).
     pub origin: Option<Origin>,
+    /// What happened.
     pub message: String,
 }
 
 impl Warning {
+    /// A warning about `path` (from `origin`).
     pub fn new(
         kind: WarningKind,
         path: Option<&Path>,

@@ -11,15 +11,73 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::cache::CacheStats;
-use crate::device::DeviceId;
 use crate::engine::{Backend, StopReason};
 use crate::error::Warning;
-use crate::extent::ExtentMap;
+use crate::map::{DeviceId, ExtentMap, FileReadReason};
 use crate::plan::{PlanConfig, PlanStats, ReadMode};
+pub use crate::run::cache::CacheStats;
+pub use crate::run::ready::ReadyReport;
+use crate::size::format_bytes as mib;
 
 /// Version of the JSON layout.
-pub const REPORT_VERSION: u32 = 1;
+///
+/// * 2: `fallbacks` are objects (`kind`, their fields, and `message`, the
+///   text version 1 had); `devices[].swept` and `devices[].error`,
+///   `file_level.error` and `ready` are new.
+/// * 1: the first layout.
+pub const REPORT_VERSION: u32 = 2;
+
+/// A way the run had to degrade, and why. Each is still a complete read of
+/// what was planned, only slower or through another path.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Fallback {
+    /// The device refused O_DIRECT: read buffered (its page cache fills).
+    Buffered {
+        /// The device node.
+        device: String,
+    },
+    /// `files` files are read, in part or whole, through the file.
+    FileReads {
+        /// How many files.
+        files: u64,
+        /// Why.
+        reason: FileReadReason,
+    },
+    /// io_uring could not be used: the pread thread pool read instead.
+    Pread {
+        /// Why io_uring could not be used.
+        reason: String,
+    },
+}
+
+impl std::fmt::Display for Fallback {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Fallback::Buffered { device } => {
+                write!(f, "{device}: O_DIRECT refused, reading buffered")
+            }
+            Fallback::FileReads { files, reason } => {
+                write!(f, "{files} file(s) read through the file: {reason}")
+            }
+            Fallback::Pread { reason } => f.write_str(reason),
+        }
+    }
+}
+
+/// Serialize fallbacks as their fields plus the human `message`.
+fn serialize_fallbacks<S: serde::Serializer>(v: &[Fallback], s: S) -> Result<S::Ok, S::Error> {
+    #[derive(Serialize)]
+    struct WithMessage<'a> {
+        #[serde(flatten)]
+        fallback: &'a Fallback,
+        message: String,
+    }
+    s.collect_seq(v.iter().map(|fallback| WithMessage {
+        fallback,
+        message: fallback.to_string(),
+    }))
+}
 
 /// How the run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -35,6 +93,7 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// The CLI's exit code for this outcome.
     pub fn exit_code(self) -> i32 {
         match self {
             Outcome::Success => 0,
@@ -47,14 +106,23 @@ impl Outcome {
 /// Reads against one target (a device, or all file-level reads).
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ReadStats {
+    /// The backend that ran (none: nothing ran).
     pub backend: Option<Backend>,
+    /// Reads planned.
     pub ios_planned: u64,
+    /// Reads completed, successfully or not.
     pub ios_done: u64,
+    /// Bytes read.
     pub bytes_read: u64,
+    /// Reads that failed.
     pub errors: u64,
+    /// Short reads resubmitted for the rest.
     pub short_reads: u64,
+    /// Reads that met the end of the file or device.
     pub eof: u64,
+    /// Reads never issued (a stop).
     pub not_issued: u64,
+    /// How long the engine ran.
     pub elapsed_ms: f64,
 }
 
@@ -86,50 +154,78 @@ pub struct ManifestReport {
 /// One block device's plan and reads.
 #[derive(Debug, Clone, Serialize)]
 pub struct DeviceReport {
+    /// The device node.
     pub node: String,
+    /// Its device number.
     pub id: DeviceId,
     /// Filesystem UUID (manifest runs).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub uuid: Option<String>,
+    /// The filesystem mounted from it, if any.
     pub fs_type: Option<String>,
+    /// Its size in bytes.
     pub size: u64,
+    /// Its logical block size (the alignment of direct reads).
     pub logical_block_size: u32,
+    /// Read with O_DIRECT.
     pub direct: bool,
+    /// Files with extents on it.
     pub files: u64,
+    /// Also read whole (`--device`).
+    pub swept: bool,
+    /// Its plan's sizes.
     pub plan: PlanStats,
+    /// Its reads.
     pub read: ReadStats,
     /// Chunk spans `[start, end)` read successfully in this run (chunk =
     /// `plan_config.chunk_size`).
     pub chunks_read: Vec<(u64, u64)>,
+    /// Why its engine could not run (the other devices still ran).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// Reads made through files rather than a device.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct FileLevelReport {
+    /// Files with ranges read through the file.
     pub files: u64,
     /// Bytes of the files' ranges (before alignment).
     pub bytes: u64,
     /// Files opened with O_DIRECT (the rest read buffered).
     pub direct_files: u64,
+    /// The reads.
     pub read: ReadStats,
+    /// Why the file-level reads could not run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// A failed read, named.
 #[derive(Debug, Clone, Serialize)]
 pub struct FailureReport {
+    /// The device node or file.
     pub target: String,
+    /// Offset of the read.
     pub offset: u64,
+    /// Its length.
     pub len: u32,
+    /// The error.
     pub error: String,
 }
 
 /// One file's mapping (in dry runs).
 #[derive(Debug, Clone, Serialize)]
 pub struct FileMapReport {
+    /// The file.
     pub path: String,
+    /// Its filesystem's device number.
     pub device: DeviceId,
+    /// Its size.
     pub size: u64,
+    /// Its priority class.
     pub priority: u32,
+    /// Where its bytes are.
     #[serde(flatten)]
     pub map: ExtentMap,
 }
@@ -137,10 +233,15 @@ pub struct FileMapReport {
 /// Everything about a run.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
+    /// [`REPORT_VERSION`].
     pub version: u32,
+    /// Planned only, nothing read.
     pub dry_run: bool,
+    /// Full reads or touches.
     pub mode: ReadMode,
+    /// Reads kept in flight.
     pub queue_depth: u32,
+    /// The plan's knobs.
     pub plan_config: PlanConfig,
     /// Regular files selected.
     pub files: u64,
@@ -156,41 +257,105 @@ pub struct Report {
     pub file_level_bytes: u64,
     /// Bytes in unwritten extents (nothing to read).
     pub unwritten_bytes: u64,
-    /// Plan totals over all devices.
+    /// Extents planned, over all devices.
     pub extents: u64,
+    /// Merged ranges planned.
     pub ranges: u64,
+    /// Chunks planned.
     pub chunks: u64,
+    /// Bytes planned (devices and files).
     pub planned_bytes: u64,
+    /// Reads planned (devices and files).
     pub ios_planned: u64,
-    /// Read totals over devices and files.
+    /// Reads completed, over devices and files.
     pub ios_done: u64,
+    /// Bytes read.
     pub bytes_read: u64,
+    /// Reads failed.
     pub errors: u64,
+    /// Reads never issued (a stop).
     pub not_issued: u64,
     /// List entries and arguments never collected, hence never planned: the
     /// run was stopped (deadline, SIGTERM) before their priority class came
     /// up.
     pub entries_not_reached: u64,
+    /// Wall time of the run (of the planning, in a dry run).
     pub elapsed_ms: f64,
+    /// Read throughput.
     pub mib_per_s: f64,
+    /// Reads per second.
     pub iops: f64,
+    /// Why the run stopped early, if it did.
     pub stopped: Option<StopReason>,
-    pub fallbacks: Vec<String>,
+    /// How the run degraded.
+    #[serde(serialize_with = "serialize_fallbacks")]
+    pub fallbacks: Vec<Fallback>,
+    /// Bad inputs, named; the rest ran.
     pub warnings: Vec<Warning>,
+    /// Failed reads (a sample).
     pub failures: Vec<FailureReport>,
+    /// Per device.
     pub devices: Vec<DeviceReport>,
+    /// Reads through files.
     pub file_level: FileLevelReport,
+    /// What cache-warming did (`--cache`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cache: Option<CacheStats>,
+    /// What replaying a manifest found.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub manifest: Option<ManifestReport>,
+    /// When and why readiness was signalled (`run --notify`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ready: Option<ReadyReport>,
     /// Per-file mappings; filled in dry runs.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub file_maps: Vec<FileMapReport>,
+    /// How the run ended.
     pub outcome: Outcome,
 }
 
 impl Report {
+    /// An empty report of the current version.
+    pub(crate) fn new() -> Self {
+        Report {
+            version: REPORT_VERSION,
+            dry_run: false,
+            mode: ReadMode::Full,
+            queue_depth: 0,
+            plan_config: PlanConfig::default(),
+            files: 0,
+            skipped_non_regular: 0,
+            file_bytes: 0,
+            mapped_bytes: 0,
+            file_level_bytes: 0,
+            unwritten_bytes: 0,
+            extents: 0,
+            ranges: 0,
+            chunks: 0,
+            planned_bytes: 0,
+            ios_planned: 0,
+            ios_done: 0,
+            bytes_read: 0,
+            errors: 0,
+            not_issued: 0,
+            entries_not_reached: 0,
+            elapsed_ms: 0.0,
+            mib_per_s: 0.0,
+            iops: 0.0,
+            stopped: None,
+            fallbacks: Vec::new(),
+            warnings: Vec::new(),
+            failures: Vec::new(),
+            devices: Vec::new(),
+            file_level: FileLevelReport::default(),
+            cache: None,
+            manifest: None,
+            ready: None,
+            file_maps: Vec::new(),
+            outcome: Outcome::Success,
+        }
+    }
+
     /// Fill the totals from the per-device and file-level parts, and decide
     /// the outcome.
     pub fn finish(&mut self, elapsed: Duration) {
@@ -217,11 +382,16 @@ impl Report {
             self.iops = ios as f64 / secs;
         }
         let unreadable = self.warnings.iter().any(|w| w.kind.is_read_failure());
-        let whole_devices = self.devices.iter().any(|d| d.files == 0);
+        let engine_failed =
+            self.file_level.error.is_some() || self.devices.iter().any(|d| d.error.is_some());
+        // Devices planned with no file on them: swept whole, or a manifest's
+        // filesystem whose files were all deferred to a later run.
+        let whole_devices = self.devices.iter().any(|d| d.swept || d.files == 0);
         self.outcome = if self.files == 0 && self.entries_not_reached == 0 && !whole_devices {
             Outcome::NothingReadable
         } else if errors > 0
             || unreadable
+            || engine_failed
             || not_issued > 0
             || self.entries_not_reached > 0
             || self.stopped.is_some()
@@ -303,6 +473,9 @@ impl Report {
                 m.checksum, m.files, m.unchanged, m.changed, m.missing, m.unverified, m.deferred, m.handover_chunks
             );
         }
+        if let Some(r) = &self.ready {
+            let _ = writeln!(s, "ready after {:.0} ms: {}", r.at_ms, r.reason);
+        }
         if let Some(c) = &self.cache {
             let _ = writeln!(
                 s,
@@ -328,6 +501,17 @@ impl Report {
         }
         for f in &self.fallbacks {
             let _ = writeln!(s, "fallback: {f}");
+        }
+        for d in self.devices.iter().filter(|d| d.error.is_some()) {
+            let _ = writeln!(
+                s,
+                "{}: not read: {}",
+                d.node,
+                d.error.as_deref().unwrap_or("")
+            );
+        }
+        if let Some(e) = &self.file_level.error {
+            let _ = writeln!(s, "reads through files not made: {e}");
         }
         for f in &self.failures {
             let _ = writeln!(
@@ -374,17 +558,141 @@ fn plural(n: u64, what: &str) -> String {
     }
 }
 
-/// Bytes as a short human string.
-pub fn mib(bytes: u64) -> String {
-    const K: f64 = 1024.0;
-    let b = bytes as f64;
-    if b >= K * K * K {
-        format!("{:.2} GiB", b / (K * K * K))
-    } else if b >= K * K {
-        format!("{:.1} MiB", b / (K * K))
-    } else if b >= K {
-        format!("{:.1} KiB", b / K)
-    } else {
-        format!("{bytes} B")
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::WarningKind;
+    use std::path::Path;
+
+    fn device(node: &str, files: u64) -> DeviceReport {
+        DeviceReport {
+            node: node.into(),
+            id: DeviceId { major: 7, minor: 0 },
+            uuid: None,
+            fs_type: Some("ext4".into()),
+            size: 1 << 30,
+            logical_block_size: 512,
+            direct: true,
+            files,
+            swept: false,
+            plan: PlanStats::default(),
+            read: ReadStats {
+                ios_done: 4,
+                bytes_read: 4 << 20,
+                ..Default::default()
+            },
+            chunks_read: vec![(0, 8)],
+            error: None,
+        }
+    }
+
+    fn report(devices: Vec<DeviceReport>) -> Report {
+        Report {
+            files: 3,
+            devices,
+            ..Report::new()
+        }
+    }
+
+    #[test]
+    fn totals_and_outcomes() {
+        let mut r = report(vec![device("/dev/loop0", 2), device("/dev/loop1", 1)]);
+        r.finish(Duration::from_secs(1));
+        assert_eq!((r.ios_done, r.bytes_read), (8, 8 << 20));
+        assert_eq!(r.mib_per_s, 8.0);
+        assert_eq!(r.outcome, Outcome::Success);
+
+        // One device that could not be read makes the run partial, and the
+        // other device's figures stay.
+        let mut failed = device("/dev/loop1", 1);
+        failed.error = Some("duplicating the descriptor: EMFILE".into());
+        failed.read = ReadStats::default();
+        let mut r = report(vec![device("/dev/loop0", 2), failed]);
+        r.finish(Duration::from_secs(1));
+        assert_eq!(r.outcome, Outcome::Partial);
+        assert_eq!(r.bytes_read, 4 << 20);
+        assert!(
+            r.summary().contains("/dev/loop1: not read: duplicating"),
+            "{}",
+            r.summary()
+        );
+
+        // Warnings about input alone do not; an unreadable file does.
+        let mut r = report(vec![device("/dev/loop0", 3)]);
+        r.warnings.push(Warning::new(
+            WarningKind::Missing,
+            Some(Path::new("/x")),
+            None,
+            "gone",
+        ));
+        r.finish(Duration::from_secs(1));
+        assert_eq!(r.outcome, Outcome::Success);
+        r.warnings.push(Warning::new(
+            WarningKind::Unreadable,
+            Some(Path::new("/y")),
+            None,
+            "EIO",
+        ));
+        r.finish(Duration::from_secs(1));
+        assert_eq!(r.outcome, Outcome::Partial);
+
+        // No file and no device: nothing readable; a sweep alone is work.
+        let mut r = Report {
+            files: 0,
+            ..report(Vec::new())
+        };
+        r.finish(Duration::ZERO);
+        assert_eq!(r.outcome, Outcome::NothingReadable);
+        let mut swept = device("/dev/loop0", 0);
+        swept.swept = true;
+        let mut r = Report {
+            files: 0,
+            ..report(vec![swept])
+        };
+        r.finish(Duration::ZERO);
+        assert_eq!(r.outcome, Outcome::Success);
+
+        // A stop is partial, and says what was not reached.
+        let mut r = report(vec![device("/dev/loop0", 3)]);
+        r.stopped = Some(StopReason::Deadline);
+        r.entries_not_reached = 5;
+        r.finish(Duration::ZERO);
+        assert_eq!(r.outcome, Outcome::Partial);
+        assert!(r.summary().contains("list entries not reached: 5"));
+    }
+
+    #[test]
+    fn json_fallbacks_carry_kind_fields_and_message() {
+        let mut r = report(Vec::new());
+        r.fallbacks = vec![
+            Fallback::FileReads {
+                files: 2,
+                reason: FileReadReason::NoFiemap {
+                    errno: libc::EOPNOTSUPP,
+                },
+            },
+            Fallback::Buffered {
+                device: "/dev/loop3".into(),
+            },
+        ];
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["version"], REPORT_VERSION);
+        let f = &v["fallbacks"][0];
+        assert_eq!(f["kind"], "file_reads");
+        assert_eq!(f["files"], 2);
+        assert_eq!(f["reason"]["kind"], "no_fiemap");
+        assert!(f["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("2 file(s) read through the file: FIEMAP unavailable"));
+        assert_eq!(
+            v["fallbacks"][1]["message"],
+            "/dev/loop3: O_DIRECT refused, reading buffered"
+        );
+        let text = r.summary();
+        assert!(
+            text.contains("fallback: 2 file(s) read through the file"),
+            "{text}"
+        );
     }
 }

@@ -20,7 +20,7 @@ use std::time::Duration;
 use clap::Parser;
 
 use prewarm_benches::e2e::{self, harness::Options, Outputs, WorkDir};
-use prewarm_benches::units::parse_size;
+use prewarm_core::parse_size;
 
 #[derive(Parser, Debug)]
 #[command(

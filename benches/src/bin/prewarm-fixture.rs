@@ -23,7 +23,7 @@ use serde::Serialize;
 use prewarm_benches::fixture::{
     self, layout_stats, parse_filefrag, ContentPool, FixtureSpec, FsType, LayoutStats, PlanSummary,
 };
-use prewarm_benches::units::parse_size;
+use prewarm_core::parse_size;
 
 const MIB: u64 = 1024 * 1024;
 

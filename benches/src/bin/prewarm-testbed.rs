@@ -23,7 +23,7 @@ use signal_hook::iterator::Signals;
 use prewarm_benches::control::{self, Endpoint, Request};
 use prewarm_benches::fuse::{FsOptions, TestbedFs};
 use prewarm_benches::lazy::{ChunkSet, LazyConfig, LazyVolume};
-use prewarm_benches::units::parse_size;
+use prewarm_core::parse_size;
 
 #[derive(Parser, Debug)]
 #[command(

@@ -89,20 +89,6 @@ pub struct Harness {
     _backing: Mount,
 }
 
-/// Parse a critical list: `PRIORITY PATH` or `PATH` per line, `#` comments.
-pub fn parse_list(text: &str) -> Vec<(u32, PathBuf)> {
-    text.lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(|l| match l.split_once(char::is_whitespace) {
-            Some((p, rest)) if p.parse::<u32>().is_ok() => {
-                (p.parse().unwrap_or(100), PathBuf::from(rest.trim()))
-            }
-            _ => (100, PathBuf::from(l)),
-        })
-        .collect()
-}
-
 impl Harness {
     /// Build the fixture under `opts.work`, copy its image to a private
     /// tmpfs and load its critical list.
@@ -147,7 +133,8 @@ impl Harness {
         let list = fx.join("critical.list");
         let text = std::fs::read_to_string(&list)
             .with_context(|| format!("reading {}", list.display()))?;
-        let files: Vec<PathBuf> = parse_list(&text).into_iter().map(|(_, p)| p).collect();
+        let (entries, _) = prewarm_core::parse_list(text.as_bytes(), &list);
+        let files: Vec<PathBuf> = entries.into_iter().map(|e| e.path).collect();
         if files.is_empty() {
             bail!("{} lists no files", list.display());
         }
@@ -496,22 +483,4 @@ fn elapsed_ms(report: &str) -> Option<f64> {
         .ok()?
         .get("elapsed_ms")?
         .as_f64()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn list_parsing() {
-        let l = parse_list("# c\n10 /a b\n\n/x\n50\t/y\n");
-        assert_eq!(
-            l,
-            vec![
-                (10, PathBuf::from("/a b")),
-                (100, PathBuf::from("/x")),
-                (50, PathBuf::from("/y"))
-            ]
-        );
-    }
 }

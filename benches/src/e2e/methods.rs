@@ -203,9 +203,9 @@ fn physical_order_read(files: &[PathBuf]) -> (u64, u64) {
     for p in files {
         match File::open(p) {
             Ok(f) => {
-                let first = prewarm_core::fiemap::file_extents(&f)
+                let first = prewarm_core::internals::file_extents(&f)
                     .ok()
-                    .and_then(|e| e.first().map(|x| x.physical))
+                    .and_then(|e| e.first().map(|x| x.extent.physical))
                     .unwrap_or(u64::MAX);
                 keyed.push((first, p));
             }

@@ -166,12 +166,18 @@ pub fn prewarm(args: &[&str]) -> Output {
     prewarm_env(args, &[])
 }
 
+/// The real binary as an `assert_cmd` command, `RUST_LOG=warn`.
+pub fn prewarm_cmd() -> assert_cmd::Command {
+    let mut cmd = assert_cmd::Command::cargo_bin("prewarm").expect("the prewarm binary");
+    cmd.env("RUST_LOG", "warn");
+    cmd
+}
+
 /// Run the real binary with extra environment (`RUST_LOG` is `warn` unless
 /// `env` sets it).
 pub fn prewarm_env(args: &[&str], env: &[(&str, &str)]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_prewarm"))
+    prewarm_cmd()
         .args(args)
-        .env("RUST_LOG", "warn")
         .envs(env.iter().copied())
         .output()
         .unwrap()

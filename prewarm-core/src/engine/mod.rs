@@ -48,10 +48,12 @@ pub const STOP_GRACE: Duration = Duration::from_secs(2);
 /// Something to read from: a block device or a file.
 #[derive(Debug, Clone, Copy)]
 pub struct ReadTarget<'a> {
+    /// The open device or file.
     pub fd: BorrowedFd<'a>,
     /// Opened with O_DIRECT: offsets and lengths are aligned to `align`, and
     /// a short read ending off that alignment means end of file.
     pub direct: bool,
+    /// The alignment direct reads need (the logical block size).
     pub align: u32,
 }
 
@@ -60,8 +62,11 @@ pub struct ReadTarget<'a> {
 pub struct ReadOp {
     /// Index into the targets slice.
     pub target: usize,
+    /// Byte offset.
     pub offset: u64,
+    /// Length in bytes.
     pub len: u32,
+    /// Its class (for progress).
     pub priority: u32,
 }
 
@@ -82,7 +87,9 @@ pub enum BackendChoice {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Backend {
+    /// One io_uring.
     Uring,
+    /// The pread thread pool.
     Pread,
 }
 
@@ -114,6 +121,7 @@ impl StopSignal {
         self.cancel.store(true, Ordering::Relaxed);
     }
 
+    /// Whether to stop now, and why.
     pub fn check(&self) -> Option<StopReason> {
         if self.cancel.load(Ordering::Relaxed) {
             Some(StopReason::Cancelled)
@@ -183,9 +191,13 @@ impl ClassProgress {
 /// Engine settings.
 #[derive(Clone)]
 pub struct EngineConfig {
+    /// Reads kept in flight.
     pub queue_depth: u32,
+    /// Which backend.
     pub backend: BackendChoice,
+    /// Stops issuing.
     pub stop: StopSignal,
+    /// Learns when each class is done.
     pub progress: Option<Arc<ClassProgress>>,
     /// I/O priority for reads issued from now on (0: the process's own).
     /// Applied per read by the io_uring backend; the pread backend ignores
@@ -404,10 +416,6 @@ impl OpQueue {
     /// Reads pushed so far.
     pub fn len(&self) -> usize {
         self.lock().ops.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     /// How many reads the queue will ever hold, once it is closed.

@@ -237,3 +237,86 @@ fn abandon(ring: IoUring, sink: &mut IoBuffers) {
     std::mem::forget(ring);
     sink.leak();
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::os::fd::AsFd;
+    use std::sync::Arc;
+
+    use super::super::{run_queue, BackendChoice, EngineConfig, OpQueue, ReadOp, ReadTarget};
+
+    fn file(len: usize) -> std::fs::File {
+        let mut f = tempfile::tempfile().unwrap();
+        f.write_all(&vec![7u8; len]).unwrap();
+        f
+    }
+
+    fn op(offset: u64, len: u32) -> ReadOp {
+        ReadOp {
+            target: 0,
+            offset,
+            len,
+            priority: 0,
+        }
+    }
+
+    fn uring() -> EngineConfig {
+        EngineConfig {
+            queue_depth: 4,
+            backend: BackendChoice::Uring,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn an_op_longer_than_the_sink_fails_alone() {
+        let f = file(64 << 10);
+        let targets = [ReadTarget {
+            fd: f.as_fd(),
+            direct: false,
+            align: 512,
+        }];
+        // The queue's reads are at most 4 KiB: the sink is one page.
+        let queue = OpQueue::new(4096);
+        queue.push([op(0, 4096), op(4096, 8192), op(12288, 4096)]);
+        queue.close();
+        let s = run_queue(&targets, &queue, &uring()).unwrap();
+        assert_eq!(s.backend, crate::engine::Backend::Uring);
+        assert_eq!(s.errors, 1);
+        assert_eq!(s.failures[0].errno, libc::EINVAL);
+        assert_eq!(s.failures[0].offset, 4096);
+        assert_eq!(s.bytes_read, 8192);
+        let mut done = s.completed.clone();
+        done.sort_unstable();
+        assert_eq!(done, [0, 2]);
+    }
+
+    #[test]
+    fn reads_pushed_while_running_are_read_in_order_once() {
+        let f = file(1 << 20);
+        let queue = Arc::new(OpQueue::new(65536));
+        let feeder = {
+            let q = queue.clone();
+            std::thread::spawn(move || {
+                for batch in 0..4u64 {
+                    q.push((0..4).map(|i| op((batch * 4 + i) * 65536, 65536)));
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                q.close();
+            })
+        };
+        let targets = [ReadTarget {
+            fd: f.as_fd(),
+            direct: false,
+            align: 512,
+        }];
+        let s = run_queue(&targets, &queue, &uring()).unwrap();
+        feeder.join().unwrap();
+        assert_eq!((s.ios_planned, s.ios_done, s.errors), (16, 16, 0));
+        assert_eq!(s.bytes_read, 1 << 20);
+        let mut done = s.completed.clone();
+        done.sort_unstable();
+        assert_eq!(done, (0..16).collect::<Vec<_>>());
+    }
+}

@@ -1,9 +1,8 @@
-//! Manifests in the pipeline: [`build_manifest`] turns a prepared plan into a
-//! manifest at image build time, and [`prepare_manifest`] turns a manifest
-//! back into a prepared plan at boot, without walking or mapping files.
+//! Replaying a manifest at boot: a manifest becomes a prepared plan again,
+//! without walking or mapping files.
 //!
-//! At boot the device is found by filesystem UUID (waiting for it to appear)
-//! and refused if its size or block size differ from what was planned. When
+//! The device is found by filesystem UUID (waiting for it to appear) and
+//! refused if its size or block size differ from what was planned. When
 //! the filesystem is mounted (the root phase), every file is checked against
 //! the inode, size and mtime recorded at planning time: unchanged files use
 //! the recorded extents, changed files are re-mapped live, missing files are
@@ -13,136 +12,24 @@
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use rayon::prelude::*;
 
-use crate::blocking;
-use crate::device::{self, DeviceId};
+use super::codec::{Manifest, ManifestFile};
+use super::handover::HandoverState;
 use crate::error::{Error, Origin, Warning, WarningKind};
-use crate::extent::{self, DeviceExtent, ExtentMap};
-use crate::fsid::{self, format_uuid};
-use crate::handover::HandoverState;
-use crate::manifest::{Manifest, ManifestDevice, ManifestExtent, ManifestFile};
-use crate::pipeline::{plan_file_ios, Config, DevicePlan, MappedFile, Prepared};
+use crate::map::extent::{map_file, open_file};
+use crate::map::fsid::{self, format_uuid};
+use crate::map::{device, pool, ExtentMap, FileReadReason};
 use crate::plan::{PrioritizedExtent, ReadPlan};
 use crate::report::ManifestReport;
+use crate::run::{plan_file_ios, DevicePlan, MappedFile, Prepared};
 use crate::source::TargetFile;
-
-/// Turn a prepared plan into a manifest. Files that cannot be replayed from
-/// a manifest (not on an ext4/xfs block device, not under its mount point)
-/// are left out with a warning.
-pub fn build_manifest(prepared: &Prepared, cfg: &Config, tool: &str) -> (Manifest, Vec<Warning>) {
-    let mut warnings = Vec::new();
-    let mut devices = Vec::new();
-    let mut included = vec![false; prepared.files.len()];
-    for d in prepared.devices.iter().filter(|d| d.files > 0) {
-        let id = d.device.id;
-        let node = d.device.node.display().to_string();
-        let identity = match fsid::read_identity(&d.device.node) {
-            Ok(Some(identity)) => identity,
-            Ok(None) => {
-                warnings.push(Warning::new(
-                    WarningKind::Unreadable,
-                    Some(&d.device.node),
-                    None,
-                    "no ext4 or xfs superblock: its files are not in the manifest",
-                ));
-                continue;
-            }
-            Err(e) => {
-                warnings.push(Warning::new(
-                    WarningKind::Unreadable,
-                    Some(&d.device.node),
-                    None,
-                    format!("reading the superblock: {e}"),
-                ));
-                continue;
-            }
-        };
-        let Some(mount) = device::mount_point(id) else {
-            warnings.push(Warning::new(
-                WarningKind::Unreadable,
-                Some(&d.device.node),
-                None,
-                "not mounted at a filesystem root: its files are not in the manifest",
-            ));
-            continue;
-        };
-        let mut files = Vec::new();
-        for (i, f) in prepared.files.iter().enumerate() {
-            if DeviceId::from_dev(f.file.dev) != id {
-                continue;
-            }
-            let Ok(rel) = f.file.path.strip_prefix(&mount) else {
-                warnings.push(Warning::new(
-                    WarningKind::Unreadable,
-                    Some(&f.file.path),
-                    Some(&f.file.origin),
-                    format!("not under {}: not in the manifest", mount.display()),
-                ));
-                continue;
-            };
-            included[i] = true;
-            files.push(ManifestFile {
-                path: rel.to_path_buf(),
-                ino: f.file.ino,
-                size: f.file.size,
-                mtime_sec: f.file.mtime.0,
-                mtime_nsec: f.file.mtime.1 as u32,
-                priority: f.file.priority,
-                extents: f
-                    .map
-                    .device_extents
-                    .iter()
-                    .map(|e| ManifestExtent {
-                        logical: e.logical,
-                        physical: e.physical,
-                        length: e.length,
-                    })
-                    .collect(),
-                file_ranges: f.map.file_ranges.clone(),
-            });
-        }
-        devices.push(ManifestDevice {
-            fs_type: identity.fs_type.name().to_string(),
-            uuid: identity.uuid,
-            size: d.device.size,
-            logical_block_size: d.device.logical_block_size,
-            node_hint: node,
-            files,
-        });
-    }
-    for (f, _) in prepared
-        .files
-        .iter()
-        .zip(&included)
-        .filter(|(_, &inc)| !inc)
-    {
-        if f.map.device_extents.is_empty() {
-            warnings.push(Warning::new(
-                WarningKind::Unreadable,
-                Some(&f.file.path),
-                Some(&f.file.origin),
-                "not on a block device prewarm can map: not in the manifest",
-            ));
-        }
-    }
-    let created_unix = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let manifest = Manifest {
-        created_unix,
-        tool: tool.to_string(),
-        plan: cfg.plan,
-        devices,
-    };
-    (manifest, warnings)
-}
 
 /// How to replay a manifest.
 #[derive(Debug, Clone)]
-pub struct ReplayOptions {
+pub(crate) struct ReplayOptions {
     /// For error messages.
     pub manifest_path: PathBuf,
     /// The manifest's checksum (reported; keys the handover state).
@@ -171,13 +58,12 @@ enum FileStatus {
 /// Turn a manifest into a prepared plan (see the module doc). `cfg.plan` is
 /// ignored: the manifest's own plan configuration is used. Chunks recorded
 /// in `handover` as already read are left out.
-pub fn prepare_manifest(
+pub(crate) fn prepare_manifest(
     m: &Manifest,
     opts: &ReplayOptions,
     handover: Option<&HandoverState>,
-    cfg: &Config,
+    queue_depth: u32,
 ) -> Result<Prepared, Error> {
-    cfg.validate()?;
     m.plan.validate(512)?;
     let start = Instant::now();
     let refuse = |reason: String| Error::ManifestRefused {
@@ -239,7 +125,7 @@ pub fn prepare_manifest(
         // (`blocking`). Without a mount nothing is checked, and no pool is
         // worth starting.
         let replayed = if mount.is_some() {
-            blocking::with_width(cfg.queue_depth as usize, replay)
+            pool::with_width(queue_depth as usize, replay)
         } else {
             replay()
         };
@@ -283,6 +169,7 @@ pub fn prepare_manifest(
             device: dev,
             plan,
             files: on_device,
+            swept: false,
             uuid: Some(uuid),
         });
     }
@@ -292,10 +179,8 @@ pub fn prepare_manifest(
         files,
         devices,
         file_ios,
-        warnings,
-        fallbacks: Vec::new(),
-        skipped_non_regular: 0,
         prepare_time: start.elapsed(),
+        ..Prepared::empty(warnings)
     })
 }
 
@@ -318,16 +203,7 @@ fn replay_file(
             mtime: (f.mtime_sec, i64::from(f.mtime_nsec)),
         },
         map: ExtentMap {
-            device_extents: f
-                .extents
-                .iter()
-                .map(|e| DeviceExtent {
-                    logical: e.logical,
-                    physical: e.physical,
-                    length: e.length,
-                    flags: 0,
-                })
-                .collect(),
+            device_extents: f.extents.clone(),
             file_ranges: if with_file_ranges {
                 f.file_ranges.clone()
             } else {
@@ -360,24 +236,21 @@ fn replay_file(
         return (FileStatus::Missing, None);
     }
     // Changed: map it again, now.
-    let map = match extent::open_file(&path, false) {
+    let map = match open_file(&path, false) {
         Ok((file, _)) => {
-            let mut map = extent::map_file(&file, meta.len());
+            let mut map = map_file(&file, meta.len());
             if meta.dev() != dev_num {
-                map.demote_to_file_reads("moved to another filesystem since planning");
+                map.demote_to_file_reads(FileReadReason::Moved);
             }
             map
         }
-        Err(e) => ExtentMap::whole_file(meta.len(), format!("re-mapping failed: {e}")),
+        Err(e) => ExtentMap::whole_file(
+            meta.len(),
+            FileReadReason::RemapFailed {
+                error: e.to_string(),
+            },
+        ),
     };
-    let file = TargetFile {
-        path,
-        priority: f.priority,
-        origin: Origin::Manifest,
-        dev: meta.dev(),
-        ino: meta.ino(),
-        size: meta.len(),
-        mtime: (meta.mtime(), meta.mtime_nsec()),
-    };
+    let file = TargetFile::from_metadata(path, &meta, f.priority, Origin::Manifest);
     (FileStatus::Changed, Some(MappedFile { file, map }))
 }

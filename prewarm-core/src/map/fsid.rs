@@ -13,7 +13,7 @@ use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::device::{open_read_only, DeviceId};
+use super::device::{open_read_only, DeviceId};
 
 /// Filesystem types whose superblock we can read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,22 +49,6 @@ pub fn format_uuid(u: &[u8; 16]) -> String {
         &h[16..20],
         &h[20..]
     )
-}
-
-/// Parse `8-4-4-4-12` hex.
-pub fn parse_uuid(s: &str) -> Option<[u8; 16]> {
-    let b = s.as_bytes();
-    let dashes_ok =
-        b.len() == 36 && (0..36).all(|i| (b[i] == b'-') == matches!(i, 8 | 13 | 18 | 23));
-    if !dashes_ok {
-        return None;
-    }
-    let hex: Vec<u8> = s.bytes().filter(|&b| b != b'-').collect();
-    let mut out = [0u8; 16];
-    for (i, pair) in hex.chunks(2).enumerate() {
-        out[i] = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
-    }
-    Some(out)
 }
 
 /// Identify the filesystem from its first 4 KiB.
@@ -155,12 +139,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn uuid_roundtrip() {
-        let s = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0";
-        let u = parse_uuid(s).unwrap();
-        assert_eq!(format_uuid(&u), s);
-        assert!(parse_uuid("nope").is_none());
-        assert!(parse_uuid("0f1e2d3c4b5a69788796a5b4c3d2e1f0----").is_none());
+    fn uuid_formats_as_blkid_prints_it() {
+        let u = [
+            0x0f, 0x1e, 0x2d, 0x3c, 0x4b, 0x5a, 0x69, 0x78, 0x87, 0x96, 0xa5, 0xb4, 0xc3, 0xd2,
+            0xe1, 0xf0,
+        ];
+        assert_eq!(format_uuid(&u), "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0");
     }
 
     #[test]

@@ -4,11 +4,14 @@
 //! chunk is read twice even when the initrd run was stopped half-way.
 //!
 //! The state names the manifest by its checksum: a state left by another
-//! manifest is ignored. Writes are atomic (temporary file, then rename).
+//! manifest is ignored. Writes are atomic (a new file, then a rename).
 
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
+
+use crate::plan::spans;
+use crate::report::Report;
 
 /// Version of the state file layout.
 pub const STATE_VERSION: u32 = 1;
@@ -16,20 +19,25 @@ pub const STATE_VERSION: u32 = 1;
 /// Ranges already read, per filesystem.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HandoverState {
+    /// [`STATE_VERSION`].
     pub version: u32,
     /// CRC-32 of the manifest these ranges belong to.
     pub manifest_crc: u32,
+    /// Per filesystem.
     pub devices: Vec<DeviceDone>,
 }
 
 /// Byte ranges `[start, end)` of one filesystem's device already read.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeviceDone {
+    /// The filesystem's UUID.
     pub uuid: String,
+    /// Byte ranges read, sorted and merged.
     pub done: Vec<(u64, u64)>,
 }
 
 impl HandoverState {
+    /// An empty state for the manifest with checksum `manifest_crc`.
     pub fn new(manifest_crc: u32) -> Self {
         HandoverState {
             version: STATE_VERSION,
@@ -87,27 +95,28 @@ impl HandoverState {
             }
         };
         let done = &mut self.devices[idx].done;
-        done.extend(ranges.into_iter().filter(|(s, e)| s < e));
-        done.sort_unstable();
-        let mut merged: Vec<(u64, u64)> = Vec::with_capacity(done.len());
-        for &(s, e) in done.iter() {
-            match merged.last_mut() {
-                Some(last) if s <= last.1 => last.1 = last.1.max(e),
-                _ => merged.push((s, e)),
-            }
-        }
-        *done = merged;
+        *done = spans::merge(done.iter().copied().chain(ranges), 0);
     }
 
-    /// Write atomically (`path.tmp`, then rename), creating the directory.
-    pub fn save(&self, path: &Path) -> std::io::Result<()> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
+    /// Add the chunks a run's report says it read, per filesystem UUID
+    /// (devices found by UUID: a manifest's).
+    pub fn record_report(&mut self, report: &Report) {
+        let chunk = report.plan_config.chunk_size;
+        for d in &report.devices {
+            let Some(uuid) = &d.uuid else { continue };
+            self.record(
+                uuid,
+                d.chunks_read
+                    .iter()
+                    .map(|&(s, e)| (s * chunk, (e * chunk).min(d.size))),
+            );
         }
-        let tmp = path.with_extension("tmp");
+    }
+
+    /// Write atomically, creating the directory.
+    pub fn save(&self, path: &Path) -> std::io::Result<()> {
         let json = serde_json::to_vec(self).map_err(std::io::Error::other)?;
-        std::fs::write(&tmp, json)?;
-        std::fs::rename(&tmp, path)
+        crate::atomic_write::write_atomically(path, &json)
     }
 }
 

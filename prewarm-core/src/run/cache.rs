@@ -20,7 +20,7 @@ use nix::sys::uio::pread;
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::extent::open_file;
+use crate::map::extent::open_file;
 
 /// Buffer per file being read.
 const READ_CHUNK: usize = 1 << 20;
@@ -28,8 +28,11 @@ const READ_CHUNK: usize = 1 << 20;
 /// What cache-warming did.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct CacheStats {
+    /// Files read through the page cache.
     pub files: u64,
+    /// Bytes read.
     pub bytes: u64,
+    /// Files that could not be read.
     pub errors: u64,
 }
 

@@ -1,6 +1,4 @@
-//! Boot manifests: everything mapped once at image build time, so that a
-//! boot can replay the plan without walking or mapping a single file (the
-//! initrd runs it before the root filesystem is even mounted).
+//! The manifest format: encoding and decoding, nothing else.
 //!
 //! A manifest records, per filesystem, its identity (type, UUID from the
 //! superblock, device size, logical block size) and, per file, the path
@@ -30,37 +28,59 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use crate::extent::ByteRange;
-use crate::fsid::format_uuid;
+use crate::map::fsid::format_uuid;
+use crate::map::{ByteRange, Extent};
 use crate::plan::PlanConfig;
 
+/// The first eight bytes of every manifest.
 pub const MAGIC: &[u8; 8] = b"PRWMNFST";
+/// The format version this code writes and reads.
 pub const FORMAT_VERSION: u32 = 1;
 const HEADER: usize = 20;
 
 /// Why a manifest cannot be read.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ManifestError {
+    /// Not a manifest at all.
     #[error("not a prewarm manifest (magic at offset 0 is {found:?})")]
-    BadMagic { found: Vec<u8> },
+    BadMagic {
+        /// The first bytes found.
+        found: Vec<u8>,
+    },
+    /// A format version this build cannot read.
     #[error("manifest format version {found} (offset 8) is not supported; this prewarm reads version {FORMAT_VERSION}")]
-    Version { found: u32 },
+    Version {
+        /// The version found.
+        found: u32,
+    },
+    /// The file ends inside a field.
     #[error("truncated manifest: {field} at offset {offset} runs past the end ({len} bytes)")]
     Truncated {
+        /// The field, with where it sits (`devices[0].files[3].ino`).
         field: String,
+        /// Where it starts.
         offset: usize,
+        /// The file's length.
         len: usize,
     },
+    /// The checksum does not match the contents.
     #[error("corrupt manifest: the CRC-32 at offset {offset} is {stored:#010x} but the contents hash to {computed:#010x}")]
     Checksum {
+        /// Where the checksum sits.
         offset: usize,
+        /// The checksum stored.
         stored: u32,
+        /// The checksum of the contents.
         computed: u32,
     },
+    /// A field holds a value that cannot be right.
     #[error("invalid manifest: {field} at offset {offset}: {reason}")]
     Invalid {
+        /// The field, with where it sits.
         field: String,
+        /// Where it starts.
         offset: usize,
+        /// What is wrong with it.
         reason: String,
     },
 }
@@ -88,27 +108,24 @@ impl ManifestError {
     }
 }
 
-/// One extent of a file: `length` bytes at file offset `logical` live at
-/// device offset `physical`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct ManifestExtent {
-    pub logical: u64,
-    pub physical: u64,
-    pub length: u64,
-}
-
 /// One file of a manifest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ManifestFile {
     /// Relative to the filesystem's root (no leading `/`).
     #[serde(serialize_with = "crate::error::serialize_path")]
     pub path: PathBuf,
+    /// Inode number at planning time (staleness check).
     pub ino: u64,
+    /// Size at planning time.
     pub size: u64,
+    /// Modification time at planning time: seconds.
     pub mtime_sec: i64,
+    /// Modification time at planning time: nanoseconds.
     pub mtime_nsec: u32,
+    /// Its priority class.
     pub priority: u32,
-    pub extents: Vec<ManifestExtent>,
+    /// Where its bytes are on the device.
+    pub extents: Vec<Extent>,
     /// Ranges read through the file (inline data, odd extents).
     pub file_ranges: Vec<ByteRange>,
 }
@@ -116,23 +133,31 @@ pub struct ManifestFile {
 /// One filesystem of a manifest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ManifestDevice {
+    /// `ext4` or `xfs`.
     pub fs_type: String,
+    /// The filesystem UUID, how the device is found at boot.
     #[serde(serialize_with = "serialize_uuid")]
     pub uuid: [u8; 16],
+    /// The device's size at planning time.
     pub size: u64,
+    /// The device's logical block size at planning time.
     pub logical_block_size: u32,
     /// The device node at planning time (informative only).
     pub node_hint: String,
+    /// Its files.
     pub files: Vec<ManifestFile>,
 }
 
 /// A boot manifest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Manifest {
+    /// When it was planned (Unix time).
     pub created_unix: u64,
     /// `prewarm <version>` that planned it.
     pub tool: String,
+    /// The plan's knobs (a replay uses them, not the command line's).
     pub plan: PlanConfig,
+    /// Its filesystems.
     pub devices: Vec<ManifestDevice>,
 }
 
@@ -143,14 +168,20 @@ fn serialize_uuid<S: serde::Serializer>(u: &[u8; 16], s: S) -> Result<S::Ok, S::
 /// Sizes of a manifest, for `show` and the docs.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct ManifestStats {
+    /// Filesystems.
     pub devices: u64,
+    /// Files.
     pub files: u64,
+    /// Device extents.
     pub extents: u64,
+    /// Ranges read through files.
     pub file_ranges: u64,
+    /// Bytes in device extents.
     pub mapped_bytes: u64,
 }
 
 impl Manifest {
+    /// Its sizes.
     pub fn stats(&self) -> ManifestStats {
         let mut s = ManifestStats {
             devices: self.devices.len() as u64,
@@ -378,7 +409,7 @@ fn decode_file(
             }
             lend = le;
             pend = pe;
-            Ok(ManifestExtent {
+            Ok(Extent {
                 logical,
                 physical,
                 length,
@@ -531,7 +562,7 @@ mod tests {
                 let extents = (0..extents_per_file as u64)
                     .map(|k| {
                         phys += 4096 * (1 + (k * 7919 + i as u64) % 64);
-                        ManifestExtent {
+                        Extent {
                             logical: k * 8192,
                             physical: phys,
                             length: 4096,

@@ -3,7 +3,7 @@
 //!
 //! [`map_file`] asks FIEMAP for the file's extents and sorts them three ways:
 //!
-//! * plain extents become [`DeviceExtent`]s, read later from the raw device;
+//! * plain extents become device [`Extent`]s, read later from the raw device;
 //! * `UNWRITTEN` extents and holes need no read at all (the filesystem returns
 //!   zeroes without touching the disk);
 //! * extents whose device location is not a plain byte range (`UNKNOWN`,
@@ -11,15 +11,18 @@
 //!   `NOT_ALIGNED`) become file ranges, read through the file.
 //!
 //! A filesystem without FIEMAP makes the whole file one file range. Either
-//! way, once the plan has run, every byte of the file has been read.
+//! way, once the plan has run, every byte of the file has been read. Why
+//! bytes go through the file is a typed [`FileReadReason`], so that the
+//! report can count files per reason.
 
+use std::fmt;
 use std::fs::File;
 use std::path::Path;
 
 use serde::Serialize;
 
-use crate::device::open_read_only;
-use crate::fiemap::{self, RawFileExtent};
+use super::device::{open_read_only, DeviceId};
+use super::fiemap::{self, FlaggedExtent};
 
 /// Flags whose extents have no plain device byte range.
 const NEEDS_FILE_READ: u32 = fiemap::FIEMAP_EXTENT_UNKNOWN
@@ -33,37 +36,92 @@ const NEEDS_FILE_READ: u32 = fiemap::FIEMAP_EXTENT_UNKNOWN
 /// A half-open byte range `[offset, offset + len)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 pub struct ByteRange {
+    /// First byte.
     pub offset: u64,
+    /// Length in bytes.
     pub len: u64,
 }
 
 impl ByteRange {
+    /// One past the last byte (saturating: a range is never allowed to wrap).
     pub fn end(&self) -> u64 {
-        self.offset + self.len
+        self.offset.saturating_add(self.len)
     }
 }
 
-/// `length` bytes of the file at `logical` live on the device at `physical`.
+/// `length` bytes of a file at file offset `logical` live on its device at
+/// byte offset `physical`. The one extent type of the crate: FIEMAP yields
+/// it, the plan reads it, a manifest stores it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct DeviceExtent {
+pub struct Extent {
+    /// Offset in the file.
     pub logical: u64,
+    /// Offset on the block device.
     pub physical: u64,
+    /// Length in bytes.
     pub length: u64,
-    pub flags: u32,
+}
+
+/// Why some bytes of a file are read through the file rather than from its
+/// block device.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum FileReadReason {
+    /// The filesystem has no FIEMAP (tmpfs, FUSE, overlayfs, ...).
+    NoFiemap {
+        /// The ioctl's errno.
+        errno: i32,
+    },
+    /// Some extents have no plain device location (inline, delayed,
+    /// encoded, ...); `flags` are the first such extent's.
+    ExtentFlags {
+        /// `FIEMAP_EXTENT_*` flags.
+        flags: u32,
+    },
+    /// The file's block device cannot be used for device reads.
+    DeviceUnusable {
+        /// The device.
+        device: DeviceId,
+        /// Why.
+        reason: String,
+    },
+    /// The file moved to another filesystem since its manifest was planned.
+    Moved,
+    /// The file changed since planning and could not be mapped again.
+    RemapFailed {
+        /// The error.
+        error: String,
+    },
+}
+
+impl fmt::Display for FileReadReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FileReadReason::NoFiemap { errno } => write!(
+                f,
+                "FIEMAP unavailable ({})",
+                nix::errno::Errno::from_raw(*errno)
+            ),
+            FileReadReason::ExtentFlags { flags } => write!(f, "extent flags {flags:#x}"),
+            FileReadReason::DeviceUnusable { reason, .. } => f.write_str(reason),
+            FileReadReason::Moved => f.write_str("moved to another filesystem since planning"),
+            FileReadReason::RemapFailed { error } => write!(f, "re-mapping failed: {error}"),
+        }
+    }
 }
 
 /// How a file's bytes will be read.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ExtentMap {
     /// Extents read from the raw block device.
-    pub device_extents: Vec<DeviceExtent>,
+    pub device_extents: Vec<Extent>,
     /// Byte ranges of the file read through the file itself.
     pub file_ranges: Vec<ByteRange>,
     /// Bytes in unwritten (preallocated) extents: nothing to read.
     pub unwritten_bytes: u64,
     /// Why some or all bytes are read through the file, if they are.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub fallback: Option<String>,
+    pub fallback: Option<FileReadReason>,
 }
 
 impl ExtentMap {
@@ -79,7 +137,7 @@ impl ExtentMap {
 
     /// The whole file is read through the file (no usable FIEMAP, or the
     /// device cannot be opened).
-    pub fn whole_file(size: u64, reason: impl Into<String>) -> Self {
+    pub fn whole_file(size: u64, reason: FileReadReason) -> Self {
         ExtentMap {
             file_ranges: if size > 0 {
                 vec![ByteRange {
@@ -89,14 +147,14 @@ impl ExtentMap {
             } else {
                 Vec::new()
             },
-            fallback: Some(reason.into()),
+            fallback: Some(reason),
             ..Default::default()
         }
     }
 
     /// Turn the device extents into file ranges: used when the file's block
     /// device cannot be resolved or opened.
-    pub fn demote_to_file_reads(&mut self, reason: impl Into<String>) {
+    pub fn demote_to_file_reads(&mut self, reason: FileReadReason) {
         if self.device_extents.is_empty() {
             return;
         }
@@ -106,7 +164,7 @@ impl ExtentMap {
                 len: e.length,
             }));
         self.file_ranges.sort();
-        self.fallback = Some(reason.into());
+        self.fallback = Some(reason);
     }
 }
 
@@ -126,35 +184,35 @@ pub fn open_file(path: &Path, direct: bool) -> std::io::Result<(File, bool)> {
 pub fn map_file(file: &File, size: u64) -> ExtentMap {
     match fiemap::file_extents(file) {
         Ok(raw) => classify(&raw, size),
-        Err(errno) => ExtentMap::whole_file(size, format!("FIEMAP unavailable ({errno})")),
+        Err(errno) => ExtentMap::whole_file(
+            size,
+            FileReadReason::NoFiemap {
+                errno: errno as i32,
+            },
+        ),
     }
 }
 
 /// Sort raw extents into device extents, file ranges and unwritten bytes,
 /// clipped to the file's size.
-pub fn classify(raw: &[RawFileExtent], size: u64) -> ExtentMap {
+fn classify(raw: &[FlaggedExtent], size: u64) -> ExtentMap {
     let mut map = ExtentMap::default();
-    for e in raw {
+    for &FlaggedExtent { extent: e, flags } in raw {
         if e.logical >= size || e.length == 0 {
             continue;
         }
         let length = e.length.min(size - e.logical);
-        if e.flags & fiemap::FIEMAP_EXTENT_UNWRITTEN != 0 {
+        if flags & fiemap::FIEMAP_EXTENT_UNWRITTEN != 0 {
             map.unwritten_bytes += length;
-        } else if e.flags & NEEDS_FILE_READ != 0 {
+        } else if flags & NEEDS_FILE_READ != 0 {
             map.file_ranges.push(ByteRange {
                 offset: e.logical,
                 len: length,
             });
             map.fallback
-                .get_or_insert_with(|| format!("extent flags {:#x}", e.flags));
+                .get_or_insert(FileReadReason::ExtentFlags { flags });
         } else {
-            map.device_extents.push(DeviceExtent {
-                logical: e.logical,
-                physical: e.physical,
-                length,
-                flags: e.flags,
-            });
+            map.device_extents.push(Extent { length, ..e });
         }
     }
     map
@@ -163,13 +221,15 @@ pub fn classify(raw: &[RawFileExtent], size: u64) -> ExtentMap {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fiemap::*;
+    use crate::map::fiemap::*;
 
-    fn raw(logical: u64, physical: u64, length: u64, flags: u32) -> RawFileExtent {
-        RawFileExtent {
-            logical,
-            physical,
-            length,
+    fn raw(logical: u64, physical: u64, length: u64, flags: u32) -> FlaggedExtent {
+        FlaggedExtent {
+            extent: Extent {
+                logical,
+                physical,
+                length,
+            },
             flags,
         }
     }
@@ -209,15 +269,31 @@ mod tests {
                 }
             ]
         );
-        assert!(map.fallback.is_some());
+        assert_eq!(
+            map.fallback,
+            Some(FileReadReason::ExtentFlags {
+                flags: FIEMAP_EXTENT_DELALLOC
+            })
+        );
     }
 
     #[test]
     fn demote_keeps_every_byte() {
         let mut map = classify(&[raw(0, 4096, 4096, 0), raw(8192, 0, 10, 0)], 8202);
         let before = map.device_bytes();
-        map.demote_to_file_reads("device gone");
+        map.demote_to_file_reads(FileReadReason::Moved);
         assert_eq!(map.file_bytes(), before);
         assert!(map.device_extents.is_empty());
+    }
+
+    #[test]
+    fn reasons_read_as_before() {
+        let r = FileReadReason::NoFiemap {
+            errno: libc::EOPNOTSUPP,
+        };
+        assert!(
+            r.to_string().starts_with("FIEMAP unavailable (EOPNOTSUPP"),
+            "{r}"
+        );
     }
 }

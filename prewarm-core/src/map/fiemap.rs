@@ -2,10 +2,13 @@
 //! queries (`BLKSSZGET`, `BLKGETSIZE64`).
 //!
 //! This is one of the two modules of the crate allowed to hold `unsafe` (the
-//! other is the io_uring backend): every raw ioctl the pipeline needs lives
-//! here, behind safe functions that take a borrowed file descriptor and return
-//! plain Rust values. Everything above this module reasons about extents and
-//! never about kernel structure layouts.
+//! other is the io_uring backend), and it is private to [`crate::map`]: every
+//! raw ioctl the pipeline needs lives here, behind safe functions that take a
+//! borrowed file descriptor and return plain Rust values. The `unsafe fn`s
+//! nix's macros generate stay inside the private `ioctl` module below and
+//! are called only from the three functions of this file, each call with its
+//! `# Safety` reasoning. Everything above this module reasons about extents
+//! and never about kernel structure layouts.
 //!
 //! FIEMAP returns at most `fm_extent_count` extents per call, so
 //! [`file_extents`] pages through the file: it restarts each call at the end
@@ -14,26 +17,26 @@
 
 use std::os::fd::{AsFd, AsRawFd};
 
+use super::Extent;
+
 /// The last extent of the file.
-pub const FIEMAP_EXTENT_LAST: u32 = 0x0000_0001;
+pub(crate) const FIEMAP_EXTENT_LAST: u32 = 0x0000_0001;
 /// The location of the data is not known (yet).
-pub const FIEMAP_EXTENT_UNKNOWN: u32 = 0x0000_0002;
+pub(crate) const FIEMAP_EXTENT_UNKNOWN: u32 = 0x0000_0002;
 /// Delayed allocation: data is in the page cache, not yet on disk.
-pub const FIEMAP_EXTENT_DELALLOC: u32 = 0x0000_0004;
+pub(crate) const FIEMAP_EXTENT_DELALLOC: u32 = 0x0000_0004;
 /// The data is encoded (compressed) on disk.
-pub const FIEMAP_EXTENT_ENCODED: u32 = 0x0000_0008;
+pub(crate) const FIEMAP_EXTENT_ENCODED: u32 = 0x0000_0008;
 /// The data is encrypted by the filesystem.
-pub const FIEMAP_EXTENT_DATA_ENCRYPTED: u32 = 0x0000_0080;
+pub(crate) const FIEMAP_EXTENT_DATA_ENCRYPTED: u32 = 0x0000_0080;
 /// The extent's offsets are not block aligned.
-pub const FIEMAP_EXTENT_NOT_ALIGNED: u32 = 0x0000_0100;
+pub(crate) const FIEMAP_EXTENT_NOT_ALIGNED: u32 = 0x0000_0100;
 /// The data lives inside a metadata block (inline data).
-pub const FIEMAP_EXTENT_DATA_INLINE: u32 = 0x0000_0200;
+pub(crate) const FIEMAP_EXTENT_DATA_INLINE: u32 = 0x0000_0200;
 /// Several files' tails packed into one block.
-pub const FIEMAP_EXTENT_DATA_TAIL: u32 = 0x0000_0400;
+pub(crate) const FIEMAP_EXTENT_DATA_TAIL: u32 = 0x0000_0400;
 /// Space is allocated but not written: reads return zeroes without I/O.
-pub const FIEMAP_EXTENT_UNWRITTEN: u32 = 0x0000_0800;
-/// The extent is shared with another file (reflink, snapshot).
-pub const FIEMAP_EXTENT_SHARED: u32 = 0x0000_2000;
+pub(crate) const FIEMAP_EXTENT_UNWRITTEN: u32 = 0x0000_0800;
 
 /// Extents requested per FIEMAP call. 256 × 56 bytes = 14 KiB per call; a
 /// file with more extents is paged through.
@@ -71,17 +74,25 @@ struct FiemapRequest {
     extents: [RawExtent; EXTENTS_PER_CALL],
 }
 
-nix::ioctl_readwrite!(fs_ioc_fiemap, b'f', 11, RawFiemap);
-nix::ioctl_read_bad!(blksszget, nix::request_code_none!(0x12, 104), libc::c_int);
-nix::ioctl_read!(blkgetsize64, 0x12, 114, u64);
+/// The raw ioctl wrappers. nix's macros make them `pub unsafe fn`; this
+/// module keeps them private to the file.
+mod ioctl {
+    use super::RawFiemap;
 
-/// One extent as FIEMAP reports it: `length` bytes of the file starting at
-/// `logical` live on the device at byte offset `physical`.
+    // # Safety (for all three): the caller passes a valid open descriptor
+    // and a pointer to a live, writable value of the type the request
+    // encodes (see the call sites).
+    nix::ioctl_readwrite!(fs_ioc_fiemap, b'f', 11, RawFiemap);
+    nix::ioctl_read_bad!(blksszget, nix::request_code_none!(0x12, 104), libc::c_int);
+    nix::ioctl_read!(blkgetsize64, 0x12, 114, u64);
+}
+
+/// One extent as FIEMAP reports it, with its flags.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RawFileExtent {
-    pub logical: u64,
-    pub physical: u64,
-    pub length: u64,
+pub struct FlaggedExtent {
+    /// Where the bytes are.
+    pub extent: Extent,
+    /// `FIEMAP_EXTENT_*` flags.
     pub flags: u32,
 }
 
@@ -89,7 +100,7 @@ pub struct RawFileExtent {
 ///
 /// Errors are the ioctl's errno: `EOPNOTSUPP`/`ENOTTY` mean the filesystem
 /// has no FIEMAP (tmpfs, FUSE, overlayfs on some kernels, ...).
-pub fn file_extents<F: AsFd>(fd: F) -> nix::Result<Vec<RawFileExtent>> {
+pub fn file_extents<F: AsFd>(fd: F) -> nix::Result<Vec<FlaggedExtent>> {
     let raw = fd.as_fd().as_raw_fd();
     let mut out = Vec::new();
     let mut request = Box::new(FiemapRequest {
@@ -112,7 +123,7 @@ pub fn file_extents<F: AsFd>(fd: F) -> nix::Result<Vec<RawFileExtent>> {
         // the kernel writes only inside it. `raw` is a valid open descriptor
         // borrowed for the duration of the call.
         unsafe {
-            fs_ioc_fiemap(raw, std::ptr::addr_of_mut!(request.header))?;
+            ioctl::fs_ioc_fiemap(raw, std::ptr::addr_of_mut!(request.header))?;
         }
         let mapped = (request.header.fm_mapped_extents as usize).min(EXTENTS_PER_CALL);
         if mapped == 0 {
@@ -120,10 +131,12 @@ pub fn file_extents<F: AsFd>(fd: F) -> nix::Result<Vec<RawFileExtent>> {
         }
         let mut last = false;
         for e in &request.extents[..mapped] {
-            out.push(RawFileExtent {
-                logical: e.fe_logical,
-                physical: e.fe_physical,
-                length: e.fe_length,
+            out.push(FlaggedExtent {
+                extent: Extent {
+                    logical: e.fe_logical,
+                    physical: e.fe_physical,
+                    length: e.fe_length,
+                },
                 flags: e.fe_flags,
             });
             last |= e.fe_flags & FIEMAP_EXTENT_LAST != 0;
@@ -140,23 +153,23 @@ pub fn file_extents<F: AsFd>(fd: F) -> nix::Result<Vec<RawFileExtent>> {
 
 /// The logical block size of the block device behind `fd` (`BLKSSZGET`):
 /// the alignment O_DIRECT reads on it need.
-pub fn logical_block_size<F: AsFd>(fd: F) -> nix::Result<u32> {
+pub(crate) fn logical_block_size<F: AsFd>(fd: F) -> nix::Result<u32> {
     let mut size: libc::c_int = 0;
     // Safety: BLKSSZGET writes one `int` through the pointer, which points at
     // a live local; `fd` is a valid descriptor borrowed for the call.
     unsafe {
-        blksszget(fd.as_fd().as_raw_fd(), &mut size)?;
+        ioctl::blksszget(fd.as_fd().as_raw_fd(), &mut size)?;
     }
     u32::try_from(size).map_err(|_| nix::errno::Errno::EINVAL)
 }
 
 /// The size in bytes of the block device behind `fd` (`BLKGETSIZE64`).
-pub fn device_size<F: AsFd>(fd: F) -> nix::Result<u64> {
+pub(crate) fn device_size<F: AsFd>(fd: F) -> nix::Result<u64> {
     let mut size: u64 = 0;
     // Safety: BLKGETSIZE64 writes one `u64` through the pointer, which points
     // at a live local; `fd` is a valid descriptor borrowed for the call.
     unsafe {
-        blkgetsize64(fd.as_fd().as_raw_fd(), &mut size)?;
+        ioctl::blkgetsize64(fd.as_fd().as_raw_fd(), &mut size)?;
     }
     Ok(size)
 }
@@ -183,7 +196,7 @@ mod tests {
         std::io::Write::write_all(&mut f, &[7u8; 8192]).unwrap();
         f.sync_all().unwrap();
         match file_extents(&f) {
-            Ok(extents) => assert!(extents.iter().map(|e| e.length).sum::<u64>() >= 8192),
+            Ok(extents) => assert!(extents.iter().map(|e| e.extent.length).sum::<u64>() >= 8192),
             Err(e) => assert!(
                 matches!(e, nix::errno::Errno::EOPNOTSUPP | nix::errno::Errno::ENOTTY),
                 "{e}"

@@ -21,12 +21,14 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::fiemap;
+use super::fiemap;
 
 /// A block device number, `MAJ:MIN`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub struct DeviceId {
+    /// Major number.
     pub major: u32,
+    /// Minor number.
     pub minor: u32,
 }
 
@@ -49,27 +51,45 @@ impl std::fmt::Display for DeviceId {
 /// Why a device could not be used for device-level reads.
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceError {
+    /// The filesystem has no block device (tmpfs, overlayfs, FUSE, NFS).
     #[error("{0} is not backed by a block device (tmpfs, overlayfs, FUSE, ...)")]
     Virtual(DeviceId),
+    /// sysfs could not be read.
     #[error("reading {path}: {source}")]
     Sysfs {
+        /// The sysfs file.
         path: PathBuf,
+        /// The error.
         #[source]
         source: std::io::Error,
     },
+    /// No node in `/dev` has this device number.
     #[error("no device node for block device {0} in /dev")]
     NoNode(DeviceId),
+    /// The node could not be opened for reading.
     #[error("opening {path}: {source}")]
     Open {
+        /// The device node.
         path: PathBuf,
+        /// The error.
         #[source]
         source: std::io::Error,
     },
+    /// The node is not a block device, or its geometry does not suit the
+    /// plan.
     #[error("{node}: {reason}")]
-    Unusable { node: PathBuf, reason: String },
+    Unusable {
+        /// The device node.
+        node: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// A geometry ioctl (`BLKSSZGET`, `BLKGETSIZE64`) failed.
     #[error("querying {path}: {source}")]
     Ioctl {
+        /// The device node.
         path: PathBuf,
+        /// The errno.
         #[source]
         source: nix::Error,
     },
@@ -189,21 +209,24 @@ pub fn open_read_only(path: &Path, direct: bool, extra: i32) -> std::io::Result<
 /// Where the filesystem on `id` is mounted (its root, not a bind mount of a
 /// subdirectory), if it is.
 pub fn mount_point(id: DeviceId) -> Option<PathBuf> {
-    let infos = procfs::process::Process::myself().ok()?.mountinfo().ok()?;
-    let majmin = id.to_string();
-    infos
-        .iter()
-        .find(|m| m.majmin == majmin && m.root == "/")
-        .map(|m| m.mount_point.clone())
+    mounts_of(id)
+        .into_iter()
+        .find(|m| m.root == "/")
+        .map(|m| m.mount_point)
 }
 
 fn mounted_fs_type(id: DeviceId) -> Option<String> {
-    let infos = procfs::process::Process::myself().ok()?.mountinfo().ok()?;
+    mounts_of(id).into_iter().next().map(|m| m.fs_type)
+}
+
+/// The mounts of the filesystem on `id`, from `/proc/self/mountinfo` (the one
+/// place that file is read).
+fn mounts_of(id: DeviceId) -> Vec<procfs::process::MountInfo> {
+    let Ok(infos) = procfs::process::Process::myself().and_then(|p| p.mountinfo()) else {
+        return Vec::new();
+    };
     let majmin = id.to_string();
-    infos
-        .iter()
-        .find(|m| m.majmin == majmin)
-        .map(|m| m.fs_type.clone())
+    infos.into_iter().filter(|m| m.majmin == majmin).collect()
 }
 
 #[cfg(test)]

@@ -1,16 +1,7 @@
 //! Sources: turning path lists, arguments, globs and directories into the set
 //! of regular files to hydrate, each once, with its priority.
 //!
-//! A list file holds one entry per line:
-//!
-//! ```text
-//! # comment                      (ignored, as are blank lines)
-//! 10 /usr/bin/kubelet            priority 10: lower numbers run first
-//! /usr/lib64/libc.so.6           no number: priority 100 (DEFAULT_PRIORITY)
-//! 20 /usr/lib64/libsystemd*.so*  glob patterns (*, ?, [...]) are expanded
-//! 50 /var/lib/containerd/io.containerd.snapshotter.v1.overlayfs/snapshots
-//!                                a directory: every regular file under it
-//! ```
+//! The list format is [`list`]'s.
 //!
 //! Paths must be absolute. Symlinks are followed to their target once (a loop
 //! is reported); a file reached twice (duplicate line, hard link, symlink to a
@@ -20,23 +11,26 @@
 //! list line, and collection carries on with the rest.
 
 use std::collections::HashMap;
-use std::io::{ErrorKind, Read};
+use std::io::ErrorKind;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
 
-use crate::error::{Error, Origin, Warning, WarningKind};
+use crate::error::{Origin, Warning, WarningKind};
 
-/// Priority of entries that do not give one.
-pub const DEFAULT_PRIORITY: u32 = 100;
+pub mod list;
+pub use list::{parse_list, read_list, DEFAULT_PRIORITY};
 
 /// One entry of the input: a path (maybe a glob), its priority and origin.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SourceEntry {
+    /// A path, a glob pattern or a directory.
     pub path: PathBuf,
+    /// Its priority class (lower is read first).
     pub priority: u32,
+    /// Where it was named.
     pub origin: Origin,
 }
 
@@ -66,14 +60,101 @@ pub struct TargetFile {
     pub mtime: (i64, i64),
 }
 
+impl TargetFile {
+    /// The file at `path` as `meta` (its `stat`) describes it.
+    pub fn from_metadata(
+        path: PathBuf,
+        meta: &std::fs::Metadata,
+        priority: u32,
+        origin: Origin,
+    ) -> Self {
+        TargetFile {
+            path,
+            priority,
+            origin,
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.len(),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+        }
+    }
+}
+
+/// A whole block device to read (a full-volume sweep, like `fio
+/// --rw=read`, through the same engine and merged with any file plan on
+/// the same device).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceSweep {
+    /// The device node.
+    pub node: PathBuf,
+    /// Its priority class.
+    pub priority: u32,
+}
+
+/// Everything a run is asked to read: entries from lists and arguments,
+/// what was already wrong with the input (bad list lines, unreadable
+/// lists), and whole devices to sweep.
+#[derive(Debug, Clone, Default)]
+pub struct Sources {
+    /// Paths, globs and directories, with priorities and origins.
+    pub entries: Vec<SourceEntry>,
+    /// Problems met reading the input so far.
+    pub warnings: Vec<Warning>,
+    /// Whole devices to read.
+    pub devices: Vec<DeviceSweep>,
+}
+
+impl Sources {
+    /// Add the entries of the list file `path` (`-`: standard input). A list
+    /// that cannot be read is a warning naming it; the rest still runs.
+    pub fn add_list(&mut self, path: &Path) {
+        match list::read_list(path) {
+            Ok((entries, warnings)) => {
+                self.entries.extend(entries);
+                self.warnings.extend(warnings);
+            }
+            Err(crate::Error::ListRead { path, source }) => self.warnings.push(Warning::new(
+                WarningKind::Unreadable,
+                Some(&path),
+                None,
+                format!("list file: {source}"),
+            )),
+            Err(e) => self.warnings.push(Warning::new(
+                WarningKind::Unreadable,
+                Some(path),
+                None,
+                e.to_string(),
+            )),
+        }
+    }
+
+    /// Add a path named on the command line.
+    pub fn add_path(&mut self, path: impl Into<PathBuf>, priority: u32) {
+        self.entries.push(SourceEntry::argument(path, priority));
+    }
+
+    /// Add a whole block device to read.
+    pub fn add_device(&mut self, node: impl Into<PathBuf>, priority: u32) {
+        self.devices.push(DeviceSweep {
+            node: node.into(),
+            priority,
+        });
+    }
+
+    /// Whether nothing at all was named (warnings aside).
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty() && self.devices.is_empty()
+    }
+}
+
 /// Options for turning entries into files.
 #[derive(Debug, Clone, Default)]
 pub struct CollectOptions {
     /// Let directory walks descend into other filesystems.
     pub cross_mounts: bool,
     /// The paths are those of an image's root filesystem mounted here
-    /// (`prewarm plan --root`): symlinks resolve inside it, as they will on
-    /// the booted node, so an absolute link like `/usr/lib64/libfoo.so ->
+    /// (`prewarm plan --root`): entries name the image's paths, and
+    /// symlinks resolve inside it, as they will on the booted node, so an absolute link like `/usr/lib64/libfoo.so ->
     /// /usr/lib64/libfoo.so.1` names the image's file, not the host's.
     pub root: Option<PathBuf>,
 }
@@ -88,80 +169,6 @@ pub struct FileSet {
     pub skipped_non_regular: u64,
 }
 
-/// Read a list file (`-` is standard input) into entries.
-pub fn read_list(path: &Path) -> Result<(Vec<SourceEntry>, Vec<Warning>), Error> {
-    let mut bytes = Vec::new();
-    let res = if path == Path::new("-") {
-        std::io::stdin().read_to_end(&mut bytes)
-    } else {
-        std::fs::File::open(path).and_then(|mut f| f.read_to_end(&mut bytes))
-    };
-    res.map_err(|source| Error::ListRead {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    Ok(parse_list(&bytes, path))
-}
-
-/// Parse the text of a list file. Bad lines become warnings.
-pub fn parse_list(text: &[u8], list: &Path) -> (Vec<SourceEntry>, Vec<Warning>) {
-    let mut entries = Vec::new();
-    let mut warnings = Vec::new();
-    for (idx, raw) in text.split(|&b| b == b'\n').enumerate() {
-        let origin = Origin::List {
-            list: list.to_path_buf(),
-            line: idx + 1,
-        };
-        match parse_line(raw) {
-            Ok(None) => {}
-            Ok(Some((priority, path))) => entries.push(SourceEntry {
-                path,
-                priority,
-                origin,
-            }),
-            Err(msg) => warnings.push(Warning::new(WarningKind::BadLine, None, Some(&origin), msg)),
-        }
-    }
-    (entries, warnings)
-}
-
-/// `Ok(None)` for blank and comment lines.
-fn parse_line(raw: &[u8]) -> Result<Option<(u32, PathBuf)>, String> {
-    let line = raw.trim_ascii();
-    if line.is_empty() || line.starts_with(b"#") {
-        return Ok(None);
-    }
-    if line.contains(&0) {
-        return Err("line contains a NUL byte".into());
-    }
-    let (priority, rest) = match line.iter().position(|b| b.is_ascii_whitespace()) {
-        Some(sp) if line[..sp].iter().all(u8::is_ascii_digit) => {
-            let digits = std::str::from_utf8(&line[..sp]).unwrap_or_default();
-            let priority = digits
-                .parse::<u32>()
-                .map_err(|_| format!("priority {digits:?} is out of range (0..={})", u32::MAX))?;
-            (priority, line[sp..].trim_ascii_start())
-        }
-        None if line.iter().all(u8::is_ascii_digit) => {
-            return Err(format!(
-                "priority {:?} without a path",
-                String::from_utf8_lossy(line)
-            ))
-        }
-        _ => (DEFAULT_PRIORITY, line),
-    };
-    if !rest.starts_with(b"/") {
-        return Err(format!(
-            "expected `[PRIORITY] /absolute/path`, got {:?}",
-            String::from_utf8_lossy(line)
-        ));
-    }
-    Ok(Some((
-        priority,
-        PathBuf::from(std::ffi::OsStr::from_bytes(rest)),
-    )))
-}
-
 fn is_glob(path: &Path) -> bool {
     path.as_os_str()
         .as_bytes()
@@ -170,7 +177,8 @@ fn is_glob(path: &Path) -> bool {
 }
 
 /// Resolve entries to the set of regular files they name.
-pub fn collect(entries: &[SourceEntry], opts: &CollectOptions) -> FileSet {
+#[cfg(test)]
+fn collect(entries: &[SourceEntry], opts: &CollectOptions) -> FileSet {
     let mut c = Collector::new(opts);
     c.add(entries);
     c.finish()
@@ -196,8 +204,24 @@ impl<'a> Collector<'a> {
         }
     }
 
-    /// Add the files `entries` name; returns those not met before.
+    /// Add the files `entries` name; returns those not met before. Under
+    /// an image root (`opts.root`) the entries' absolute paths are the
+    /// image's, and are looked up under the root.
     pub fn add(&mut self, entries: &[SourceEntry]) -> &[TargetFile] {
+        let rebased: Vec<SourceEntry>;
+        let entries = match &self.opts.root {
+            Some(root) => {
+                rebased = entries
+                    .iter()
+                    .map(|e| SourceEntry {
+                        path: root.join(e.path.strip_prefix("/").unwrap_or(&e.path)),
+                        ..e.clone()
+                    })
+                    .collect();
+                &rebased[..]
+            }
+            None => entries,
+        };
         let first = self.set.files.len();
         // lstat every named path in parallel first: on a cold volume each
         // waits for a metadata fetch (directory and inode table blocks), and
@@ -235,7 +259,8 @@ impl<'a> Collector<'a> {
     }
 
     /// Everything collected.
-    pub fn finish(self) -> FileSet {
+    #[cfg(test)]
+    fn finish(self) -> FileSet {
         self.set
     }
 
@@ -464,15 +489,12 @@ impl<'a> Collector<'a> {
             return;
         }
         self.by_inode.insert(key, self.set.files.len());
-        self.set.files.push(TargetFile {
+        self.set.files.push(TargetFile::from_metadata(
             path,
-            priority: entry.priority,
-            origin: entry.origin.clone(),
-            dev: meta.dev(),
-            ino: meta.ino(),
-            size: meta.len(),
-            mtime: (meta.mtime(), meta.mtime_nsec()),
-        });
+            meta,
+            entry.priority,
+            entry.origin.clone(),
+        ));
     }
 }
 
@@ -539,35 +561,6 @@ fn describe_type(ft: &std::fs::FileType) -> &'static str {
 mod tests {
     use super::*;
 
-    fn parse(text: &str) -> (Vec<SourceEntry>, Vec<Warning>) {
-        parse_list(text.as_bytes(), Path::new("list.txt"))
-    }
-
-    #[test]
-    fn list_syntax() {
-        let (entries, warnings) = parse(
-            "# comment\n\n  10 /usr/bin/kubelet\n/etc/hosts\r\n7\t/a b/c\n-5 /x\nrelative/path\n42\n99999999999 /y\n",
-        );
-        let got: Vec<_> = entries
-            .iter()
-            .map(|e| (e.priority, e.path.to_str().unwrap()))
-            .collect();
-        assert_eq!(
-            got,
-            [(10, "/usr/bin/kubelet"), (100, "/etc/hosts"), (7, "/a b/c")]
-        );
-        let lines: Vec<_> = warnings
-            .iter()
-            .map(|w| match &w.origin {
-                Some(Origin::List { line, .. }) => *line,
-                _ => 0,
-            })
-            .collect();
-        assert_eq!(lines, [6, 7, 8, 9]);
-        assert!(warnings.iter().all(|w| w.kind == WarningKind::BadLine));
-        assert!(warnings[3].to_string().starts_with("list.txt:9: priority"));
-    }
-
     #[test]
     fn symlinks_resolve_inside_an_image_root() {
         let dir = tempfile::tempdir().unwrap();
@@ -584,7 +577,7 @@ mod tests {
             root: Some(root.clone()),
             ..Default::default()
         };
-        let e = |p: &str| SourceEntry::argument(root.join(p), 10);
+        let e = |p: &str| SourceEntry::argument(Path::new("/").join(p), 10);
         let set = collect(&[e("usr/lib64/libfoo.so"), e("lib64/libfoo.so.1")], &opts);
         assert_eq!(set.files.len(), 1, "{:?}", set.warnings);
         assert_eq!(set.files[0].path, root.join("usr/lib64/libfoo.so.1"));

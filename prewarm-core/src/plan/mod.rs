@@ -17,11 +17,17 @@
 //! is a fetch of data nobody asked for, which costs the same latency as a
 //! wanted one. Adjacent chunks still merge, and large reads are split only at
 //! `max_io`.
+//!
+//! `spans` is the interval algebra the plan (and the rest of the crate)
+//! is built on.
+
+pub(crate) mod spans;
 
 use serde::Serialize;
 
+use self::spans::{merge, subtract, union, Span};
 use crate::error::Error;
-use crate::extent::ByteRange;
+use crate::map::ByteRange;
 
 /// EBS snapshot block size: the unit a lazily loaded volume fetches.
 pub const DEFAULT_CHUNK_SIZE: u64 = 512 * 1024;
@@ -91,33 +97,46 @@ pub enum ReadMode {
 /// A device byte range to hydrate, with the priority of the file it holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PrioritizedExtent {
+    /// Priority class (lower is read first).
     pub priority: u32,
+    /// Device byte offset.
     pub offset: u64,
+    /// Length in bytes.
     pub len: u64,
 }
 
 /// All ranges of one priority class, in physical order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PlanClass {
+    /// The class's priority.
     pub priority: u32,
+    /// Its chunk-aligned device ranges, in physical order.
     pub ranges: Vec<ByteRange>,
 }
 
 /// One I/O of the plan.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct PlannedIo {
+    /// Device byte offset.
     pub offset: u64,
+    /// Length in bytes.
     pub len: u32,
+    /// Its class.
     pub priority: u32,
 }
 
 /// Sizes of a plan.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct PlanStats {
+    /// Extents the plan was built from.
     pub extents: u64,
+    /// Merged ranges.
     pub ranges: u64,
+    /// Chunks to read.
     pub chunks: u64,
+    /// Bytes to read.
     pub bytes: u64,
+    /// Priority classes.
     pub classes: u64,
 }
 
@@ -134,6 +153,7 @@ impl std::ops::AddAssign for PlanStats {
 /// The ordered reads of one device.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ReadPlan {
+    /// The knobs it was built with.
     pub config: PlanConfig,
     /// Device size the ranges are clamped to (0: unknown, no clamp).
     pub device_size: u64,
@@ -146,9 +166,6 @@ pub struct ReadPlan {
     #[serde(skip)]
     claimed: Vec<Span>,
 }
-
-/// Half-open interval of chunk indexes.
-type Span = (u64, u64);
 
 impl ReadPlan {
     /// An empty plan for one device. `cfg` must have been validated.
@@ -327,60 +344,16 @@ fn span_to_range((s, e): Span, chunk: u64, device_size: u64) -> ByteRange {
     }
 }
 
-/// Union of spans, joining those whose gap is at most `gap` chunks.
-fn merge(spans: impl Iterator<Item = Span>, gap: u64) -> Vec<Span> {
-    let mut sorted: Vec<Span> = spans.collect();
-    sorted.sort_unstable();
-    let mut out: Vec<Span> = Vec::with_capacity(sorted.len());
-    for (s, e) in sorted {
-        match out.last_mut() {
-            Some(last) if s <= last.1.saturating_add(gap) => last.1 = last.1.max(e),
-            _ => out.push((s, e)),
-        }
-    }
-    out
-}
-
-/// `a` minus `b`; both sorted and disjoint.
-fn subtract(a: &[Span], b: &[Span]) -> Vec<Span> {
-    let mut out = Vec::new();
-    let mut j = 0;
-    for &(mut s, e) in a {
-        while j < b.len() && b[j].1 <= s {
-            j += 1;
-        }
-        let mut k = j;
-        while s < e {
-            match b.get(k) {
-                Some(&(bs, be)) if bs < e => {
-                    if bs > s {
-                        out.push((s, bs));
-                    }
-                    s = s.max(be);
-                    k += 1;
-                }
-                _ => {
-                    out.push((s, e));
-                    break;
-                }
-            }
-        }
-    }
-    out
-}
-
-/// Union of two sorted, disjoint span lists.
-fn union(a: &[Span], b: &[Span]) -> Vec<Span> {
-    merge(a.iter().chain(b).copied(), 0)
-}
-
 /// One read through a file (the fallback path).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct FileIo {
     /// Index of the file in the caller's file table.
     pub file: usize,
+    /// File byte offset.
     pub offset: u64,
+    /// Length in bytes.
     pub len: u32,
+    /// Its class.
     pub priority: u32,
 }
 

@@ -1,0 +1,63 @@
+//! A manifest as text: what `prewarm plan` and `prewarm show` print.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use super::codec::Manifest;
+use crate::map::fsid::format_uuid;
+use crate::size::format_bytes;
+
+impl Manifest {
+    /// The plan's knobs, then per filesystem its identity and, per priority
+    /// class, how many files, extents and bytes; with `files`, every file.
+    pub fn render_text(&self, files: bool) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "  plan: chunk {}, max I/O {}, coalesce gap {}",
+            format_bytes(self.plan.chunk_size),
+            format_bytes(self.plan.max_io),
+            format_bytes(self.plan.coalesce_gap)
+        );
+        for d in &self.devices {
+            let _ = writeln!(
+                s,
+                "  {} {} ({} bytes, {}-byte blocks, planned on {}): {} files",
+                d.fs_type,
+                format_uuid(&d.uuid),
+                d.size,
+                d.logical_block_size,
+                d.node_hint,
+                d.files.len()
+            );
+            let mut classes: BTreeMap<u32, (u64, u64, u64)> = BTreeMap::new();
+            for f in &d.files {
+                let c = classes.entry(f.priority).or_default();
+                c.0 += 1;
+                c.1 += f.extents.len() as u64;
+                c.2 += f.extents.iter().map(|e| e.length).sum::<u64>();
+            }
+            for (prio, (n, ext, bytes)) in classes {
+                let _ = writeln!(
+                    s,
+                    "    priority {prio}: {n} files, {ext} extents, {}",
+                    format_bytes(bytes)
+                );
+            }
+            if files {
+                for f in &d.files {
+                    let _ = writeln!(
+                        s,
+                        "    {:>5} /{} ({} bytes, {} extents, {} file ranges)",
+                        f.priority,
+                        f.path.display(),
+                        f.size,
+                        f.extents.len(),
+                        f.file_ranges.len()
+                    );
+                }
+            }
+        }
+        s
+    }
+}

@@ -1,0 +1,32 @@
+//! Where the bytes live: the map stage.
+//!
+//! From a file to the byte ranges of a block device that hold it, and from
+//! a filesystem UUID to the device that holds it:
+//!
+//! * `extent`: FIEMAP's answer sorted into device [`Extent`]s, ranges that
+//!   must be read through the file, and unwritten bytes that need no read;
+//! * `fiemap` (private): the three ioctls, the only `unsafe` of this stage;
+//! * `device`: from `st_dev` to the `/dev` node FIEMAP's offsets refer to,
+//!   opened read-only;
+//! * `fsid`: the filesystem type and UUID in a superblock, and finding the
+//!   device that holds a UUID (how a manifest names its device);
+//! * `pool`: the thread pool that makes metadata calls as wide as the
+//!   reads, since on a lazy volume a cold `stat` or FIEMAP waits for fetches
+//!   too.
+//!
+//! Everything here only reads. Nothing in this stage decides what to read
+//! or in which order (that is [`crate::plan`]).
+
+pub(crate) mod device;
+pub(crate) mod extent;
+// `unsafe` is denied everywhere but here and in `engine::uring`.
+#[allow(unsafe_code)]
+mod fiemap;
+pub(crate) mod fsid;
+pub(crate) mod pool;
+
+pub use device::{DeviceError, DeviceId};
+pub use extent::{ByteRange, Extent, ExtentMap, FileReadReason};
+
+#[cfg(feature = "internals")]
+pub use fiemap::{file_extents, FlaggedExtent};

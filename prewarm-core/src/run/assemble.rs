@@ -1,0 +1,259 @@
+//! Report assembly: what was planned (from the [`Prepared`] plan) and what
+//! each engine did (found by device identity), folded into one [`Report`].
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use super::execute::DeviceRun;
+use super::file_reads::FileReads;
+use super::{cache, Config, Prepared};
+use crate::engine::{EngineStats, OpQueue};
+use crate::error::Error;
+use crate::map::{DeviceId, FileReadReason};
+use crate::plan::spans::{self, Span};
+use crate::plan::PlanStats;
+use crate::report::{
+    DeviceReport, FailureReport, Fallback, FileLevelReport, FileMapReport, ReadStats, Report,
+};
+
+impl Prepared {
+    /// The report of the plan alone (a dry run), with per-file mappings.
+    pub(crate) fn dry_run_report(self, cfg: &Config) -> Report {
+        let mut report = self.base_report(cfg, true);
+        report.file_maps = self
+            .files
+            .iter()
+            .map(|f| FileMapReport {
+                path: f.file.path.to_string_lossy().into_owned(),
+                device: DeviceId::from_dev(f.file.dev),
+                size: f.file.size,
+                priority: f.file.priority,
+                map: f.map.clone(),
+            })
+            .collect();
+        report.finish(self.prepare_time);
+        report
+    }
+
+    /// The report of a run: the plan's sizes plus what each device's engine
+    /// and the file-level reads did; the cache warmed when asked. Only
+    /// io_uring being required and unavailable fails the whole run; any
+    /// other engine failure is reported for its device.
+    pub(crate) fn report_run(
+        self,
+        cfg: &Config,
+        mut devices: BTreeMap<DeviceId, DeviceRun>,
+        file_result: Result<FileReads, Error>,
+    ) -> Result<Report, Error> {
+        let mut report = self.base_report(cfg, false);
+        for d in &mut report.devices {
+            let Some(run) = devices.remove(&d.id) else {
+                continue;
+            };
+            match run.result {
+                Ok(stats) => {
+                    let node = d.node.clone();
+                    note_engine(
+                        &stats,
+                        |_| node.clone(),
+                        &mut report.fallbacks,
+                        &mut report.failures,
+                        &mut report.stopped,
+                    );
+                    d.read = read_stats(&stats);
+                    d.chunks_read =
+                        chunks_read(&run.queue, &stats.completed, report.plan_config.chunk_size);
+                }
+                Err(e @ Error::UringUnavailable(_)) => return Err(e),
+                Err(e) => {
+                    tracing::error!("{}: {e}", d.node);
+                    d.error = Some(e.to_string());
+                }
+            }
+        }
+        match file_result {
+            Ok(FileReads {
+                stats,
+                direct_files,
+                warnings,
+            }) => {
+                if let Some(stats) = &stats {
+                    let files = &self.files;
+                    note_engine(
+                        stats,
+                        |i| files[i].file.path.display().to_string(),
+                        &mut report.fallbacks,
+                        &mut report.failures,
+                        &mut report.stopped,
+                    );
+                    report.file_level.read = read_stats(stats);
+                }
+                report.file_level.direct_files = direct_files;
+                report.warnings.extend(warnings);
+            }
+            Err(e @ Error::UringUnavailable(_)) => return Err(e),
+            Err(e) => {
+                tracing::error!("reads through files: {e}");
+                report.file_level.error = Some(e.to_string());
+            }
+        }
+        report.fallbacks.sort();
+        report.fallbacks.dedup();
+        if cfg.cache && cfg.stop.check().is_none() {
+            report.cache = Some(cache::warm(
+                self.files
+                    .iter()
+                    .map(|f| (f.file.path.as_path(), f.file.size)),
+            ));
+        }
+        Ok(report)
+    }
+
+    fn base_report(&self, cfg: &Config, dry_run: bool) -> Report {
+        let mut totals = PlanStats::default();
+        let mut devices = Vec::new();
+        let mut ios_planned = 0u64;
+        for d in &self.devices {
+            let stats = d.plan.stats();
+            totals += stats;
+            let ios = d.plan.ios(cfg.mode, d.device.logical_block_size).len() as u64;
+            ios_planned += ios;
+            devices.push(DeviceReport {
+                node: d.device.node.display().to_string(),
+                id: d.device.id,
+                uuid: d.uuid.clone(),
+                chunks_read: Vec::new(),
+                fs_type: d.device.fs_type.clone(),
+                size: d.device.size,
+                logical_block_size: d.device.logical_block_size,
+                direct: d.device.direct,
+                files: d.files,
+                swept: d.swept,
+                plan: stats,
+                read: ReadStats {
+                    ios_planned: ios,
+                    ..Default::default()
+                },
+                error: None,
+            });
+        }
+        let file_level_files = self
+            .files
+            .iter()
+            .filter(|f| !f.map.file_ranges.is_empty())
+            .count() as u64;
+        let file_level_planned: u64 = self.file_ios.iter().map(|io| u64::from(io.len)).sum();
+        ios_planned += self.file_ios.len() as u64;
+        let file_level_bytes: u64 = self.files.iter().map(|f| f.map.file_bytes()).sum();
+        Report {
+            dry_run,
+            mode: cfg.mode,
+            queue_depth: cfg.queue_depth,
+            plan_config: cfg.plan,
+            files: self.files.len() as u64,
+            skipped_non_regular: self.skipped_non_regular,
+            file_bytes: self.files.iter().map(|f| f.file.size).sum(),
+            mapped_bytes: self.files.iter().map(|f| f.map.device_bytes()).sum(),
+            file_level_bytes,
+            unwritten_bytes: self.files.iter().map(|f| f.map.unwritten_bytes).sum(),
+            extents: totals.extents,
+            ranges: totals.ranges,
+            chunks: totals.chunks,
+            planned_bytes: totals.bytes + file_level_planned,
+            ios_planned,
+            entries_not_reached: self.entries_not_reached,
+            stopped: self.stopped,
+            fallbacks: self.fallbacks().collect(),
+            warnings: self.warnings.clone(),
+            devices,
+            file_level: FileLevelReport {
+                files: file_level_files,
+                bytes: file_level_bytes,
+                read: ReadStats {
+                    ios_planned: self.file_ios.len() as u64,
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+            manifest: self.manifest.clone(),
+            ..Report::new()
+        }
+    }
+
+    /// The plan's fallbacks: devices read buffered, and one line per reason
+    /// some files are read through the files, with how many.
+    fn fallbacks(&self) -> impl Iterator<Item = Fallback> + '_ {
+        let mut reasons: BTreeMap<&FileReadReason, u64> = BTreeMap::new();
+        for f in &self.files {
+            if let Some(why) = &f.map.fallback {
+                *reasons.entry(why).or_default() += 1;
+            }
+        }
+        self.fallbacks
+            .iter()
+            .cloned()
+            .chain(
+                reasons
+                    .into_iter()
+                    .map(|(reason, files)| Fallback::FileReads {
+                        files,
+                        reason: reason.clone(),
+                    }),
+            )
+    }
+}
+
+/// Fold one engine's stats into the report's fallbacks, failures and stop;
+/// `name` turns a failure's target index into what the report calls it.
+fn note_engine(
+    stats: &EngineStats,
+    name: impl Fn(usize) -> String,
+    fallbacks: &mut Vec<Fallback>,
+    failures: &mut Vec<FailureReport>,
+    stopped: &mut Option<crate::engine::StopReason>,
+) {
+    if let Some(why) = &stats.fallback {
+        fallbacks.push(Fallback::Pread {
+            reason: why.clone(),
+        });
+    }
+    failures.extend(stats.failures.iter().map(|f| FailureReport {
+        target: name(f.target),
+        offset: f.offset,
+        len: f.len,
+        error: f.error.clone(),
+    }));
+    *stopped = stopped.or(stats.stopped);
+}
+
+/// Merged chunk spans touched by the completed reads of `queue`. A
+/// completed read of any part of a chunk counts the chunk: the plan only
+/// reads whole chunks, or one block of a chunk in touch mode, where
+/// touching is hydrating.
+fn chunks_read(queue: &Arc<OpQueue>, completed: &[usize], chunk: u64) -> Vec<Span> {
+    let chunk = chunk.max(1);
+    let ops = queue.ops();
+    spans::merge(
+        completed.iter().filter_map(|&i| ops.get(i)).map(|op| {
+            (
+                op.offset / chunk,
+                (op.offset + u64::from(op.len)).div_ceil(chunk),
+            )
+        }),
+        0,
+    )
+}
+
+fn read_stats(s: &EngineStats) -> ReadStats {
+    ReadStats {
+        backend: Some(s.backend),
+        ios_planned: s.ios_planned,
+        ios_done: s.ios_done,
+        bytes_read: s.bytes_read,
+        errors: s.errors,
+        short_reads: s.short_reads,
+        eof: s.eof,
+        not_issued: s.not_issued,
+        elapsed_ms: s.elapsed.as_secs_f64() * 1e3,
+    }
+}

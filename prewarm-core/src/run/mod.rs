@@ -1,0 +1,345 @@
+//! One road from sources to a report: collect, map and plan each priority
+//! class in turn, and hand its reads to the engines as soon as it is
+//! planned.
+//!
+//! ```text
+//!   Sources ──► Planner (per class: collect → map → plan) ──► engines ──► Report
+//!                  │                                           ▲
+//!                  └── dry run: no engines, the plan is the report
+//! ```
+//!
+//! * [`hydrate`] is the whole road for paths, lists and device sweeps: the
+//!   most urgent class is being read while the next is still being mapped,
+//!   so on a cold volume the first data reads start after the first class's
+//!   metadata, not everyone's. With [`Config::dry_run`] the same road stops
+//!   before the engines and reports the plan.
+//! * [`prepare`] is the road up to the plan (what `prewarm plan` stores in a
+//!   manifest); [`Prepared::execute`] reads a prepared plan (what a manifest
+//!   replay does).
+//!
+//! Devices are carried by identity: a [`DevicePlan`] holds the open device,
+//! its plan and its filesystem UUID; the engine reading it and its part of
+//! the report are found by its [`DeviceId`], never by position. A device
+//! named for a whole-device sweep and the same device holding listed files
+//! share one plan, so no chunk is read twice.
+
+mod assemble;
+pub(crate) mod cache;
+mod execute;
+mod file_reads;
+pub(crate) use self::file_reads::plan_file_ios;
+mod planner;
+pub(crate) mod ready;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use self::planner::Planner;
+pub use self::ready::{ReadyPolicy, ReadyReason};
+use crate::engine::{self, BackendChoice, StopSignal};
+use crate::error::{Error, Warning};
+use crate::map::device::BlockDevice;
+use crate::map::pool::MetadataPool;
+use crate::map::{DeviceId, ExtentMap};
+use crate::plan::{FileIo, PlanConfig, ReadMode, ReadPlan};
+use crate::report::{Fallback, ManifestReport, Report};
+use crate::source::{CollectOptions, Sources, TargetFile};
+
+/// Everything a run needs to know besides what to read.
+#[derive(Clone)]
+pub struct Config {
+    /// How reads are planned (chunk, largest read, coalescing gap).
+    pub plan: PlanConfig,
+    /// Read every planned byte, or one block per chunk.
+    pub mode: ReadMode,
+    /// Reads kept in flight (also the width of metadata calls).
+    pub queue_depth: u32,
+    /// io_uring, pread, or io_uring with a pread fallback.
+    pub backend: BackendChoice,
+    /// How entries become files (mount crossing, image root).
+    pub collect: CollectOptions,
+    /// Also warm the files' own page cache after hydrating (design fact 1:
+    /// device reads do not fill it).
+    pub cache: bool,
+    /// Plan and report, read nothing.
+    pub dry_run: bool,
+    /// SIGTERM / deadline: stops issuing reads and planning classes.
+    pub stop: StopSignal,
+    /// Called once per priority class, in order, when it is fully read.
+    pub on_class_done: Option<Arc<dyn Fn(u32) + Send + Sync>>,
+    /// When to tell the services waiting on the run that they may start.
+    pub ready: Option<ReadyPolicy>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            plan: PlanConfig::default(),
+            mode: ReadMode::Full,
+            queue_depth: engine::DEFAULT_QUEUE_DEPTH,
+            backend: BackendChoice::Auto,
+            collect: CollectOptions::default(),
+            cache: false,
+            dry_run: false,
+            stop: StopSignal::default(),
+            on_class_done: None,
+            ready: None,
+        }
+    }
+}
+
+impl Config {
+    /// Check values that do not depend on a device.
+    pub fn validate(&self) -> Result<(), Error> {
+        self.plan.validate(512)?;
+        if self.queue_depth == 0 || self.queue_depth > 4096 {
+            return Err(Error::Config {
+                field: "queue_depth",
+                reason: format!("{} is not in 1..=4096", self.queue_depth),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// A file and how it will be read.
+#[derive(Debug)]
+pub(crate) struct MappedFile {
+    pub file: TargetFile,
+    pub map: ExtentMap,
+}
+
+/// One device, carried by identity: the open device, its plan, and what
+/// the plan holds.
+#[derive(Debug)]
+pub(crate) struct DevicePlan {
+    pub device: BlockDevice,
+    pub plan: ReadPlan,
+    /// Files with extents on it.
+    pub files: u64,
+    /// Also read whole (a `--device` sweep).
+    pub swept: bool,
+    /// Filesystem UUID, when planned from a manifest (the handover key).
+    pub uuid: Option<String>,
+}
+
+impl DevicePlan {
+    pub fn id(&self) -> DeviceId {
+        self.device.id
+    }
+}
+
+/// A plan, nothing read yet: what [`prepare`] and a manifest replay make.
+#[derive(Debug)]
+pub(crate) struct Prepared {
+    /// Set when planned from a manifest.
+    pub manifest: Option<ManifestReport>,
+    pub files: Vec<MappedFile>,
+    pub devices: Vec<DevicePlan>,
+    /// Reads through files; `FileIo::file` indexes `files`.
+    pub file_ios: Vec<FileIo>,
+    pub warnings: Vec<Warning>,
+    pub fallbacks: Vec<Fallback>,
+    pub skipped_non_regular: u64,
+    /// Entries never collected: a stop came before their class.
+    pub entries_not_reached: u64,
+    pub stopped: Option<engine::StopReason>,
+    pub prepare_time: Duration,
+}
+
+impl Prepared {
+    /// A plan with nothing in it yet.
+    pub fn empty(warnings: Vec<Warning>) -> Self {
+        Prepared {
+            manifest: None,
+            files: Vec::new(),
+            devices: Vec::new(),
+            file_ios: Vec::new(),
+            warnings,
+            fallbacks: Vec::new(),
+            skipped_non_regular: 0,
+            entries_not_reached: 0,
+            stopped: None,
+            prepare_time: Duration::ZERO,
+        }
+    }
+
+    /// The plan of device `id`.
+    pub fn device(&self, id: DeviceId) -> Option<&DevicePlan> {
+        self.devices.iter().find(|d| d.id() == id)
+    }
+
+    /// Whether any read of priority at most `priority` is planned.
+    pub fn has_work_up_to(&self, priority: u32) -> bool {
+        self.devices
+            .iter()
+            .flat_map(|d| &d.plan.classes)
+            .any(|c| c.priority <= priority && !c.ranges.is_empty())
+            || self.file_ios.iter().any(|io| io.priority <= priority)
+    }
+
+    /// Issue every planned read and report (or, in a dry run, report the
+    /// plan).
+    pub fn execute(self, cfg: &Config) -> Result<Report, Error> {
+        let start = Instant::now();
+        let planner = Planner::new(self, cfg);
+        if cfg.dry_run {
+            return Ok(planner.into_prepared().dry_run_report(cfg));
+        }
+        let mut report = execute::run_engines(planner, cfg, |_, _| {})?;
+        report.finish(start.elapsed());
+        Ok(report)
+    }
+}
+
+/// Collect, map and plan `sources`, reading nothing: the road up to the
+/// plan, one class at a time as [`hydrate`] takes it.
+pub(crate) fn prepare(sources: &Sources, cfg: &Config) -> Result<Prepared, Error> {
+    cfg.validate()?;
+    let start = Instant::now();
+    let pool = MetadataPool::new(cfg.queue_depth as usize);
+    let mut planner = Planner::new(Prepared::empty(sources.warnings.clone()), cfg);
+    planner.open_sweeps(&sources.devices)?;
+    planner.plan_classes(sources, &pool, &mut |_, _| {});
+    let mut prepared = planner.into_prepared();
+    prepared.prepare_time = start.elapsed();
+    Ok(prepared)
+}
+
+/// Collect, map, plan and read `sources` (see the module doc); with
+/// [`Config::dry_run`], only plan, and report the plan with each file's
+/// mapping.
+///
+/// Errors are what makes the whole run impossible: an invalid
+/// configuration, a device named for a sweep that cannot be opened, io_uring
+/// required but unavailable. One device failing to read is reported for
+/// that device while the others finish.
+pub fn hydrate(sources: &Sources, cfg: &Config) -> Result<Report, Error> {
+    if cfg.dry_run {
+        return Ok(prepare(sources, cfg)?.dry_run_report(cfg));
+    }
+    cfg.validate()?;
+    let start = Instant::now();
+    let pool = MetadataPool::new(cfg.queue_depth as usize);
+    let mut planner = Planner::new(Prepared::empty(sources.warnings.clone()), cfg);
+    planner.open_sweeps(&sources.devices)?;
+    let mut report = execute::run_engines(planner, cfg, |planner, feed| {
+        planner.plan_classes(sources, &pool, &mut |planner, added| {
+            feed.push(planner, added)
+        });
+    })?;
+    report.finish(start.elapsed());
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    //! The road end to end on ordinary files. Without root the files'
+    //! device cannot be opened and they are read through the files; as root
+    //! their device is read: either way every planned byte must be read.
+
+    use std::path::PathBuf;
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::report::Outcome;
+
+    fn tree(dir: &std::path::Path) -> Vec<(PathBuf, u32)> {
+        let mut out = Vec::new();
+        for (i, size) in [10_000usize, 300_000, 1, 2 << 20].iter().enumerate() {
+            let sub = dir.join(format!("d{}", i % 2));
+            std::fs::create_dir_all(&sub).unwrap();
+            let p = sub.join(format!("f{i}"));
+            std::fs::write(&p, vec![i as u8; *size]).unwrap();
+            out.push((p, if i % 2 == 0 { 10 } else { 20 }));
+        }
+        out
+    }
+
+    fn sources_of(files: &[(PathBuf, u32)]) -> Sources {
+        let mut s = Sources::default();
+        for (p, prio) in files {
+            s.add_path(p, *prio);
+        }
+        s
+    }
+
+    #[test]
+    fn hydrate_reads_every_planned_byte_and_a_dry_run_plans_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = tree(dir.path());
+        let sources = sources_of(&files);
+        let real = hydrate(&sources, &Config::default()).unwrap();
+        assert_eq!(real.outcome, Outcome::Success, "{}", real.summary());
+        assert_eq!(real.files, 4);
+        assert_eq!(real.file_bytes, 10_000 + 300_000 + 1 + (2 << 20));
+        assert_eq!(real.errors, 0);
+        assert_eq!(real.ios_done, real.ios_planned);
+        // Device reads read whole chunks; reads through files stop at EOF.
+        assert!(real.bytes_read >= real.file_bytes, "{}", real.summary());
+        let dry = hydrate(
+            &sources,
+            &Config {
+                dry_run: true,
+                ..Config::default()
+            },
+        )
+        .unwrap();
+        assert!(dry.dry_run);
+        assert_eq!(dry.bytes_read, 0);
+        assert_eq!(
+            (dry.chunks, dry.planned_bytes, dry.ios_planned),
+            (real.chunks, real.planned_bytes, real.ios_planned)
+        );
+        assert_eq!(dry.file_maps.len(), 4);
+    }
+
+    #[test]
+    fn a_stop_before_the_first_class_reads_nothing_and_counts_what_was_not_reached() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = tree(dir.path());
+        let cfg = Config::default();
+        cfg.stop.cancel();
+        let r = hydrate(&sources_of(&files), &cfg).unwrap();
+        assert_eq!(r.entries_not_reached, 4);
+        assert_eq!(r.bytes_read, 0);
+        assert_eq!(r.stopped, Some(crate::StopReason::Cancelled));
+        assert_eq!(r.outcome, Outcome::Partial);
+    }
+
+    #[test]
+    fn ready_is_sent_once_when_the_ready_class_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = tree(dir.path());
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        let cfg = Config {
+            ready: Some(ReadyPolicy::new(
+                Some(10),
+                Duration::from_secs(600),
+                move |r| log.lock().unwrap().push(r.clone()),
+            )),
+            ..Config::default()
+        };
+        let r = hydrate(&sources_of(&files), &cfg).unwrap();
+        assert_eq!(
+            *seen.lock().unwrap(),
+            [ReadyReason::ClassDone { priority: 10 }]
+        );
+        assert_eq!(
+            r.ready.map(|r| r.reason),
+            Some(ReadyReason::ClassDone { priority: 10 })
+        );
+        // With nothing to read, READY still comes, when the run ends.
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        let cfg = Config {
+            ready: Some(ReadyPolicy::new(None, Duration::from_secs(600), move |r| {
+                log.lock().unwrap().push(r.clone())
+            })),
+            ..Config::default()
+        };
+        hydrate(&Sources::default(), &cfg).unwrap();
+        assert_eq!(*seen.lock().unwrap(), [ReadyReason::Finished]);
+    }
+}

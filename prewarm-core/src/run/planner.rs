@@ -1,0 +1,277 @@
+//! The planner: turns sources into a [`Prepared`] plan one priority class
+//! at a time (collect the class's files, map them, open their devices the
+//! first time each is met, extend each device's plan), so that a class can
+//! be read while the next one is mapped.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+
+use rayon::prelude::*;
+
+use super::file_reads::plan_file_ios;
+use super::{Config, DevicePlan, MappedFile, Prepared};
+use crate::error::{Error, Warning, WarningKind};
+use crate::map::device::{self, DeviceError};
+use crate::map::extent::{map_file, open_file};
+use crate::map::pool::MetadataPool;
+use crate::map::{DeviceId, FileReadReason};
+use crate::plan::{PrioritizedExtent, ReadPlan};
+use crate::report::Fallback;
+use crate::source::{Collector, DeviceSweep, SourceEntry, Sources, TargetFile};
+
+/// What one class added to the plan: per device the classes added to its
+/// plan, the devices opened for it, and the file-level reads (a range of
+/// `Prepared::file_ios`).
+pub(crate) struct Added {
+    pub classes: Vec<(DeviceId, Range<usize>)>,
+    pub new_devices: Vec<DeviceId>,
+    pub file_ios: Range<usize>,
+}
+
+/// Builds a [`Prepared`] class by class.
+pub(crate) struct Planner<'c> {
+    pub cfg: &'c Config,
+    pub prepared: Prepared,
+    /// Devices met so far: usable (in `prepared.devices`), or why their files
+    /// are read through the files.
+    devices: BTreeMap<DeviceId, Result<(), FileReadReason>>,
+    /// Devices opened but not yet handed to the engines.
+    unannounced: Vec<DeviceId>,
+    /// Whole-device sweeps, by priority, added when their class comes up.
+    sweeps: BTreeMap<u32, Vec<DeviceId>>,
+}
+
+impl<'c> Planner<'c> {
+    /// A planner that extends `prepared` (empty, or a manifest's plan).
+    pub fn new(prepared: Prepared, cfg: &'c Config) -> Self {
+        let devices = prepared.devices.iter().map(|d| (d.id(), Ok(()))).collect();
+        Planner {
+            cfg,
+            unannounced: prepared.devices.iter().map(DevicePlan::id).collect(),
+            prepared,
+            devices,
+            sweeps: BTreeMap::new(),
+        }
+    }
+
+    /// Open the devices named for whole-device sweeps now, so that a bad one
+    /// is an error before anything is read; their reads join the plan when
+    /// their priority class comes up.
+    pub fn open_sweeps(&mut self, sweeps: &[DeviceSweep]) -> Result<(), Error> {
+        for sweep in sweeps {
+            let dev = device::open_node(&sweep.node)?;
+            self.cfg.plan.validate(u64::from(dev.logical_block_size))?;
+            let id = dev.id;
+            if !self.devices.contains_key(&id) {
+                self.add_device(dev);
+            }
+            self.device_mut(id).swept = true;
+            self.sweeps.entry(sweep.priority).or_default().push(id);
+        }
+        Ok(())
+    }
+
+    /// The one road: collect, map and plan the entries of `sources` one
+    /// priority class at a time, most urgent first, handing each class to
+    /// `sink` as soon as it is planned. A stop ends it between (and, for
+    /// mapping, inside) classes; what was never reached is counted.
+    pub fn plan_classes(
+        &mut self,
+        sources: &Sources,
+        pool: &MetadataPool,
+        sink: &mut dyn FnMut(&Planner<'_>, &Added),
+    ) {
+        let mut classes: BTreeMap<u32, Vec<SourceEntry>> = BTreeMap::new();
+        for e in &sources.entries {
+            classes.entry(e.priority).or_default().push(e.clone());
+        }
+        for &priority in self.sweeps.keys() {
+            classes.entry(priority).or_default();
+        }
+        let mut collector = Collector::new(&self.cfg.collect);
+        for (priority, entries) in classes {
+            if let Some(reason) = self.prepared.stopped.or_else(|| self.cfg.stop.check()) {
+                if self.prepared.stopped.is_none() {
+                    tracing::warn!(?reason, "stopped before mapping priority class {priority}");
+                }
+                self.prepared.stopped = Some(reason);
+                self.prepared.entries_not_reached += entries.len() as u64;
+                continue;
+            }
+            let files = pool.install(|| collector.add(&entries).to_vec());
+            self.prepared.warnings.extend(collector.take_warnings());
+            let sweeps = self.sweeps.get(&priority).cloned().unwrap_or_default();
+            let added = pool.install(|| self.add_class(files, &sweeps, priority));
+            sink(self, &added);
+        }
+        self.prepared.skipped_non_regular += collector.skipped_non_regular();
+    }
+
+    /// Map `files` (on the current rayon pool) and plan them, with the
+    /// sweeps of `sweeps` at `priority`. Every class of the batch must be
+    /// less urgent than those of earlier batches.
+    fn add_class(&mut self, files: Vec<TargetFile>, sweeps: &[DeviceId], priority: u32) -> Added {
+        // A file that cannot be opened is named and dropped.
+        let mapped: Vec<Result<MappedFile, Warning>> = files
+            .into_par_iter()
+            .map(|file| match open_file(&file.path, false) {
+                Ok((f, _)) => Ok(MappedFile {
+                    map: map_file(&f, file.size),
+                    file,
+                }),
+                Err(e) => Err(Warning::new(
+                    WarningKind::Unreadable,
+                    Some(&file.path),
+                    Some(&file.origin),
+                    format!("opening: {e}"),
+                )),
+            })
+            .collect();
+        let first_file = self.prepared.files.len();
+        let mut extents: BTreeMap<DeviceId, Vec<PrioritizedExtent>> = BTreeMap::new();
+        for &id in sweeps {
+            if let Some(d) = self.prepared.device(id) {
+                extents.entry(id).or_default().push(PrioritizedExtent {
+                    priority,
+                    offset: 0,
+                    len: d.device.size,
+                });
+            }
+        }
+        for m in mapped {
+            let mut m = match m {
+                Ok(m) => m,
+                Err(w) => {
+                    self.prepared.warnings.push(w);
+                    continue;
+                }
+            };
+            if !m.map.device_extents.is_empty() {
+                let id = DeviceId::from_dev(m.file.dev);
+                match self.device_for(id) {
+                    Ok(()) => {
+                        self.device_mut(id).files += 1;
+                        extents
+                            .entry(id)
+                            .or_default()
+                            .extend(m.map.device_extents.iter().map(|e| PrioritizedExtent {
+                                priority: m.file.priority,
+                                offset: e.physical,
+                                len: e.length,
+                            }));
+                    }
+                    // Files on a device that cannot be used are read
+                    // through the file instead.
+                    Err(why) => m.map.demote_to_file_reads(why),
+                }
+            }
+            self.prepared.files.push(m);
+        }
+        let classes = extents
+            .into_iter()
+            .map(|(id, ext)| (id, self.device_mut(id).plan.extend(&ext)))
+            .collect();
+        let first_io = self.prepared.file_ios.len();
+        let new_ios = plan_file_ios(
+            &self.prepared.files[first_file..],
+            first_file,
+            self.cfg.plan.max_io,
+        );
+        self.prepared.file_ios.extend(new_ios);
+        let file_ios = first_io..self.prepared.file_ios.len();
+        self.take_added(classes, file_ios)
+    }
+
+    /// What is planned already (a manifest's plan, devices opened for
+    /// sweeps), as one [`Added`]: the engines start with it.
+    pub fn seeded(&mut self) -> Added {
+        let classes = self
+            .prepared
+            .devices
+            .iter()
+            .filter(|d| !d.plan.classes.is_empty())
+            .map(|d| (d.id(), 0..d.plan.classes.len()))
+            .collect();
+        let file_ios = 0..self.prepared.file_ios.len();
+        self.take_added(classes, file_ios)
+    }
+
+    /// An [`Added`] for `classes` and `file_ios`, announcing the devices
+    /// opened since the last one.
+    fn take_added(
+        &mut self,
+        classes: Vec<(DeviceId, Range<usize>)>,
+        file_ios: Range<usize>,
+    ) -> Added {
+        Added {
+            classes,
+            new_devices: std::mem::take(&mut self.unannounced),
+            file_ios,
+        }
+    }
+
+    fn device_mut(&mut self, id: DeviceId) -> &mut DevicePlan {
+        self.prepared
+            .devices
+            .iter_mut()
+            .find(|d| d.id() == id)
+            .expect("device_for opened it")
+    }
+
+    /// Whether device `id` can be read, opening it when first met; or why
+    /// its files must be read through the files.
+    fn device_for(&mut self, id: DeviceId) -> Result<(), FileReadReason> {
+        if let Some(known) = self.devices.get(&id) {
+            return known.clone();
+        }
+        let cfg = self.cfg;
+        let opened = device::open(id).and_then(|d| {
+            match cfg.plan.validate(u64::from(d.logical_block_size)) {
+                Ok(()) => Ok(d),
+                Err(e) => Err(DeviceError::Unusable {
+                    node: d.node.clone(),
+                    reason: e.to_string(),
+                }),
+            }
+        });
+        match opened {
+            Ok(dev) => {
+                self.add_device(dev);
+                Ok(())
+            }
+            Err(e) => {
+                if !matches!(e, DeviceError::Virtual(_)) {
+                    tracing::warn!("{e}: reading its files through the files");
+                }
+                let why = FileReadReason::DeviceUnusable {
+                    device: id,
+                    reason: e.to_string(),
+                };
+                self.devices.insert(id, Err(why.clone()));
+                Err(why)
+            }
+        }
+    }
+
+    fn add_device(&mut self, dev: device::BlockDevice) {
+        if !dev.direct {
+            self.prepared.fallbacks.push(Fallback::Buffered {
+                device: dev.node.display().to_string(),
+            });
+        }
+        self.devices.insert(dev.id, Ok(()));
+        self.unannounced.push(dev.id);
+        self.prepared.devices.push(DevicePlan {
+            plan: ReadPlan::new(dev.size, &self.cfg.plan),
+            device: dev,
+            files: 0,
+            swept: false,
+            uuid: None,
+        });
+    }
+
+    /// The plan.
+    pub fn into_prepared(self) -> Prepared {
+        self.prepared
+    }
+}
