@@ -108,6 +108,19 @@ pub fn loadavg() -> String {
         .unwrap_or_default()
 }
 
+/// The output of `git ARGS` in the workspace (empty if git fails).
+fn git(args: &[&str]) -> String {
+    Command::new("git")
+        .arg("-C")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+        .args(args)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
 fn collect_meta(opts: &Options, manifest: &serde_json::Value) -> Meta {
     let date = Command::new("date")
         .args(["-u", "+%Y-%m-%d %H:%M:%S UTC"])
@@ -159,6 +172,8 @@ fn collect_meta(opts: &Options, manifest: &serde_json::Value) -> Meta {
         duration_s: 0.0,
         loadavg_start: String::new(),
         loadavg_end: loadavg(),
+        commit: git(&["rev-parse", "HEAD"]),
+        dirty: !git(&["status", "--porcelain", "--untracked-files=no"]).is_empty(),
     }
 }
 

@@ -157,6 +157,13 @@ pub struct Meta {
     /// host skews timings).
     pub loadavg_start: String,
     pub loadavg_end: String,
+    /// The git commit of the tree that was measured, and whether it had
+    /// uncommitted changes to tracked files (results of a dirty tree do not
+    /// belong to any commit).
+    #[serde(default)]
+    pub commit: String,
+    #[serde(default)]
+    pub dirty: bool,
 }
 /// Everything a run produced.
 #[derive(Debug, Clone, Serialize, Deserialize)]

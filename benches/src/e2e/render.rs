@@ -170,6 +170,20 @@ pub fn markdown(r: &Results) -> String {
     let _ = writeln!(out, "## Setup\n");
     let _ = writeln!(
         out,
+        "- measured commit `{}`{}",
+        if m.commit.is_empty() {
+            "unknown"
+        } else {
+            &m.commit
+        },
+        if m.dirty {
+            " with uncommitted changes (these numbers belong to no commit)"
+        } else {
+            " (clean tree)"
+        }
+    );
+    let _ = writeln!(
+        out,
         "- kernel `{}`, {} CPUs ({}), {} MiB RAM",
         m.kernel, m.cpus, m.cpu_model, m.mem_mib
     );
