@@ -5,7 +5,7 @@
 
 use std::io::IsTerminal;
 use std::path::Path;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -202,9 +202,7 @@ fn plan_config(p: &PlanArgs) -> PlanConfig {
 fn config(plan: PlanConfig, engine: &EngineArgs) -> Result<Config> {
     let deadline = engine.deadline.map(|d| Instant::now() + d);
     let cancel = install_signals()?;
-    if let Some(d) = deadline {
-        spawn_watchdog(d);
-    }
+    spawn_watchdog(cancel.clone(), deadline);
     Ok(Config {
         plan,
         mode: match engine.mode {
@@ -282,13 +280,24 @@ fn install_signals() -> Result<Arc<AtomicBool>> {
     Ok(cancel)
 }
 
-/// A read blocked in a hung device cannot be interrupted; past the deadline
-/// and the grace for reads in flight, exit rather than hold up the boot.
-fn spawn_watchdog(deadline: Instant) {
+/// The last resort. Every phase looks at the stop signal and ends within
+/// the grace for reads in flight; should something still block (a read in a
+/// hung device cannot be interrupted), exit this long after the stop rather
+/// than hold up the boot.
+const HARD_STOP: Duration = Duration::from_secs(1);
+
+/// Watch for a stop (SIGTERM/SIGINT or the deadline); once it came, give
+/// the run [`STOP_GRACE`] and [`HARD_STOP`] more, then exit.
+fn spawn_watchdog(cancel: Arc<AtomicBool>, deadline: Option<Instant>) {
     std::thread::spawn(move || {
-        let hard = deadline + STOP_GRACE + Duration::from_secs(3);
-        std::thread::sleep(hard.saturating_duration_since(Instant::now()));
-        eprintln!("prewarm: reads still blocked past the deadline; exiting");
+        while !cancel.load(Ordering::Relaxed) && deadline.is_none_or(|d| Instant::now() < d) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(STOP_GRACE + HARD_STOP);
+        eprintln!(
+            "prewarm: still blocked {:?} after the stop; exiting",
+            STOP_GRACE + HARD_STOP
+        );
         std::process::exit(1);
     });
 }

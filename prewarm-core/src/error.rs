@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+pub use crate::input_file::InputError;
 use crate::manifest::ManifestError;
 use crate::map::DeviceError;
 
@@ -25,7 +26,7 @@ pub enum Error {
         path: PathBuf,
         /// The error.
         #[source]
-        source: std::io::Error,
+        source: InputError,
     },
     /// A configuration value is out of range or inconsistent.
     #[error("invalid configuration: {field}: {reason}")]
@@ -45,7 +46,7 @@ pub enum Error {
         path: PathBuf,
         /// The error.
         #[source]
-        source: std::io::Error,
+        source: InputError,
     },
     /// A manifest file is not a valid manifest (corrupt, truncated, of
     /// another version).

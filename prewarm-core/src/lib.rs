@@ -80,6 +80,7 @@
 mod atomic_write;
 mod engine;
 mod error;
+mod input_file;
 pub mod manifest;
 pub mod map;
 pub mod plan;
@@ -89,7 +90,7 @@ mod size;
 mod source;
 
 pub use engine::{Backend, BackendChoice, StopReason, StopSignal, DEFAULT_QUEUE_DEPTH, STOP_GRACE};
-pub use error::{Error, Origin, Warning, WarningKind};
+pub use error::{Error, InputError, Origin, Warning, WarningKind};
 pub use plan::{PlanConfig, ReadMode, DEFAULT_CHUNK_SIZE, DEFAULT_MAX_IO};
 pub use report::{Outcome, Report};
 pub use run::{hydrate, Config, ReadyPolicy, ReadyReason};

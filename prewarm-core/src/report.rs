@@ -149,6 +149,21 @@ pub struct ManifestReport {
     pub file_ranges_deferred: u64,
     /// Chunks skipped because an earlier run (the initrd) read them.
     pub handover_chunks: u64,
+    /// Filesystems of the manifest that could not be read here (the others
+    /// were).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub refused: Vec<RefusedFilesystem>,
+}
+
+/// A manifest filesystem that could not be read on this machine.
+#[derive(Debug, Clone, Serialize)]
+pub struct RefusedFilesystem {
+    /// Its UUID.
+    pub uuid: String,
+    /// Its type.
+    pub fs_type: String,
+    /// Why: absent, or of another size or block size than planned.
+    pub reason: String,
 }
 
 /// One block device's plan and reads.
@@ -276,9 +291,11 @@ pub struct Report {
     /// Reads never issued (a stop).
     pub not_issued: u64,
     /// List entries and arguments never collected, hence never planned: the
-    /// run was stopped (deadline, SIGTERM) before their priority class came
-    /// up.
+    /// run was stopped (deadline, SIGTERM) before it came to them.
     pub entries_not_reached: u64,
+    /// Files found but never mapped, hence never read: a stop came while
+    /// their class was being mapped.
+    pub files_not_mapped: u64,
     /// Wall time of the run (of the planning, in a dry run).
     pub elapsed_ms: f64,
     /// Read throughput.
@@ -339,6 +356,7 @@ impl Report {
             errors: 0,
             not_issued: 0,
             entries_not_reached: 0,
+            files_not_mapped: 0,
             elapsed_ms: 0.0,
             mib_per_s: 0.0,
             iops: 0.0,
@@ -382,8 +400,12 @@ impl Report {
             self.iops = ios as f64 / secs;
         }
         let unreadable = self.warnings.iter().any(|w| w.kind.is_read_failure());
-        let engine_failed =
-            self.file_level.error.is_some() || self.devices.iter().any(|d| d.error.is_some());
+        let engine_failed = self.file_level.error.is_some()
+            || self.devices.iter().any(|d| d.error.is_some())
+            || self
+                .manifest
+                .as_ref()
+                .is_some_and(|m| !m.refused.is_empty());
         // Devices planned with no file on them: swept whole, or a manifest's
         // filesystem whose files were all deferred to a later run.
         let whole_devices = self.devices.iter().any(|d| d.swept || d.files == 0);
@@ -394,6 +416,7 @@ impl Report {
             || engine_failed
             || not_issued > 0
             || self.entries_not_reached > 0
+            || self.files_not_mapped > 0
             || self.stopped.is_some()
         {
             Outcome::Partial
@@ -473,16 +496,24 @@ impl Report {
                 m.checksum, m.files, m.unchanged, m.changed, m.missing, m.unverified, m.deferred, m.handover_chunks
             );
         }
+        for r in self.manifest.iter().flat_map(|m| &m.refused) {
+            let _ = writeln!(
+                s,
+                "not read: {} filesystem {}: {}",
+                r.fs_type, r.uuid, r.reason
+            );
+        }
         if let Some(r) = &self.ready {
             let _ = writeln!(s, "ready after {:.0} ms: {}", r.at_ms, r.reason);
         }
         if let Some(c) = &self.cache {
             let _ = writeln!(
                 s,
-                "cache-warmed {} files ({}), {} errors",
+                "cache-warmed {} files ({}), {} errors, {} not warmed (stopped)",
                 c.files,
                 mib(c.bytes),
-                c.errors
+                c.errors,
+                c.not_warmed
             );
         }
         if self.skipped_non_regular > 0 {
@@ -495,8 +526,8 @@ impl Report {
         if let Some(reason) = self.stopped {
             let _ = writeln!(
                 s,
-                "stopped early ({reason:?}): {} reads not issued, list entries not reached: {}",
-                self.not_issued, self.entries_not_reached
+                "stopped early ({reason:?}): {} reads not issued, list entries not reached: {}, files not mapped: {}",
+                self.not_issued, self.entries_not_reached, self.files_not_mapped
             );
         }
         for f in &self.fallbacks {

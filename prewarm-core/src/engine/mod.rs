@@ -42,8 +42,19 @@ pub const DEFAULT_QUEUE_DEPTH: u32 = 32;
 /// schedulers; `none` ignores priorities).
 pub const IOPRIO_IDLE: u16 = 3 << 13;
 
-/// How long reads already in flight are waited for after a stop.
+/// The longest that reads already in flight are waited for after a stop.
 pub const STOP_GRACE: Duration = Duration::from_secs(2);
+
+/// The shortest: a stop is honoured within this plus one round of fetches.
+pub const MIN_STOP_GRACE: Duration = Duration::from_millis(200);
+
+/// How long to wait, after a stop, for the reads in flight: one more round
+/// of fetches as slow as the slowest seen so far (twice it, for jitter), at
+/// least [`MIN_STOP_GRACE`] and at most [`STOP_GRACE`]. A device that never
+/// answered gets the minimum: waiting longer would not make it answer.
+pub(crate) fn stop_grace(slowest_read: Duration) -> Duration {
+    (slowest_read * 2).clamp(MIN_STOP_GRACE, STOP_GRACE)
+}
 
 /// Something to read from: a block device or a file.
 #[derive(Debug, Clone, Copy)]

@@ -32,7 +32,7 @@ use io_uring::{opcode, squeue, types, IoUring};
 
 use super::{
     account, issuable, Backend, EngineConfig, EngineStats, IoBuffers, Next, OpQueue, ReadOp,
-    ReadTarget, Take, QUEUE_POLL, STOP_GRACE,
+    ReadTarget, Take, QUEUE_POLL,
 };
 
 /// io_uring could not be set up (or refused the first submission): nothing
@@ -46,6 +46,8 @@ struct InFlight {
     op: ReadOp,
     /// Bytes of the op already read (short reads resubmit the rest).
     done: u32,
+    /// When its current piece was submitted.
+    issued: Instant,
 }
 
 /// Run the reads of `queue` with `depth` in flight, every one into `sink` (a
@@ -104,6 +106,9 @@ pub(super) fn run(
     let mut ended = false;
     let mut stopped_at: Option<Instant> = None;
     let mut first_submit = true;
+    // The slowest read seen: after a stop, the reads in flight get about
+    // one more such round before they are abandoned.
+    let mut slowest = Duration::ZERO;
     let timeout = types::Timespec::new().nsec(100_000_000);
     let mut completed: Vec<(u64, i32)> = Vec::with_capacity(depth);
 
@@ -151,6 +156,7 @@ pub(super) fn run(
                 index: next,
                 op,
                 done: 0,
+                issued: Instant::now(),
             });
             next += 1;
             inflight += 1;
@@ -161,7 +167,7 @@ pub(super) fn run(
             }
             continue;
         }
-        if stopped_at.is_some_and(|t| t.elapsed() > STOP_GRACE) {
+        if stopped_at.is_some_and(|t| t.elapsed() > super::stop_grace(slowest)) {
             tracing::warn!(
                 inflight,
                 "reads still in flight after the stop grace period; abandoning them"
@@ -196,6 +202,7 @@ pub(super) fn run(
                 continue;
             };
             let op = &f.op;
+            slowest = slowest.max(f.issued.elapsed());
             match account(
                 &mut stats,
                 &targets[op.target],
@@ -221,7 +228,11 @@ pub(super) fn run(
                     // and the SQ holds as many entries as there are slots, so
                     // there is room.
                     let _ = unsafe { ring.submission().push(&e) };
-                    slots[slot] = Some(InFlight { done, ..f });
+                    slots[slot] = Some(InFlight {
+                        done,
+                        issued: Instant::now(),
+                        ..f
+                    });
                 }
             }
         }

@@ -80,6 +80,11 @@ pub(crate) fn build_manifest(
                 file_ranges: f.map.file_ranges.clone(),
             });
         }
+        // A filesystem none of whose files made it in has nothing to
+        // replay: an entry for it would only make a boot look for its disk.
+        if files.is_empty() {
+            continue;
+        }
         devices.push(ManifestDevice {
             fs_type: identity.fs_type.name().to_string(),
             uuid: identity.uuid,

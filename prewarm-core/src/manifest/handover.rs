@@ -10,8 +10,12 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::input_file::{read_untrusted, InputError};
 use crate::plan::spans;
 use crate::report::Report;
+
+/// Largest state file read (a state lists merged ranges: kilobytes).
+pub const MAX_STATE_BYTES: u64 = 16 << 20;
 
 /// Version of the state file layout.
 pub const STATE_VERSION: u32 = 1;
@@ -50,15 +54,17 @@ impl HandoverState {
     /// with checksum `manifest_crc`; otherwise a fresh state (with a log line
     /// saying why an existing file was ignored).
     pub fn load_or_new(path: &Path, manifest_crc: u32) -> Self {
-        let text = match std::fs::read_to_string(path) {
+        let text = match read_untrusted(path, MAX_STATE_BYTES) {
             Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Self::new(manifest_crc),
+            Err(InputError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Self::new(manifest_crc)
+            }
             Err(e) => {
                 tracing::warn!("ignoring handover state {}: {e}", path.display());
                 return Self::new(manifest_crc);
             }
         };
-        match serde_json::from_str::<HandoverState>(&text) {
+        match serde_json::from_slice::<HandoverState>(&text) {
             Ok(s) if s.version == STATE_VERSION && s.manifest_crc == manifest_crc => s,
             Ok(_) => {
                 tracing::info!(

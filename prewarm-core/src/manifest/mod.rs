@@ -17,7 +17,6 @@ pub mod handover;
 mod replay;
 mod text;
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -26,6 +25,7 @@ pub use self::codec::{Manifest, ManifestDevice, ManifestError, ManifestFile, Man
 pub use self::handover::HandoverState;
 use self::replay::ReplayOptions;
 use crate::error::{Error, Warning};
+use crate::input_file::read_untrusted;
 use crate::report::Report;
 use crate::run::{self, Config};
 use crate::source::Sources;
@@ -46,22 +46,14 @@ pub struct LoadedManifest {
     pub checksum: u32,
 }
 
-/// Read and decode the manifest at `path` (at most
-/// [`MAX_MANIFEST_BYTES`]).
+/// Read and decode the manifest at `path`: untrusted input, so a regular
+/// file of at most [`MAX_MANIFEST_BYTES`] that, read as root, only its
+/// owner can write (a FIFO is refused at once, never waited on).
 pub fn load(path: &Path) -> Result<LoadedManifest, Error> {
-    let read_err = |source| Error::ManifestRead {
+    let bytes = read_untrusted(path, MAX_MANIFEST_BYTES).map_err(|source| Error::ManifestRead {
         path: path.to_path_buf(),
         source,
-    };
-    let mut bytes = Vec::new();
-    std::fs::File::open(path)
-        .and_then(|f| f.take(MAX_MANIFEST_BYTES + 1).read_to_end(&mut bytes))
-        .map_err(read_err)?;
-    if bytes.len() as u64 > MAX_MANIFEST_BYTES {
-        return Err(read_err(std::io::Error::other(format!(
-            "larger than {MAX_MANIFEST_BYTES} bytes"
-        ))));
-    }
+    })?;
     let manifest = Manifest::decode(&bytes).map_err(|source| Error::ManifestDecode {
         path: path.to_path_buf(),
         source,
@@ -212,6 +204,7 @@ pub fn run_manifest(req: &ManifestRun, mut cfg: Config) -> Result<ManifestOutcom
         max_priority: req.max_priority,
         verify: req.verify,
         allow_grown: req.allow_grown,
+        stop: cfg.stop.clone(),
     };
     let prepared = replay::prepare_manifest(m, &opts, handover.as_ref(), cfg.queue_depth)?;
     let report = prepared.execute(&cfg)?;

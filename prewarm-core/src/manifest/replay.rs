@@ -16,14 +16,16 @@ use std::time::{Duration, Instant};
 
 use rayon::prelude::*;
 
-use super::codec::{Manifest, ManifestFile};
+use super::codec::{Manifest, ManifestDevice, ManifestFile};
 use super::handover::HandoverState;
+use crate::engine::StopSignal;
 use crate::error::{Error, Origin, Warning, WarningKind};
+use crate::map::device::BlockDevice;
 use crate::map::extent::{map_file, open_file};
 use crate::map::fsid::{self, format_uuid};
-use crate::map::{device, pool, ExtentMap, FileReadReason};
+use crate::map::{device, pool, DeviceId, ExtentMap, FileReadReason};
 use crate::plan::{PrioritizedExtent, ReadPlan};
-use crate::report::ManifestReport;
+use crate::report::{ManifestReport, RefusedFilesystem};
 use crate::run::{plan_file_ios, DevicePlan, MappedFile, Prepared};
 use crate::source::TargetFile;
 
@@ -45,6 +47,8 @@ pub(crate) struct ReplayOptions {
     /// grown in place); a smaller or differently blocked one is still
     /// refused.
     pub allow_grown: bool,
+    /// Ends the wait for devices early.
+    pub stop: StopSignal,
 }
 
 /// What became of one manifest file.
@@ -77,30 +81,25 @@ pub(crate) fn prepare_manifest(
     let mut warnings = Vec::new();
     let mut files: Vec<MappedFile> = Vec::new();
     let mut devices = Vec::new();
-    for md in &m.devices {
+    // Every filesystem is looked for at once, and each stands on its own: one
+    // that is absent or changed is reported and the others are still read.
+    let uuids: Vec<[u8; 16]> = m.devices.iter().map(|d| d.uuid).collect();
+    let found = fsid::find_by_uuids(&uuids, opts.wait_device, &opts.stop);
+    for (md, found) in m.devices.iter().zip(found) {
         let uuid = format_uuid(&md.uuid);
-        let (id, node) = fsid::find_by_uuid(&md.uuid, opts.wait_device).ok_or_else(|| {
-            refuse(format!(
-                "no block device holds the {} filesystem {uuid} (waited {:?})",
-                md.fs_type, opts.wait_device
-            ))
-        })?;
-        let dev = device::open(id)
-            .map_err(|e| refuse(format!("filesystem {uuid} on {}: {e}", node.display())))?;
-        // A filesystem grown in place (a root volume resized at launch, then
-        // growpart and resize2fs / xfs_growfs) keeps every block where it
-        // was: with `allow_grown`, a larger device is accepted.
-        let grown = opts.allow_grown && dev.size > md.size;
-        if (dev.size != md.size && !grown) || dev.logical_block_size != md.logical_block_size {
-            return Err(refuse(format!(
-                "planned for a {}-byte device with {}-byte blocks, but {} (filesystem {uuid}) has {} bytes with {}-byte blocks",
-                md.size,
-                md.logical_block_size,
-                dev.node.display(),
-                dev.size,
-                dev.logical_block_size
-            )));
-        }
+        let dev = match usable_device(md, found, opts) {
+            Ok(dev) => dev,
+            Err(reason) => {
+                tracing::warn!("{}: {reason}", opts.manifest_path.display());
+                report.refused.push(RefusedFilesystem {
+                    uuid,
+                    fs_type: md.fs_type.clone(),
+                    reason,
+                });
+                continue;
+            }
+        };
+        let id = dev.id;
         let mount = if opts.verify {
             device::mount_point(id)
         } else {
@@ -173,6 +172,11 @@ pub(crate) fn prepare_manifest(
             uuid: Some(uuid),
         });
     }
+    if devices.is_empty() && !report.refused.is_empty() {
+        // Nothing of the manifest can be read here.
+        let reasons: Vec<String> = report.refused.iter().map(|r| r.reason.clone()).collect();
+        return Err(refuse(reasons.join("; ")));
+    }
     let file_ios = plan_file_ios(&files, 0, m.plan.max_io);
     Ok(Prepared {
         manifest: Some(report),
@@ -182,6 +186,40 @@ pub(crate) fn prepare_manifest(
         prepare_time: start.elapsed(),
         ..Prepared::empty(warnings)
     })
+}
+
+/// The open device of the manifest filesystem `md` (found at `found`), or
+/// why it cannot be read: absent, unopenable, or of another size or block
+/// size than planned.
+fn usable_device(
+    md: &ManifestDevice,
+    found: Option<(DeviceId, PathBuf)>,
+    opts: &ReplayOptions,
+) -> Result<BlockDevice, String> {
+    let uuid = format_uuid(&md.uuid);
+    let Some((id, node)) = found else {
+        return Err(format!(
+            "no block device holds the {} filesystem {uuid} (waited {:?})",
+            md.fs_type, opts.wait_device
+        ));
+    };
+    let dev =
+        device::open(id).map_err(|e| format!("filesystem {uuid} on {}: {e}", node.display()))?;
+    // A filesystem grown in place (a root volume resized at launch, then
+    // growpart and resize2fs / xfs_growfs) keeps every block where it was:
+    // with `allow_grown`, a larger device is accepted.
+    let grown = opts.allow_grown && dev.size > md.size;
+    if (dev.size != md.size && !grown) || dev.logical_block_size != md.logical_block_size {
+        return Err(format!(
+            "planned for a {}-byte device with {}-byte blocks, but {} (filesystem {uuid}) has {} bytes with {}-byte blocks",
+            md.size,
+            md.logical_block_size,
+            dev.node.display(),
+            dev.size,
+            dev.logical_block_size
+        ));
+    }
+    Ok(dev)
 }
 
 /// One manifest file: as recorded, re-mapped, or gone. Files on another

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::device::{open_read_only, DeviceId};
+use crate::engine::StopSignal;
 
 /// Filesystem types whose superblock we can read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,49 +90,137 @@ fn read_identity_of(f: &File) -> std::io::Result<Option<FsIdentity>> {
     Ok(identify(&head))
 }
 
-/// Find the block device holding the filesystem `uuid`, polling up to `wait`
-/// for it to appear (in the initrd, the disk driver may still be probing).
-/// Looks at `/dev/disk/by-uuid` first, then at every block device in sysfs.
-pub fn find_by_uuid(uuid: &[u8; 16], wait: Duration) -> Option<(DeviceId, PathBuf)> {
-    let deadline = Instant::now() + wait;
+/// How long a scan waits for the devices' answers when no wait for devices
+/// to appear was asked for: a healthy device answers a 4 KiB read in
+/// milliseconds (a lazy volume in one fetch); a hung or slow disk must not
+/// hold the run.
+pub const PROBE_WINDOW: Duration = Duration::from_secs(1);
+
+/// Find the block devices holding the filesystems `uuids` (one answer per
+/// UUID, in order), polling up to `wait` for them to appear (in the initrd
+/// the disk driver may still be probing).
+///
+/// Every candidate (the `/dev/disk/by-uuid` link, then every block device
+/// in sysfs) has its superblock read on a thread of its own, all at once,
+/// so one hung or slow disk delays nothing: the search ends as soon as every
+/// UUID is found, when `wait` (at least [`PROBE_WINDOW`]) has passed, or
+/// when `stop` says so. A read that never returns is left behind.
+pub fn find_by_uuids(
+    uuids: &[[u8; 16]],
+    wait: Duration,
+    stop: &StopSignal,
+) -> Vec<Option<(DeviceId, PathBuf)>> {
+    let deadline = Instant::now() + wait.max(PROBE_WINDOW);
+    let mut prober = Prober::default();
+    let mut found: Vec<Option<(DeviceId, PathBuf)>> = vec![None; uuids.len()];
     loop {
-        if let Some(found) = scan(uuid) {
-            return Some(found);
+        prober.probe_new_candidates(uuids);
+        let left = deadline.saturating_duration_since(Instant::now());
+        prober.collect(left.min(Duration::from_millis(100)));
+        for (slot, uuid) in found.iter_mut().zip(uuids) {
+            if slot.is_none() {
+                *slot = prober.holder_of(uuid);
+            }
         }
-        if Instant::now() >= deadline {
-            return None;
+        let all_found = found.iter().all(Option::is_some);
+        // Without a wait for devices to appear, one scan is enough once
+        // every candidate has answered.
+        let scanned = wait.is_zero() && prober.pending == 0;
+        if all_found || scanned || Instant::now() >= deadline || stop.check().is_some() {
+            return found;
         }
-        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
-fn scan(uuid: &[u8; 16]) -> Option<(DeviceId, PathBuf)> {
-    let by_uuid = PathBuf::from(format!("/dev/disk/by-uuid/{}", format_uuid(uuid)));
-    let mut candidates = vec![by_uuid];
-    if let Ok(dir) = std::fs::read_dir("/sys/class/block") {
-        for entry in dir.flatten() {
-            let size: u64 = std::fs::read_to_string(entry.path().join("size"))
-                .ok()
-                .and_then(|s| s.trim().parse().ok())
-                .unwrap_or(0);
-            if size > 0 {
-                candidates.push(Path::new("/dev").join(entry.file_name()));
+/// Superblock reads of candidate devices, each on its own thread.
+struct Prober {
+    /// Device number → (node, identity or none), for devices that answered.
+    answered: std::collections::HashMap<u64, (PathBuf, Option<FsIdentity>)>,
+    /// Device numbers asked (answered or not).
+    asked: std::collections::HashSet<u64>,
+    /// Reads not answered yet.
+    pending: usize,
+    tx: std::sync::mpsc::Sender<(u64, PathBuf, Option<FsIdentity>)>,
+    rx: std::sync::mpsc::Receiver<(u64, PathBuf, Option<FsIdentity>)>,
+}
+
+impl Default for Prober {
+    fn default() -> Self {
+        let (tx, rx) = std::sync::mpsc::channel();
+        Prober {
+            answered: Default::default(),
+            asked: Default::default(),
+            pending: 0,
+            tx,
+            rx,
+        }
+    }
+}
+
+impl Prober {
+    /// Start a read of every candidate not asked yet.
+    fn probe_new_candidates(&mut self, uuids: &[[u8; 16]]) {
+        let mut candidates: Vec<PathBuf> = uuids
+            .iter()
+            .map(|u| PathBuf::from(format!("/dev/disk/by-uuid/{}", format_uuid(u))))
+            .collect();
+        if let Ok(dir) = std::fs::read_dir("/sys/class/block") {
+            for entry in dir.flatten() {
+                let size: u64 = std::fs::read_to_string(entry.path().join("size"))
+                    .ok()
+                    .and_then(|s| s.trim().parse().ok())
+                    .unwrap_or(0);
+                if size > 0 {
+                    candidates.push(Path::new("/dev").join(entry.file_name()));
+                }
+            }
+        }
+        for node in candidates {
+            let Ok(meta) = std::fs::metadata(&node) else {
+                continue;
+            };
+            if !meta.file_type().is_block_device() || !self.asked.insert(meta.rdev()) {
+                continue;
+            }
+            let (tx, rdev) = (self.tx.clone(), meta.rdev());
+            let spawned = std::thread::Builder::new()
+                .name("prewarm-probe".into())
+                .spawn(move || {
+                    let id = read_identity(&node).ok().flatten();
+                    let _ = tx.send((rdev, node, id));
+                });
+            if spawned.is_ok() {
+                self.pending += 1;
             }
         }
     }
-    candidates.into_iter().find_map(|node| {
-        let meta = std::fs::metadata(&node).ok()?;
-        if !meta.file_type().is_block_device() {
-            return None;
+
+    /// Take the answers that come within `wait`.
+    fn collect(&mut self, wait: Duration) {
+        let until = Instant::now() + wait;
+        while self.pending > 0 {
+            let left = until.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok((rdev, node, id)) => {
+                    self.pending -= 1;
+                    self.answered.insert(rdev, (node, id));
+                }
+                Err(_) => return,
+            }
         }
-        let id = read_identity(&node).ok()??;
-        (id.uuid == *uuid).then(|| {
-            (
-                DeviceId::from_dev(meta.rdev()),
-                std::fs::canonicalize(&node).unwrap_or(node),
-            )
+    }
+
+    /// The device that answered with filesystem `uuid`.
+    fn holder_of(&self, uuid: &[u8; 16]) -> Option<(DeviceId, PathBuf)> {
+        self.answered.iter().find_map(|(&rdev, (node, id))| {
+            id.filter(|id| id.uuid == *uuid).map(|_| {
+                (
+                    DeviceId::from_dev(rdev),
+                    std::fs::canonicalize(node).unwrap_or_else(|_| node.clone()),
+                )
+            })
         })
-    })
+    }
 }
 
 #[cfg(test)]

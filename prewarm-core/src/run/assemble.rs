@@ -100,11 +100,16 @@ impl Prepared {
         report.fallbacks.sort();
         report.fallbacks.dedup();
         if cfg.cache && cfg.stop.check().is_none() {
-            report.cache = Some(cache::warm(
+            let warmed = cache::warm(
                 self.files
                     .iter()
                     .map(|f| (f.file.path.as_path(), f.file.size)),
-            ));
+                &cfg.stop,
+            );
+            if warmed.not_warmed > 0 {
+                report.stopped = report.stopped.or(cfg.stop.check());
+            }
+            report.cache = Some(warmed);
         }
         Ok(report)
     }
@@ -162,6 +167,7 @@ impl Prepared {
             planned_bytes: totals.bytes + file_level_planned,
             ios_planned,
             entries_not_reached: self.entries_not_reached,
+            files_not_mapped: self.files_not_mapped,
             stopped: self.stopped,
             fallbacks: self.fallbacks().collect(),
             warnings: self.warnings.clone(),

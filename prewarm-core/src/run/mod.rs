@@ -141,8 +141,10 @@ pub(crate) struct Prepared {
     pub warnings: Vec<Warning>,
     pub fallbacks: Vec<Fallback>,
     pub skipped_non_regular: u64,
-    /// Entries never collected: a stop came before their class.
+    /// Entries never collected: a stop came before them.
     pub entries_not_reached: u64,
+    /// Files collected but never mapped: a stop came first.
+    pub files_not_mapped: u64,
     pub stopped: Option<engine::StopReason>,
     pub prepare_time: Duration,
 }
@@ -159,6 +161,7 @@ impl Prepared {
             fallbacks: Vec::new(),
             skipped_non_regular: 0,
             entries_not_reached: 0,
+            files_not_mapped: 0,
             stopped: None,
             prepare_time: Duration::ZERO,
         }

@@ -88,7 +88,7 @@ impl<'c> Planner<'c> {
         for &priority in self.sweeps.keys() {
             classes.entry(priority).or_default();
         }
-        let mut collector = Collector::new(&self.cfg.collect);
+        let mut collector = Collector::new(&self.cfg.collect, self.cfg.stop.clone());
         for (priority, entries) in classes {
             if let Some(reason) = self.prepared.stopped.or_else(|| self.cfg.stop.check()) {
                 if self.prepared.stopped.is_none() {
@@ -100,33 +100,48 @@ impl<'c> Planner<'c> {
             }
             let files = pool.install(|| collector.add(&entries).to_vec());
             self.prepared.warnings.extend(collector.take_warnings());
+            if let Some(reason) = self.cfg.stop.check() {
+                // Stopped inside the class: what it collected is still
+                // mapped and read, but only until the stop bites there too.
+                self.prepared.stopped.get_or_insert(reason);
+            }
             let sweeps = self.sweeps.get(&priority).cloned().unwrap_or_default();
             let added = pool.install(|| self.add_class(files, &sweeps, priority));
             sink(self, &added);
         }
         self.prepared.skipped_non_regular += collector.skipped_non_regular();
+        self.prepared.entries_not_reached += collector.not_reached();
     }
 
     /// Map `files` (on the current rayon pool) and plan them, with the
     /// sweeps of `sweeps` at `priority`. Every class of the batch must be
     /// less urgent than those of earlier batches.
     fn add_class(&mut self, files: Vec<TargetFile>, sweeps: &[DeviceId], priority: u32) -> Added {
-        // A file that cannot be opened is named and dropped.
-        let mapped: Vec<Result<MappedFile, Warning>> = files
+        // A file that cannot be opened is named and dropped; after a stop
+        // the rest is not mapped (each FIEMAP may wait for cold metadata).
+        let stop = &self.cfg.stop;
+        let mapped: Vec<Option<Result<MappedFile, Warning>>> = files
             .into_par_iter()
-            .map(|file| match open_file(&file.path, false) {
-                Ok((f, _)) => Ok(MappedFile {
-                    map: map_file(&f, file.size),
-                    file,
-                }),
-                Err(e) => Err(Warning::new(
-                    WarningKind::Unreadable,
-                    Some(&file.path),
-                    Some(&file.origin),
-                    format!("opening: {e}"),
-                )),
+            .map(|file| {
+                if stop.check().is_some() {
+                    return None;
+                }
+                Some(match open_file(&file.path, false) {
+                    Ok((f, _)) => Ok(MappedFile {
+                        map: map_file(&f, file.size),
+                        file,
+                    }),
+                    Err(e) => Err(Warning::new(
+                        WarningKind::Unreadable,
+                        Some(&file.path),
+                        Some(&file.origin),
+                        format!("opening: {e}"),
+                    )),
+                })
             })
             .collect();
+        let not_mapped = mapped.iter().filter(|m| m.is_none()).count() as u64;
+        self.prepared.files_not_mapped += not_mapped;
         let first_file = self.prepared.files.len();
         let mut extents: BTreeMap<DeviceId, Vec<PrioritizedExtent>> = BTreeMap::new();
         for &id in sweeps {
@@ -138,7 +153,7 @@ impl<'c> Planner<'c> {
                 });
             }
         }
-        for m in mapped {
+        for m in mapped.into_iter().flatten() {
             let mut m = match m {
                 Ok(m) => m,
                 Err(w) => {

@@ -15,25 +15,30 @@
 //! lines still count. This is the one parser of the format: the CLI, the
 //! manifest planner and the benchmarks all call it.
 
-use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use super::SourceEntry;
 use crate::error::{Error, Origin, Warning, WarningKind};
+use crate::input_file::{read_capped, read_untrusted};
 
 /// Priority of entries that do not give one.
 pub const DEFAULT_PRIORITY: u32 = 100;
 
-/// Read a list file (`-` is standard input) into entries.
+/// Largest list file read (a million lines of long paths fit).
+pub const MAX_LIST_BYTES: u64 = 256 << 20;
+
+/// Read a list file (`-` is standard input) into entries. The file is
+/// untrusted input: it must be a regular file (a FIFO is refused, not
+/// waited on), at most [`MAX_LIST_BYTES`], and, read as root, writable by
+/// its owner only.
 pub fn read_list(path: &Path) -> Result<(Vec<SourceEntry>, Vec<Warning>), Error> {
-    let mut bytes = Vec::new();
-    let res = if path == Path::new("-") {
-        std::io::stdin().read_to_end(&mut bytes)
+    let bytes = if path == Path::new("-") {
+        read_capped(std::io::stdin().lock(), MAX_LIST_BYTES)
     } else {
-        std::fs::File::open(path).and_then(|mut f| f.read_to_end(&mut bytes))
-    };
-    res.map_err(|source| Error::ListRead {
+        read_untrusted(path, MAX_LIST_BYTES)
+    }
+    .map_err(|source| Error::ListRead {
         path: path.to_path_buf(),
         source,
     })?;

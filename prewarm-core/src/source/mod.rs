@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
 
+use crate::engine::StopSignal;
 use crate::error::{Origin, Warning, WarningKind};
 
 pub mod list;
@@ -169,6 +170,24 @@ pub struct FileSet {
     pub skipped_non_regular: u64,
 }
 
+/// `pattern` (under `root`) with its literal leading directories resolved
+/// inside `root`.
+fn glob_in_root(pattern: &Path, root: &Path) -> PathBuf {
+    let mut literal = PathBuf::new();
+    let mut rest = PathBuf::new();
+    for c in pattern.components() {
+        if rest.as_os_str().is_empty() && !is_glob(Path::new(c.as_os_str())) {
+            literal.push(c);
+        } else {
+            rest.push(c);
+        }
+    }
+    match resolve_in_root(&literal, root) {
+        Ok(dir) => dir.join(rest),
+        Err(_) => pattern.to_path_buf(),
+    }
+}
+
 fn is_glob(path: &Path) -> bool {
     path.as_os_str()
         .as_bytes()
@@ -179,7 +198,7 @@ fn is_glob(path: &Path) -> bool {
 /// Resolve entries to the set of regular files they name.
 #[cfg(test)]
 fn collect(entries: &[SourceEntry], opts: &CollectOptions) -> FileSet {
-    let mut c = Collector::new(opts);
+    let mut c = Collector::new(opts, StopSignal::default());
     c.add(entries);
     c.finish()
 }
@@ -193,20 +212,34 @@ pub struct Collector<'a> {
     set: FileSet,
     /// (dev, ino) → index in `set.files`.
     by_inode: HashMap<(u64, u64), usize>,
+    stop: StopSignal,
+    not_reached: u64,
 }
 
 impl<'a> Collector<'a> {
-    pub fn new(opts: &'a CollectOptions) -> Self {
+    /// A collector that stops taking entries (and walking) once `stop`
+    /// says so.
+    pub fn new(opts: &'a CollectOptions, stop: StopSignal) -> Self {
         Collector {
             opts,
             set: FileSet::default(),
             by_inode: HashMap::new(),
+            stop,
+            not_reached: 0,
         }
+    }
+
+    /// Entries given to [`Collector::add`] but never looked at: a stop came
+    /// first.
+    pub fn not_reached(&self) -> u64 {
+        self.not_reached
     }
 
     /// Add the files `entries` name; returns those not met before. Under
     /// an image root (`opts.root`) the entries' absolute paths are the
-    /// image's, and are looked up under the root.
+    /// image's, and are looked up under the root: every component, `..` and
+    /// symlink (directory symlinks included) resolves inside it, so nothing
+    /// of the build host is ever planned.
     pub fn add(&mut self, entries: &[SourceEntry]) -> &[TargetFile] {
         let rebased: Vec<SourceEntry>;
         let entries = match &self.opts.root {
@@ -228,17 +261,26 @@ impl<'a> Collector<'a> {
         // the caller's pool (see `blocking`) keeps many of them in flight.
         // The serial pass below, which dedupes in list order, uses the
         // results.
+        // Under an image root the host's lstat could pass through a
+        // directory symlink out of the image: every path is resolved inside
+        // the root instead (`resolve`).
+        let in_root = self.opts.root.is_some();
+        let stop = &self.stop;
         let lstats: Vec<Option<std::fs::Metadata>> = entries
             .par_iter()
             .map(|e| {
-                if is_glob(&e.path) {
+                if is_glob(&e.path) || in_root || stop.check().is_some() {
                     None
                 } else {
                     std::fs::symlink_metadata(&e.path).ok()
                 }
             })
             .collect();
-        for (entry, lstat) in entries.iter().zip(lstats) {
+        for (i, (entry, lstat)) in entries.iter().zip(lstats).enumerate() {
+            if self.stop.check().is_some() {
+                self.not_reached += (entries.len() - i) as u64;
+                break;
+            }
             if is_glob(&entry.path) {
                 self.expand_glob(entry);
             } else {
@@ -277,7 +319,14 @@ impl<'a> Collector<'a> {
     }
 
     fn expand_glob(&mut self, entry: &SourceEntry) {
-        let pattern = entry.path.to_string_lossy().into_owned();
+        let pattern = match &self.opts.root {
+            // The literal directories before the first wildcard resolve
+            // inside the image, so the walk starts where the image's links
+            // lead, not the host's.
+            Some(root) => glob_in_root(&entry.path, root),
+            None => entry.path.clone(),
+        };
+        let pattern = pattern.to_string_lossy().into_owned();
         let paths = match glob::glob(&pattern) {
             Ok(paths) => paths,
             Err(e) => {
@@ -295,7 +344,12 @@ impl<'a> Collector<'a> {
             matched = true;
             match p {
                 Ok(p) => {
-                    let lstat = std::fs::symlink_metadata(&p).ok();
+                    // Under an image root every match is resolved inside
+                    // it (a wildcard may have matched a host-side link).
+                    let lstat = match self.opts.root {
+                        Some(_) => None,
+                        None => std::fs::symlink_metadata(&p).ok(),
+                    };
                     self.add_path(&p, lstat, entry);
                 }
                 Err(e) => {
@@ -382,6 +436,9 @@ impl<'a> Collector<'a> {
             .same_file_system(!self.opts.cross_mounts)
             .sort_by_file_name();
         for item in walker {
+            if self.stop.check().is_some() {
+                break;
+            }
             let item = match item {
                 Ok(item) => item,
                 Err(e) => {
