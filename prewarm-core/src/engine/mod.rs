@@ -469,14 +469,14 @@ pub fn run(
     ops: &[ReadOp],
     cfg: &EngineConfig,
 ) -> Result<EngineStats, Error> {
-    run_queue(targets, &OpQueue::of(ops), cfg)
+    run_queue(targets, &Arc::new(OpQueue::of(ops)), cfg)
 }
 
 /// Run the reads of `queue` against `targets`, in order, `cfg.queue_depth`
 /// at a time, until the queue is closed and drained (or a stop).
 pub fn run_queue(
     targets: &[ReadTarget<'_>],
-    queue: &OpQueue,
+    queue: &Arc<OpQueue>,
     cfg: &EngineConfig,
 ) -> Result<EngineStats, Error> {
     let start = Instant::now();
@@ -508,10 +508,9 @@ pub fn run_queue(
             Err(uring::SetupError(e)) => return Err(Error::UringUnavailable(e)),
         }
     }
-    // One buffer per thread: the threads fault their own pages in as they
-    // start, in parallel.
-    let mut buffers = IoBuffers::new(depth, max_len)?;
-    let mut stats = pread::run(targets, queue, cfg, &mut buffers);
+    // Each thread maps its own buffer and faults its pages in as it starts,
+    // in parallel.
+    let mut stats = pread::run(targets, queue, cfg, depth)?;
     stats.fallback = fallback;
     stats.elapsed = start.elapsed();
     Ok(stats)

@@ -289,7 +289,7 @@ mod tests {
             align: 512,
         }];
         // The queue's reads are at most 4 KiB: the sink is one page.
-        let queue = OpQueue::new(4096);
+        let queue = Arc::new(OpQueue::new(4096));
         queue.push([op(0, 4096), op(4096, 8192), op(12288, 4096)]);
         queue.close();
         let s = run_queue(&targets, &queue, &uring()).unwrap();
