@@ -11,7 +11,13 @@ use prewarm_core::{parse_size, DEFAULT_PRIORITY};
 /// Hydrate the file extents that matter first on a lazily loaded
 /// (snapshot-restored) block device, with many reads in flight.
 #[derive(Parser, Debug)]
-#[command(name = "prewarm", version, about, long_about = None, args_conflicts_with_subcommands = true)]
+#[command(
+    name = "prewarm",
+    version = VERSION,
+    about,
+    long_about = None,
+    args_conflicts_with_subcommands = true
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -46,7 +52,26 @@ pub enum Command {
     Run(RunCmd),
     /// Print a boot manifest.
     Show(ShowCmd),
+    /// Print a shell completion script (e.g. `prewarm completions bash >
+    /// /usr/share/bash-completion/completions/prewarm`).
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page, prewarm(1), generated from these options (roff).
+    Manpage,
 }
+
+/// `0.1.0 (commit abcdef012345)`: the version, and the commit it was built
+/// from (`unknown` outside a git checkout), so a report or a bug names the
+/// exact build.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("PREWARM_COMMIT"),
+    ")"
+);
 
 /// What to hydrate.
 #[derive(Args, Debug, Default)]

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use clap::CommandFactory;
 use prewarm_core::manifest::{self, ManifestOutcome, ManifestRun, ManifestStats};
 use prewarm_core::{
     format_bytes, hydrate as hydrate_sources, BackendChoice, CollectOptions, Config, PlanConfig,
@@ -68,7 +69,7 @@ pub fn plan(cmd: &PlanCmd) -> Result<u8> {
         dry_run: true,
         ..Config::default()
     };
-    let tool = format!("prewarm {}", env!("CARGO_PKG_VERSION"));
+    let tool = format!("prewarm {}", crate::args::VERSION);
     let planned =
         manifest::plan_manifest(&read_sources(&cmd.sources), &cfg, &tool).context("mapping")?;
     print_warnings(&planned.warnings);
@@ -187,6 +188,36 @@ pub fn show(cmd: &ShowCmd) -> Result<u8> {
         print!("{}", loaded.manifest.render_text(cmd.files));
     }
     Ok(0)
+}
+
+/// `prewarm completions SHELL`: the completion script, from the clap
+/// definitions.
+pub fn completions(shell: clap_complete::Shell) -> Result<u8> {
+    let mut cmd = crate::args::Cli::command();
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut cmd, "prewarm", &mut script);
+    write_generated(&script, "the completion script")
+}
+
+/// `prewarm manpage`: prewarm(1), from the clap definitions.
+pub fn manpage() -> Result<u8> {
+    let mut page = Vec::new();
+    clap_mangen::Man::new(crate::args::Cli::command())
+        .render(&mut page)
+        .context("rendering the man page")?;
+    write_generated(&page, "the man page")
+}
+
+/// Write generated text to standard output; a reader that closed early
+/// (`| head`) ends the output, it is not an error.
+fn write_generated(bytes: &[u8], what: &str) -> Result<u8> {
+    use std::io::Write;
+    match std::io::stdout().lock().write_all(bytes) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(e).with_context(|| format!("writing {what}"))
+        }
+        _ => Ok(0),
+    }
 }
 
 fn plan_config(p: &PlanArgs) -> PlanConfig {

@@ -57,6 +57,8 @@ fn main() -> ExitCode {
         Some(Command::Plan(cmd)) => commands::plan(cmd),
         Some(Command::Run(cmd)) => commands::run(cmd),
         Some(Command::Show(cmd)) => commands::show(cmd),
+        Some(Command::Completions { shell }) => commands::completions(*shell),
+        Some(Command::Manpage) => commands::manpage(),
     };
     match result {
         Ok(code) => ExitCode::from(code),
