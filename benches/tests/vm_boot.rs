@@ -26,14 +26,16 @@
 //!
 //! Needs root, /dev/fuse, qemu-system-x86_64, mmdebstrap, e2fsprogs (as root
 //! with apt-get, missing packages are installed, like `scripts/test` does) and
-//! the `prewarm` binary of this workspace (next to this test's target dir, or
-//! `PREWARM_BIN`). Otherwise prints `SKIP: <reason>` and passes, unless
+//! prewarm's .deb (`target/packages/prewarm_*.deb` from `scripts/package`,
+//! which `scripts/test` runs as root, or `PREWARM_DEB`): the guest gets
+//! prewarm from the package, so the package is what is proven to boot.
+//! Otherwise prints `SKIP: <reason>` and passes, unless
 //! PREWARM_REQUIRE_PRIVILEGED=1. Runs in ~3 min on 2 cores under TCG; the Debian
 //! root tree is cached in /var/tmp/prewarm-vm-cache.
 //!
 //! Environment: PREWARM_VM_WORK (work dir, default
-//! /var/tmp/prewarm-vm-cache/work), PREWARM_INSTALL (default
-//! `initrd/install.sh`), and run.sh's VM_* knobs (latency, repeat, timeout).
+//! /var/tmp/prewarm-vm-cache/work), PREWARM_DEB, and run.sh's VM_* knobs
+//! (latency, repeat, timeout).
 
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
@@ -108,8 +110,8 @@ prewarm-e2e --render benches/results.json --vm-boot-section {0}",
 // Prerequisites
 
 struct Inputs {
-    prewarm: PathBuf,
-    install: PathBuf,
+    /// prewarm's package.
+    deb: PathBuf,
 }
 
 /// The inputs, or None after printing SKIP (panics instead when
@@ -156,27 +158,35 @@ fn find_inputs() -> Result<Inputs, String> {
     if !need.is_empty() {
         return Err(format!("missing packages: {}", need.join(" ")));
     }
-    let prewarm = match std::env::var_os("PREWARM_BIN") {
+    // The package is what is proven to boot: the guest gets prewarm from
+    // the .deb that scripts/package built (CI builds it before the tests).
+    let deb = match std::env::var_os("PREWARM_DEB") {
         Some(p) => PathBuf::from(p),
-        // target/<profile>/deps/vm_boot-HASH → target/<profile>/prewarm
-        None => std::env::current_exe()
-            .ok()
-            .and_then(|e| Some(e.parent()?.parent()?.join("prewarm")))
-            .ok_or("cannot locate the target directory")?,
+        None => {
+            let dir = Path::new(MANIFEST_DIR).join("../target/packages");
+            std::fs::read_dir(&dir)
+                .ok()
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.path())
+                .find(|p| {
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with("prewarm_") && n.ends_with(".deb"))
+                })
+                .ok_or_else(|| {
+                    format!(
+                        "no prewarm .deb in {} (run scripts/package, or set PREWARM_DEB)",
+                        dir.display()
+                    )
+                })?
+        }
     };
-    if !prewarm.is_file() {
-        return Err(format!(
-            "prewarm binary {} not found (build prewarm-cli, or set PREWARM_BIN)",
-            prewarm.display()
-        ));
+    if !deb.is_file() {
+        return Err(format!("{} not found", deb.display()));
     }
-    let install = std::env::var_os("PREWARM_INSTALL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(MANIFEST_DIR).join("../initrd/install.sh"));
-    if !install.is_file() {
-        return Err(format!("{} not found", install.display()));
-    }
-    Ok(Inputs { prewarm, install })
+    Ok(Inputs { deb })
 }
 
 // ---------------------------------------------------------------------------
@@ -200,8 +210,7 @@ impl Harness {
             .args(["--pdeathsig", "TERM", "sh"])
             .arg(Path::new(MANIFEST_DIR).join("vm/run.sh"))
             .arg(work)
-            .env("PREWARM_BIN", &inputs.prewarm)
-            .env("PREWARM_INSTALL", &inputs.install)
+            .env("PREWARM_DEB", &inputs.deb)
             .env("PREWARM_TESTBED", TESTBED)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))

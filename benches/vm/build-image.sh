@@ -1,13 +1,13 @@
 #!/bin/sh
-# build-image.sh ROOT_TREE OUT_DIR PREWARM_BIN INSTALL_SH
+# build-image.sh ROOT_TREE OUT_DIR PREWARM_DEB
 # Makes OUT_DIR/{disk.img,vmlinuz,initrd.img,layout.env,big.chunks} from a copy
 # of ROOT_TREE (see build-root.sh) plus prewarm, its units, and the stand-in
 # kubelet. disk.img is a bare ext4 image (no partition table), so a file's
 # physical offset in the filesystem is its offset in the image.
 set -eu
 . "$(dirname -- "$0")/lib.sh"
-[ $# -eq 4 ] || die "usage: $0 ROOT_TREE OUT_DIR PREWARM_BIN INSTALL_SH"
-ROOT=$1 OUT=$2 BIN=$3 INSTALL=$4
+[ $# -eq 3 ] || die "usage: $0 ROOT_TREE OUT_DIR PREWARM_DEB"
+ROOT=$1 OUT=$2 DEB=$3
 : "${VM_IMAGE_SIZE:=1G}" "${VM_BIG_MIB:=40}" "${VM_CHUNK:=524288}"
 TREE=$OUT/tree MNT=$OUT/mnt IMG=$OUT/disk.img
 
@@ -25,11 +25,17 @@ t=$(date +%s)
 
 # --- the root tree: Debian + prewarm + the stand-in kubelet -----------------
 cp -a "$ROOT" "$TREE"; rm -f "$TREE/.complete"
-# Without debug info (a debug build is ~50 MB, which the guest would read
-# from the lazy disk and dracut would copy into the initrd).
-cp "$BIN" "$OUT/prewarm"
-strip --strip-debug "$OUT/prewarm" 2>/dev/null || true   # (a script stays as is)
-sh "$INSTALL" --root "$TREE" --bin "$OUT/prewarm"
+# prewarm from its package, as an image build installs it: dpkg runs the
+# maintainer scripts chrooted into the tree; then the image build's own
+# steps: enable the root-phase unit (the package enables nothing), and (below)
+# write the list, plan the manifest, rebuild the initrd.
+dpkg --root="$TREE" -i "$DEB" >/dev/null
+mkdir -p "$TREE/etc/systemd/system/multi-user.target.wants"
+ln -sf /usr/lib/systemd/system/prewarm.service \
+    "$TREE/etc/systemd/system/multi-user.target.wants/prewarm.service"
+mkdir -p "$TREE/etc/prewarm"
+# The same binary plans the manifest on the build host.
+cp "$TREE/usr/bin/prewarm" "$OUT/prewarm"
 echo 5f1b7a3c9d2e4f60718293a4b5c6d7e8 >"$TREE/etc/machine-id"   # no first boot
 echo prewarm-vm >"$TREE/etc/hostname"
 install -m755 "$VM_DIR/guest/kubelet-standin.sh" "$TREE/usr/local/bin/"

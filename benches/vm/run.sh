@@ -10,15 +10,15 @@
 # Per boot, WORK_DIR/boot-NAME-N/ (N = 1..VM_REPEAT) gets console.log
 # (ttyS0), data.log (ttyS1: the stand-in's results and the boot journal),
 # stats.json (testbed counters) and boot.env (qemu exit status, wall time).
-# Environment: PREWARM_BIN (prewarm binary), PREWARM_TESTBED (prewarm-testbed),
-# PREWARM_INSTALL (initrd/install.sh), VM_LATENCY_MS (20), VM_CONCURRENCY (8),
+# Environment: PREWARM_DEB (prewarm's .deb, scripts/package), PREWARM_TESTBED
+# (prewarm-testbed), VM_LATENCY_MS (20), VM_CONCURRENCY (8),
 # VM_TIMEOUT (s per boot, 180), VM_BOOTS ("with without"), VM_REPEAT (2),
 # VM_ACCEL (kvm or tcg; default: probe).
 set -eu
 . "$(dirname -- "$0")/lib.sh"
 [ $# -eq 1 ] || die "usage: $0 WORK_DIR"
 WORK=$1
-: "${PREWARM_BIN:?}" "${PREWARM_TESTBED:?}" "${PREWARM_INSTALL:?}"
+: "${PREWARM_DEB:?}" "${PREWARM_TESTBED:?}"
 : "${VM_LATENCY_MS:=20}" "${VM_CONCURRENCY:=8}" "${VM_TIMEOUT:=180}" "${VM_BOOTS:=with without}" "${VM_REPEAT:=2}"
 TB=$WORK/tb TBPID= QPID=
 
@@ -38,7 +38,7 @@ t=$(date +%s)
 ROOT=$("$VM_DIR/build-root.sh")
 echo "root_s=$(( $(date +%s) - t ))" >"$WORK/timings.env"
 t=$(date +%s)
-"$VM_DIR/build-image.sh" "$ROOT" "$WORK" "$PREWARM_BIN" "$PREWARM_INSTALL"
+"$VM_DIR/build-image.sh" "$ROOT" "$WORK" "$PREWARM_DEB"
 echo "image_s=$(( $(date +%s) - t ))" >>"$WORK/timings.env"
 . "$WORK/layout.env"
 

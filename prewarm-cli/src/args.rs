@@ -152,6 +152,11 @@ pub struct OutputArgs {
     /// is a terminal).
     #[arg(long)]
     pub json: bool,
+
+    /// Also write the report's figures as Prometheus metrics to this file
+    /// (node_exporter's textfile collector format, written atomically).
+    #[arg(long, value_name = "PATH")]
+    pub metrics_file: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]

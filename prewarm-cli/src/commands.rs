@@ -52,6 +52,7 @@ pub fn hydrate(
     // Input warnings are known before any mapping: say them now.
     print_warnings(&src.warnings);
     let report = hydrate_sources(&src, &cfg).context("hydrating")?;
+    write_metrics(&report, output);
     print_report(&report, src.warnings.len(), output)
 }
 
@@ -154,7 +155,10 @@ fn run_manifest(cmd: &RunCmd, readiness: &Readiness) -> Result<u8> {
     };
     match manifest::run_manifest(&req, cfg)? {
         ManifestOutcome::Disabled(_) => Ok(0),
-        ManifestOutcome::Ran(report) => print_report(&report, 0, &cmd.output),
+        ManifestOutcome::Ran(report) => {
+            write_metrics(&report, &cmd.output);
+            print_report(&report, 0, &cmd.output)
+        }
     }
 }
 
@@ -217,6 +221,16 @@ fn write_generated(bytes: &[u8], what: &str) -> Result<u8> {
             Err(e).with_context(|| format!("writing {what}"))
         }
         _ => Ok(0),
+    }
+}
+
+/// `--metrics-file`: a failure to write it is logged, never the run's
+/// failure.
+fn write_metrics(report: &Report, output: &OutputArgs) {
+    if let Some(path) = &output.metrics_file {
+        if let Err(e) = prewarm_core::metrics::write_metrics(report, path) {
+            tracing::error!("{e}");
+        }
     }
 }
 

@@ -83,6 +83,7 @@ mod error;
 mod input_file;
 pub mod manifest;
 pub mod map;
+pub mod metrics;
 pub mod plan;
 pub mod report;
 mod run;

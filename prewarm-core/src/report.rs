@@ -155,6 +155,22 @@ pub struct ManifestReport {
     pub refused: Vec<RefusedFilesystem>,
 }
 
+/// One priority class: what it planned, and when it was hydrated.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ClassReport {
+    /// The class's priority.
+    pub priority: u32,
+    /// Device chunks planned.
+    pub chunks: u64,
+    /// Bytes planned (device ranges and reads through files).
+    pub bytes: u64,
+    /// Reads planned.
+    pub ios: u64,
+    /// When every read of this class and of the more urgent ones had
+    /// completed, from the start of the reads (none: never, or a dry run).
+    pub hydrated_ms: Option<f64>,
+}
+
 /// A manifest filesystem that could not be read on this machine.
 #[derive(Debug, Clone, Serialize)]
 pub struct RefusedFilesystem {
@@ -311,6 +327,8 @@ pub struct Report {
     pub warnings: Vec<Warning>,
     /// Failed reads (a sample).
     pub failures: Vec<FailureReport>,
+    /// Per priority class, most urgent first.
+    pub classes: Vec<ClassReport>,
     /// Per device.
     pub devices: Vec<DeviceReport>,
     /// Reads through files.
@@ -364,6 +382,7 @@ impl Report {
             fallbacks: Vec::new(),
             warnings: Vec::new(),
             failures: Vec::new(),
+            classes: Vec::new(),
             devices: Vec::new(),
             file_level: FileLevelReport::default(),
             cache: None,
@@ -502,6 +521,18 @@ impl Report {
                 "not read: {} filesystem {}: {}",
                 r.fs_type, r.uuid, r.reason
             );
+        }
+        if !self.dry_run {
+            for c in self.classes.iter().filter(|c| c.hydrated_ms.is_some()) {
+                let _ = writeln!(
+                    s,
+                    "  class {}: {} chunks, {} hydrated after {:.0} ms",
+                    c.priority,
+                    c.chunks,
+                    mib(c.bytes),
+                    c.hydrated_ms.unwrap_or_default()
+                );
+            }
         }
         if let Some(r) = &self.ready {
             let _ = writeln!(s, "ready after {:.0} ms: {}", r.at_ms, r.reason);

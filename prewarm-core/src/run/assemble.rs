@@ -13,7 +13,8 @@ use crate::map::{DeviceId, FileReadReason};
 use crate::plan::spans::{self, Span};
 use crate::plan::PlanStats;
 use crate::report::{
-    DeviceReport, FailureReport, Fallback, FileLevelReport, FileMapReport, ReadStats, Report,
+    ClassReport, DeviceReport, FailureReport, Fallback, FileLevelReport, FileMapReport, ReadStats,
+    Report,
 };
 
 impl Prepared {
@@ -118,10 +119,15 @@ impl Prepared {
         let mut totals = PlanStats::default();
         let mut devices = Vec::new();
         let mut ios_planned = 0u64;
+        let mut ios_per_class: BTreeMap<u32, u64> = BTreeMap::new();
         for d in &self.devices {
             let stats = d.plan.stats();
             totals += stats;
-            let ios = d.plan.ios(cfg.mode, d.device.logical_block_size).len() as u64;
+            let planned = d.plan.ios(cfg.mode, d.device.logical_block_size);
+            for io in &planned {
+                *ios_per_class.entry(io.priority).or_default() += 1;
+            }
+            let ios = planned.len() as u64;
             ios_planned += ios;
             devices.push(DeviceReport {
                 node: d.device.node.display().to_string(),
@@ -182,8 +188,40 @@ impl Prepared {
                 ..Default::default()
             },
             manifest: self.manifest.clone(),
+            classes: self.class_reports(&ios_per_class),
             ..Report::new()
         }
+    }
+
+    /// Per priority class: what it plans (device chunks and bytes, reads,
+    /// bytes through files); when it was hydrated is filled in by the run.
+    fn class_reports(&self, device_ios: &BTreeMap<u32, u64>) -> Vec<ClassReport> {
+        fn entry(classes: &mut BTreeMap<u32, ClassReport>, priority: u32) -> &mut ClassReport {
+            classes.entry(priority).or_insert_with(|| ClassReport {
+                priority,
+                ..Default::default()
+            })
+        }
+        let mut classes: BTreeMap<u32, ClassReport> = BTreeMap::new();
+        for d in &self.devices {
+            let chunk = d.plan.config.chunk_size.max(1);
+            for c in &d.plan.classes {
+                let r = entry(&mut classes, c.priority);
+                for range in &c.ranges {
+                    r.chunks += range.end().div_ceil(chunk) - range.offset / chunk;
+                    r.bytes = r.bytes.saturating_add(range.len);
+                }
+            }
+        }
+        for (&priority, &ios) in device_ios {
+            entry(&mut classes, priority).ios += ios;
+        }
+        for io in &self.file_ios {
+            let r = entry(&mut classes, io.priority);
+            r.ios += 1;
+            r.bytes = r.bytes.saturating_add(u64::from(io.len));
+        }
+        classes.into_values().collect()
     }
 
     /// The plan's fallbacks: devices read buffered, and one line per reason

@@ -135,9 +135,17 @@ pub(crate) fn run_engines(
     feed_more: impl FnOnce(&mut Planner<'_>, &mut EngineFeed<'_, '_>),
 ) -> Result<Report, Error> {
     let ready = Ready::new(cfg);
+    // When each class was hydrated, from the start of the engines.
+    let start = std::time::Instant::now();
+    let hydrated: Arc<std::sync::Mutex<BTreeMap<u32, f64>>> = Arc::default();
     let progress = Arc::new(ClassProgress::new({
         let (ready, on_done) = (ready.clone(), cfg.on_class_done.clone());
+        let hydrated = hydrated.clone();
         move |priority| {
+            hydrated
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(priority, start.elapsed().as_secs_f64() * 1e3);
             if let Some(cb) = &on_done {
                 cb(priority);
             }
@@ -213,5 +221,9 @@ pub(crate) fn run_engines(
         .into_prepared()
         .report_run(cfg, devices, file_result)?;
     report.ready = ready.finish();
+    let hydrated = hydrated.lock().unwrap_or_else(|e| e.into_inner());
+    for class in &mut report.classes {
+        class.hydrated_ms = hydrated.get(&class.priority).copied();
+    }
     Ok(report)
 }
