@@ -141,6 +141,12 @@ pub enum Request {
         /// Chunk list such as `3,17,100-110`.
         chunks: String,
     },
+    /// Replace the hang set: reads of these chunks never answer until it is
+    /// cleared (`""`).
+    SetHangChunks {
+        /// Chunk list such as `3,17,100-110`.
+        chunks: String,
+    },
 }
 
 /// A control response.
@@ -186,6 +192,13 @@ pub fn handle(volume: &LazyVolume, req: &Request) -> Response {
         Request::SetFailChunks { chunks } => match chunks.parse::<ChunkSet>() {
             Ok(set) => {
                 volume.set_fail_chunks(set);
+                Response::ok(Some(volume.stats(false)))
+            }
+            Err(e) => Response::refused(e.to_string()),
+        },
+        Request::SetHangChunks { chunks } => match chunks.parse::<ChunkSet>() {
+            Ok(set) => {
+                volume.set_hang_chunks(set);
                 Response::ok(Some(volume.stats(false)))
             }
             Err(e) => Response::refused(e.to_string()),
@@ -325,6 +338,20 @@ mod tests {
         assert!(vol.read(0, 1).is_err());
         let err = call(&ep, &Request::SetFailChunks { chunks: "z".into() }).expect_err("bad");
         assert!(matches!(err, ControlError::Refused(_)));
+        let s = call(&ep, &Request::SetHangChunks { chunks: "1".into() })
+            .expect("set hang")
+            .stats
+            .expect("stats");
+        assert_eq!(s.hang_chunks, "1");
+        let err = call(
+            &ep,
+            &Request::SetHangChunks {
+                chunks: "9-2".into(),
+            },
+        )
+        .expect_err("bad");
+        assert!(matches!(err, ControlError::Refused(_)));
+        call(&ep, &Request::SetHangChunks { chunks: "".into() }).expect("clear hang");
         let s = call(&ep, &Request::Reset)
             .expect("reset")
             .stats

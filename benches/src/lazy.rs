@@ -7,6 +7,8 @@
 //! chunk pays a fetch (latency, optional jitter, optional throughput / IOPS caps,
 //! at most `concurrency` fetches in flight); concurrent first readers of a chunk
 //! share one fetch; afterwards the chunk is served straight from the backing file.
+//! Failures can be injected per chunk: reads that fail with EIO, or reads that
+//! hang (a device that never answers) until the hang set is cleared.
 //! The backing image is opened read-only and never written.
 
 use std::fmt;
@@ -165,6 +167,9 @@ pub struct LazyConfig {
     pub max_fetches_per_sec: Option<u64>,
     /// Chunks whose reads fail with EIO (every time; nothing is fetched).
     pub fail_chunks: ChunkSet,
+    /// Chunks whose reads never answer (a hung device): they wait, fetching
+    /// nothing, until the hang set no longer covers them.
+    pub hang_chunks: ChunkSet,
 }
 
 impl Default for LazyConfig {
@@ -177,6 +182,7 @@ impl Default for LazyConfig {
             max_bytes_per_sec: None,
             max_fetches_per_sec: None,
             fail_chunks: ChunkSet::new(),
+            hang_chunks: ChunkSet::new(),
         }
     }
 }
@@ -259,6 +265,12 @@ pub struct Stats {
     pub max_fetches_per_sec: Option<u64>,
     /// Current failure-injection set, e.g. `3,17,100-110`.
     pub fail_chunks: String,
+    /// Current hang set: reads touching these chunks do not answer.
+    #[serde(default)]
+    pub hang_chunks: String,
+    /// Reads waiting on a hung chunk right now.
+    #[serde(default)]
+    pub hanging_reads: usize,
     /// Time since the last reset (or start), µs.
     pub since_reset_us: u64,
     /// Read requests received (served or failed).
@@ -350,6 +362,8 @@ struct State {
     slot_waits: u64,
     order: Vec<HydrationEvent>,
     fail: ChunkSet,
+    hang: ChunkSet,
+    hanging_reads: usize,
     pacer: Pacer,
 }
 
@@ -410,6 +424,8 @@ impl LazyVolume {
             slot_waits: 0,
             order: Vec::new(),
             fail: cfg.fail_chunks.clone(),
+            hang: cfg.hang_chunks.clone(),
+            hanging_reads: 0,
             pacer: Pacer::new(cfg.max_bytes_per_sec, cfg.max_fetches_per_sec, now),
         };
         Ok(Self {
@@ -526,7 +542,7 @@ impl LazyVolume {
             return Ok(Err(ReadError::Injected { chunk }));
         }
         let hot = (first..=last).all(|c| st.chunks[Self::idx(c)] == ChunkState::Hydrated);
-        if !hot {
+        if !hot || st.hang.first_in(first, last).is_some() {
             return Err(f);
         }
         st.reads += 1;
@@ -560,6 +576,13 @@ impl LazyVolume {
         if let Some(chunk) = st.fail.first_in(first, last) {
             st.failed_reads += 1;
             return Err(ReadError::Injected { chunk });
+        }
+        if st.hang.first_in(first, last).is_some() {
+            st.hanging_reads += 1;
+            while st.hang.first_in(first, last).is_some() {
+                st = self.chunk_cv.wait(st).unwrap_or_else(|p| p.into_inner());
+            }
+            st.hanging_reads -= 1;
         }
         loop {
             let epoch = st.epoch;
@@ -696,6 +719,13 @@ impl LazyVolume {
         self.lock().fail = set;
     }
 
+    /// Replaces the hang set; reads waiting on chunks it no longer covers go on
+    /// (they fetch as usual).
+    pub fn set_hang_chunks(&self, set: ChunkSet) {
+        self.lock().hang = set;
+        self.chunk_cv.notify_all();
+    }
+
     /// A snapshot of the counters; `detailed` includes the hydrated-chunk list
     /// and the hydration order.
     pub fn stats(&self, detailed: bool) -> Stats {
@@ -722,6 +752,8 @@ impl LazyVolume {
             max_bytes_per_sec: self.cfg.max_bytes_per_sec,
             max_fetches_per_sec: self.cfg.max_fetches_per_sec,
             fail_chunks: st.fail.to_string(),
+            hang_chunks: st.hang.to_string(),
+            hanging_reads: st.hanging_reads,
             since_reset_us: micros(st.reset_at.elapsed()),
             reads: st.reads,
             failed_reads: st.failed_reads,
@@ -933,6 +965,40 @@ mod tests {
             v.read(0, 1).is_err(),
             "failure applies to hydrated chunks too"
         );
+    }
+
+    #[test]
+    fn hung_chunks_do_not_answer_until_cleared() {
+        let mut c = cfg(0, 8);
+        c.hang_chunks = "1".parse().expect("parse");
+        let (v, data, _f) = vol(4, c);
+        assert!(v.read(0, 1).is_ok(), "other chunks answer");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let v2 = Arc::clone(&v);
+        std::thread::spawn(move || {
+            let _ = tx.send(v2.read(CS + 5, 10));
+        });
+        assert!(
+            rx.recv_timeout(Duration::from_millis(300)).is_err(),
+            "a read of a hung chunk answered"
+        );
+        let s = v.stats(false);
+        assert_eq!(
+            (s.hanging_reads, s.fetches),
+            (1, 1),
+            "waiting, nothing fetched"
+        );
+        assert_eq!(s.hang_chunks, "1");
+        assert!(v.try_read_hot(CS, 1).is_none(), "a hung chunk is never hot");
+        v.set_hang_chunks(ChunkSet::new());
+        let got = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("answers once cleared")
+            .expect("read");
+        assert_eq!(got, &data[(CS + 5) as usize..(CS + 15) as usize]);
+        let s = v.stats(true);
+        assert_eq!(s.hanging_reads, 0);
+        assert_eq!(s.hydrated, Some(vec![0, 1]));
     }
 
     #[test]

@@ -60,6 +60,15 @@ enum Cmd {
         #[arg(long, allow_hyphen_values = true)]
         chunks: String,
     },
+    /// Replace the set of chunks whose reads never answer ("" clears it and
+    /// releases the reads waiting).
+    SetHang {
+        #[command(flatten)]
+        target: Target,
+        /// Chunk list, e.g. 3,17,100-110.
+        #[arg(long, allow_hyphen_values = true)]
+        chunks: String,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -114,6 +123,9 @@ struct ServeArgs {
     /// Chunks whose reads fail with EIO, e.g. 3,17,100-110.
     #[arg(long, default_value = "")]
     fail_chunks: String,
+    /// Chunks whose reads never answer (until `set-hang --chunks ""`).
+    #[arg(long, default_value = "")]
+    hang_chunks: String,
     /// Worker threads serving reads that wait for fetches (at least --concurrency).
     #[arg(long, default_value_t = 64)]
     workers: usize,
@@ -155,6 +167,10 @@ fn lazy_config(a: &ServeArgs) -> Result<LazyConfig> {
             .fail_chunks
             .parse::<ChunkSet>()
             .context("parsing --fail-chunks")?,
+        hang_chunks: a
+            .hang_chunks
+            .parse::<ChunkSet>()
+            .context("parsing --hang-chunks")?,
     })
 }
 
@@ -296,6 +312,10 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::SetFail { target, chunks } => {
             let resp = control::call(&target.endpoint()?, &Request::SetFailChunks { chunks })?;
+            print_json(&resp.stats)
+        }
+        Cmd::SetHang { target, chunks } => {
+            let resp = control::call(&target.endpoint()?, &Request::SetHangChunks { chunks })?;
             print_json(&resp.stats)
         }
     }

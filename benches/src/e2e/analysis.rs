@@ -324,6 +324,8 @@ mod tests {
             max_bytes_per_sec: None,
             max_fetches_per_sec: None,
             fail_chunks: String::new(),
+            hang_chunks: String::new(),
+            hanging_reads: 0,
             since_reset_us: 0,
             reads: events.len() as u64,
             failed_reads: 0,
