@@ -9,6 +9,14 @@
 //! dropped. In the initrd nothing is mounted yet, so the recorded extents are
 //! replayed as they are (reading a stale range costs a read, never harm) and
 //! reads that need the files themselves wait for the root phase.
+//!
+//! A manifest is untrusted: its paths are checked by the decoder (relative,
+//! no `..`), and again here, after joining, against the filesystem itself:
+//! a path is resolved beneath the mount with `openat2(RESOLVE_BENEATH |
+//! RESOLVE_NO_MAGICLINKS)`, and where that refuses (an absolute symlink, or
+//! a kernel without openat2) it is resolved in full and kept only if it
+//! lands under the mount. A file that would lead outside is never opened:
+//! it is counted (`outside_mount`) and warned about by path.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -57,6 +65,9 @@ enum FileStatus {
     Changed,
     Missing,
     Unverified,
+    /// Its path leads outside the filesystem's mount (the path shown, and
+    /// why): refused, never opened.
+    OutsideMount(PathBuf, String),
 }
 
 /// Turn a manifest into a prepared plan (see the module doc). `cfg.plan` is
@@ -146,6 +157,16 @@ pub(crate) fn prepare_manifest(
                         Some(&shown),
                         Some(&Origin::Manifest),
                         "in the manifest but gone: skipped",
+                    ));
+                }
+                FileStatus::OutsideMount(shown, why) => {
+                    report.outside_mount += 1;
+                    tracing::warn!("{}: {why}: refused", shown.display());
+                    warnings.push(Warning::new(
+                        WarningKind::Unreadable,
+                        Some(&shown),
+                        Some(&Origin::Manifest),
+                        format!("{why}: refused, not read"),
                     ));
                 }
             }
@@ -257,7 +278,11 @@ fn replay_file(
             Some(recorded(Path::new("/").join(&f.path), false)),
         );
     };
-    let path = mount.join(&f.path);
+    let path = match resolve_beneath(mount, &f.path) {
+        Ok(Some(path)) => path,
+        Ok(None) => return (FileStatus::Missing, None),
+        Err(why) => return (FileStatus::OutsideMount(mount.join(&f.path), why), None),
+    };
     let Ok(meta) = std::fs::metadata(&path) else {
         return (FileStatus::Missing, None);
     };
@@ -291,4 +316,60 @@ fn replay_file(
     };
     let file = TargetFile::from_metadata(path, &meta, f.priority, Origin::Manifest);
     (FileStatus::Changed, Some(MappedFile { file, map }))
+}
+
+/// The path to open for the manifest path `rel` of the filesystem mounted at
+/// `mount`: `Ok(None)` when nothing is there, `Err(why)` when the path leads
+/// outside the mount (see the module doc). The path returned resolves, with
+/// the host's rules, to a file under the mount.
+fn resolve_beneath(mount: &Path, rel: &Path) -> Result<Option<PathBuf>, String> {
+    use nix::errno::Errno;
+    use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
+    use std::os::fd::AsRawFd;
+    use std::path::Component;
+
+    // The decoder refuses these; a manifest built in memory is checked too.
+    if rel.as_os_str().is_empty()
+        || rel
+            .components()
+            .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
+    {
+        return Err(format!(
+            "the manifest path {:?} is not relative to the filesystem's root",
+            rel
+        ));
+    }
+    let joined = mount.join(rel);
+    let beneath = std::fs::File::open(mount)
+        .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(0)))
+        .and_then(|dir| {
+            let how = OpenHow::new()
+                .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
+                .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+            openat2(dir.as_raw_fd(), rel, how)
+        });
+    match beneath {
+        Ok(fd) => {
+            let _ = nix::unistd::close(fd);
+            return Ok(Some(joined));
+        }
+        Err(Errno::ENOENT | Errno::ENOTDIR | Errno::EACCES) => return Ok(None),
+        // EXDEV: the resolution left the mount's directory (an absolute
+        // symlink may still land inside it); ELOOP: a magic link or a loop;
+        // others: no openat2 here. Resolve in full and check where it lands.
+        Err(_) => {}
+    }
+    let Ok(resolved) = std::fs::canonicalize(&joined) else {
+        return Ok(None);
+    };
+    let root = std::fs::canonicalize(mount).unwrap_or_else(|_| mount.to_path_buf());
+    if resolved.starts_with(&root) {
+        Ok(Some(resolved))
+    } else {
+        Err(format!(
+            "resolves to {}, outside the filesystem mounted at {}",
+            resolved.display(),
+            mount.display()
+        ))
+    }
 }
