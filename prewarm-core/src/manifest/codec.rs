@@ -452,7 +452,9 @@ fn decode_payload(r: &mut Reader<'_>) -> Result<Manifest, ManifestError> {
     let at = r.pos;
     let created_unix = r.varint("created_unix")?;
     check_created(created_unix).map_err(|reason| r.invalid_at("created_unix", at, reason))?;
+    let at = r.pos;
     let tool = r.string("tool", MAX_TOOL_BYTES)?;
+    check_text(&tool, MAX_TOOL_BYTES).map_err(|reason| r.invalid_at("tool", at, reason))?;
     let at = r.pos;
     let plan = PlanConfig {
         chunk_size: r.varint("plan.chunk_size")?,
