@@ -373,3 +373,96 @@ fn resolve_beneath(mount: &Path, rel: &Path) -> Result<Option<PathBuf>, String> 
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A mount directory holding `a/b`, a directory symlink `lib -> a`,
+    /// symlinks leaving it (absolute and by `..`) and an absolute symlink
+    /// that lands back inside it.
+    fn mount_with_symlinks() -> (tempfile::TempDir, PathBuf) {
+        let top = tempfile::tempdir().unwrap();
+        let mount = top.path().join("mnt");
+        std::fs::create_dir_all(mount.join("a")).unwrap();
+        std::fs::write(mount.join("a/b"), b"inside").unwrap();
+        std::fs::write(top.path().join("secret"), b"outside").unwrap();
+        let link = |target: &Path, name: &str| {
+            std::os::unix::fs::symlink(target, mount.join(name)).unwrap()
+        };
+        link(Path::new("a"), "lib");
+        link(&top.path().join("secret"), "abs-out");
+        link(Path::new("../secret"), "rel-out");
+        let magic = format!("/proc/self/root{}", top.path().join("secret").display());
+        link(Path::new(&magic), "magic-out");
+        link(&mount.join("a/b"), "abs-in");
+        (top, mount)
+    }
+
+    #[test]
+    fn paths_resolve_beneath_the_mount_or_are_refused() {
+        let (_top, mount) = mount_with_symlinks();
+        let ok = |rel: &str| resolve_beneath(&mount, Path::new(rel));
+        assert_eq!(ok("a/b"), Ok(Some(mount.join("a/b"))));
+        assert_eq!(ok("lib/b"), Ok(Some(mount.join("lib/b"))));
+        assert_eq!(ok("a/none"), Ok(None));
+        // An absolute symlink landing inside the mount is followed.
+        let inside = std::fs::canonicalize(mount.join("a/b")).unwrap();
+        assert_eq!(ok("abs-in"), Ok(Some(inside)));
+        for rel in [
+            "abs-out",
+            "rel-out",
+            "magic-out",
+            "../secret",
+            "a/../../secret",
+            "/etc/passwd",
+            "",
+        ] {
+            let err = ok(rel).expect_err(rel);
+            assert!(
+                err.contains("outside") || err.contains("not relative"),
+                "{rel}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_manifest_file_leading_outside_the_mount_is_never_opened() {
+        let (_top, mount) = mount_with_symlinks();
+        for rel in ["abs-out", "rel-out", "../secret", "/etc/hostname"] {
+            let f = ManifestFile {
+                path: PathBuf::from(rel),
+                ino: 1,
+                size: 7,
+                mtime_sec: 0,
+                mtime_nsec: 0,
+                priority: 10,
+                extents: Vec::new(),
+                file_ranges: vec![crate::map::ByteRange { offset: 0, len: 7 }],
+            };
+            let (status, mapped) = replay_file(&f, Some(&mount), 0);
+            assert!(mapped.is_none(), "{rel}: nothing to read");
+            match status {
+                FileStatus::OutsideMount(shown, why) => {
+                    assert!(shown.starts_with(&mount), "{rel}: {}", shown.display());
+                    assert!(!why.is_empty());
+                }
+                _ => panic!("{rel}: not refused"),
+            }
+        }
+        // A file inside is replayed (changed: the recorded inode differs).
+        let f = ManifestFile {
+            path: PathBuf::from("lib/b"),
+            ino: 1,
+            size: 6,
+            mtime_sec: 0,
+            mtime_nsec: 0,
+            priority: 10,
+            extents: Vec::new(),
+            file_ranges: Vec::new(),
+        };
+        let (status, mapped) = replay_file(&f, Some(&mount), 0);
+        assert!(matches!(status, FileStatus::Changed));
+        assert_eq!(mapped.unwrap().file.path, mount.join("lib/b"));
+    }
+}
