@@ -281,7 +281,12 @@ fn replay_file(
     let path = match resolve_beneath(mount, &f.path) {
         Ok(Some(path)) => path,
         Ok(None) => return (FileStatus::Missing, None),
-        Err(why) => return (FileStatus::OutsideMount(mount.join(&f.path), why), None),
+        Err(why) => {
+            // Shown under the mount even when absolute (joining would drop
+            // the mount).
+            let shown = mount.join(f.path.strip_prefix("/").unwrap_or(&f.path));
+            return (FileStatus::OutsideMount(shown, why), None);
+        }
     };
     let Ok(meta) = std::fs::metadata(&path) else {
         return (FileStatus::Missing, None);
