@@ -142,6 +142,9 @@ pub struct ManifestReport {
     /// Not checkable (filesystem not mounted, e.g. in the initrd): replayed
     /// as recorded.
     pub unverified: u64,
+    /// Refused: the path leads outside the filesystem's mount (a symlink
+    /// out of it); never opened.
+    pub outside_mount: u64,
     /// Above `--max-priority`: left for a later run.
     pub deferred: u64,
     /// File-level ranges that need the files visible (left for the root

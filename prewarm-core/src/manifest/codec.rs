@@ -21,6 +21,34 @@
 //! end, physical zigzag from the previous physical end), so 100,000 extents
 //! take well under 1 MB. Decoding never panics: a short, corrupt or foreign
 //! file is an error that names the offset and the field.
+//!
+//! # Bounds
+//!
+//! A manifest is untrusted input even when its checksum is right (anyone
+//! who can write it can recompute a CRC), and it is replayed as root at
+//! boot. So every field is bounded by what it describes, and a manifest
+//! that breaks a bound is refused ([`ManifestError::Invalid`], naming the
+//! field as `devices[0].files[3].file_ranges[1].len`):
+//!
+//! * paths are relative, non-empty, at most [`MAX_PATH_BYTES`] with
+//!   components of at most [`MAX_NAME_BYTES`], with no NUL, no leading `/`
+//!   and no `..` component;
+//! * a file's size fits `off_t`; its extents and file ranges are non-empty,
+//!   do not overflow, and end within the file (its size rounded up to
+//!   [`FILE_END_ALIGN`], the largest filesystem block: FIEMAP reports whole
+//!   blocks); extents also end within the device;
+//! * a device has a non-nil UUID, a power-of-two block size of 512 B to
+//!   64 KiB, and a non-zero size that is a multiple of it and fits `off_t`;
+//! * the plan passes [`PlanConfig::validate`] (so `max_io` is at most
+//!   [`crate::plan::MAX_IO_LIMIT`], the same bound as on the command line);
+//! * counts are bounded by the bytes left (each element takes a minimum
+//!   number of bytes) and by [`MAX_DEVICES`], [`MAX_FILES`], [`MAX_EXTENTS`]
+//!   and [`MAX_FILE_RANGES`] for the whole manifest, and vectors grow with
+//!   the elements actually decoded, never with a count;
+//! * strings are short (`tool`, `fs_type`, `node_hint`) and NUL-free.
+//!
+//! [`Manifest::check_bounds`] checks the same bounds on a manifest in
+//! memory (what the fuzz tests assert of everything that decodes).
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -37,6 +65,33 @@ pub const MAGIC: &[u8; 8] = b"PRWMNFST";
 /// The format version this code writes and reads.
 pub const FORMAT_VERSION: u32 = 1;
 const HEADER: usize = 20;
+
+/// Most filesystems in one manifest.
+pub const MAX_DEVICES: usize = 64;
+/// Most files in one manifest (all filesystems together).
+pub const MAX_FILES: usize = 1 << 20;
+/// Most device extents in one manifest (100,000 is a large boot).
+pub const MAX_EXTENTS: usize = 1 << 22;
+/// Most file ranges in one manifest.
+pub const MAX_FILE_RANGES: usize = 1 << 22;
+/// Longest path (`PATH_MAX`).
+pub const MAX_PATH_BYTES: usize = 4096;
+/// Longest path component (`NAME_MAX`).
+pub const MAX_NAME_BYTES: usize = 255;
+/// Longest `tool` string.
+pub const MAX_TOOL_BYTES: usize = 256;
+/// Longest `fs_type` string.
+pub const MAX_FS_TYPE_BYTES: usize = 16;
+/// Longest `node_hint` string.
+pub const MAX_NODE_HINT_BYTES: usize = 4096;
+/// Largest file or device size: what `off_t` holds.
+pub const MAX_SIZE: u64 = i64::MAX as u64;
+/// Largest logical block size.
+pub const MAX_BLOCK_SIZE: u32 = 64 * 1024;
+/// Extents and file ranges may end past a file's size, up to the next
+/// multiple of this (the largest ext4/xfs block; FIEMAP reports whole
+/// blocks), and no further.
+pub const FILE_END_ALIGN: u64 = 64 * 1024;
 
 /// Why a manifest cannot be read.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -83,6 +138,14 @@ pub enum ManifestError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A manifest in memory breaks a bound ([`Manifest::check_bounds`]).
+    #[error("manifest out of bounds: {field}: {reason}")]
+    OutOfBounds {
+        /// The field, with where it sits.
+        field: String,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 impl ManifestError {
@@ -101,6 +164,10 @@ impl ManifestError {
             } => ManifestError::Invalid {
                 field: format!("{place}.{field}"),
                 offset,
+                reason,
+            },
+            ManifestError::OutOfBounds { field, reason } => ManifestError::OutOfBounds {
+                field: format!("{place}.{field}"),
                 reason,
             },
             other => other,
@@ -191,7 +258,10 @@ impl Manifest {
             s.files += 1;
             s.extents += f.extents.len() as u64;
             s.file_ranges += f.file_ranges.len() as u64;
-            s.mapped_bytes += f.extents.iter().map(|e| e.length).sum::<u64>();
+            s.mapped_bytes = f
+                .extents
+                .iter()
+                .fold(s.mapped_bytes, |sum, e| sum.saturating_add(e.length));
         }
         s
     }
@@ -232,8 +302,9 @@ impl Manifest {
                     put(&mut p, e.logical.wrapping_sub(lend));
                     put(&mut p, zigzag(e.physical.wrapping_sub(pend) as i64));
                     put(&mut p, e.length);
-                    lend = e.logical + e.length;
-                    pend = e.physical + e.length;
+                    // Wrapping, like the deltas: the decoder range-checks.
+                    lend = e.logical.wrapping_add(e.length);
+                    pend = e.physical.wrapping_add(e.length);
                 }
                 put(&mut p, f.file_ranges.len() as u64);
                 for r in &f.file_ranges {
@@ -252,6 +323,72 @@ impl Manifest {
         out
     }
 
+    /// Check the bounds every decoded manifest satisfies (see the module
+    /// doc) on a manifest in memory; the error names the field.
+    pub fn check_bounds(&self) -> Result<(), ManifestError> {
+        let oob = |field: &str, reason: String| ManifestError::OutOfBounds {
+            field: field.to_string(),
+            reason,
+        };
+        check_created(self.created_unix).map_err(|r| oob("created_unix", r))?;
+        check_text(&self.tool, MAX_TOOL_BYTES).map_err(|r| oob("tool", r))?;
+        check_plan(&self.plan).map_err(|(f, r)| oob(&format!("plan.{f}"), r))?;
+        if self.devices.len() > MAX_DEVICES {
+            return Err(oob("devices", too_many(self.devices.len(), MAX_DEVICES)));
+        }
+        let (mut files, mut extents, mut ranges) = (0usize, 0usize, 0usize);
+        for (d, md) in self.devices.iter().enumerate() {
+            let within = |e: ManifestError| e.within(format_args!("devices[{d}]"));
+            check_fs_type(&md.fs_type).map_err(|r| within(oob("fs_type", r)))?;
+            check_uuid(&md.uuid).map_err(|r| within(oob("uuid", r)))?;
+            check_block_size(u64::from(md.logical_block_size))
+                .map_err(|r| within(oob("logical_block_size", r)))?;
+            check_device_size(md.size, md.logical_block_size)
+                .map_err(|r| within(oob("size", r)))?;
+            check_text(&md.node_hint, MAX_NODE_HINT_BYTES)
+                .map_err(|r| within(oob("node_hint", r)))?;
+            for (i, f) in md.files.iter().enumerate() {
+                let within = |e: ManifestError| within(e.within(format_args!("files[{i}]")));
+                files += 1;
+                extents = extents.saturating_add(f.extents.len());
+                ranges = ranges.saturating_add(f.file_ranges.len());
+                if files > MAX_FILES {
+                    return Err(within(oob("path", too_many(files, MAX_FILES))));
+                }
+                if extents > MAX_EXTENTS {
+                    return Err(within(oob("extents", too_many(extents, MAX_EXTENTS))));
+                }
+                if ranges > MAX_FILE_RANGES {
+                    return Err(within(oob(
+                        "file_ranges",
+                        too_many(ranges, MAX_FILE_RANGES),
+                    )));
+                }
+                check_path(f.path.as_os_str().as_bytes()).map_err(|r| within(oob("path", r)))?;
+                check_file_size(f.size).map_err(|r| within(oob("size", r)))?;
+                check_mtime_nsec(f.mtime_nsec).map_err(|r| within(oob("mtime_nsec", r)))?;
+                let mut lend = 0u64;
+                for (k, e) in f.extents.iter().enumerate() {
+                    if e.logical < lend {
+                        return Err(within(oob(
+                            &format!("extents[{k}].logical"),
+                            format!("{} overlaps the previous extent", e.logical),
+                        )));
+                    }
+                    check_extent(e, f.size, md.size)
+                        .map_err(|(field, r)| within(oob(&format!("extents[{k}].{field}"), r)))?;
+                    lend = e.logical.saturating_add(e.length);
+                }
+                for (k, range) in f.file_ranges.iter().enumerate() {
+                    check_file_range(range, f.size).map_err(|(field, r)| {
+                        within(oob(&format!("file_ranges[{k}].{field}"), r))
+                    })?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The CRC-32 stored in an encoded manifest (its identity for handover).
     pub fn checksum_of(bytes: &[u8]) -> Option<u32> {
         let tail = bytes.len().checked_sub(4)?;
@@ -267,7 +404,7 @@ impl Manifest {
                 found: magic.to_vec(),
             });
         }
-        let mut r = Reader { buf: bytes, pos: 8 };
+        let mut r = Reader::new(bytes, 8);
         let version = u32::from_le_bytes(r.fixed::<4>("version")?);
         if version != FORMAT_VERSION {
             return Err(ManifestError::Version { found: version });
@@ -298,10 +435,7 @@ impl Manifest {
                 reason: format!("{} bytes after the checksum", len - end - 4),
             });
         }
-        let mut r = Reader {
-            buf: &bytes[..end],
-            pos: HEADER,
-        };
+        let mut r = Reader::new(&bytes[..end], HEADER);
         let m = decode_payload(&mut r)?;
         if r.pos != end {
             return Err(ManifestError::Invalid {
@@ -315,20 +449,22 @@ impl Manifest {
 }
 
 fn decode_payload(r: &mut Reader<'_>) -> Result<Manifest, ManifestError> {
+    let at = r.pos;
     let created_unix = r.varint("created_unix")?;
-    let tool = r.string("tool")?;
+    check_created(created_unix).map_err(|reason| r.invalid_at("created_unix", at, reason))?;
+    let at = r.pos;
+    let tool = r.string("tool", MAX_TOOL_BYTES)?;
+    check_text(&tool, MAX_TOOL_BYTES).map_err(|reason| r.invalid_at("tool", at, reason))?;
+    let at = r.pos;
     let plan = PlanConfig {
         chunk_size: r.varint("plan.chunk_size")?,
         coalesce_gap: r.varint("plan.coalesce_gap")?,
         max_io: r.varint("plan.max_io")?,
     };
-    if plan.validate(512).is_err() {
-        return Err(r.invalid(
-            "plan",
-            format!("{plan:?} is not a valid plan configuration"),
-        ));
-    }
-    let ndev = r.count("devices")?;
+    check_plan(&plan)
+        .map_err(|(field, reason)| r.invalid_at(&format!("plan.{field}"), at, reason))?;
+    // A device takes at least 21 bytes: five one-byte fields and the UUID.
+    let ndev = r.count("devices", 21, MAX_DEVICES)?;
     let mut devices = Vec::with_capacity(ndev);
     for d in 0..ndev {
         devices.push(decode_device(r).map_err(|e| e.within(format_args!("devices[{d}]")))?);
@@ -342,21 +478,32 @@ fn decode_payload(r: &mut Reader<'_>) -> Result<Manifest, ManifestError> {
 }
 
 fn decode_device(r: &mut Reader<'_>) -> Result<ManifestDevice, ManifestError> {
-    let fs_type = r.string("fs_type")?;
+    let at = r.pos;
+    let fs_type = r.string("fs_type", MAX_FS_TYPE_BYTES)?;
+    check_fs_type(&fs_type).map_err(|reason| r.invalid_at("fs_type", at, reason))?;
+    let at = r.pos;
     let uuid = r.fixed::<16>("uuid")?;
+    check_uuid(&uuid).map_err(|reason| r.invalid_at("uuid", at, reason))?;
+    let size_at = r.pos;
     let size = r.varint("size")?;
+    let at = r.pos;
     let lbs = r.varint("logical_block_size")?;
-    let logical_block_size = u32::try_from(lbs)
-        .ok()
-        .filter(|b| b.is_power_of_two() && *b >= 512)
-        .ok_or_else(|| r.invalid("logical_block_size", format!("{lbs} is not a block size")))?;
-    let node_hint = r.string("node_hint")?;
-    let nfiles = r.count("files")?;
-    let mut files = Vec::with_capacity(nfiles);
+    let logical_block_size =
+        check_block_size(lbs).map_err(|reason| r.invalid_at("logical_block_size", at, reason))?;
+    check_device_size(size, logical_block_size)
+        .map_err(|reason| r.invalid_at("size", size_at, reason))?;
+    let at = r.pos;
+    let node_hint = r.string("node_hint", MAX_NODE_HINT_BYTES)?;
+    check_text(&node_hint, MAX_NODE_HINT_BYTES)
+        .map_err(|reason| r.invalid_at("node_hint", at, reason))?;
+    // A file takes at least 9 bytes: nine one-byte fields.
+    let nfiles = r.count("files", 9, MAX_FILES - r.files)?;
+    let mut files = Vec::with_capacity(nfiles.min(PREALLOCATE));
     let mut prev: Vec<u8> = Vec::new();
     for i in 0..nfiles {
         let f =
             decode_file(r, &mut prev, size).map_err(|e| e.within(format_args!("files[{i}]")))?;
+        r.files += 1;
         files.push(f);
     }
     Ok(ManifestDevice {
@@ -369,67 +516,94 @@ fn decode_device(r: &mut Reader<'_>) -> Result<ManifestDevice, ManifestError> {
     })
 }
 
+/// Most elements reserved ahead of decoding them: beyond it, vectors grow
+/// with what is actually decoded.
+const PREALLOCATE: usize = 4096;
+
 fn decode_file(
     r: &mut Reader<'_>,
     prev: &mut Vec<u8>,
     dev_size: u64,
 ) -> Result<ManifestFile, ManifestError> {
+    let at = r.pos;
     let shared = r.varint("path.shared_prefix")?;
-    if shared > prev.len() as u64 {
-        return Err(r.invalid(
+    let Some(shared) = usize::try_from(shared).ok().filter(|&n| n <= prev.len()) else {
+        return Err(r.invalid_at(
             "path.shared_prefix",
+            at,
             format!("{shared} exceeds the previous path"),
         ));
-    }
-    prev.truncate(shared as usize);
-    prev.extend_from_slice(r.bytes("path.suffix")?);
+    };
+    prev.truncate(shared);
+    let at = r.pos;
+    prev.extend_from_slice(r.bytes("path.suffix", MAX_PATH_BYTES)?);
+    check_path(prev).map_err(|reason| r.invalid_at("path", at, reason))?;
     let path = PathBuf::from(OsStr::from_bytes(prev));
     let ino = r.varint("ino")?;
+    let at = r.pos;
     let size = r.varint("size")?;
+    check_file_size(size).map_err(|reason| r.invalid_at("size", at, reason))?;
     let mtime_sec = unzigzag(r.varint("mtime_sec")?);
+    let at = r.pos;
     let mtime_nsec = r.u32("mtime_nsec")?;
+    check_mtime_nsec(mtime_nsec).map_err(|reason| r.invalid_at("mtime_nsec", at, reason))?;
     let priority = r.u32("priority")?;
-    let next = r.count("extents")?;
-    let mut extents = Vec::with_capacity(next);
+    // An extent takes at least 3 bytes, a file range 2.
+    let next = r.count("extents", 3, MAX_EXTENTS - r.extents)?;
+    let mut extents = Vec::with_capacity(next.min(PREALLOCATE));
     let (mut lend, mut pend) = (0u64, 0u64);
     for k in 0..next {
         let e = (|| {
-            let logical = lend.wrapping_add(r.varint("logical")?);
-            let physical = pend.wrapping_add(unzigzag(r.varint("physical")?) as u64);
-            let length = r.varint("length")?;
-            let (Some(le), Some(pe)) = (logical.checked_add(length), physical.checked_add(length))
-            else {
-                return Err(r.invalid("length", "extent overflows".into()));
-            };
-            if pe > dev_size {
-                return Err(r.invalid(
+            let at = r.pos;
+            let delta = r.varint("logical")?;
+            let logical = lend.checked_add(delta).ok_or_else(|| {
+                r.invalid_at("logical", at, format!("{lend} + {delta} overflows"))
+            })?;
+            let at = r.pos;
+            let delta = unzigzag(r.varint("physical")?);
+            let physical = pend.checked_add_signed(delta).ok_or_else(|| {
+                r.invalid_at(
                     "physical",
-                    format!("extent ends at {pe}, past the device's {dev_size} bytes"),
-                ));
-            }
-            lend = le;
-            pend = pe;
-            Ok(Extent {
+                    at,
+                    format!("{pend} + {delta} is outside 0..2^64"),
+                )
+            })?;
+            let at = r.pos;
+            let length = r.varint("length")?;
+            let e = Extent {
                 logical,
                 physical,
                 length,
-            })
+            };
+            check_extent(&e, size, dev_size).map_err(|(field, reason)| {
+                r.invalid_at(field, if field == "length" { at } else { r.pos }, reason)
+            })?;
+            // check_extent proved both ends fit.
+            lend = logical.saturating_add(length);
+            pend = physical.saturating_add(length);
+            Ok(e)
         })()
-        .map_err(|e| e.within(format_args!("extents[{k}]")))?;
+        .map_err(|e: ManifestError| e.within(format_args!("extents[{k}]")))?;
         extents.push(e);
     }
-    let nranges = r.count("file_ranges")?;
-    let mut file_ranges = Vec::with_capacity(nranges);
+    r.extents += next;
+    let nranges = r.count("file_ranges", 2, MAX_FILE_RANGES - r.ranges)?;
+    let mut file_ranges = Vec::with_capacity(nranges.min(PREALLOCATE));
     for k in 0..nranges {
         let range = (|| {
-            Ok(ByteRange {
+            let at = r.pos;
+            let range = ByteRange {
                 offset: r.varint("offset")?,
                 len: r.varint("len")?,
-            })
+            };
+            check_file_range(&range, size)
+                .map_err(|(field, reason)| r.invalid_at(field, at, reason))?;
+            Ok(range)
         })()
         .map_err(|e: ManifestError| e.within(format_args!("file_ranges[{k}]")))?;
         file_ranges.push(range);
     }
+    r.ranges += nranges;
     Ok(ManifestFile {
         path,
         ino,
@@ -442,12 +616,203 @@ fn decode_file(
     })
 }
 
+fn too_many(n: usize, max: usize) -> String {
+    format!("{n} exceeds the limit of {max}")
+}
+
+fn check_created(t: u64) -> Result<(), String> {
+    if t > MAX_SIZE {
+        return Err(format!("{t} is not a Unix time"));
+    }
+    Ok(())
+}
+
+fn check_plan(plan: &PlanConfig) -> Result<(), (&'static str, String)> {
+    match plan.validate(512) {
+        Ok(()) => Ok(()),
+        Err(crate::error::Error::Config { field, reason }) => Err((field, reason)),
+        Err(e) => Err(("plan", e.to_string())),
+    }
+}
+
+/// A short string with no NUL or other control character.
+fn check_text(s: &str, max: usize) -> Result<(), String> {
+    if s.len() > max {
+        return Err(format!("{} bytes, more than {max}", s.len()));
+    }
+    if s.chars().any(char::is_control) {
+        return Err(format!("{s:?} holds a control character"));
+    }
+    Ok(())
+}
+
+/// A filesystem type name: a short word of lowercase letters and digits.
+fn check_fs_type(s: &str) -> Result<(), String> {
+    let word = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
+    if s.is_empty() || s.len() > MAX_FS_TYPE_BYTES || !s.chars().all(word) {
+        return Err(format!(
+            "{s:?} is not a filesystem type (1 to {MAX_FS_TYPE_BYTES} lowercase letters and digits)"
+        ));
+    }
+    Ok(())
+}
+
+fn check_uuid(uuid: &[u8; 16]) -> Result<(), String> {
+    if uuid.iter().all(|&b| b == 0) {
+        return Err("the nil UUID names no filesystem".into());
+    }
+    Ok(())
+}
+
+fn check_block_size(lbs: u64) -> Result<u32, String> {
+    u32::try_from(lbs)
+        .ok()
+        .filter(|b| b.is_power_of_two() && (512..=MAX_BLOCK_SIZE).contains(b))
+        .ok_or_else(|| {
+            format!("{lbs} is not a block size (a power of two from 512 to {MAX_BLOCK_SIZE})")
+        })
+}
+
+fn check_device_size(size: u64, logical_block_size: u32) -> Result<(), String> {
+    let bs = u64::from(logical_block_size.max(1));
+    if size == 0 || size > MAX_SIZE || size % bs != 0 {
+        return Err(format!(
+            "{size} is not a device size (a non-zero multiple of the {bs}-byte block up to {MAX_SIZE})"
+        ));
+    }
+    Ok(())
+}
+
+fn check_file_size(size: u64) -> Result<(), String> {
+    if size > MAX_SIZE {
+        return Err(format!("{size} exceeds the largest file size, {MAX_SIZE}"));
+    }
+    Ok(())
+}
+
+fn check_mtime_nsec(nsec: u32) -> Result<(), String> {
+    if nsec >= 1_000_000_000 {
+        return Err(format!("{nsec} is not below one second"));
+    }
+    Ok(())
+}
+
+/// A relative path that stays below the directory it is joined to.
+fn check_path(path: &[u8]) -> Result<(), String> {
+    let shown = || String::from_utf8_lossy(path).into_owned();
+    if path.is_empty() {
+        return Err("empty path".into());
+    }
+    if path.len() > MAX_PATH_BYTES {
+        return Err(format!("{} bytes, more than {MAX_PATH_BYTES}", path.len()));
+    }
+    if path.contains(&0) {
+        return Err(format!("{:?} holds a NUL byte", shown()));
+    }
+    if path[0] == b'/' {
+        return Err(format!(
+            "{:?} is absolute; paths are relative to the filesystem's root",
+            shown()
+        ));
+    }
+    for component in path.split(|&b| b == b'/') {
+        if component == b".." {
+            return Err(format!(
+                "{:?} has a `..` component: it could leave the filesystem",
+                shown()
+            ));
+        }
+        if component.len() > MAX_NAME_BYTES {
+            return Err(format!(
+                "{:?} has a component of {} bytes, more than {MAX_NAME_BYTES}",
+                shown(),
+                component.len()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Where a file's extents and ranges may end: its size rounded up to
+/// [`FILE_END_ALIGN`].
+fn file_end_limit(size: u64) -> u64 {
+    size.div_ceil(FILE_END_ALIGN).saturating_mul(FILE_END_ALIGN)
+}
+
+fn check_extent(e: &Extent, file_size: u64, dev_size: u64) -> Result<(), (&'static str, String)> {
+    if e.length == 0 {
+        return Err(("length", "an empty extent".into()));
+    }
+    let limit = file_end_limit(file_size);
+    match e.logical.checked_add(e.length) {
+        Some(end) if end <= limit => {}
+        Some(end) => {
+            return Err((
+                "length",
+                format!("extent ends at file byte {end}, past the file's {file_size} bytes"),
+            ))
+        }
+        None => return Err(("length", "extent overflows".into())),
+    }
+    match e.physical.checked_add(e.length) {
+        Some(end) if end <= dev_size => Ok(()),
+        Some(end) => Err((
+            "physical",
+            format!("extent ends at {end}, past the device's {dev_size} bytes"),
+        )),
+        None => Err(("length", "extent overflows".into())),
+    }
+}
+
+fn check_file_range(range: &ByteRange, file_size: u64) -> Result<(), (&'static str, String)> {
+    if range.len == 0 {
+        return Err(("len", "an empty range".into()));
+    }
+    match range.offset.checked_add(range.len) {
+        Some(end) if end <= file_end_limit(file_size) => Ok(()),
+        Some(end) => Err((
+            "len",
+            format!(
+                "range {}+{} ends at {end}, past the file's {file_size} bytes",
+                range.offset, range.len
+            ),
+        )),
+        None => Err((
+            "len",
+            format!("range {}+{} overflows", range.offset, range.len),
+        )),
+    }
+}
+
 struct Reader<'a> {
     buf: &'a [u8],
     pos: usize,
+    /// Files, extents and file ranges decoded so far (all devices): the
+    /// manifest-wide limits apply to them.
+    files: usize,
+    extents: usize,
+    ranges: usize,
 }
 
-impl Reader<'_> {
+impl<'a> Reader<'a> {
+    fn new(buf: &'a [u8], pos: usize) -> Self {
+        Reader {
+            buf,
+            pos,
+            files: 0,
+            extents: 0,
+            ranges: 0,
+        }
+    }
+
+    fn invalid_at(&self, field: &str, offset: usize, reason: String) -> ManifestError {
+        ManifestError::Invalid {
+            field: field.to_string(),
+            offset,
+            reason,
+        }
+    }
+
     fn truncated(&self, field: &str) -> ManifestError {
         ManifestError::Truncated {
             field: field.to_string(),
@@ -467,7 +832,7 @@ impl Reader<'_> {
     fn fixed<const N: usize>(&mut self, field: &str) -> Result<[u8; N], ManifestError> {
         let bytes = self
             .buf
-            .get(self.pos..self.pos + N)
+            .get(self.pos..self.pos.saturating_add(N))
             .ok_or_else(|| self.truncated(field))?;
         self.pos += N;
         Ok(bytes.try_into().unwrap_or([0; N]))
@@ -497,26 +862,41 @@ impl Reader<'_> {
     }
 
     /// An element count, bounded by the bytes left (each element takes at
-    /// least one), so a corrupt count cannot make us allocate gigabytes.
-    fn count(&mut self, field: &str) -> Result<usize, ManifestError> {
+    /// least `min_bytes`), so a corrupt count cannot make us allocate
+    /// gigabytes, and by `max`.
+    fn count(&mut self, field: &str, min_bytes: u64, max: usize) -> Result<usize, ManifestError> {
+        let at = self.pos;
         let n = self.varint(field)?;
-        let left = (self.buf.len() - self.pos) as u64;
-        if n > left {
-            return Err(self.invalid(field, format!("count {n} exceeds the {left} bytes left")));
+        let left = self.buf.len().saturating_sub(self.pos) as u64;
+        if n.saturating_mul(min_bytes.max(1)) > left {
+            return Err(self.invalid_at(
+                field,
+                at,
+                format!("count {n} exceeds the {left} bytes left"),
+            ));
         }
-        Ok(n as usize)
+        usize::try_from(n)
+            .ok()
+            .filter(|&n| n <= max)
+            .ok_or_else(|| {
+                self.invalid_at(field, at, format!("count {n} exceeds the limit of {max}"))
+            })
     }
 
-    fn bytes(&mut self, field: &str) -> Result<&[u8], ManifestError> {
-        let n = self.count(field)?;
-        let s = &self.buf[self.pos..self.pos + n];
+    /// A length-prefixed byte string of at most `max` bytes.
+    fn bytes(&mut self, field: &str, max: usize) -> Result<&'a [u8], ManifestError> {
+        let n = self.count(field, 1, max)?;
+        let buf: &'a [u8] = self.buf;
+        let s = buf
+            .get(self.pos..self.pos.saturating_add(n))
+            .ok_or_else(|| self.truncated(field))?;
         self.pos += n;
         Ok(s)
     }
 
-    fn string(&mut self, field: &str) -> Result<String, ManifestError> {
+    fn string(&mut self, field: &str, max: usize) -> Result<String, ManifestError> {
         let at = self.pos;
-        let b = self.bytes(field)?;
+        let b = self.bytes(field, max)?;
         String::from_utf8(b.to_vec()).map_err(|_| ManifestError::Invalid {
             field: field.to_string(),
             offset: at,

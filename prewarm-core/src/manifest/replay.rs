@@ -9,6 +9,14 @@
 //! dropped. In the initrd nothing is mounted yet, so the recorded extents are
 //! replayed as they are (reading a stale range costs a read, never harm) and
 //! reads that need the files themselves wait for the root phase.
+//!
+//! A manifest is untrusted: its paths are checked by the decoder (relative,
+//! no `..`), and again here, after joining, against the filesystem itself:
+//! a path is resolved beneath the mount with `openat2(RESOLVE_BENEATH |
+//! RESOLVE_NO_MAGICLINKS)`, and where that refuses (an absolute symlink, or
+//! a kernel without openat2) it is resolved in full and kept only if it
+//! lands under the mount. A file that would lead outside is never opened:
+//! it is counted (`outside_mount`) and warned about by path.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -57,6 +65,9 @@ enum FileStatus {
     Changed,
     Missing,
     Unverified,
+    /// Its path leads outside the filesystem's mount (the path shown, and
+    /// why): refused, never opened.
+    OutsideMount(PathBuf, String),
 }
 
 /// Turn a manifest into a prepared plan (see the module doc). `cfg.plan` is
@@ -146,6 +157,16 @@ pub(crate) fn prepare_manifest(
                         Some(&shown),
                         Some(&Origin::Manifest),
                         "in the manifest but gone: skipped",
+                    ));
+                }
+                FileStatus::OutsideMount(shown, why) => {
+                    report.outside_mount += 1;
+                    tracing::warn!("{}: {why}: refused", shown.display());
+                    warnings.push(Warning::new(
+                        WarningKind::Unreadable,
+                        Some(&shown),
+                        Some(&Origin::Manifest),
+                        format!("{why}: refused, not read"),
                     ));
                 }
             }
@@ -257,7 +278,16 @@ fn replay_file(
             Some(recorded(Path::new("/").join(&f.path), false)),
         );
     };
-    let path = mount.join(&f.path);
+    let path = match resolve_beneath(mount, &f.path) {
+        Ok(Some(path)) => path,
+        Ok(None) => return (FileStatus::Missing, None),
+        Err(why) => {
+            // Shown under the mount even when absolute (joining would drop
+            // the mount).
+            let shown = mount.join(f.path.strip_prefix("/").unwrap_or(&f.path));
+            return (FileStatus::OutsideMount(shown, why), None);
+        }
+    };
     let Ok(meta) = std::fs::metadata(&path) else {
         return (FileStatus::Missing, None);
     };
@@ -291,4 +321,153 @@ fn replay_file(
     };
     let file = TargetFile::from_metadata(path, &meta, f.priority, Origin::Manifest);
     (FileStatus::Changed, Some(MappedFile { file, map }))
+}
+
+/// The path to open for the manifest path `rel` of the filesystem mounted at
+/// `mount`: `Ok(None)` when nothing is there, `Err(why)` when the path leads
+/// outside the mount (see the module doc). The path returned resolves, with
+/// the host's rules, to a file under the mount.
+fn resolve_beneath(mount: &Path, rel: &Path) -> Result<Option<PathBuf>, String> {
+    use nix::errno::Errno;
+    use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
+    use std::os::fd::AsRawFd;
+    use std::path::Component;
+
+    // The decoder refuses these; a manifest built in memory is checked too.
+    if rel.as_os_str().is_empty()
+        || rel
+            .components()
+            .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
+    {
+        return Err(format!(
+            "the manifest path {:?} is not relative to the filesystem's root",
+            rel
+        ));
+    }
+    let joined = mount.join(rel);
+    let beneath = std::fs::File::open(mount)
+        .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(0)))
+        .and_then(|dir| {
+            let how = OpenHow::new()
+                .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
+                .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+            openat2(dir.as_raw_fd(), rel, how)
+        });
+    match beneath {
+        Ok(fd) => {
+            let _ = nix::unistd::close(fd);
+            return Ok(Some(joined));
+        }
+        Err(Errno::ENOENT | Errno::ENOTDIR | Errno::EACCES) => return Ok(None),
+        // EXDEV: the resolution left the mount's directory (an absolute
+        // symlink may still land inside it); ELOOP: a magic link or a loop;
+        // others: no openat2 here. Resolve in full and check where it lands.
+        Err(_) => {}
+    }
+    let Ok(resolved) = std::fs::canonicalize(&joined) else {
+        return Ok(None);
+    };
+    let root = std::fs::canonicalize(mount).unwrap_or_else(|_| mount.to_path_buf());
+    if resolved.starts_with(&root) {
+        Ok(Some(resolved))
+    } else {
+        Err(format!(
+            "resolves to {}, outside the filesystem mounted at {}",
+            resolved.display(),
+            mount.display()
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A mount directory holding `a/b`, a directory symlink `lib -> a`,
+    /// symlinks leaving it (absolute and by `..`) and an absolute symlink
+    /// that lands back inside it.
+    fn mount_with_symlinks() -> (tempfile::TempDir, PathBuf) {
+        let top = tempfile::tempdir().unwrap();
+        let mount = top.path().join("mnt");
+        std::fs::create_dir_all(mount.join("a")).unwrap();
+        std::fs::write(mount.join("a/b"), b"inside").unwrap();
+        std::fs::write(top.path().join("secret"), b"outside").unwrap();
+        let link = |target: &Path, name: &str| {
+            std::os::unix::fs::symlink(target, mount.join(name)).unwrap()
+        };
+        link(Path::new("a"), "lib");
+        link(&top.path().join("secret"), "abs-out");
+        link(Path::new("../secret"), "rel-out");
+        let magic = format!("/proc/self/root{}", top.path().join("secret").display());
+        link(Path::new(&magic), "magic-out");
+        link(&mount.join("a/b"), "abs-in");
+        (top, mount)
+    }
+
+    #[test]
+    fn paths_resolve_beneath_the_mount_or_are_refused() {
+        let (_top, mount) = mount_with_symlinks();
+        let ok = |rel: &str| resolve_beneath(&mount, Path::new(rel));
+        assert_eq!(ok("a/b"), Ok(Some(mount.join("a/b"))));
+        assert_eq!(ok("lib/b"), Ok(Some(mount.join("lib/b"))));
+        assert_eq!(ok("a/none"), Ok(None));
+        // An absolute symlink landing inside the mount is followed.
+        let inside = std::fs::canonicalize(mount.join("a/b")).unwrap();
+        assert_eq!(ok("abs-in"), Ok(Some(inside)));
+        for rel in [
+            "abs-out",
+            "rel-out",
+            "magic-out",
+            "../secret",
+            "a/../../secret",
+            "/etc/passwd",
+            "",
+        ] {
+            let err = ok(rel).expect_err(rel);
+            assert!(
+                err.contains("outside") || err.contains("not relative"),
+                "{rel}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_manifest_file_leading_outside_the_mount_is_never_opened() {
+        let (_top, mount) = mount_with_symlinks();
+        for rel in ["abs-out", "rel-out", "../secret", "/etc/hostname"] {
+            let f = ManifestFile {
+                path: PathBuf::from(rel),
+                ino: 1,
+                size: 7,
+                mtime_sec: 0,
+                mtime_nsec: 0,
+                priority: 10,
+                extents: Vec::new(),
+                file_ranges: vec![crate::map::ByteRange { offset: 0, len: 7 }],
+            };
+            let (status, mapped) = replay_file(&f, Some(&mount), 0);
+            assert!(mapped.is_none(), "{rel}: nothing to read");
+            match status {
+                FileStatus::OutsideMount(shown, why) => {
+                    assert!(shown.starts_with(&mount), "{rel}: {}", shown.display());
+                    assert!(!why.is_empty());
+                }
+                _ => panic!("{rel}: not refused"),
+            }
+        }
+        // A file inside is replayed (changed: the recorded inode differs).
+        let f = ManifestFile {
+            path: PathBuf::from("lib/b"),
+            ino: 1,
+            size: 6,
+            mtime_sec: 0,
+            mtime_nsec: 0,
+            priority: 10,
+            extents: Vec::new(),
+            file_ranges: Vec::new(),
+        };
+        let (status, mapped) = replay_file(&f, Some(&mount), 0);
+        assert!(matches!(status, FileStatus::Changed));
+        assert_eq!(mapped.unwrap().file.path, mount.join("lib/b"));
+    }
 }

@@ -33,6 +33,13 @@ use crate::map::ByteRange;
 pub const DEFAULT_CHUNK_SIZE: u64 = 512 * 1024;
 /// Largest single read.
 pub const DEFAULT_MAX_IO: u64 = 1024 * 1024;
+/// Upper bound of `max_io`, wherever it comes from (command line or
+/// manifest): every in-flight read holds a buffer this large, so a larger
+/// value costs memory, not speed (64 reads in flight hold 4 GiB at 64 MiB).
+pub const MAX_IO_LIMIT: u64 = 64 * 1024 * 1024;
+/// Upper bound of `chunk_size`: a chunk is what the volume fetches at once
+/// (EBS: 512 KiB); larger ones only widen every read.
+pub const MAX_CHUNK_SIZE: u64 = 64 * 1024 * 1024;
 
 /// Knobs of the planner.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -60,21 +67,23 @@ impl PlanConfig {
     pub fn validate(&self, logical_block_size: u64) -> Result<(), Error> {
         let bs = logical_block_size.max(1);
         let bad = |field, reason: String| Err(Error::Config { field, reason });
-        if self.chunk_size == 0 || self.chunk_size % bs != 0 {
+        if self.chunk_size == 0 || self.chunk_size % bs != 0 || self.chunk_size > MAX_CHUNK_SIZE {
             return bad(
                 "chunk_size",
                 format!(
-                    "{} is not a multiple of the {bs}-byte block",
-                    self.chunk_size
+                    "{} is not a multiple of the {bs}-byte block up to {} MiB",
+                    self.chunk_size,
+                    MAX_CHUNK_SIZE >> 20
                 ),
             );
         }
-        if self.max_io == 0 || self.max_io % bs != 0 || self.max_io > 1 << 30 {
+        if self.max_io == 0 || self.max_io % bs != 0 || self.max_io > MAX_IO_LIMIT {
             return bad(
                 "max_io",
                 format!(
-                    "{} is not a multiple of the {bs}-byte block up to 1 GiB",
-                    self.max_io
+                    "{} is not a multiple of the {bs}-byte block up to {} MiB",
+                    self.max_io,
+                    MAX_IO_LIMIT >> 20
                 ),
             );
         }
@@ -142,10 +151,11 @@ pub struct PlanStats {
 
 impl std::ops::AddAssign for PlanStats {
     fn add_assign(&mut self, o: Self) {
-        self.extents += o.extents;
-        self.ranges += o.ranges;
-        self.chunks += o.chunks;
-        self.bytes += o.bytes;
+        // Saturating: report totals must not wrap, whatever the input.
+        self.extents = self.extents.saturating_add(o.extents);
+        self.ranges = self.ranges.saturating_add(o.ranges);
+        self.chunks = self.chunks.saturating_add(o.chunks);
+        self.bytes = self.bytes.saturating_add(o.bytes);
         self.classes = self.classes.max(o.classes);
     }
 }
@@ -357,23 +367,31 @@ pub struct FileIo {
     pub priority: u32,
 }
 
-/// Plan reads through files: ranges widened to `align` (so they work with
-/// O_DIRECT), merged per file, split at `max_io`, ordered by priority, file,
-/// offset. Reads past the end of a file just come back short.
+/// Plan reads through files: ranges clamped to the file's size, widened to
+/// `align` (so they work with O_DIRECT), merged per file, split at `max_io`
+/// (itself at most [`MAX_IO_LIMIT`]), ordered by priority, file, offset.
+/// Each item is (file index, priority, file size, ranges).
+///
+/// The ranges may come from an untrusted manifest: the arithmetic saturates
+/// and a range is cut at the file's size (its last `align` block), so the
+/// reads planned never exceed the file, however long a range claims to be.
+/// Reads past the end of a file just come back short.
 pub fn file_ios<'a>(
-    files: impl IntoIterator<Item = (usize, u32, &'a [ByteRange])>,
+    files: impl IntoIterator<Item = (usize, u32, u64, &'a [ByteRange])>,
     align: u64,
     max_io: u64,
 ) -> Vec<FileIo> {
-    let align = align.max(1);
-    let max_io = max_io.max(align);
+    let align = align.clamp(1, MAX_IO_LIMIT);
+    let max_io = max_io.clamp(align, MAX_IO_LIMIT);
+    let round_up = |v: u64| v.div_ceil(align).saturating_mul(align);
     let mut out = Vec::new();
-    for (file, priority, ranges) in files {
+    for (file, priority, size, ranges) in files {
+        let file_end = round_up(size);
         let spans = merge(
             ranges
                 .iter()
-                .filter(|r| r.len > 0)
-                .map(|r| (r.offset / align * align, r.end().div_ceil(align) * align)),
+                .map(|r| (r.offset / align * align, round_up(r.end()).min(file_end)))
+                .filter(|(s, e)| s < e),
             0,
         );
         for (s, e) in spans {
@@ -383,7 +401,7 @@ pub fn file_ios<'a>(
                 out.push(FileIo {
                     file,
                     offset: off,
-                    len: len as u32,
+                    len: u32::try_from(len).unwrap_or(u32::MAX),
                     priority,
                 });
                 off += len;
@@ -487,7 +505,7 @@ mod tests {
                 len: 3 * 1024 * K,
             },
         ];
-        let ios = file_ios([(7, 3, &r[..])], 4096, 1024 * K);
+        let ios = file_ios([(7, 3, 8 * 1024 * K, &r[..])], 4096, 1024 * K);
         assert_eq!(ios[0].offset, 0);
         assert!(ios
             .iter()

@@ -128,7 +128,7 @@ impl Prepared {
                 *ios_per_class.entry(io.priority).or_default() += 1;
             }
             let ios = planned.len() as u64;
-            ios_planned += ios;
+            ios_planned = ios_planned.saturating_add(ios);
             devices.push(DeviceReport {
                 node: d.device.node.display().to_string(),
                 id: d.device.id,
@@ -153,9 +153,16 @@ impl Prepared {
             .iter()
             .filter(|f| !f.map.file_ranges.is_empty())
             .count() as u64;
-        let file_level_planned: u64 = self.file_ios.iter().map(|io| u64::from(io.len)).sum();
-        ios_planned += self.file_ios.len() as u64;
-        let file_level_bytes: u64 = self.files.iter().map(|f| f.map.file_bytes()).sum();
+        // Sizes and ranges may come from an untrusted manifest: every total
+        // saturates rather than wraps (or panics).
+        let file_level_planned = saturating_sum(self.file_ios.iter().map(|io| u64::from(io.len)));
+        ios_planned = ios_planned.saturating_add(self.file_ios.len() as u64);
+        let file_level_bytes = saturating_sum(
+            self.files
+                .iter()
+                .flat_map(|f| &f.map.file_ranges)
+                .map(|r| r.len),
+        );
         Report {
             dry_run,
             mode: cfg.mode,
@@ -163,14 +170,19 @@ impl Prepared {
             plan_config: cfg.plan,
             files: self.files.len() as u64,
             skipped_non_regular: self.skipped_non_regular,
-            file_bytes: self.files.iter().map(|f| f.file.size).sum(),
-            mapped_bytes: self.files.iter().map(|f| f.map.device_bytes()).sum(),
+            file_bytes: saturating_sum(self.files.iter().map(|f| f.file.size)),
+            mapped_bytes: saturating_sum(
+                self.files
+                    .iter()
+                    .flat_map(|f| &f.map.device_extents)
+                    .map(|e| e.length),
+            ),
             file_level_bytes,
-            unwritten_bytes: self.files.iter().map(|f| f.map.unwritten_bytes).sum(),
+            unwritten_bytes: saturating_sum(self.files.iter().map(|f| f.map.unwritten_bytes)),
             extents: totals.extents,
             ranges: totals.ranges,
             chunks: totals.chunks,
-            planned_bytes: totals.bytes + file_level_planned,
+            planned_bytes: totals.bytes.saturating_add(file_level_planned),
             ios_planned,
             entries_not_reached: self.entries_not_reached,
             files_not_mapped: self.files_not_mapped,
@@ -286,6 +298,11 @@ fn chunks_read(queue: &Arc<OpQueue>, completed: &[usize], chunk: u64) -> Vec<Spa
         }),
         0,
     )
+}
+
+/// The sum of `values`, stopping at `u64::MAX` instead of wrapping.
+fn saturating_sum(values: impl IntoIterator<Item = u64>) -> u64 {
+    values.into_iter().fold(0, u64::saturating_add)
 }
 
 fn read_stats(s: &EngineStats) -> ReadStats {

@@ -18,14 +18,23 @@ pub(crate) const FILE_ALIGN: u64 = 4096;
 const FILE_BATCH: usize = 256;
 
 /// The reads to make through files, for every file with file ranges.
-/// `files[i]` is file `first + i` of the plan.
+/// `files[i]` is file `first + i` of the plan. Ranges are cut at the file's
+/// size (they may come from an untrusted manifest: see [`plan::file_ios`]),
+/// so what is planned is bounded by the files, not by what a range claims.
 pub(crate) fn plan_file_ios(files: &[MappedFile], first: usize, max_io: u64) -> Vec<FileIo> {
     plan::file_ios(
         files
             .iter()
             .enumerate()
             .filter(|(_, f)| !f.map.file_ranges.is_empty())
-            .map(|(i, f)| (first + i, f.file.priority, &f.map.file_ranges[..])),
+            .map(|(i, f)| {
+                (
+                    first + i,
+                    f.file.priority,
+                    f.file.size,
+                    &f.map.file_ranges[..],
+                )
+            }),
         FILE_ALIGN,
         max_io,
     )
