@@ -708,9 +708,8 @@ fn resource_usage() -> (u64, f64) {
     use nix::sys::resource::{getrusage, UsageWho};
     match getrusage(UsageWho::RUSAGE_SELF) {
         Ok(usage) => {
-            let ms = |t: nix::sys::time::TimeVal| {
-                t.tv_sec() as f64 * 1e3 + t.tv_usec() as f64 / 1e3
-            };
+            let ms =
+                |t: nix::sys::time::TimeVal| t.tv_sec() as f64 * 1e3 + t.tv_usec() as f64 / 1e3;
             (
                 u64::try_from(usage.max_rss()).unwrap_or(0),
                 ms(usage.user_time()) + ms(usage.system_time()),
