@@ -883,4 +883,51 @@ mod tests {
             "{text}"
         );
     }
+
+    #[test]
+    fn warnings_are_capped_per_kind_and_the_rest_counted() {
+        let mut r = report(vec![device("/dev/loop0", 3)]);
+        let warn =
+            |kind, i: usize| Warning::new(kind, Some(Path::new(&format!("/f{i}"))), None, "x");
+        for i in 0..50 {
+            r.warnings.push(warn(WarningKind::Missing, i));
+        }
+        r.warnings.push(warn(WarningKind::NoMatch, 0));
+        // Upstream (a collector) already dropped 1000 missing ones.
+        r.count_omitted(&[WarningsOmitted {
+            kind: WarningKind::Missing,
+            count: 1000,
+        }]);
+        r.finish(Duration::from_secs(1));
+        r.finish(Duration::from_secs(1)); // twice: the same
+        assert_eq!(r.warnings.len(), WARNINGS_KEPT_PER_KIND + 1);
+        assert_eq!(r.warnings[0].path.as_deref(), Some(Path::new("/f0")));
+        assert_eq!(
+            r.warnings_omitted,
+            [WarningsOmitted {
+                kind: WarningKind::Missing,
+                count: 1030,
+            }]
+        );
+        let text = r.summary();
+        assert!(
+            text.contains("1051 warnings (see above; 1030 not shown: 1030 missing)"),
+            "{text}"
+        );
+        assert!(r.max_rss_kib > 0);
+        assert!(text.contains("cost: peak RSS"), "{text}");
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["warnings_omitted"][0]["kind"], "missing");
+        assert_eq!(v["warnings_omitted"][0]["count"], 1030);
+        assert!(v["max_rss_kib"].as_u64().unwrap() > 0);
+        assert!(v["cpu_ms"].as_f64().is_some());
+        // An unreadable file counted but not kept still makes the run partial.
+        let mut r = report(vec![device("/dev/loop0", 3)]);
+        r.count_omitted(&[WarningsOmitted {
+            kind: WarningKind::Unreadable,
+            count: 1,
+        }]);
+        r.finish(Duration::ZERO);
+        assert_eq!(r.outcome, Outcome::Partial);
+    }
 }

@@ -349,4 +349,78 @@ mod tests {
         assert!(warnings.iter().all(|w| w.kind == WarningKind::BadLine));
         assert!(warnings[3].to_string().starts_with("list.txt:9: priority"));
     }
+
+    #[test]
+    fn quoted_paths_and_comments() {
+        let (entries, warnings) = parse(concat!(
+            "10 \"/a/file with trailing space \"\n",
+            "\"/q/\\\"in quotes\\\" and \\\\ back\"   \n",
+            "  # an indented comment\n",
+            "20 /x/name#with-hash # not a comment\n",
+            "/plain/\"inner\"\n",
+            "5 \"/unterminated\n",
+            "5 \"/bad\\n-escape\"\n",
+            "5 \"/ok\" trailing\n",
+            "5 \"relative\"\n",
+        ));
+        let got: Vec<_> = entries
+            .iter()
+            .map(|e| (e.priority, e.path.to_str().unwrap(), e.origin.to_string()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (10, "/a/file with trailing space ", "list.txt:1".to_string()),
+                (100, "/q/\"in quotes\" and \\ back", "list.txt:2".into()),
+                (20, "/x/name#with-hash # not a comment", "list.txt:4".into()),
+                (100, "/plain/\"inner\"", "list.txt:5".into()),
+            ]
+        );
+        let msgs: Vec<_> = warnings.iter().map(ToString::to_string).collect();
+        assert_eq!(msgs.len(), 4, "{msgs:?}");
+        assert!(msgs[0].starts_with("list.txt:6: quoted path without its closing quote"));
+        assert!(
+            msgs[1].starts_with("list.txt:7: unknown escape \\n"),
+            "{}",
+            msgs[1]
+        );
+        assert!(msgs[2].starts_with("list.txt:8: text after the closing quote"));
+        assert!(msgs[3].starts_with("list.txt:9: expected"));
+    }
+
+    #[test]
+    fn long_lines_are_skipped_and_bad_lines_capped() {
+        let mut text = format!("/{}\n/after\n", "x".repeat(MAX_LINE_BYTES + 10));
+        for _ in 0..100 {
+            text.push_str("garbage\n");
+        }
+        let parsed = parse_stream(text.as_bytes(), Path::new("l")).unwrap();
+        let paths: Vec<_> = parsed.entries.iter().map(|e| e.path).collect();
+        assert_eq!(paths, [PathBuf::from("/after")]);
+        assert_eq!(parsed.entries.entry(0).unwrap().origin.to_string(), "l:2");
+        assert!(parsed.warnings[0].message.starts_with("line longer than"));
+        assert_eq!(parsed.warnings.len(), crate::report::WARNINGS_KEPT_PER_KIND);
+        assert_eq!(
+            parsed.warnings_omitted,
+            [WarningsOmitted {
+                kind: WarningKind::BadLine,
+                count: 101 - crate::report::WARNINGS_KEPT_PER_KIND as u64
+            }]
+        );
+    }
+
+    #[test]
+    fn read_list_streams_a_file_and_refuses_fifos() {
+        let dir = tempfile::tempdir().unwrap();
+        let list = dir.path().join("boot.list");
+        std::fs::write(&list, "# c\n10 /bin/sh\n\"/tmp/a b \"\n").unwrap();
+        let (entries, warnings) = read_list(&list).unwrap();
+        assert!(warnings.is_empty());
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries[1].path, Path::new("/tmp/a b "));
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let err = read_list(&fifo).unwrap_err().to_string();
+        assert!(err.contains("fifo") && err.contains("FIFO"), "{err}");
+    }
 }
