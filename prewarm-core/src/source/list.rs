@@ -245,8 +245,11 @@ fn parse_stream(mut reader: impl BufRead, list: &Path) -> Result<ParsedList, Inp
     Ok(parsed)
 }
 
+/// A line's priority and path (unquoted), if it names one.
+type LineEntry<'a> = Option<(u32, Cow<'a, [u8]>)>;
+
 /// `Ok(None)` for blank and comment lines; the priority and path otherwise.
-fn parse_line(raw: &[u8]) -> Result<Option<(u32, Cow<'_, [u8]>)>, String> {
+fn parse_line(raw: &[u8]) -> Result<LineEntry<'_>, String> {
     let line = raw.trim_ascii();
     if line.is_empty() || line.starts_with(b"#") {
         return Ok(None);
