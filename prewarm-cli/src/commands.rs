@@ -3,7 +3,7 @@
 //! exit code comes from the report's outcome, or from [`exit_code_of`] for
 //! errors.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write as _};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -50,10 +50,10 @@ pub fn hydrate(
     cfg.collect.cross_mounts = sources.cross_mounts;
     cfg.dry_run = output.dry_run;
     // Input warnings are known before any mapping: say them now.
-    print_warnings(&src.warnings);
+    let printed = print_warnings(&src.warnings);
     let report = hydrate_sources(&src, &cfg).context("hydrating")?;
     write_metrics(&report, output);
-    print_report(&report, src.warnings.len(), output)
+    print_report(&report, printed, output)
 }
 
 /// `prewarm plan`: map once and write a manifest.
@@ -162,7 +162,8 @@ fn run_manifest(cmd: &RunCmd, readiness: &Readiness) -> Result<u8> {
     }
 }
 
-/// `prewarm show`: print a manifest.
+/// `prewarm show`: print a manifest. A reader that closes early (`| head`)
+/// ends the output, not the command.
 pub fn show(cmd: &ShowCmd) -> Result<u8> {
     let loaded = manifest::load(&cmd.manifest)?;
     let checksum = format!("{:08x}", loaded.checksum);
@@ -182,14 +183,17 @@ pub fn show(cmd: &ShowCmd) -> Result<u8> {
             manifest: &loaded.manifest,
         })?;
     } else {
-        println!(
-            "{}: {} bytes, checksum {checksum}, planned by {} at {} (unix time)",
-            cmd.manifest.display(),
-            loaded.bytes,
-            loaded.manifest.tool,
-            loaded.manifest.created_unix
-        );
-        print!("{}", loaded.manifest.render_text(cmd.files));
+        write_stdout(|out| {
+            writeln!(
+                out,
+                "{}: {} bytes, checksum {checksum}, planned by {} at {} (unix time)",
+                cmd.manifest.display(),
+                loaded.bytes,
+                loaded.manifest.tool,
+                loaded.manifest.created_unix
+            )?;
+            out.write_all(loaded.manifest.render_text(cmd.files).as_bytes())
+        })?;
     }
     Ok(0)
 }
@@ -284,34 +288,74 @@ fn read_sources(args: &SourceArgs) -> Sources {
     sources
 }
 
-fn print_warnings(warnings: &[Warning]) {
-    for w in warnings {
-        eprintln!("prewarm: warning: {w}");
+/// Print warnings on standard error, at most
+/// [`prewarm_core::report::WARNINGS_KEPT_PER_KIND`] of
+/// each kind (the report keeps as many); returns how many were printed. A
+/// closed standard error is ignored: the warnings are in the report too.
+fn print_warnings(warnings: &[Warning]) -> usize {
+    let kept = prewarm_core::report::cap_warnings(warnings);
+    let mut err = std::io::stderr().lock();
+    for w in &kept {
+        let _ = writeln!(err, "prewarm: warning: {w}");
     }
+    kept.len()
 }
 
-/// Print the report's warnings after the first `printed`, then the report;
-/// returns the exit code.
+/// Print the report's warnings after the first `printed` (those printed
+/// before the run), then the report; returns the run's exit code, which a
+/// closed or failing standard output does not change (a manifest run has
+/// saved its state before this).
 fn print_report(report: &Report, printed: usize, output: &OutputArgs) -> Result<u8> {
-    print_warnings(report.warnings.get(printed..).unwrap_or_default());
-    if output.json {
-        print_json(report)?;
+    let mut err = std::io::stderr().lock();
+    for w in report.warnings.get(printed..).unwrap_or_default() {
+        let _ = writeln!(err, "prewarm: warning: {w}");
+    }
+    for omitted in &report.warnings_omitted {
+        let _ = writeln!(err, "prewarm: warning: {omitted}");
+    }
+    drop(err);
+    let printed = if output.json {
+        print_json(report)
     } else {
-        print!("{}", report.summary());
+        write_stdout(|out| out.write_all(report.summary().as_bytes()))
+    };
+    if let Err(e) = printed {
+        let _ = writeln!(std::io::stderr(), "prewarm: warning: {e:#}");
     }
     Ok(report.outcome.exit_code() as u8)
 }
 
-/// Pretty JSON on a terminal, one line otherwise (for logs and consoles).
+/// Pretty JSON on a terminal, one line otherwise (for logs and consoles),
+/// streamed to standard output.
 fn print_json<T: Serialize>(value: &T) -> Result<()> {
-    let text = if std::io::stdout().is_terminal() {
-        serde_json::to_string_pretty(value)
-    } else {
-        serde_json::to_string(value)
+    let pretty = std::io::stdout().is_terminal();
+    write_stdout(|out| {
+        if pretty {
+            serde_json::to_writer_pretty(&mut *out, value)?;
+        } else {
+            serde_json::to_writer(&mut *out, value)?;
+        }
+        writeln!(out)
+    })
+    .context("writing JSON")
+}
+
+/// Write to standard output through `write` and flush. A reader that has
+/// gone away (EPIPE: `prewarm show --files | head`) is the end of the
+/// output, not an error; any other failure is one.
+fn write_stdout(
+    write: impl FnOnce(&mut std::io::BufWriter<std::io::StdoutLock<'static>>) -> std::io::Result<()>,
+) -> Result<()> {
+    let mut out = std::io::BufWriter::with_capacity(64 << 10, std::io::stdout().lock());
+    let result = write(&mut out).and_then(|()| out.flush());
+    match result {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+            // Drop what is buffered: writing it again would fail the same way.
+            let _ = out.into_parts();
+            Ok(())
+        }
+        other => other.context("writing to standard output"),
     }
-    .context("writing JSON")?;
-    println!("{text}");
-    Ok(())
 }
 
 /// SIGTERM/SIGINT stop issuing reads; a second one exits at once.

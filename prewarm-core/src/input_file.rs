@@ -15,7 +15,8 @@
 //!
 //! Every refusal says which file and why.
 
-use std::io::Read;
+use std::fs::File;
+use std::io::{Read, Take};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
@@ -41,6 +42,15 @@ pub enum InputError {
 
 /// Read the regular file `path`, at most `cap` bytes (see the module doc).
 pub(crate) fn read_untrusted(path: &Path, cap: u64) -> Result<Vec<u8>, InputError> {
+    read_capped(open_untrusted(path, cap)?, cap)
+}
+
+/// Open the regular file `path` for streaming, with the checks of
+/// [`read_untrusted`]: not a FIFO or device, not larger than `cap`, safe
+/// to read as root. The reader stops one byte past `cap`, so a file that
+/// grows after the check still cannot feed more than that; the caller
+/// refuses it if it reads more than `cap` bytes (as [`read_capped`] does).
+pub(crate) fn open_untrusted(path: &Path, cap: u64) -> Result<Take<File>, InputError> {
     let file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY)
@@ -55,7 +65,7 @@ pub(crate) fn read_untrusted(path: &Path, cap: u64) -> Result<Vec<u8>, InputErro
     if meta.len() > cap {
         return Err(InputError::TooLarge { cap });
     }
-    read_capped(file, cap)
+    Ok(file.take(cap.saturating_add(1)))
 }
 
 /// Read from `reader` (standard input, say) up to `cap` bytes; more is an
@@ -144,6 +154,18 @@ mod tests {
             Err(InputError::TooLarge { cap: 99 })
         ));
         assert_eq!(read_untrusted(&big, 100).unwrap().len(), 100);
+        let mut streamed = Vec::new();
+        open_untrusted(&big, 100)
+            .unwrap()
+            .read_to_end(&mut streamed)
+            .unwrap();
+        assert_eq!(streamed.len(), 100);
+        assert!(matches!(
+            open_untrusted(&big, 99),
+            Err(InputError::TooLarge { cap: 99 })
+        ));
+        let err = open_untrusted(&fifo, 1 << 20).unwrap_err();
+        assert!(err.to_string().contains("FIFO"), "{err}");
         assert!(matches!(
             read_capped(std::io::repeat(0), 1000),
             Err(InputError::TooLarge { .. })

@@ -97,7 +97,8 @@ pub use report::{Outcome, Report};
 pub use run::{hydrate, Config, ReadyPolicy, ReadyReason};
 pub use size::{format_bytes, parse_size};
 pub use source::{
-    parse_list, read_list, CollectOptions, DeviceSweep, SourceEntry, Sources, DEFAULT_PRIORITY,
+    parse_list, read_list, read_list_packed, CollectOptions, DeviceSweep, EntryIndex, ListEntries,
+    ParsedList, SourceEntry, Sources, DEFAULT_PRIORITY,
 };
 
 /// Engine and mapping internals, for the benchmarks only (feature

@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::engine::{Backend, StopReason};
-use crate::error::Warning;
+use crate::error::{Warning, WarningKind};
 use crate::map::{DeviceId, ExtentMap, FileReadReason};
 use crate::plan::{PlanConfig, PlanStats, ReadMode};
 pub use crate::run::cache::CacheStats;
@@ -23,9 +23,95 @@ use crate::size::format_bytes as mib;
 ///
 /// * 2: `fallbacks` are objects (`kind`, their fields, and `message`, the
 ///   text version 1 had); `devices[].swept` and `devices[].error`,
-///   `file_level.error` and `ready` are new.
+///   `file_level.error` and `ready` are new; `warnings` holds at most
+///   [`WARNINGS_KEPT_PER_KIND`] of each kind and `warnings_omitted` counts
+///   the rest; `max_rss_kib` and `cpu_ms` say what the run cost.
 /// * 1: the first layout.
 pub const REPORT_VERSION: u32 = 2;
+
+/// Warnings of one kind a report keeps (the first ones met); the rest are
+/// only counted, in [`Report::warnings_omitted`]. A list of a million
+/// missing files must not make a report of a million lines, nor hold a
+/// million warnings in memory.
+pub const WARNINGS_KEPT_PER_KIND: usize = 20;
+
+/// How many warnings of one kind were counted but not kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct WarningsOmitted {
+    /// Their kind.
+    pub kind: WarningKind,
+    /// How many.
+    pub count: u64,
+}
+
+impl std::fmt::Display for WarningsOmitted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} more {} warning(s) not shown",
+            self.count,
+            warning_kind_name(self.kind)
+        )
+    }
+}
+
+/// The name of a warning kind, as the JSON spells it.
+pub fn warning_kind_name(kind: WarningKind) -> &'static str {
+    match kind {
+        WarningKind::BadLine => "bad_line",
+        WarningKind::Missing => "missing",
+        WarningKind::NoMatch => "no_match",
+        WarningKind::SymlinkLoop => "symlink_loop",
+        WarningKind::DirectoryLoop => "directory_loop",
+        WarningKind::Duplicate => "duplicate",
+        WarningKind::NotRegular => "not_regular",
+        WarningKind::Unreadable => "unreadable",
+        WarningKind::WalkError => "walk_error",
+    }
+}
+
+/// Counts warnings by kind and admits the first [`WARNINGS_KEPT_PER_KIND`]
+/// of each: what keeps warnings bounded wherever they are gathered (a
+/// collector, a report).
+#[derive(Debug, Clone, Default)]
+pub struct WarningCap {
+    /// (kind, warnings of that kind seen), in order of first sight.
+    seen: Vec<(WarningKind, u64)>,
+}
+
+impl WarningCap {
+    /// Count one warning of `kind`; true when it is to be kept.
+    pub fn admit(&mut self, kind: WarningKind) -> bool {
+        let count = match self.seen.iter_mut().find(|(k, _)| *k == kind) {
+            Some((_, count)) => count,
+            None => {
+                self.seen.push((kind, 0));
+                &mut self.seen.last_mut().expect("just pushed").1
+            }
+        };
+        *count += 1;
+        *count <= WARNINGS_KEPT_PER_KIND as u64
+    }
+
+    /// Warnings counted but not kept, by kind.
+    pub fn omitted(&self) -> Vec<WarningsOmitted> {
+        self.seen
+            .iter()
+            .filter(|(_, seen)| *seen > WARNINGS_KEPT_PER_KIND as u64)
+            .map(|&(kind, seen)| WarningsOmitted {
+                kind,
+                count: seen - WARNINGS_KEPT_PER_KIND as u64,
+            })
+            .collect()
+    }
+}
+
+/// The first [`WARNINGS_KEPT_PER_KIND`] warnings of each kind of
+/// `warnings`, in order: what a report keeps and the CLI prints.
+pub fn cap_warnings(warnings: &[Warning]) -> Vec<&Warning> {
+    let mut cap = WarningCap::default();
+    warnings.iter().filter(|w| cap.admit(w.kind)).collect()
+}
 
 /// A way the run had to degrade, and why. Each is still a complete read of
 /// what was planned, only slower or through another path.
@@ -326,8 +412,16 @@ pub struct Report {
     /// How the run degraded.
     #[serde(serialize_with = "serialize_fallbacks")]
     pub fallbacks: Vec<Fallback>,
-    /// Bad inputs, named; the rest ran.
+    /// Bad inputs, named; the rest ran. At most [`WARNINGS_KEPT_PER_KIND`]
+    /// of each kind, the first met.
     pub warnings: Vec<Warning>,
+    /// Warnings counted but not kept, by kind.
+    pub warnings_omitted: Vec<WarningsOmitted>,
+    /// Peak resident memory of the process so far (`getrusage`
+    /// `ru_maxrss`), KiB.
+    pub max_rss_kib: u64,
+    /// CPU time of the process so far, user plus system, ms.
+    pub cpu_ms: f64,
     /// Failed reads (a sample).
     pub failures: Vec<FailureReport>,
     /// Per priority class, most urgent first.
@@ -384,6 +478,9 @@ impl Report {
             stopped: None,
             fallbacks: Vec::new(),
             warnings: Vec::new(),
+            warnings_omitted: Vec::new(),
+            max_rss_kib: 0,
+            cpu_ms: 0.0,
             failures: Vec::new(),
             classes: Vec::new(),
             devices: Vec::new(),
@@ -421,7 +518,13 @@ impl Report {
             self.mib_per_s = bytes as f64 / (1024.0 * 1024.0) / secs;
             self.iops = ios as f64 / secs;
         }
-        let unreadable = self.warnings.iter().any(|w| w.kind.is_read_failure());
+        self.cap_warnings();
+        (self.max_rss_kib, self.cpu_ms) = resource_usage();
+        let unreadable = self.warnings.iter().any(|w| w.kind.is_read_failure())
+            || self
+                .warnings_omitted
+                .iter()
+                .any(|o| o.kind.is_read_failure());
         let engine_failed = self.file_level.error.is_some()
             || self.devices.iter().any(|d| d.error.is_some())
             || self
@@ -445,6 +548,25 @@ impl Report {
         } else {
             Outcome::Success
         };
+    }
+
+    /// Count warnings omitted before they reached the report (by a
+    /// collector that kept only the first of each kind).
+    pub fn count_omitted(&mut self, omitted: &[WarningsOmitted]) {
+        for o in omitted {
+            match self.warnings_omitted.iter_mut().find(|w| w.kind == o.kind) {
+                Some(w) => w.count += o.count,
+                None => self.warnings_omitted.push(*o),
+            }
+        }
+    }
+
+    /// Keep the first [`WARNINGS_KEPT_PER_KIND`] warnings of each kind and
+    /// count the rest in `warnings_omitted` (which may already count some).
+    pub fn cap_warnings(&mut self) {
+        let mut cap = WarningCap::default();
+        self.warnings.retain(|w| cap.admit(w.kind));
+        self.count_omitted(&cap.omitted());
     }
 
     /// The human summary.
@@ -585,14 +707,49 @@ impl Report {
                 f.target, f.offset, f.len, f.error
             );
         }
-        if !self.warnings.is_empty() {
+        let omitted: u64 = self.warnings_omitted.iter().map(|o| o.count).sum();
+        if omitted > 0 {
+            let _ = writeln!(
+                s,
+                "{} (see above; {omitted} not shown: {})",
+                plural(self.warnings.len() as u64 + omitted, "warning"),
+                self.warnings_omitted
+                    .iter()
+                    .map(|o| format!("{} {}", o.count, warning_kind_name(o.kind)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        } else if !self.warnings.is_empty() {
             let _ = writeln!(
                 s,
                 "{} (see above)",
                 plural(self.warnings.len() as u64, "warning")
             );
         }
+        let _ = writeln!(
+            s,
+            "cost: peak RSS {:.1} MiB, CPU {:.0} ms",
+            self.max_rss_kib as f64 / 1024.0,
+            self.cpu_ms
+        );
         s
+    }
+}
+
+/// Peak resident memory (KiB) and CPU time (user + system, ms) of the
+/// process so far; zeros if `getrusage` fails (it does not on Linux).
+fn resource_usage() -> (u64, f64) {
+    use nix::sys::resource::{getrusage, UsageWho};
+    match getrusage(UsageWho::RUSAGE_SELF) {
+        Ok(usage) => {
+            let ms =
+                |t: nix::sys::time::TimeVal| t.tv_sec() as f64 * 1e3 + t.tv_usec() as f64 / 1e3;
+            (
+                u64::try_from(usage.max_rss()).unwrap_or(0),
+                ms(usage.user_time()) + ms(usage.system_time()),
+            )
+        }
+        Err(_) => (0, 0.0),
     }
 }
 
@@ -759,5 +916,52 @@ mod tests {
             text.contains("fallback: 2 file(s) read through the file"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn warnings_are_capped_per_kind_and_the_rest_counted() {
+        let mut r = report(vec![device("/dev/loop0", 3)]);
+        let warn =
+            |kind, i: usize| Warning::new(kind, Some(Path::new(&format!("/f{i}"))), None, "x");
+        for i in 0..50 {
+            r.warnings.push(warn(WarningKind::Missing, i));
+        }
+        r.warnings.push(warn(WarningKind::NoMatch, 0));
+        // Upstream (a collector) already dropped 1000 missing ones.
+        r.count_omitted(&[WarningsOmitted {
+            kind: WarningKind::Missing,
+            count: 1000,
+        }]);
+        r.finish(Duration::from_secs(1));
+        r.finish(Duration::from_secs(1)); // twice: the same
+        assert_eq!(r.warnings.len(), WARNINGS_KEPT_PER_KIND + 1);
+        assert_eq!(r.warnings[0].path.as_deref(), Some(Path::new("/f0")));
+        assert_eq!(
+            r.warnings_omitted,
+            [WarningsOmitted {
+                kind: WarningKind::Missing,
+                count: 1030,
+            }]
+        );
+        let text = r.summary();
+        assert!(
+            text.contains("1051 warnings (see above; 1030 not shown: 1030 missing)"),
+            "{text}"
+        );
+        assert!(r.max_rss_kib > 0);
+        assert!(text.contains("cost: peak RSS"), "{text}");
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["warnings_omitted"][0]["kind"], "missing");
+        assert_eq!(v["warnings_omitted"][0]["count"], 1030);
+        assert!(v["max_rss_kib"].as_u64().unwrap() > 0);
+        assert!(v["cpu_ms"].as_f64().is_some());
+        // An unreadable file counted but not kept still makes the run partial.
+        let mut r = report(vec![device("/dev/loop0", 3)]);
+        r.count_omitted(&[WarningsOmitted {
+            kind: WarningKind::Unreadable,
+            count: 1,
+        }]);
+        r.finish(Duration::ZERO);
+        assert_eq!(r.outcome, Outcome::Partial);
     }
 }

@@ -189,6 +189,7 @@ impl Prepared {
             stopped: self.stopped,
             fallbacks: self.fallbacks().collect(),
             warnings: self.warnings.clone(),
+            warnings_omitted: self.warnings_omitted.clone(),
             devices,
             file_level: FileLevelReport {
                 files: file_level_files,

@@ -42,7 +42,7 @@ use crate::map::device::BlockDevice;
 use crate::map::pool::MetadataPool;
 use crate::map::{DeviceId, ExtentMap};
 use crate::plan::{FileIo, PlanConfig, ReadMode, ReadPlan};
-use crate::report::{Fallback, ManifestReport, Report};
+use crate::report::{Fallback, ManifestReport, Report, WarningsOmitted};
 use crate::source::{CollectOptions, Sources, TargetFile};
 
 /// Everything a run needs to know besides what to read.
@@ -139,6 +139,9 @@ pub(crate) struct Prepared {
     /// Reads through files; `FileIo::file` indexes `files`.
     pub file_ios: Vec<FileIo>,
     pub warnings: Vec<Warning>,
+    /// Warnings counted but not kept (collection keeps the first of each
+    /// kind).
+    pub warnings_omitted: Vec<WarningsOmitted>,
     pub fallbacks: Vec<Fallback>,
     pub skipped_non_regular: u64,
     /// Entries never collected: a stop came before them.
@@ -158,6 +161,7 @@ impl Prepared {
             devices: Vec::new(),
             file_ios: Vec::new(),
             warnings,
+            warnings_omitted: Vec::new(),
             fallbacks: Vec::new(),
             skipped_non_regular: 0,
             entries_not_reached: 0,

@@ -28,6 +28,10 @@ pub(crate) struct Added {
     pub file_ios: Range<usize>,
 }
 
+/// Entries of a class collected at once (each batch's `lstat`s run in
+/// parallel; the batch bounds what is unpacked and held meanwhile).
+const COLLECT_BATCH: usize = 4096;
+
 /// Builds a [`Prepared`] class by class.
 pub(crate) struct Planner<'c> {
     pub cfg: &'c Config,
@@ -81,13 +85,13 @@ impl<'c> Planner<'c> {
         pool: &MetadataPool,
         sink: &mut dyn FnMut(&Planner<'_>, &Added),
     ) {
-        let mut classes: BTreeMap<u32, Vec<SourceEntry>> = BTreeMap::new();
-        for e in &sources.entries {
-            classes.entry(e.priority).or_default().push(e.clone());
-        }
+        let mut classes = sources.classes();
         for &priority in self.sweeps.keys() {
             classes.entry(priority).or_default();
         }
+        self.prepared
+            .warnings_omitted
+            .extend(sources.warnings_omitted.iter().copied());
         let mut collector = Collector::new(&self.cfg.collect, self.cfg.stop.clone());
         for (priority, entries) in classes {
             if let Some(reason) = self.prepared.stopped.or_else(|| self.cfg.stop.check()) {
@@ -98,7 +102,14 @@ impl<'c> Planner<'c> {
                 self.prepared.entries_not_reached += entries.len() as u64;
                 continue;
             }
-            let files = pool.install(|| collector.add(&entries).to_vec());
+            // Entries are unpacked a batch at a time: a class of a million
+            // list lines is never a million `SourceEntry`s at once.
+            let mut files = Vec::new();
+            for batch in entries.chunks(COLLECT_BATCH) {
+                let batch: Vec<SourceEntry> =
+                    batch.iter().filter_map(|&at| sources.entry(at)).collect();
+                files.extend(pool.install(|| collector.add(&batch).to_vec()));
+            }
             self.prepared.warnings.extend(collector.take_warnings());
             if let Some(reason) = self.cfg.stop.check() {
                 // Stopped inside the class: what it collected is still
@@ -110,6 +121,9 @@ impl<'c> Planner<'c> {
             sink(self, &added);
         }
         self.prepared.skipped_non_regular += collector.skipped_non_regular();
+        self.prepared
+            .warnings_omitted
+            .extend(collector.warnings_omitted());
         self.prepared.entries_not_reached += collector.not_reached();
     }
 

@@ -20,9 +20,12 @@ use rayon::prelude::*;
 
 use crate::engine::StopSignal;
 use crate::error::{Origin, Warning, WarningKind};
+use crate::report::{WarningCap, WarningsOmitted};
 
 pub mod list;
-pub use list::{parse_list, read_list, DEFAULT_PRIORITY};
+pub use list::{
+    parse_list, read_list, read_list_packed, ListEntries, ParsedList, DEFAULT_PRIORITY,
+};
 
 /// One entry of the input: a path (maybe a glob), its priority and origin.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,10 +100,17 @@ pub struct DeviceSweep {
 /// lists), and whole devices to sweep.
 #[derive(Debug, Clone, Default)]
 pub struct Sources {
-    /// Paths, globs and directories, with priorities and origins.
+    /// Paths, globs and directories, with priorities and origins (named
+    /// on the command line; those of list files are in `lists`).
     pub entries: Vec<SourceEntry>,
+    /// The entries of list files, packed (a million lines must not cost
+    /// a million `SourceEntry`s). They come before `entries`: a file named
+    /// in both is first met in the list.
+    pub lists: Vec<ListEntries>,
     /// Problems met reading the input so far.
     pub warnings: Vec<Warning>,
+    /// Bad list lines counted but not kept in `warnings`.
+    pub warnings_omitted: Vec<WarningsOmitted>,
     /// Whole devices to read.
     pub devices: Vec<DeviceSweep>,
 }
@@ -109,10 +119,16 @@ impl Sources {
     /// Add the entries of the list file `path` (`-`: standard input). A list
     /// that cannot be read is a warning naming it; the rest still runs.
     pub fn add_list(&mut self, path: &Path) {
-        match list::read_list(path) {
-            Ok((entries, warnings)) => {
-                self.entries.extend(entries);
-                self.warnings.extend(warnings);
+        match list::read_list_packed(path) {
+            Ok(parsed) => {
+                self.lists.push(parsed.entries);
+                self.warnings.extend(parsed.warnings);
+                for o in parsed.warnings_omitted {
+                    match self.warnings_omitted.iter_mut().find(|w| w.kind == o.kind) {
+                        Some(w) => w.count += o.count,
+                        None => self.warnings_omitted.push(o),
+                    }
+                }
             }
             Err(crate::Error::ListRead { path, source }) => self.warnings.push(Warning::new(
                 WarningKind::Unreadable,
@@ -144,8 +160,50 @@ impl Sources {
 
     /// Whether nothing at all was named (warnings aside).
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty() && self.devices.is_empty()
+        self.entries.is_empty()
+            && self.lists.iter().all(ListEntries::is_empty)
+            && self.devices.is_empty()
     }
+
+    /// Every entry's place, grouped by priority class (most urgent
+    /// first), in the order named: 8 bytes an entry, not a copy of it.
+    pub fn classes(&self) -> std::collections::BTreeMap<u32, Vec<EntryIndex>> {
+        let mut classes: std::collections::BTreeMap<u32, Vec<EntryIndex>> = Default::default();
+        for (part, list) in self.lists.iter().enumerate() {
+            for idx in 0..list.len() {
+                if let Some(priority) = list.priority(idx) {
+                    classes.entry(priority).or_default().push(EntryIndex {
+                        part: part as u32,
+                        idx: idx as u32,
+                    });
+                }
+            }
+        }
+        let args = self.lists.len() as u32;
+        for (idx, e) in self.entries.iter().enumerate() {
+            classes.entry(e.priority).or_default().push(EntryIndex {
+                part: args,
+                idx: idx as u32,
+            });
+        }
+        classes
+    }
+
+    /// The entry at `at` (from [`Sources::classes`]).
+    pub fn entry(&self, at: EntryIndex) -> Option<SourceEntry> {
+        match self.lists.get(at.part as usize) {
+            Some(list) => list.entry(at.idx as usize),
+            None => self.entries.get(at.idx as usize).cloned(),
+        }
+    }
+}
+
+/// Where an entry of [`Sources`] is: a list (by position) or the
+/// arguments, and its index there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EntryIndex {
+    part: u32,
+    idx: u32,
 }
 
 /// Options for turning entries into files.
@@ -214,6 +272,8 @@ pub struct Collector<'a> {
     by_inode: HashMap<(u64, u64), usize>,
     stop: StopSignal,
     not_reached: u64,
+    /// Keeps the first warnings of each kind; the rest are only counted.
+    warning_cap: WarningCap,
 }
 
 impl<'a> Collector<'a> {
@@ -226,6 +286,7 @@ impl<'a> Collector<'a> {
             by_inode: HashMap::new(),
             stop,
             not_reached: 0,
+            warning_cap: WarningCap::default(),
         }
     }
 
@@ -295,6 +356,11 @@ impl<'a> Collector<'a> {
         std::mem::take(&mut self.set.warnings)
     }
 
+    /// Warnings counted but not kept (beyond the first of their kind).
+    pub fn warnings_omitted(&self) -> Vec<WarningsOmitted> {
+        self.warning_cap.omitted()
+    }
+
     /// Non-regular files met inside walked directories so far.
     pub fn skipped_non_regular(&self) -> u64 {
         self.set.skipped_non_regular
@@ -313,6 +379,10 @@ impl<'a> Collector<'a> {
         entry: &SourceEntry,
         msg: impl Into<String>,
     ) {
+        // A million missing files must not hold a million warnings.
+        if !self.warning_cap.admit(kind) {
+            return;
+        }
         self.set
             .warnings
             .push(Warning::new(kind, Some(path), Some(&entry.origin), msg));
