@@ -92,20 +92,27 @@ pub fn plan(cmd: &PlanCmd) -> Result<u8> {
         stats: planned.manifest.stats(),
         warnings: planned.warnings.len(),
     };
-    if cmd.json {
-        print_json(&summary)?;
+    // The manifest is written: a closed standard output changes nothing.
+    let printed = if cmd.json {
+        print_json(&summary)
     } else {
-        println!(
-            "wrote {} ({} bytes, checksum {}): {} files, {} extents, {} mapped on {} filesystem(s)",
-            cmd.output.display(),
-            summary.bytes,
-            summary.checksum,
-            summary.stats.files,
-            summary.stats.extents,
-            format_bytes(summary.stats.mapped_bytes),
-            summary.stats.devices
-        );
-        print!("{}", planned.manifest.render_text(false));
+        write_stdout(|out| {
+            writeln!(
+                out,
+                "wrote {} ({} bytes, checksum {}): {} files, {} extents, {} mapped on {} filesystem(s)",
+                cmd.output.display(),
+                summary.bytes,
+                summary.checksum,
+                summary.stats.files,
+                summary.stats.extents,
+                format_bytes(summary.stats.mapped_bytes),
+                summary.stats.devices
+            )?;
+            out.write_all(planned.manifest.render_text(false).as_bytes())
+        })
+    };
+    if let Err(e) = printed {
+        tracing::warn!("{e:#}");
     }
     Ok(0)
 }
@@ -216,16 +223,11 @@ pub fn manpage() -> Result<u8> {
     write_generated(&page, "the man page")
 }
 
-/// Write generated text to standard output; a reader that closed early
-/// (`| head`) ends the output, it is not an error.
+/// Write generated text to standard output (a reader that closed early
+/// ends the output).
 fn write_generated(bytes: &[u8], what: &str) -> Result<u8> {
-    use std::io::Write;
-    match std::io::stdout().lock().write_all(bytes) {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
-            Err(e).with_context(|| format!("writing {what}"))
-        }
-        _ => Ok(0),
-    }
+    write_stdout(|out| out.write_all(bytes)).with_context(|| format!("writing {what}"))?;
+    Ok(0)
 }
 
 /// `--metrics-file`: a failure to write it is logged, never the run's
