@@ -294,11 +294,12 @@ fn read_sources(args: &SourceArgs) -> Sources {
 /// [`prewarm_core::report::WARNINGS_KEPT_PER_KIND`] of
 /// each kind (the report keeps as many); returns how many were printed. A
 /// closed standard error is ignored: the warnings are in the report too.
+/// Warnings go through `tracing`, at WARN: one line each, a journald
+/// priority under systemd, no colour outside a terminal.
 fn print_warnings(warnings: &[Warning]) -> usize {
     let kept = prewarm_core::report::cap_warnings(warnings);
-    let mut err = std::io::stderr().lock();
     for w in &kept {
-        let _ = writeln!(err, "prewarm: warning: {w}");
+        tracing::warn!("{w}");
     }
     kept.len()
 }
@@ -308,21 +309,19 @@ fn print_warnings(warnings: &[Warning]) -> usize {
 /// closed or failing standard output does not change (a manifest run has
 /// saved its state before this).
 fn print_report(report: &Report, printed: usize, output: &OutputArgs) -> Result<u8> {
-    let mut err = std::io::stderr().lock();
     for w in report.warnings.get(printed..).unwrap_or_default() {
-        let _ = writeln!(err, "prewarm: warning: {w}");
+        tracing::warn!("{w}");
     }
     for omitted in &report.warnings_omitted {
-        let _ = writeln!(err, "prewarm: warning: {omitted}");
+        tracing::warn!("{omitted}");
     }
-    drop(err);
     let printed = if output.json {
         print_json(report)
     } else {
         write_stdout(|out| out.write_all(report.summary().as_bytes()))
     };
     if let Err(e) = printed {
-        let _ = writeln!(std::io::stderr(), "prewarm: warning: {e:#}");
+        tracing::warn!("{e:#}");
     }
     Ok(report.outcome.exit_code() as u8)
 }
@@ -385,10 +384,7 @@ fn spawn_watchdog(cancel: Arc<AtomicBool>, deadline: Option<Instant>) {
             std::thread::sleep(Duration::from_millis(20));
         }
         std::thread::sleep(STOP_GRACE + HARD_STOP);
-        eprintln!(
-            "prewarm: still blocked {:?} after the stop; exiting",
-            STOP_GRACE + HARD_STOP
-        );
+        tracing::error!("still blocked {:?} after the stop; exiting", STOP_GRACE + HARD_STOP);
         std::process::exit(1);
     });
 }

@@ -63,7 +63,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("prewarm: error: {e:#}");
+            tracing::error!("{e:#}");
             ExitCode::from(commands::exit_code_of(&e))
         }
     }
