@@ -384,7 +384,10 @@ fn spawn_watchdog(cancel: Arc<AtomicBool>, deadline: Option<Instant>) {
             std::thread::sleep(Duration::from_millis(20));
         }
         std::thread::sleep(STOP_GRACE + HARD_STOP);
-        tracing::error!("still blocked {:?} after the stop; exiting", STOP_GRACE + HARD_STOP);
+        tracing::error!(
+            "still blocked {:?} after the stop; exiting",
+            STOP_GRACE + HARD_STOP
+        );
         std::process::exit(1);
     });
 }
