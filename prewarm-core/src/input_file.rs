@@ -20,6 +20,8 @@ use std::io::{Read, Take};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
+use crate::source::describe_type;
+
 /// Why an input file was refused or could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum InputError {
@@ -27,7 +29,7 @@ pub enum InputError {
     #[error("{0}")]
     Io(#[from] std::io::Error),
     /// Not a regular file (a FIFO, a device, a directory).
-    #[error("not a regular file ({0})")]
+    #[error("not a regular file (a {0})")]
     NotRegular(&'static str),
     /// Larger than the cap.
     #[error("larger than {cap} bytes: refused")]
@@ -57,7 +59,7 @@ pub(crate) fn open_untrusted(path: &Path, cap: u64) -> Result<Take<File>, InputE
         .open(path)?;
     let meta = file.metadata()?;
     if !meta.is_file() {
-        return Err(InputError::NotRegular(kind_of(&meta)));
+        return Err(InputError::NotRegular(describe_type(&meta.file_type())));
     }
     if nix::unistd::geteuid().is_root() {
         check_ownership(path, &meta)?;
@@ -112,24 +114,6 @@ fn who(mode: u32) -> &'static str {
         (true, true) => "group and others",
         (true, false) => "its group",
         _ => "others",
-    }
-}
-
-fn kind_of(meta: &std::fs::Metadata) -> &'static str {
-    use std::os::unix::fs::FileTypeExt;
-    let ft = meta.file_type();
-    if ft.is_dir() {
-        "a directory"
-    } else if ft.is_fifo() {
-        "a FIFO"
-    } else if ft.is_char_device() {
-        "a character device"
-    } else if ft.is_block_device() {
-        "a block device"
-    } else if ft.is_socket() {
-        "a socket"
-    } else {
-        "a special file"
     }
 }
 

@@ -666,7 +666,8 @@ fn resolve_in_root(path: &Path, root: &Path) -> std::io::Result<PathBuf> {
     Ok(done)
 }
 
-fn describe_type(ft: &std::fs::FileType) -> &'static str {
+/// What kind of file `ft` is, in words (`FIFO`, `character device`, ...).
+pub(crate) fn describe_type(ft: &std::fs::FileType) -> &'static str {
     if ft.is_block_device() {
         "block device"
     } else if ft.is_char_device() {
