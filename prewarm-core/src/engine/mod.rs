@@ -318,36 +318,31 @@ impl EngineStats {
     }
 }
 
-/// Page-aligned I/O buffers: one slot per pread thread, or the io_uring
+/// A page-aligned I/O buffer: each pread thread's own, or the io_uring
 /// backend's single sink. Page alignment satisfies O_DIRECT for every
 /// logical block size up to the page size.
 struct IoBuffers {
     /// `None` once leaked.
     map: Option<memmap2::MmapMut>,
-    slot_len: usize,
+    len: usize,
 }
 
 impl IoBuffers {
-    fn new(slots: usize, max_len: u32) -> Result<Self, Error> {
+    /// A buffer for reads of at most `max_len` bytes (rounded up to pages).
+    fn new(max_len: u32) -> Result<Self, Error> {
         let page = 4096usize;
-        let slot_len = (max_len as usize).div_ceil(page).max(1) * page;
-        let slots = slots.max(1);
-        let bytes = slot_len * slots;
-        let map =
-            memmap2::MmapMut::map_anon(bytes).map_err(|source| Error::Buffers { bytes, source })?;
+        let len = (max_len as usize).div_ceil(page).max(1) * page;
+        let map = memmap2::MmapMut::map_anon(len)
+            .map_err(|source| Error::Buffers { bytes: len, source })?;
         Ok(IoBuffers {
             map: Some(map),
-            slot_len,
+            len,
         })
     }
 
-    /// One buffer per slot.
-    fn slot_buffers(&mut self) -> Vec<&mut [u8]> {
-        let slot_len = self.slot_len;
-        self.map
-            .as_mut()
-            .map(|m| m.chunks_mut(slot_len).collect())
-            .unwrap_or_default()
+    /// The buffer (`None` once leaked).
+    fn buffer(&mut self) -> Option<&mut [u8]> {
+        self.map.as_deref_mut()
     }
 
     /// Never unmap: reads the kernel may still complete into these buffers
@@ -489,7 +484,7 @@ pub fn run_queue(
     let max_len = queue.max_len;
     let mut fallback = None;
     if cfg.backend != BackendChoice::Pread {
-        let mut sink = IoBuffers::new(1, max_len)?;
+        let mut sink = IoBuffers::new(max_len)?;
         match uring::run(targets, queue, cfg, depth, &mut sink) {
             Ok(mut stats) => {
                 stats.elapsed = start.elapsed();

@@ -142,8 +142,8 @@ pub(super) fn run(
 /// its counts (or `None` if it panicked, which must not hang the engine).
 fn run_worker(shared: &Shared, tx: &Sender<Option<EngineStats>>) {
     let stats = std::panic::catch_unwind(AssertUnwindSafe(|| {
-        let mut buffers = IoBuffers::new(1, shared.buf_len).ok()?;
-        let buf = buffers.slot_buffers().into_iter().next()?;
+        let mut buffers = IoBuffers::new(shared.buf_len).ok()?;
+        let buf = buffers.buffer()?;
         Some(worker(shared, buf))
     }))
     .ok()

@@ -59,11 +59,9 @@ pub(super) fn run(
     depth: usize,
     sink: &mut IoBuffers,
 ) -> Result<EngineStats, SetupError> {
-    let sink_len = sink.slot_len;
+    let sink_len = sink.len;
     let sink_ptr: *mut u8 = sink
-        .slot_buffers()
-        .into_iter()
-        .next()
+        .buffer()
         .map_or(std::ptr::null_mut(), <[u8]>::as_mut_ptr);
     let mut ring = IoUring::new((depth as u32).next_power_of_two()).map_err(SetupError)?;
     let iovec = [libc::iovec {
