@@ -378,22 +378,8 @@ fn a_stop_while_reading_the_manifest() {
         return;
     }
     let vol = lazy_volume();
-    let state = vol.dir().join("state");
     let manifest = vol.manifest_on_volume();
-    let s = stop_while_blocked(
-        &vol,
-        "manifest read",
-        &[
-            "run",
-            "-m",
-            manifest.to_str().expect("utf-8"),
-            "--state",
-            state.to_str().expect("utf-8"),
-            "--json",
-        ],
-    );
-    assert_stopped("manifest read", &s);
-    assert!(state.is_file(), "no handover state written\n{}", s.stderr);
+    manifest_run_stops(&vol, "manifest read", &manifest);
 }
 
 #[test]
@@ -402,11 +388,17 @@ fn a_stop_while_finding_devices() {
         return;
     }
     let vol = lazy_volume();
-    let state = vol.dir().join("state");
     let manifest = vol.manifest();
+    manifest_run_stops(&vol, "finding devices", &manifest);
+}
+
+/// `run -m MANIFEST --state` stopped while `phase` is blocked: it ends in
+/// time, says it stopped, and saves the handover state.
+fn manifest_run_stops(vol: &LazyVolume, phase: &str, manifest: &std::path::Path) {
+    let state = vol.dir().join("state");
     let s = stop_while_blocked(
-        &vol,
-        "finding devices",
+        vol,
+        phase,
         &[
             "run",
             "-m",
@@ -416,7 +408,7 @@ fn a_stop_while_finding_devices() {
             "--json",
         ],
     );
-    assert_stopped("finding devices", &s);
+    assert_stopped(phase, &s);
     assert!(state.is_file(), "no handover state written\n{}", s.stderr);
 }
 
