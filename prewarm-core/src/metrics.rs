@@ -109,7 +109,27 @@ pub fn prometheus_text(report: &Report) -> String {
             "When readiness was signalled, from the start of the reads.",
             r.at_ms / 1e3,
         );
+        let reason = serde_json::to_value(&r.reason)
+            .ok()
+            .and_then(|v| Some(v.get("reason")?.as_str()?.to_string()));
+        out.labelled(
+            "ready_reason",
+            "1 for why readiness was signalled (class_done, already_hydrated, timeout, finished).",
+            "reason",
+            ["class_done", "already_hydrated", "timeout", "finished"]
+                .map(|name| (name.to_string(), flag(reason.as_deref() == Some(name)))),
+        );
     }
+    out.gauge(
+        "max_rss_bytes",
+        "Peak resident memory of the process.",
+        (report.max_rss_kib * 1024) as f64,
+    );
+    out.gauge(
+        "cpu_seconds",
+        "CPU time (user and system) of the process.",
+        report.cpu_ms / 1e3,
+    );
     out.text
 }
 
@@ -197,6 +217,15 @@ mod tests {
         assert!(text.contains("prewarm_outcome{outcome=\"success\"} 0\n"));
         assert!(text.contains("prewarm_class_hydrated_seconds{priority=\"10\"} 0.25\n"));
         assert!(!text.contains("prewarm_class_hydrated_seconds{priority=\"50\"}"));
+        r.max_rss_kib = 2048;
+        r.ready = Some(crate::run::ReadyReport {
+            reason: crate::ReadyReason::Timeout { after_ms: 30_000 },
+            at_ms: 30_000.0,
+        });
+        let text = prometheus_text(&r);
+        assert!(text.contains("prewarm_max_rss_bytes 2097152\n"), "{text}");
+        assert!(text.contains("prewarm_ready_reason{reason=\"timeout\"} 1\n"));
+        assert!(text.contains("prewarm_ready_reason{reason=\"class_done\"} 0\n"));
         // Every sample's metric was introduced by HELP and TYPE lines.
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let name = line.split(['{', ' ']).next().unwrap();

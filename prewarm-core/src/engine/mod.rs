@@ -21,8 +21,13 @@
 //! being issued; reads already in flight are waited for briefly.
 
 mod pread;
+mod progress;
+mod throttle;
 #[allow(unsafe_code)]
 mod uring;
+
+pub use progress::{Progress, ProgressSnapshot};
+pub use throttle::{RateLimit, Throttle};
 
 use std::collections::BTreeMap;
 use std::os::fd::BorrowedFd;
@@ -215,6 +220,30 @@ pub struct EngineConfig {
     /// it. Shared, so that a caller can lower it mid-run (e.g. to
     /// [`IOPRIO_IDLE`] once the boot-critical class is done).
     pub ioprio: Arc<AtomicU16>,
+    /// The run's rate budget, asked before each read (none: unlimited).
+    pub throttle: Option<Arc<Throttle>>,
+    /// Live counters for a progress display.
+    pub counters: Option<Arc<Progress>>,
+}
+
+impl EngineConfig {
+    /// How long to wait before issuing a read of `len` bytes (zero: now,
+    /// and the budget is spent).
+    fn admit(&self, len: u32) -> Duration {
+        self.throttle
+            .as_ref()
+            .map_or(Duration::ZERO, |t| t.admit(len))
+    }
+
+    /// `op` of `queue` is finished (read, failed or at end of file).
+    fn finished(&self, queue: &OpQueue, op: &ReadOp) {
+        if let Some(p) = &self.progress {
+            p.complete(op.priority);
+        }
+        if let Some(c) = &self.counters {
+            c.read_done(queue.chunks_of(op));
+        }
+    }
 }
 
 impl Default for EngineConfig {
@@ -225,6 +254,8 @@ impl Default for EngineConfig {
             stop: StopSignal::default(),
             progress: None,
             ioprio: Arc::new(AtomicU16::new(0)),
+            throttle: None,
+            counters: None,
         }
     }
 }
@@ -365,6 +396,9 @@ pub struct OpQueue {
     state: Mutex<QueuedOps>,
     more: Condvar,
     max_len: u32,
+    /// Each read covers `len.div_ceil(chunk_len)` chunks (for progress;
+    /// 0: reads through files, which count no device chunks).
+    chunk_len: u32,
 }
 
 struct QueuedOps {
@@ -392,6 +426,23 @@ impl OpQueue {
             }),
             more: Condvar::new(),
             max_len: max_len.max(1),
+            chunk_len: 0,
+        }
+    }
+
+    /// Count each read as covering `len.div_ceil(chunk_len)` hydration
+    /// chunks in the progress counters (a touch read, one block long,
+    /// counts as one with `chunk_len` the block size).
+    pub fn counting_chunks(mut self, chunk_len: u32) -> Self {
+        self.chunk_len = chunk_len;
+        self
+    }
+
+    /// How many chunks `op` covers (see [`OpQueue::counting_chunks`]).
+    pub fn chunks_of(&self, op: &ReadOp) -> u64 {
+        match self.chunk_len {
+            0 => 0,
+            c => u64::from(op.len.div_ceil(c)),
         }
     }
 
@@ -530,6 +581,7 @@ fn issuable(op: &ReadOp, targets: &[ReadTarget<'_>], buf_len: usize) -> bool {
 /// reads, EOF and errors mean the same everywhere.
 fn account(
     stats: &mut EngineStats,
+    counters: Option<&Progress>,
     target: &ReadTarget<'_>,
     op: &ReadOp,
     remaining: u32,
@@ -545,6 +597,9 @@ fn account(
     }
     let got = res as u32;
     stats.bytes_read += u64::from(got);
+    if let Some(c) = counters {
+        c.read(u64::from(got));
+    }
     if got == 0 {
         stats.eof += 1;
         return Next::Done { ok: true };

@@ -184,6 +184,19 @@ fn worker(shared: &Shared, buf: &mut [u8]) -> EngineStats {
             }
         };
         let ok = if issuable(&op, &targets, buf.len()) {
+            // Within the rate budget: wait for it in short naps, so that a
+            // stop is still seen at once.
+            loop {
+                let delay = cfg.admit(op.len);
+                if delay.is_zero() {
+                    break;
+                }
+                if let Some(reason) = cfg.stop.check() {
+                    stats.stopped = Some(reason);
+                    break 'ops;
+                }
+                std::thread::sleep(delay.min(QUEUE_POLL));
+            }
             let target = &targets[op.target];
             let mut done = 0u32;
             loop {
@@ -196,7 +209,14 @@ fn worker(shared: &Shared, buf: &mut [u8]) -> EngineStats {
                 };
                 let took = issued.elapsed().as_nanos().min(u128::from(u64::MAX)) as u64;
                 shared.slowest_ns.fetch_max(took, Ordering::Relaxed);
-                match account(&mut stats, target, &op, op.len - done, res) {
+                match account(
+                    &mut stats,
+                    cfg.counters.as_deref(),
+                    target,
+                    &op,
+                    op.len - done,
+                    res,
+                ) {
                     Next::Done { ok } => break ok,
                     Next::Resubmit { advanced } => done += advanced,
                 }
@@ -209,9 +229,7 @@ fn worker(shared: &Shared, buf: &mut [u8]) -> EngineStats {
             stats.completed.push(idx);
         }
         stats.ios_done += 1;
-        if let Some(p) = &cfg.progress {
-            p.complete(op.priority);
-        }
+        cfg.finished(queue, &op);
     }
     stats
 }

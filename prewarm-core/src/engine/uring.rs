@@ -107,7 +107,6 @@ pub(super) fn run(
     // The slowest read seen: after a stop, the reads in flight get about
     // one more such round before they are abandoned.
     let mut slowest = Duration::ZERO;
-    let timeout = types::Timespec::new().nsec(100_000_000);
     let mut completed: Vec<(u64, i32)> = Vec::with_capacity(depth);
 
     loop {
@@ -118,6 +117,8 @@ pub(super) fn run(
                 stopped_at = Some(Instant::now());
             }
         }
+        // Set when the rate budget holds the next read back: how long.
+        let mut throttled: Option<Duration> = None;
         while stats.stopped.is_none() && !ended && !free.is_empty() {
             // With nothing in flight, wait a while for the queue to grow.
             let wait = if inflight == 0 {
@@ -137,10 +138,13 @@ pub(super) fn run(
                 stats.fail(&op, libc::EINVAL);
                 stats.ios_done += 1;
                 next += 1;
-                if let Some(p) = &cfg.progress {
-                    p.complete(op.priority);
-                }
+                cfg.finished(queue, &op);
                 continue;
+            }
+            let delay = cfg.admit(op.len);
+            if !delay.is_zero() {
+                throttled = Some(delay);
+                break;
             }
             let Some(slot) = free.pop() else { break };
             let e = entry(&op, 0, slot);
@@ -163,6 +167,9 @@ pub(super) fn run(
             if ended || stats.stopped.is_some() {
                 break;
             }
+            if let Some(delay) = throttled {
+                std::thread::sleep(delay.min(QUEUE_POLL));
+            }
             continue;
         }
         if stopped_at.is_some_and(|t| t.elapsed() > super::stop_grace(slowest)) {
@@ -173,6 +180,12 @@ pub(super) fn run(
             abandon(ring, sink);
             break;
         }
+        // Wake for the next completion, or when the rate budget lets the
+        // next read go, or to look at the stop signal.
+        let wait = throttled.map_or(QUEUE_POLL, |d| {
+            d.clamp(Duration::from_millis(1), QUEUE_POLL)
+        });
+        let timeout = types::Timespec::from(wait);
         let args = types::SubmitArgs::new().timespec(&timeout);
         match ring.submitter().submit_with_args(1, &args) {
             Ok(_) => {}
@@ -203,6 +216,7 @@ pub(super) fn run(
             slowest = slowest.max(f.issued.elapsed());
             match account(
                 &mut stats,
+                cfg.counters.as_deref(),
                 &targets[op.target],
                 op,
                 op.len - f.done,
@@ -215,9 +229,7 @@ pub(super) fn run(
                     stats.ios_done += 1;
                     inflight -= 1;
                     free.push(slot);
-                    if let Some(p) = &cfg.progress {
-                        p.complete(op.priority);
-                    }
+                    cfg.finished(queue, op);
                 }
                 Next::Resubmit { advanced } => {
                     let done = f.done + advanced;

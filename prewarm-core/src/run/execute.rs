@@ -81,6 +81,22 @@ impl<'scope> EngineFeed<'scope, '_> {
                 p.add(io.priority, 1);
             }
         }
+        if let Some(c) = &self.ecfg.counters {
+            let (mut reads, mut chunks, mut bytes) = (0, 0, 0);
+            for (id, ops) in &ops {
+                let Some(e) = self.engines.get(id) else {
+                    continue;
+                };
+                for op in ops {
+                    (reads, chunks) = (reads + 1, chunks + e.queue.chunks_of(op));
+                    bytes += u64::from(op.len);
+                }
+            }
+            for io in file_ios {
+                (reads, bytes) = (reads + 1, bytes + u64::from(io.len));
+            }
+            c.planned(reads, chunks, bytes);
+        }
         for (id, ops) in ops {
             if let Some(e) = self.engines.get(&id) {
                 e.queue.push(ops);
@@ -101,7 +117,11 @@ impl<'scope> EngineFeed<'scope, '_> {
             ReadMode::Full => u32::try_from(d.plan.config.max_io).unwrap_or(u32::MAX),
             ReadMode::Touch => d.device.logical_block_size,
         };
-        let queue = Arc::new(OpQueue::new(max_len));
+        let chunk_len = match self.mode {
+            ReadMode::Full => u32::try_from(d.plan.config.chunk_size).unwrap_or(u32::MAX),
+            ReadMode::Touch => d.device.logical_block_size,
+        };
+        let queue = Arc::new(OpQueue::new(max_len).counting_chunks(chunk_len));
         let direct = d.device.direct;
         let align = d.device.logical_block_size;
         let handle = match d.device.file.try_clone() {
@@ -158,6 +178,8 @@ pub(crate) fn run_engines(
         stop: cfg.stop.clone(),
         progress: Some(progress.clone()),
         ioprio: ready.ioprio(),
+        throttle: Some(ready.throttle()),
+        counters: cfg.progress.clone(),
     };
     let (devices, file_result) = std::thread::scope(|scope| {
         let (file_reads, batches) = channel::<(FileNames, Vec<FileIo>)>();

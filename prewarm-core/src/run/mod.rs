@@ -35,8 +35,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use self::planner::Planner;
-pub use self::ready::{ReadyPolicy, ReadyReason};
-use crate::engine::{self, BackendChoice, StopSignal};
+pub use self::ready::{ReadyPolicy, ReadyReason, ReadyReport};
+use crate::engine::{self, BackendChoice, Progress, RateLimit, StopSignal};
 use crate::error::{Error, Warning};
 use crate::map::device::BlockDevice;
 use crate::map::pool::MetadataPool;
@@ -69,6 +69,12 @@ pub struct Config {
     pub on_class_done: Option<Arc<dyn Fn(u32) + Send + Sync>>,
     /// When to tell the services waiting on the run that they may start.
     pub ready: Option<ReadyPolicy>,
+    /// Limits on the reads' rate: for the whole run, or, with a
+    /// [`Config::ready`] policy, for the background part after READY (the
+    /// classes the services wait on are never slowed).
+    pub rate_limit: RateLimit,
+    /// Live counters, for a progress display.
+    pub progress: Option<Arc<Progress>>,
 }
 
 impl Default for Config {
@@ -84,6 +90,8 @@ impl Default for Config {
             stop: StopSignal::default(),
             on_class_done: None,
             ready: None,
+            rate_limit: RateLimit::default(),
+            progress: None,
         }
     }
 }

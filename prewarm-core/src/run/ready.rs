@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::{Config, Prepared};
-use crate::engine::IOPRIO_IDLE;
+use crate::engine::{Throttle, IOPRIO_IDLE};
 
 /// When and how to signal readiness.
 #[derive(Clone)]
@@ -109,6 +109,8 @@ pub(crate) struct Ready {
     policy: Option<ReadyPolicy>,
     sent: Arc<Mutex<Option<ReadyReport>>>,
     ioprio: Arc<AtomicU16>,
+    /// The rate budget: from the start without a policy, from READY with.
+    throttle: Arc<Throttle>,
     start: Instant,
 }
 
@@ -119,6 +121,7 @@ impl Ready {
             policy: cfg.ready.clone(),
             sent: Arc::new(Mutex::new(None)),
             ioprio: Arc::new(AtomicU16::new(0)),
+            throttle: Arc::new(Throttle::new(cfg.rate_limit, cfg.ready.is_none())),
             start: Instant::now(),
         };
         if let Some(p) = &ready.policy {
@@ -140,6 +143,18 @@ impl Ready {
         self.ioprio.clone()
     }
 
+    /// The rate budget the engines ask before each read.
+    pub fn throttle(&self) -> Arc<Throttle> {
+        self.throttle.clone()
+    }
+
+    /// What is left is background work: idle I/O priority, and the rate
+    /// limit from now on.
+    fn to_background(&self) {
+        self.ioprio.store(IOPRIO_IDLE, Ordering::Relaxed);
+        self.throttle.activate();
+    }
+
     /// Class `priority` and every more urgent one are hydrated.
     pub fn class_done(&self, priority: u32) {
         let Some(p) = &self.policy else { return };
@@ -148,7 +163,7 @@ impl Ready {
             // Whether READY came now or earlier from the timeout, the rest
             // is background work from here on (not before: after a timeout
             // the urgent class is what the services now wait on).
-            self.ioprio.store(IOPRIO_IDLE, Ordering::Relaxed);
+            self.to_background();
         }
     }
 
@@ -161,7 +176,7 @@ impl Ready {
         if !prepared.has_work_up_to(priority)
             && self.send(ReadyReason::AlreadyHydrated { priority })
         {
-            self.ioprio.store(IOPRIO_IDLE, Ordering::Relaxed);
+            self.to_background();
         }
     }
 
