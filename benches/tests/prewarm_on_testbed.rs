@@ -49,7 +49,7 @@ fn sigterm_stops_a_slow_run_promptly() {
     let bin = prewarm_bin();
     let start = Instant::now();
     let child = Command::new(bin)
-        .args(["--json", "-q", "4", "--device"])
+        .args(["--json", "--queue-depth", "4", "--device"])
         .arg(&lo.path)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -1,6 +1,20 @@
 //! The command line: clap's types, and nothing else. Every option's help
 //! text is the user's documentation; `commands` turns them into library
 //! calls.
+//!
+//! Conventions, decided once (docs/design.md, "Command line"):
+//! * `-q` is `--quiet`, as in grep, systemctl and vmtouch; the queue depth
+//!   is `--queue-depth` (`-Q`, or fio's `--iodepth`).
+//! * `--json`, `--quiet` and `-v` are global: before or after the
+//!   subcommand.
+//! * A manifest is named the same way everywhere: `-m/--manifest FILE`
+//!   (`run` and `show` also take it as their one positional argument,
+//!   `plan` also as `-o/--output`).
+//! * Each command offers only the options it accepts (`plan` has no
+//!   `--device`: a manifest holds files).
+//! * A path that is also a command's name (`run`, `plan`, `show`, ...) is
+//!   given after `--` or as `./run`; the main command's paths are files,
+//!   and `prewarm --paths list.txt` stays as it is.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -16,7 +30,9 @@ use prewarm_core::{parse_size, DEFAULT_PRIORITY};
     version = VERSION,
     about,
     long_about = None,
-    args_conflicts_with_subcommands = true
+    // Not `args_conflicts_with_subcommands`: it would make `prewarm --json
+    // show FILE` read `show` as a PATH. `Cli::parse_checked` rejects the
+    // main command's options beside a subcommand instead.
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -24,6 +40,10 @@ pub struct Cli {
 
     #[command(flatten)]
     pub sources: SourceArgs,
+
+    /// Hydrate a whole block device (a full-volume sweep). May be repeated.
+    #[arg(long, value_name = "DEV")]
+    pub device: Vec<PathBuf>,
 
     #[command(flatten)]
     pub plan: PlanArgs,
@@ -34,12 +54,18 @@ pub struct Cli {
     #[command(flatten)]
     pub output: OutputArgs,
 
+    /// Print the report (or the manifest, or the plan's summary) as JSON on
+    /// standard output: one line, pretty on a terminal. Before or after the
+    /// subcommand.
+    #[arg(long, global = true)]
+    pub json: bool,
+
     /// More logging (-v debug, -vv trace); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
 
-    /// Only errors on standard error.
-    #[arg(long, conflicts_with = "verbose", global = true)]
+    /// Only errors on standard error (no progress bar either).
+    #[arg(short, long, conflicts_with = "verbose", global = true)]
     pub quiet: bool,
 }
 
@@ -61,6 +87,50 @@ pub enum Command {
     },
     /// Print the man page, prewarm(1), generated from these options (roff).
     Manpage,
+}
+
+impl Cli {
+    /// Parse the command line (exiting with a usage error as clap does),
+    /// refusing the main command's own options beside a subcommand: `prewarm
+    /// --paths l run` or `prewarm /a/run run` would otherwise drop them
+    /// silently. The global options (`--json`, `-q`, `-v`) go anywhere.
+    pub fn parse_checked() -> Self {
+        Self::try_parse_checked_from(std::env::args_os()).unwrap_or_else(|e| e.exit())
+    }
+
+    /// [`Cli::parse_checked`], returning the error.
+    pub fn try_parse_checked_from(
+        args: impl IntoIterator<Item = impl Into<std::ffi::OsString> + Clone>,
+    ) -> Result<Self, clap::Error> {
+        use clap::parser::ValueSource;
+        use clap::{CommandFactory, FromArgMatches};
+        let mut cmd = Cli::command();
+        let matches = cmd.try_get_matches_from_mut(args)?;
+        if let Some((sub, _)) = matches.subcommand() {
+            let misplaced: Vec<String> = cmd
+                .get_arguments()
+                .filter(|a| !a.is_global_set())
+                .filter(|a| {
+                    matches.value_source(a.get_id().as_str()) == Some(ValueSource::CommandLine)
+                })
+                .map(|a| match a.get_long() {
+                    Some(long) => format!("--{long}"),
+                    None => a.get_id().to_string().to_uppercase(),
+                })
+                .collect();
+            if !misplaced.is_empty() {
+                return Err(cmd.error(
+                    clap::error::ErrorKind::ArgumentConflict,
+                    format!(
+                        "{} cannot be used with the `{sub}` command (options go after the \
+                         command; a file named `{sub}` is given as `./{sub}` or after `--`)",
+                        misplaced.join(", ")
+                    ),
+                ));
+            }
+        }
+        Cli::from_arg_matches(&matches).map_err(|e| e.format(&mut cmd))
+    }
 }
 
 /// `0.1.0 (commit abcdef012345)`: the version, and the commit it was built
@@ -85,10 +155,6 @@ pub struct SourceArgs {
     /// `#` comments; `-` reads standard input. May be repeated.
     #[arg(short = 'p', long = "paths", value_name = "LIST")]
     pub lists: Vec<PathBuf>,
-
-    /// Hydrate a whole block device (a full-volume sweep). May be repeated.
-    #[arg(long, value_name = "DEV")]
-    pub device: Vec<PathBuf>,
 
     /// Priority of PATH arguments (lower runs first).
     #[arg(long, default_value_t = DEFAULT_PRIORITY)]
@@ -119,8 +185,24 @@ pub struct PlanArgs {
 #[derive(Args, Debug)]
 pub struct EngineArgs {
     /// Reads kept in flight.
-    #[arg(short = 'q', long, default_value_t = prewarm_core::DEFAULT_QUEUE_DEPTH)]
+    #[arg(
+        short = 'Q',
+        long,
+        visible_alias = "iodepth",
+        default_value_t = prewarm_core::DEFAULT_QUEUE_DEPTH
+    )]
     pub queue_depth: u32,
+
+    /// Read at most this many MiB per second (e.g. `50`, `2.5`). With
+    /// `run --notify` only the background part after READY is limited:
+    /// what the services wait on is never slowed.
+    #[arg(long, value_name = "MIB_PER_SEC", value_parser = parse_mib_per_sec)]
+    pub max_rate: Option<u64>,
+
+    /// Issue at most this many reads per second (same scope as
+    /// `--max-rate`).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_iops: Option<u64>,
 
     /// `full` reads every planned byte; `touch` reads one block per chunk.
     #[arg(long, value_enum, default_value_t = ModeArg::Full)]
@@ -148,11 +230,6 @@ pub struct OutputArgs {
     #[arg(short = 'n', long)]
     pub dry_run: bool,
 
-    /// Print the report as JSON on standard output (one line unless stdout
-    /// is a terminal).
-    #[arg(long)]
-    pub json: bool,
-
     /// Also write the report's figures as Prometheus metrics to this file
     /// (node_exporter's textfile collector format, written atomically).
     #[arg(long, value_name = "PATH")]
@@ -172,13 +249,15 @@ pub struct PlanCmd {
     #[arg(long, value_name = "DIR")]
     pub root: Option<PathBuf>,
 
-    /// Where to write the manifest.
-    #[arg(short, long, value_name = "FILE")]
-    pub output: PathBuf,
-
-    /// Print the manifest's summary as JSON.
-    #[arg(long)]
-    pub json: bool,
+    /// Where to write the manifest (written only if planning succeeds).
+    #[arg(
+        short = 'm',
+        long = "manifest",
+        visible_alias = "output",
+        visible_short_alias = 'o',
+        value_name = "FILE"
+    )]
+    pub manifest: PathBuf,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -191,14 +270,8 @@ pub enum Phase {
 
 #[derive(Args, Debug)]
 pub struct RunCmd {
-    /// The manifest written by `prewarm plan`.
-    #[arg(
-        short,
-        long,
-        value_name = "FILE",
-        default_value = "/etc/prewarm/boot.manifest"
-    )]
-    pub manifest: PathBuf,
+    #[command(flatten)]
+    pub manifest: ManifestArg,
 
     /// Boot phase: decides whether files are checked and which kernel
     /// command line switch (`rd.prewarm=0` / `prewarm=0`) disables the run.
@@ -257,17 +330,52 @@ pub struct RunCmd {
 
 #[derive(Args, Debug)]
 pub struct ShowCmd {
-    /// The manifest.
-    #[arg(value_name = "FILE")]
-    pub manifest: PathBuf,
-
-    /// Print the whole manifest as JSON.
-    #[arg(long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub manifest: ManifestArg,
 
     /// Also list every file.
     #[arg(long)]
     pub files: bool,
+}
+
+/// The manifest a command reads: `-m FILE`, `--manifest FILE` or the
+/// command's one positional argument.
+#[derive(Args, Debug)]
+pub struct ManifestArg {
+    /// The manifest written by `prewarm plan` [default:
+    /// /etc/prewarm/boot.manifest].
+    #[arg(value_name = "MANIFEST", conflicts_with = "manifest")]
+    positional: Option<PathBuf>,
+
+    /// The same, as an option.
+    #[arg(short = 'm', long = "manifest", value_name = "FILE")]
+    manifest: Option<PathBuf>,
+}
+
+/// Where images and units keep the boot manifest.
+pub const DEFAULT_MANIFEST: &str = "/etc/prewarm/boot.manifest";
+
+impl ManifestArg {
+    /// The manifest named, or the default one.
+    pub fn path(&self) -> PathBuf {
+        self.manifest
+            .clone()
+            .or_else(|| self.positional.clone())
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_MANIFEST))
+    }
+}
+
+/// `--max-rate`: MiB per second, as a decimal number, in bytes per second.
+fn parse_mib_per_sec(s: &str) -> Result<u64, String> {
+    let mib: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of MiB per second"))?;
+    let bytes = mib * f64::from(1u32 << 20);
+    if !(4096.0..=1e15).contains(&bytes) {
+        return Err(format!("{s:?}: give at least 0.004 MiB/s and at most 1e9"));
+    }
+    Ok(bytes as u64)
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -318,6 +426,6 @@ mod tests {
         ));
         let cli = Cli::parse_from(["prewarm", "plan", "--root", "/mnt", "-p", "l", "-o", "out"]);
         assert!(matches!(cli.command, Some(Command::Plan(_))));
-        assert!(Cli::try_parse_from(["prewarm", "--json", "plan", "-o", "x"]).is_err());
+        assert!(Cli::try_parse_checked_from(["prewarm", "--json", "plan", "-o", "x"]).is_ok());
     }
 }

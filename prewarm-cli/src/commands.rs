@@ -14,18 +14,37 @@ use clap::CommandFactory;
 use prewarm_core::manifest::{self, ManifestOutcome, ManifestRun, ManifestStats};
 use prewarm_core::{
     format_bytes, hydrate as hydrate_sources, BackendChoice, CollectOptions, Config, PlanConfig,
-    ReadMode, ReadyPolicy, Report, Sources, StopSignal, Warning, STOP_GRACE,
+    RateLimit, ReadMode, ReadyPolicy, Report, Sources, StopSignal, Warning, STOP_GRACE,
 };
 use serde::Serialize;
 
 use crate::args::{
-    EngineArg, EngineArgs, ModeArg, OutputArgs, Phase, PlanArgs, PlanCmd, RunCmd, ShowCmd,
+    Cli, EngineArg, EngineArgs, ModeArg, OutputArgs, Phase, PlanArgs, PlanCmd, RunCmd, ShowCmd,
     SourceArgs,
 };
 use crate::notify::Readiness;
+use crate::progress::ProgressDisplay;
 
 /// Exit code of a manifest that cannot be used here.
 pub const EXIT_REFUSED: u8 = 3;
+
+/// An error and its causes on one line, `context: cause: cause`. The
+/// library's errors already name their cause in their message (for callers
+/// that print only the top), so a cause already said is not said again.
+pub fn render_error(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
 
 /// Exit code for an error that ended a command.
 pub fn exit_code_of(e: &anyhow::Error) -> u8 {
@@ -35,29 +54,40 @@ pub fn exit_code_of(e: &anyhow::Error) -> u8 {
     }
 }
 
+/// How the user asked output to look (the global flags).
+#[derive(Debug, Clone, Copy)]
+pub struct Ui {
+    /// `--json`.
+    pub json: bool,
+    /// `-q/--quiet`.
+    pub quiet: bool,
+}
+
 /// `prewarm [PATH]...`: map and hydrate now (or, with `--dry-run`, plan).
-pub fn hydrate(
-    sources: &SourceArgs,
-    plan: &PlanArgs,
-    engine: &EngineArgs,
-    output: &OutputArgs,
-) -> Result<u8> {
-    let src = read_sources(sources);
+pub fn hydrate(cli: &Cli, ui: Ui) -> Result<u8> {
+    let (sources, output) = (&cli.sources, &cli.output);
+    let mut src = read_sources(sources);
+    for dev in &cli.device {
+        src.add_device(dev, sources.priority);
+    }
     if src.is_empty() && sources.lists.is_empty() {
         bail!("nothing to do: give PATHs, --paths LIST or --device DEV (see --help)");
     }
-    let mut cfg = config(plan_config(plan), engine)?;
+    let mut cfg = config(plan_config(&cli.plan), &cli.engine)?;
     cfg.collect.cross_mounts = sources.cross_mounts;
     cfg.dry_run = output.dry_run;
     // Input warnings are known before any mapping: say them now.
     let printed = print_warnings(&src.warnings);
-    let report = hydrate_sources(&src, &cfg).context("hydrating")?;
+    let bar = ProgressDisplay::start(&mut cfg, ui);
+    let report = hydrate_sources(&src, &cfg).context("hydrating");
+    bar.finish();
+    let report = report?;
     write_metrics(&report, output);
-    print_report(&report, printed, output)
+    print_report(&report, printed, ui)
 }
 
 /// `prewarm plan`: map once and write a manifest.
-pub fn plan(cmd: &PlanCmd) -> Result<u8> {
+pub fn plan(cmd: &PlanCmd, ui: Ui) -> Result<u8> {
     if cmd.sources.paths.is_empty() && cmd.sources.lists.is_empty() {
         bail!("nothing to plan: give PATHs or --paths LIST (see --help)");
     }
@@ -74,7 +104,7 @@ pub fn plan(cmd: &PlanCmd) -> Result<u8> {
     let planned =
         manifest::plan_manifest(&read_sources(&cmd.sources), &cfg, &tool).context("mapping")?;
     print_warnings(&planned.warnings);
-    planned.write(&cmd.output)?;
+    planned.write(&cmd.manifest)?;
 
     #[derive(Serialize)]
     struct Summary<'a> {
@@ -86,21 +116,21 @@ pub fn plan(cmd: &PlanCmd) -> Result<u8> {
         warnings: usize,
     }
     let summary = Summary {
-        manifest: &cmd.output,
+        manifest: &cmd.manifest,
         bytes: planned.encoded.len(),
         checksum: format!("{:08x}", planned.checksum()),
         stats: planned.manifest.stats(),
         warnings: planned.warnings.len(),
     };
     // The manifest is written: a closed standard output changes nothing.
-    let printed = if cmd.json {
+    let printed = if ui.json {
         print_json(&summary)
     } else {
         write_stdout(|out| {
             writeln!(
                 out,
                 "wrote {} ({} bytes, checksum {}): {} files, {} extents, {} mapped on {} filesystem(s)",
-                cmd.output.display(),
+                cmd.manifest.display(),
                 summary.bytes,
                 summary.checksum,
                 summary.stats.files,
@@ -112,26 +142,26 @@ pub fn plan(cmd: &PlanCmd) -> Result<u8> {
         })
     };
     if let Err(e) = printed {
-        tracing::warn!("{e:#}");
+        tracing::warn!("{}", render_error(&e));
     }
     Ok(0)
 }
 
 /// `prewarm run`: replay a manifest.
-pub fn run(cmd: &RunCmd) -> Result<u8> {
+pub fn run(cmd: &RunCmd, ui: Ui) -> Result<u8> {
     let readiness = Readiness::new(cmd.notify);
-    let result = run_manifest(cmd, &readiness);
+    let result = run_manifest(cmd, &readiness, ui);
     // Whatever happened, never leave services ordered after us waiting.
     let status = match &result {
         Ok(code) => format!("finished (exit {code})"),
-        Err(e) => format!("failed: {e:#}"),
+        Err(e) => format!("failed: {}", render_error(e)),
     };
     readiness.ready(&status);
     readiness.status(&status);
     result
 }
 
-fn run_manifest(cmd: &RunCmd, readiness: &Readiness) -> Result<u8> {
+fn run_manifest(cmd: &RunCmd, readiness: &Readiness, ui: Ui) -> Result<u8> {
     let mut cfg = config(PlanConfig::default(), &cmd.engine)?;
     cfg.dry_run = cmd.output.dry_run;
     if cmd.notify {
@@ -148,7 +178,7 @@ fn run_manifest(cmd: &RunCmd, readiness: &Readiness) -> Result<u8> {
         ));
     }
     let req = ManifestRun {
-        path: cmd.manifest.clone(),
+        path: cmd.manifest.path(),
         phase: match cmd.phase {
             Phase::Initrd => manifest::Phase::Initrd,
             Phase::Root => manifest::Phase::Root,
@@ -160,21 +190,25 @@ fn run_manifest(cmd: &RunCmd, readiness: &Readiness) -> Result<u8> {
         verify: cmd.phase == Phase::Root && !cmd.no_verify,
         allow_grown: cmd.allow_grown,
     };
-    match manifest::run_manifest(&req, cfg)? {
+    let bar = ProgressDisplay::start(&mut cfg, ui);
+    let outcome = manifest::run_manifest(&req, cfg);
+    bar.finish();
+    match outcome? {
         ManifestOutcome::Disabled(_) => Ok(0),
         ManifestOutcome::Ran(report) => {
             write_metrics(&report, &cmd.output);
-            print_report(&report, 0, &cmd.output)
+            print_report(&report, 0, ui)
         }
     }
 }
 
 /// `prewarm show`: print a manifest. A reader that closes early (`| head`)
 /// ends the output, not the command.
-pub fn show(cmd: &ShowCmd) -> Result<u8> {
-    let loaded = manifest::load(&cmd.manifest)?;
+pub fn show(cmd: &ShowCmd, ui: Ui) -> Result<u8> {
+    let path = cmd.manifest.path();
+    let loaded = manifest::load(&path)?;
     let checksum = format!("{:08x}", loaded.checksum);
-    if cmd.json {
+    if ui.json {
         #[derive(Serialize)]
         struct Shown<'a> {
             bytes: usize,
@@ -194,7 +228,7 @@ pub fn show(cmd: &ShowCmd) -> Result<u8> {
             writeln!(
                 out,
                 "{}: {} bytes, checksum {checksum}, planned by {} at {} (unix time)",
-                cmd.manifest.display(),
+                path.display(),
                 loaded.bytes,
                 loaded.manifest.tool,
                 loaded.manifest.created_unix
@@ -267,6 +301,10 @@ fn config(plan: PlanConfig, engine: &EngineArgs) -> Result<Config> {
             EngineArg::Pread => BackendChoice::Pread,
         },
         cache: engine.cache,
+        rate_limit: RateLimit {
+            bytes_per_sec: engine.max_rate,
+            reads_per_sec: engine.max_iops,
+        },
         stop: StopSignal::new(cancel, deadline),
         on_class_done: Some(Arc::new(|prio| {
             tracing::info!("priority class {prio} hydrated")
@@ -283,9 +321,6 @@ fn read_sources(args: &SourceArgs) -> Sources {
     }
     for path in &args.paths {
         sources.add_path(path, args.priority);
-    }
-    for dev in &args.device {
-        sources.add_device(dev, args.priority);
     }
     sources
 }
@@ -308,20 +343,20 @@ fn print_warnings(warnings: &[Warning]) -> usize {
 /// before the run), then the report; returns the run's exit code, which a
 /// closed or failing standard output does not change (a manifest run has
 /// saved its state before this).
-fn print_report(report: &Report, printed: usize, output: &OutputArgs) -> Result<u8> {
+fn print_report(report: &Report, printed: usize, ui: Ui) -> Result<u8> {
     for w in report.warnings.get(printed..).unwrap_or_default() {
         tracing::warn!("{w}");
     }
     for omitted in &report.warnings_omitted {
         tracing::warn!("{omitted}");
     }
-    let printed = if output.json {
+    let printed = if ui.json {
         print_json(report)
     } else {
         write_stdout(|out| out.write_all(report.summary().as_bytes()))
     };
     if let Err(e) = printed {
-        tracing::warn!("{e:#}");
+        tracing::warn!("{}", render_error(&e));
     }
     Ok(report.outcome.exit_code() as u8)
 }

@@ -8,8 +8,8 @@
 //! * `prewarm [PATH]... [--paths LIST]`: map and hydrate now;
 //! * `prewarm plan ... -o FILE`: map once (at image build time) and write a
 //!   boot manifest;
-//! * `prewarm run --manifest FILE`: replay a manifest (initrd or root phase);
-//! * `prewarm show FILE`: print a manifest.
+//! * `prewarm run [MANIFEST]`: replay a manifest (initrd or root phase);
+//! * `prewarm show [MANIFEST]`: print a manifest.
 //!
 //! Exit codes: 0 success (warnings allowed), 1 partial (some reads failed, a
 //! listed file was unreadable, or the deadline / SIGTERM stopped the run),
@@ -21,10 +21,9 @@
 mod args;
 mod commands;
 mod notify;
+mod progress;
 
 use std::process::ExitCode;
-
-use clap::Parser;
 
 use crate::args::{Cli, Command};
 
@@ -42,7 +41,7 @@ fn init_logging(cli: &Cli) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(progress::LogWriter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .without_time()
         .with_target(false)
@@ -50,20 +49,24 @@ fn init_logging(cli: &Cli) {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_checked();
     init_logging(&cli);
+    let ui = commands::Ui {
+        json: cli.json,
+        quiet: cli.quiet,
+    };
     let result = match &cli.command {
-        None => commands::hydrate(&cli.sources, &cli.plan, &cli.engine, &cli.output),
-        Some(Command::Plan(cmd)) => commands::plan(cmd),
-        Some(Command::Run(cmd)) => commands::run(cmd),
-        Some(Command::Show(cmd)) => commands::show(cmd),
+        None => commands::hydrate(&cli, ui),
+        Some(Command::Plan(cmd)) => commands::plan(cmd, ui),
+        Some(Command::Run(cmd)) => commands::run(cmd, ui),
+        Some(Command::Show(cmd)) => commands::show(cmd, ui),
         Some(Command::Completions { shell }) => commands::completions(*shell),
         Some(Command::Manpage) => commands::manpage(),
     };
     match result {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            tracing::error!("{e:#}");
+            tracing::error!("{}", commands::render_error(&e));
             ExitCode::from(commands::exit_code_of(&e))
         }
     }

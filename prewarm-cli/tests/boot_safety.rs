@@ -7,32 +7,11 @@ mod common;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::*;
 use predicates::prelude::PredicateBooleanExt;
 use predicates::str::contains;
-
-/// Make an ext4 image of `mib` MiB holding `files` (relative path, size),
-/// mounted at `dir/mnt-NAME` while the returned guards live.
-fn image_with(
-    dir: &Path,
-    name: &str,
-    files: &[(&str, usize)],
-) -> (std::path::PathBuf, LoopDev, Mounted) {
-    let image = dir.join(format!("{name}.img"));
-    make_fs_image(&image, "ext4", 64);
-    let lo = LoopDev::attach(&image, false);
-    let m = Mounted::mount(lo.path(), &dir.join(format!("mnt-{name}")), "ext4", "rw");
-    for (rel, size) in files {
-        let p = m.dir.join(rel);
-        fs::create_dir_all(p.parent().unwrap()).unwrap();
-        fs::write(&p, vec![0x5a; *size]).unwrap();
-    }
-    cmd("sync", &[]);
-    (image, lo, m)
-}
 
 #[test]
 fn one_missing_filesystem_does_not_cost_the_others() {

@@ -85,8 +85,8 @@ impl Method {
                 match (touch, qd) {
                     (false, 32) => s.push_str(" (default)"),
                     (true, 32) => s.push_str(" --mode touch"),
-                    (true, q) => s.push_str(&format!(" --mode touch -q {q}")),
-                    (false, q) => s.push_str(&format!(" -q {q}")),
+                    (true, q) => s.push_str(&format!(" --mode touch -Q {q}")),
+                    (false, q) => s.push_str(&format!(" -Q {q}")),
                 }
                 s.push_str(if *cached {
                     " [metadata cached]"
@@ -321,7 +321,7 @@ impl Harness {
             }
             Method::Prewarm { touch, qd, .. } => {
                 let mut c = self.prewarm_cmd();
-                c.args(["--json", "-q"]).arg(qd.to_string());
+                c.args(["--json", "--queue-depth"]).arg(qd.to_string());
                 if touch {
                     c.args(["--mode", "touch"]);
                 }

@@ -233,3 +233,23 @@ pub fn read_file(path: &Path) -> Vec<u8> {
 pub fn u(v: &Value) -> u64 {
     v.as_u64().unwrap_or_else(|| panic!("not a u64: {v}"))
 }
+
+/// Make an ext4 image of `mib` MiB holding `files` (relative path, size),
+/// mounted at `dir/mnt-NAME` while the returned guards live.
+pub fn image_with(
+    dir: &Path,
+    name: &str,
+    files: &[(&str, usize)],
+) -> (std::path::PathBuf, LoopDev, Mounted) {
+    let image = dir.join(format!("{name}.img"));
+    make_fs_image(&image, "ext4", 64);
+    let lo = LoopDev::attach(&image, false);
+    let m = Mounted::mount(lo.path(), &dir.join(format!("mnt-{name}")), "ext4", "rw");
+    for (rel, size) in files {
+        let p = m.dir.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, vec![0x5a; *size]).unwrap();
+    }
+    cmd("sync", &[]);
+    (image, lo, m)
+}
