@@ -196,12 +196,22 @@ pub struct EngineArgs {
     /// Read at most this many MiB per second (e.g. `50`, `2.5`). With
     /// `run --notify` only the background part after READY is limited:
     /// what the services wait on is never slowed.
-    #[arg(long, value_name = "MIB_PER_SEC", value_parser = parse_mib_per_sec)]
+    #[arg(
+        long,
+        value_name = "MIB_PER_SEC",
+        env = "PREWARM_MAX_RATE",
+        value_parser = parse_mib_per_sec
+    )]
     pub max_rate: Option<u64>,
 
     /// Issue at most this many reads per second (same scope as
     /// `--max-rate`).
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(
+        long,
+        value_name = "N",
+        env = "PREWARM_MAX_IOPS",
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
     pub max_iops: Option<u64>,
 
     /// `full` reads every planned byte; `touch` reads one block per chunk.

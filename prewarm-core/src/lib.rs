@@ -97,7 +97,7 @@ pub use engine::{
 pub use error::{Error, InputError, Origin, Warning, WarningKind};
 pub use plan::{PlanConfig, ReadMode, DEFAULT_CHUNK_SIZE, DEFAULT_MAX_IO};
 pub use report::{Outcome, Report};
-pub use run::{hydrate, Config, ReadyPolicy, ReadyReason, ReadyReport};
+pub use run::{hydrate, Config, ReadyPolicy, ReadyReason};
 pub use size::{format_bytes, parse_size};
 pub use source::{
     parse_list, read_list, read_list_packed, CollectOptions, DeviceSweep, EntryIndex, ListEntries,

@@ -218,7 +218,7 @@ mod tests {
         assert!(text.contains("prewarm_class_hydrated_seconds{priority=\"10\"} 0.25\n"));
         assert!(!text.contains("prewarm_class_hydrated_seconds{priority=\"50\"}"));
         r.max_rss_kib = 2048;
-        r.ready = Some(crate::run::ReadyReport {
+        r.ready = Some(crate::report::ReadyReport {
             reason: crate::ReadyReason::Timeout { after_ms: 30_000 },
             at_ms: 30_000.0,
         });

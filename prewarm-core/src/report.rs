@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::engine::RateLimit;
 use crate::engine::{Backend, StopReason};
 use crate::error::{Warning, WarningKind};
 use crate::map::{DeviceId, ExtentMap, FileReadReason};
@@ -25,7 +26,8 @@ use crate::size::format_bytes as mib;
 ///   text version 1 had); `devices[].swept` and `devices[].error`,
 ///   `file_level.error` and `ready` are new; `warnings` holds at most
 ///   [`WARNINGS_KEPT_PER_KIND`] of each kind and `warnings_omitted` counts
-///   the rest; `max_rss_kib` and `cpu_ms` say what the run cost.
+///   the rest; `max_rss_kib` and `cpu_ms` say what the run cost;
+///   `rate_limit` (when one was asked for).
 /// * 1: the first layout.
 pub const REPORT_VERSION: u32 = 2;
 
@@ -361,6 +363,9 @@ pub struct Report {
     pub mode: ReadMode,
     /// Reads kept in flight.
     pub queue_depth: u32,
+    /// The rate limit asked for (`--max-rate`, `--max-iops`), if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
     /// The plan's knobs.
     pub plan_config: PlanConfig,
     /// Regular files selected.
@@ -454,6 +459,7 @@ impl Report {
             dry_run: false,
             mode: ReadMode::Full,
             queue_depth: 0,
+            rate_limit: None,
             plan_config: PlanConfig::default(),
             files: 0,
             skipped_non_regular: 0,

@@ -167,6 +167,7 @@ impl Prepared {
             dry_run,
             mode: cfg.mode,
             queue_depth: cfg.queue_depth,
+            rate_limit: cfg.rate_limit.is_limited().then_some(cfg.rate_limit),
             plan_config: cfg.plan,
             files: self.files.len() as u64,
             skipped_non_regular: self.skipped_non_regular,
