@@ -42,7 +42,7 @@ use crate::map::device::BlockDevice;
 use crate::map::pool::MetadataPool;
 use crate::map::{DeviceId, ExtentMap};
 use crate::plan::{FileIo, PlanConfig, ReadMode, ReadPlan};
-use crate::report::{Fallback, ManifestReport, Report, WarningsOmitted};
+use crate::report::{Fallback, ImageReport, ManifestReport, Report, WarningsOmitted};
 use crate::source::{CollectOptions, Sources, TargetFile};
 
 /// Everything a run needs to know besides what to read.
@@ -150,6 +150,8 @@ pub(crate) struct Prepared {
     pub files_not_mapped: u64,
     pub stopped: Option<engine::StopReason>,
     pub prepare_time: Duration,
+    /// Container images resolved (`--image`).
+    pub images: Vec<ImageReport>,
 }
 
 impl Prepared {
@@ -168,6 +170,7 @@ impl Prepared {
             files_not_mapped: 0,
             stopped: None,
             prepare_time: Duration::ZERO,
+            images: Vec::new(),
         }
     }
 
