@@ -360,6 +360,33 @@ mod tests {
     }
 
     #[test]
+    fn image_lines_name_container_images() {
+        let text = "10 image:busybox\nimage:*\n5 /etc/hosts\n7 image:\n";
+        let parsed = parse_stream(text.as_bytes(), Path::new("l")).unwrap();
+        let images: Vec<_> = parsed
+            .images
+            .iter()
+            .map(|i| (i.request.clone(), i.priority))
+            .collect();
+        assert_eq!(
+            images,
+            [
+                (ImageRequest::Reference("busybox".into()), 10),
+                (ImageRequest::All, DEFAULT_PRIORITY)
+            ]
+        );
+        assert_eq!(
+            parsed.images[0].origin,
+            Origin::List {
+                list: "l".into(),
+                line: 1
+            }
+        );
+        assert_eq!(parsed.entries.len(), 1);
+        assert_eq!(parsed.warnings.len(), 1, "`image:` without a reference");
+    }
+
+    #[test]
     fn list_syntax() {
         let (entries, warnings) = parse(
             "# comment\n\n  10 /usr/bin/kubelet\n/etc/hosts\r\n7\t/a b/c\n-5 /x\nrelative/path\n42\n99999999999 /y\n",

@@ -107,7 +107,7 @@ fn u64_at(b: &[u8], at: usize) -> Option<u64> {
     Some(u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?))
 }
 
-fn fnv1a64(bytes: &[u8]) -> u64 {
+pub(crate) fn fnv1a64(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
         (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
     })
@@ -380,5 +380,127 @@ impl<'a> Bucket<'a> {
             Some(Value::Bytes(v)) => Some(v),
             _ => None,
         })
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    const PS: usize = 4096;
+
+    /// A leaf page (unpadded): `(flags, key, value)` elements.
+    fn leaf(id: u64, elems: &[(u32, &[u8], &[u8])]) -> Vec<u8> {
+        let mut p = id.to_le_bytes().to_vec();
+        p.extend(LEAF_PAGE.to_le_bytes());
+        p.extend((elems.len() as u16).to_le_bytes());
+        p.extend(0u32.to_le_bytes());
+        let mut data = Vec::new();
+        for (i, (flags, k, v)) in elems.iter().enumerate() {
+            let pos = (elems.len() - i) * ELEMENT + data.len();
+            for f in [*flags, pos as u32, k.len() as u32, v.len() as u32] {
+                p.extend(f.to_le_bytes());
+            }
+            data.extend_from_slice(k);
+            data.extend_from_slice(v);
+        }
+        p.extend(data);
+        p
+    }
+
+    fn branch(id: u64, elems: &[(&[u8], u64)]) -> Vec<u8> {
+        let mut p = id.to_le_bytes().to_vec();
+        p.extend(BRANCH_PAGE.to_le_bytes());
+        p.extend((elems.len() as u16).to_le_bytes());
+        p.extend(0u32.to_le_bytes());
+        let mut data = Vec::new();
+        for (i, (k, child)) in elems.iter().enumerate() {
+            let pos = (elems.len() - i) * ELEMENT + data.len();
+            p.extend((pos as u32).to_le_bytes());
+            p.extend((k.len() as u32).to_le_bytes());
+            p.extend(child.to_le_bytes());
+            data.extend_from_slice(k);
+        }
+        p.extend(data);
+        p
+    }
+
+    fn meta(id: u64, root: u64, high_water: u64, txid: u64) -> Vec<u8> {
+        let mut m = Vec::new();
+        for v in [MAGIC, VERSION, PS as u32, 0] {
+            m.extend(v.to_le_bytes());
+        }
+        for v in [root, 0, 0, high_water, txid] {
+            m.extend(v.to_le_bytes());
+        }
+        m.extend(fnv1a64(&m).to_le_bytes());
+        let mut p = id.to_le_bytes().to_vec();
+        p.extend(4u16.to_le_bytes());
+        p.extend([0; 6]);
+        p.extend(m);
+        p
+    }
+
+    fn bucket_value(root: u64, inline: &[u8]) -> Vec<u8> {
+        let mut v = root.to_le_bytes().to_vec();
+        v.extend(0u64.to_le_bytes());
+        v.extend_from_slice(inline);
+        v
+    }
+
+    /// A small bolt file: `v1` is a bucket whose tree is a branch over two
+    /// leaves, one holding an inline bucket. Meta page 1 is the newer.
+    pub(crate) fn sample() -> Vec<u8> {
+        let inline = leaf(0, &[(0, b"x", b"y")]);
+        let pages = [
+            meta(0, 2, 6, 1),
+            meta(1, 2, 6, 2),
+            leaf(2, &[(BUCKET_LEAF, b"v1", &bucket_value(3, &[]))]),
+            branch(3, &[(b"a", 4), (b"m", 5)]),
+            leaf(
+                4,
+                &[
+                    (0, b"a", b"1"),
+                    (BUCKET_LEAF, b"b", &bucket_value(0, &inline)),
+                ],
+            ),
+            leaf(5, &[(0, b"m", b"2"), (0, b"z", b"3")]),
+        ];
+        let mut file = Vec::new();
+        for mut p in pages {
+            p.resize(PS, 0);
+            file.extend(p);
+        }
+        file
+    }
+
+    #[test]
+    fn reads_branches_leaves_and_inline_buckets() {
+        let file = sample();
+        let db = Db::open(&file).unwrap();
+        let v1 = db.root().bucket(b"v1").unwrap().unwrap();
+        let keys: Vec<_> = v1.entries().unwrap().into_iter().map(|(k, _)| k).collect();
+        assert_eq!(keys, [b"a".as_ref(), b"b", b"m", b"z"]);
+        assert_eq!(v1.value(b"z").unwrap(), Some(b"3".as_ref()));
+        assert_eq!(v1.value(b"a").unwrap(), Some(b"1".as_ref()));
+        assert_eq!(v1.value(b"c").unwrap(), None);
+        let b = v1.bucket(b"b").unwrap().unwrap();
+        assert_eq!(b.value(b"x").unwrap(), Some(b"y".as_ref()));
+        assert_eq!(
+            db.root().path(&[b"v1", b"b"]).unwrap().unwrap().value(b"x").unwrap(),
+            Some(b"y".as_ref())
+        );
+        // A torn first meta page: the second still opens the file.
+        let mut torn = file.clone();
+        torn[20] ^= 0xff;
+        assert!(Db::open(&torn).is_ok());
+        torn[PS + 20] ^= 0xff;
+        assert_eq!(Db::open(&torn).unwrap_err(), BoltError::NoMeta);
+        // A branch pointing at itself is corruption, not a loop.
+        let mut looped = file.clone();
+        looped[3 * PS + 16 + 8..3 * PS + 16 + 16].copy_from_slice(&3u64.to_le_bytes());
+        let v1 = Db::open(&looped).unwrap().root().bucket(b"v1").unwrap().unwrap();
+        assert!(v1.entries().is_err());
+        assert!(v1.get(b"a").is_err());
     }
 }
