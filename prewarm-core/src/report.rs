@@ -17,8 +17,8 @@ use crate::map::{DeviceId, ExtentMap, FileReadReason};
 use crate::plan::{PlanConfig, PlanStats, ReadMode};
 pub use crate::run::cache::CacheStats;
 pub use crate::run::ready::ReadyReport;
-pub use crate::source::containerd::ImageReport;
 use crate::size::format_bytes as mib;
+pub use crate::source::containerd::ImageReport;
 
 /// Version of the JSON layout.
 ///
@@ -674,7 +674,11 @@ impl Report {
                 i.digest.as_deref().unwrap_or("not found"),
                 i.directories.len(),
                 if i.directories.len() == 1 { "y" } else { "ies" },
-                if i.warnings.is_empty() { "" } else { ", incomplete" },
+                if i.warnings.is_empty() {
+                    ""
+                } else {
+                    ", incomplete"
+                },
             );
         }
         if let Some(r) = &self.ready {

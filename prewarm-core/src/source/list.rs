@@ -306,7 +306,10 @@ fn parse_line(raw: &[u8]) -> Result<LineEntry<'_>, String> {
     } else {
         Cow::Borrowed(rest)
     };
-    if path.strip_prefix(IMAGE_PREFIX).is_some_and(|r| !r.trim_ascii().is_empty()) {
+    if path
+        .strip_prefix(IMAGE_PREFIX)
+        .is_some_and(|r| !r.trim_ascii().is_empty())
+    {
         return Ok(Some((priority, path)));
     }
     if !path.starts_with(b"/") {

@@ -116,13 +116,17 @@ pub(crate) fn fnv1a64(bytes: &[u8]) -> u64 {
 /// A valid meta page at `offset`: (page size, root page, high water, txid).
 fn meta_at(data: &[u8], offset: usize) -> Option<(u32, u64, u64, u64)> {
     let m = data.get(offset.checked_add(PAGE_HEADER)?..)?.get(..64)?;
-    let valid = u32_at(m, 0)? == MAGIC
-        && u32_at(m, 4)? == VERSION
-        && u64_at(m, 56)? == fnv1a64(&m[..56]);
+    let valid =
+        u32_at(m, 0)? == MAGIC && u32_at(m, 4)? == VERSION && u64_at(m, 56)? == fnv1a64(&m[..56]);
     if !valid {
         return None;
     }
-    Some((u32_at(m, 8)?, u64_at(m, 16)?, u64_at(m, 40)?, u64_at(m, 48)?))
+    Some((
+        u32_at(m, 8)?,
+        u64_at(m, 16)?,
+        u64_at(m, 40)?,
+        u64_at(m, 48)?,
+    ))
 }
 
 impl<'a> Db<'a> {
@@ -131,7 +135,10 @@ impl<'a> Db<'a> {
         let first = meta_at(data, 0);
         // The second meta page sits one page in; if the first is torn its
         // page size is unknown, so try the sizes bolt uses.
-        let sizes = first.map(|m| m.0).into_iter().chain([4096, 8192, 16384, 65536]);
+        let sizes = first
+            .map(|m| m.0)
+            .into_iter()
+            .chain([4096, 8192, 16384, 65536]);
         let second = sizes
             .filter_map(|ps| meta_at(data, ps as usize).filter(|m| m.0 == ps))
             .next();
@@ -487,7 +494,12 @@ pub(crate) mod tests {
         let b = v1.bucket(b"b").unwrap().unwrap();
         assert_eq!(b.value(b"x").unwrap(), Some(b"y".as_ref()));
         assert_eq!(
-            db.root().path(&[b"v1", b"b"]).unwrap().unwrap().value(b"x").unwrap(),
+            db.root()
+                .path(&[b"v1", b"b"])
+                .unwrap()
+                .unwrap()
+                .value(b"x")
+                .unwrap(),
             Some(b"y".as_ref())
         );
         // A torn first meta page: the second still opens the file.
@@ -499,7 +511,12 @@ pub(crate) mod tests {
         // A branch pointing at itself is corruption, not a loop.
         let mut looped = file.clone();
         looped[3 * PS + 16 + 8..3 * PS + 16 + 16].copy_from_slice(&3u64.to_le_bytes());
-        let v1 = Db::open(&looped).unwrap().root().bucket(b"v1").unwrap().unwrap();
+        let v1 = Db::open(&looped)
+            .unwrap()
+            .root()
+            .bucket(b"v1")
+            .unwrap()
+            .unwrap();
         assert!(v1.entries().is_err());
         assert!(v1.get(b"a").is_err());
     }

@@ -137,7 +137,10 @@ pub fn read_image(root: &Path, digest: &str) -> Result<ImageContent, (ImageConte
             continue;
         }
         let Some(config) = doc.config else {
-            return Err((content, format!("blob {digest}: neither an index nor a manifest")));
+            return Err((
+                content,
+                format!("blob {digest}: neither an index nor a manifest"),
+            ));
         };
         let (path, bytes) = match read_blob(root, &config.digest) {
             Ok(b) => b,
@@ -154,7 +157,10 @@ pub fn read_image(root: &Path, digest: &str) -> Result<ImageContent, (ImageConte
         content.chain_ids = chain_ids(&config.rootfs.diff_ids);
         return Ok(content);
     }
-    Err((content, format!("indexes nested deeper than {MAX_INDEX_DEPTH}")))
+    Err((
+        content,
+        format!("indexes nested deeper than {MAX_INDEX_DEPTH}"),
+    ))
 }
 
 /// The entry of an index for this machine (`linux` and its architecture)

@@ -146,7 +146,11 @@ pub(crate) fn resolve(
         Ok((host, entry)) => (r.host_root, r.entry_root) = (host, entry),
         Err(e) => {
             for req in requests {
-                r.fail(req, None, format!("containerd root {}: {e}", store.root.display()));
+                r.fail(
+                    req,
+                    None,
+                    format!("containerd root {}: {e}", store.root.display()),
+                );
             }
             return r.out;
         }
@@ -158,7 +162,11 @@ pub(crate) fn resolve(
         Ok(f) => f,
         Err(e) => {
             for req in requests {
-                r.fail(req, Some(&meta_path), format!("{}: {e}", meta_path.display()));
+                r.fail(
+                    req,
+                    Some(&meta_path),
+                    format!("{}: {e}", meta_path.display()),
+                );
             }
             return r.out;
         }
@@ -369,7 +377,12 @@ fn find_image<'a>(images: &'a [ImageRecord], asked: &str) -> Result<&'a ImageRec
                 .is_some_and(|rest| rest.starts_with([':', '@']))
         };
         let by_digest: Vec<&ImageRecord> = images.iter().filter(|i| &i.digest == digest).collect();
-        if let Some(i) = by_digest.iter().copied().find(same_repo).or(by_digest.first().copied()) {
+        if let Some(i) = by_digest
+            .iter()
+            .copied()
+            .find(same_repo)
+            .or(by_digest.first().copied())
+        {
             return Ok(i);
         }
     }
@@ -413,7 +426,10 @@ mod tests {
         let find = |s: &str| find_image(&images, s).map(|i| i.name.clone());
         assert_eq!(find("busybox").unwrap(), "docker.io/library/busybox:latest");
         let by_digest = format!("busybox@sha256:{}", "a".repeat(64));
-        assert_eq!(find(&by_digest).unwrap(), "docker.io/library/busybox:latest");
+        assert_eq!(
+            find(&by_digest).unwrap(),
+            "docker.io/library/busybox:latest"
+        );
         let other = format!("registry.example.com/app@sha256:{}", "b".repeat(64));
         assert_eq!(find(&other).unwrap(), "registry.example.com/app:v1");
         assert!(find("busybox:1").unwrap_err().contains("busybox:1"));
@@ -421,7 +437,10 @@ mod tests {
         let all: Vec<_> = all_images(&images).iter().map(|i| &i.name).collect();
         assert_eq!(
             all,
-            ["docker.io/library/busybox:latest", "registry.example.com/app:v1"]
+            [
+                "docker.io/library/busybox:latest",
+                "registry.example.com/app:v1"
+            ]
         );
     }
 }

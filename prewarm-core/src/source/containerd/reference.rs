@@ -138,7 +138,10 @@ mod tests {
             ("busybox:1.36", "docker.io/library/busybox:1.36".into()),
             ("foo/bar", "docker.io/foo/bar:latest".into()),
             ("index.docker.io/foo/bar:v1", "docker.io/foo/bar:v1".into()),
-            ("docker.io/busybox", "docker.io/library/busybox:latest".into()),
+            (
+                "docker.io/busybox",
+                "docker.io/library/busybox:latest".into(),
+            ),
             ("localhost/app", "localhost/app:latest".into()),
             ("localhost:5000/app:v2", "localhost:5000/app:v2".into()),
             (
@@ -146,12 +149,26 @@ mod tests {
                 "602401143452.dkr.ecr.us-west-2.amazonaws.com/eks/pause:3.5".into(),
             ),
             ("registry:5000/a/b", "registry:5000/a/b:latest".into()),
-            (&format!("busybox@{d}"), format!("docker.io/library/busybox@{d}")),
-            (&format!("busybox:1@{d}"), format!("docker.io/library/busybox@{d}")),
+            (
+                &format!("busybox@{d}"),
+                format!("docker.io/library/busybox@{d}"),
+            ),
+            (
+                &format!("busybox:1@{d}"),
+                format!("docker.io/library/busybox@{d}"),
+            ),
         ] {
             assert_eq!(norm(input), want, "{input}");
         }
-        for bad in ["", "Busybox", "foo@sha256:12", "foo:", "a//b", "foo:-x", "-a"] {
+        for bad in [
+            "",
+            "Busybox",
+            "foo@sha256:12",
+            "foo:",
+            "a//b",
+            "foo:-x",
+            "-a",
+        ] {
             assert!(normalize(bad).is_err(), "{bad:?} accepted: {}", norm(bad));
         }
     }

@@ -113,7 +113,11 @@ fn buckets<'a>(b: &Bucket<'a>) -> Result<Vec<(&'a [u8], Bucket<'a>)>, BoltError>
 
 /// The image records of `namespace` and the snapshot keys of `snapshotter`
 /// in the bytes of a `meta.db`.
-pub fn parse_meta(data: &[u8], namespace: &str, snapshotter: &str) -> Result<MetaFacts, StoreError> {
+pub fn parse_meta(
+    data: &[u8],
+    namespace: &str,
+    snapshotter: &str,
+) -> Result<MetaFacts, StoreError> {
     let db = Db::open(data)?;
     let v1 = db.root().bucket(b"v1")?.ok_or_else(|| {
         StoreError::Layout("no `v1` bucket: not a containerd metadata database of schema v1".into())
@@ -239,7 +243,10 @@ mod fixture_tests {
             parse_meta(META, "default", "overlayfs"),
             Err(StoreError::Layout(_))
         ));
-        assert!(matches!(parse_meta(SNAPSHOTS, "k8s.io", "overlayfs"), Err(StoreError::Layout(_))));
+        assert!(matches!(
+            parse_meta(SNAPSHOTS, "k8s.io", "overlayfs"),
+            Err(StoreError::Layout(_))
+        ));
     }
 
     fn walk_all(data: &[u8]) {
