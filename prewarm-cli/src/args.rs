@@ -163,6 +163,37 @@ pub struct SourceArgs {
     /// Let directory walks cross into other mounted filesystems.
     #[arg(long)]
     pub cross_mounts: bool,
+
+    /// Hydrate a container image of containerd's store, by reference
+    /// (`busybox`, `registry.example.com/app:v1`, `name@sha256:...`): its
+    /// layers' snapshot directories (top layer first) and the database and
+    /// content files containerd reads to start it, at --priority. Read
+    /// from containerd's files; no daemon needed. May be repeated.
+    #[arg(long = "image", value_name = "REF")]
+    pub images: Vec<String>,
+
+    /// Hydrate every image of the namespace, as --image does.
+    #[arg(long)]
+    pub all_images: bool,
+
+    #[command(flatten)]
+    pub containerd: ContainerdArgs,
+}
+
+/// Where container images (--image) are read from.
+#[derive(Args, Debug, Default)]
+pub struct ContainerdArgs {
+    /// containerd's root directory (under `plan --root`, the image's).
+    #[arg(long, value_name = "DIR", default_value = "/var/lib/containerd")]
+    pub containerd_root: PathBuf,
+
+    /// The containerd namespace of the images (the kubelet's is `k8s.io`).
+    #[arg(long, value_name = "NS", default_value = "k8s.io")]
+    pub namespace: String,
+
+    /// The snapshotter that unpacked them.
+    #[arg(long, value_name = "NAME", default_value = "overlayfs")]
+    pub snapshotter: String,
 }
 
 /// How reads are planned.
@@ -436,6 +467,10 @@ mod tests {
         ));
         let cli = Cli::parse_from(["prewarm", "plan", "--root", "/mnt", "-p", "l", "-o", "out"]);
         assert!(matches!(cli.command, Some(Command::Plan(_))));
+        let cli = Cli::parse_from(["prewarm", "--image", "busybox", "--image", "a/b:1"]);
+        assert_eq!(cli.sources.images, ["busybox", "a/b:1"]);
+        assert_eq!(cli.sources.containerd.namespace, "k8s.io");
+        assert_eq!(cli.sources.containerd.snapshotter, "overlayfs");
         assert!(Cli::try_parse_checked_from(["prewarm", "--json", "plan", "-o", "x"]).is_ok());
     }
 }

@@ -13,8 +13,9 @@ use anyhow::{bail, Context, Result};
 use clap::CommandFactory;
 use prewarm_core::manifest::{self, ManifestOutcome, ManifestRun, ManifestStats};
 use prewarm_core::{
-    format_bytes, hydrate as hydrate_sources, BackendChoice, CollectOptions, Config, PlanConfig,
-    RateLimit, ReadMode, ReadyPolicy, Report, Sources, StopSignal, Warning, STOP_GRACE,
+    format_bytes, hydrate as hydrate_sources, BackendChoice, CollectOptions, Config,
+    ContainerdStore, ImageRequest, PlanConfig, RateLimit, ReadMode, ReadyPolicy, Report, Sources,
+    StopSignal, Warning, STOP_GRACE,
 };
 use serde::Serialize;
 
@@ -71,7 +72,7 @@ pub fn hydrate(cli: &Cli, ui: Ui) -> Result<u8> {
         src.add_device(dev, sources.priority);
     }
     if src.is_empty() && sources.lists.is_empty() {
-        bail!("nothing to do: give PATHs, --paths LIST or --device DEV (see --help)");
+        bail!("nothing to do: give PATHs, --paths LIST, --image REF or --device DEV (see --help)");
     }
     let mut cfg = config(plan_config(&cli.plan), &cli.engine)?;
     cfg.collect.cross_mounts = sources.cross_mounts;
@@ -88,8 +89,12 @@ pub fn hydrate(cli: &Cli, ui: Ui) -> Result<u8> {
 
 /// `prewarm plan`: map once and write a manifest.
 pub fn plan(cmd: &PlanCmd, ui: Ui) -> Result<u8> {
-    if cmd.sources.paths.is_empty() && cmd.sources.lists.is_empty() {
-        bail!("nothing to plan: give PATHs or --paths LIST (see --help)");
+    if cmd.sources.paths.is_empty()
+        && cmd.sources.lists.is_empty()
+        && cmd.sources.images.is_empty()
+        && !cmd.sources.all_images
+    {
+        bail!("nothing to plan: give PATHs, --paths LIST or --image REF (see --help)");
     }
     let cfg = Config {
         plan: plan_config(&cmd.plan),
@@ -114,6 +119,8 @@ pub fn plan(cmd: &PlanCmd, ui: Ui) -> Result<u8> {
         #[serde(flatten)]
         stats: ManifestStats,
         warnings: usize,
+        #[serde(skip_serializing_if = "<[_]>::is_empty")]
+        images: &'a [prewarm_core::ImageReport],
     }
     let summary = Summary {
         manifest: &cmd.manifest,
@@ -121,6 +128,7 @@ pub fn plan(cmd: &PlanCmd, ui: Ui) -> Result<u8> {
         checksum: format!("{:08x}", planned.checksum()),
         stats: planned.manifest.stats(),
         warnings: planned.warnings.len(),
+        images: &planned.images,
     };
     // The manifest is written: a closed standard output changes nothing.
     let printed = if ui.json {
@@ -138,6 +146,15 @@ pub fn plan(cmd: &PlanCmd, ui: Ui) -> Result<u8> {
                 format_bytes(summary.stats.mapped_bytes),
                 summary.stats.devices
             )?;
+            for i in summary.images {
+                writeln!(
+                    out,
+                    "image {} ({}): {}",
+                    i.image.as_deref().unwrap_or(&i.reference),
+                    i.digest.as_deref().unwrap_or("not found"),
+                    i.directories.join(" ")
+                )?;
+            }
             out.write_all(planned.manifest.render_text(false).as_bytes())
         })
     };
@@ -322,6 +339,17 @@ fn read_sources(args: &SourceArgs) -> Sources {
     for path in &args.paths {
         sources.add_path(path, args.priority);
     }
+    for reference in &args.images {
+        sources.add_image(ImageRequest::Reference(reference.clone()), args.priority);
+    }
+    if args.all_images {
+        sources.add_image(ImageRequest::All, args.priority);
+    }
+    sources.containerd = ContainerdStore {
+        root: args.containerd.containerd_root.clone(),
+        namespace: args.containerd.namespace.clone(),
+        snapshotter: args.containerd.snapshotter.clone(),
+    };
     sources
 }
 

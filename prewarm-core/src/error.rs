@@ -137,6 +137,11 @@ pub enum Origin {
         /// The line, from 1.
         line: usize,
     },
+    /// A container image's files (`--image`).
+    Image {
+        /// The image record's name.
+        reference: String,
+    },
 }
 
 impl fmt::Display for Origin {
@@ -145,6 +150,7 @@ impl fmt::Display for Origin {
             Origin::Argument => write!(f, "argument"),
             Origin::Manifest => write!(f, "manifest"),
             Origin::List { list, line } => write!(f, "{}:{}", list.display(), line),
+            Origin::Image { reference } => write!(f, "image {reference}"),
         }
     }
 }
@@ -172,6 +178,9 @@ pub enum WarningKind {
     Unreadable,
     /// A directory could not be walked completely.
     WalkError,
+    /// A container image (`--image`) could not be resolved, or only in
+    /// part.
+    Image,
 }
 
 impl WarningKind {
@@ -215,7 +224,7 @@ impl Warning {
 
 impl fmt::Display for Warning {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if let Some(origin @ Origin::List { .. }) = &self.origin {
+        if let Some(origin @ (Origin::List { .. } | Origin::Image { .. })) = &self.origin {
             write!(f, "{origin}: ")?;
         }
         if let Some(path) = &self.path {

@@ -99,6 +99,7 @@ pub use plan::{PlanConfig, ReadMode, DEFAULT_CHUNK_SIZE, DEFAULT_MAX_IO};
 pub use report::{Outcome, Report};
 pub use run::{hydrate, Config, ReadyPolicy, ReadyReason};
 pub use size::{format_bytes, parse_size};
+pub use source::containerd::{ContainerdStore, ImageReport, ImageRequest, ImageSource};
 pub use source::{
     parse_list, read_list, read_list_packed, CollectOptions, DeviceSweep, EntryIndex, ListEntries,
     ParsedList, SourceEntry, Sources, DEFAULT_PRIORITY,

@@ -19,6 +19,7 @@ use crate::plan::{PlanConfig, PlanStats, ReadMode};
 pub use crate::run::cache::CacheStats;
 pub use crate::run::ready::ReadyReport;
 use crate::size::format_bytes as mib;
+pub use crate::source::containerd::ImageReport;
 
 /// Version of the JSON layout.
 ///
@@ -69,6 +70,7 @@ pub fn warning_kind_name(kind: WarningKind) -> &'static str {
         WarningKind::NotRegular => "not_regular",
         WarningKind::Unreadable => "unreadable",
         WarningKind::WalkError => "walk_error",
+        WarningKind::Image => "image",
     }
 }
 
@@ -447,6 +449,10 @@ pub struct Report {
     /// Per-file mappings; filled in dry runs.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub file_maps: Vec<FileMapReport>,
+    /// Per container image asked for (`--image`): its digest and layer
+    /// directories.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<ImageReport>,
     /// How the run ended.
     pub outcome: Outcome,
 }
@@ -495,6 +501,7 @@ impl Report {
             manifest: None,
             ready: None,
             file_maps: Vec::new(),
+            images: Vec::new(),
             outcome: Outcome::Success,
         }
     }
@@ -664,6 +671,21 @@ impl Report {
                     c.hydrated_ms.unwrap_or_default()
                 );
             }
+        }
+        for i in &self.images {
+            let _ = writeln!(
+                s,
+                "image {} ({}): {} layer director{}{}",
+                i.image.as_deref().unwrap_or(&i.reference),
+                i.digest.as_deref().unwrap_or("not found"),
+                i.directories.len(),
+                if i.directories.len() == 1 { "y" } else { "ies" },
+                if i.warnings.is_empty() {
+                    ""
+                } else {
+                    ", incomplete"
+                },
+            );
         }
         if let Some(r) = &self.ready {
             let _ = writeln!(s, "ready after {:.0} ms: {}", r.at_ms, r.reason);

@@ -75,6 +75,9 @@ pub struct PlannedManifest {
     pub encoded: Vec<u8>,
     /// Everything wrong with the input, the mapping and the files left out.
     pub warnings: Vec<Warning>,
+    /// The container images planned (`--image`): the manifest holds their
+    /// files, this names them.
+    pub images: Vec<crate::report::ImageReport>,
 }
 
 impl PlannedManifest {
@@ -123,6 +126,7 @@ pub fn plan_manifest(
         encoded: manifest.encode(),
         manifest,
         warnings,
+        images: prepared.images,
     })
 }
 

@@ -202,6 +202,7 @@ impl Prepared {
                 ..Default::default()
             },
             manifest: self.manifest.clone(),
+            images: self.images.clone(),
             classes: self.class_reports(&ios_per_class),
             ..Report::new()
         }

@@ -17,6 +17,7 @@ use crate::map::pool::MetadataPool;
 use crate::map::{DeviceId, FileReadReason};
 use crate::plan::{PrioritizedExtent, ReadPlan};
 use crate::report::Fallback;
+use crate::source::containerd::{self, Resolved};
 use crate::source::{Collector, DeviceSweep, SourceEntry, Sources, TargetFile};
 
 /// What one class added to the plan: per device the classes added to its
@@ -85,7 +86,23 @@ impl<'c> Planner<'c> {
         pool: &MetadataPool,
         sink: &mut dyn FnMut(&Planner<'_>, &Added),
     ) {
-        let mut classes = sources.classes();
+        // Images become directories and files first (reading containerd's
+        // databases), so that they are collected, rebased under an image
+        // root and stopped like any entry.
+        let images = if self.cfg.stop.check().is_some() {
+            self.prepared.entries_not_reached += sources.images.len() as u64;
+            Resolved::default()
+        } else {
+            containerd::resolve(
+                &sources.images,
+                &sources.containerd,
+                self.cfg.collect.root.as_deref(),
+            )
+        };
+        self.prepared.warnings.extend(images.warnings);
+        self.prepared.images.extend(images.images);
+        let extra = images.entries;
+        let mut classes = sources.classes_with(&extra);
         for &priority in self.sweeps.keys() {
             classes.entry(priority).or_default();
         }
@@ -106,8 +123,10 @@ impl<'c> Planner<'c> {
             // list lines is never a million `SourceEntry`s at once.
             let mut files = Vec::new();
             for batch in entries.chunks(COLLECT_BATCH) {
-                let batch: Vec<SourceEntry> =
-                    batch.iter().filter_map(|&at| sources.entry(at)).collect();
+                let batch: Vec<SourceEntry> = batch
+                    .iter()
+                    .filter_map(|&at| sources.entry_with(at, &extra))
+                    .collect();
                 files.extend(pool.install(|| collector.add(&batch).to_vec()));
             }
             self.prepared.warnings.extend(collector.take_warnings());

@@ -14,6 +14,10 @@
 //!                                a quoted path: \" and \\ are the escapes
 //! ```
 //!
+//! A line `[PRIORITY] image:REF` names a container image of containerd's
+//! store by reference (`image:*`: every image), as `--image` does (see
+//! [`super::containerd`]).
+//!
 //! Precisely: a line is `[PRIORITY] PATH`, with blanks (spaces, tabs, a
 //! `\r` of a CRLF line end) ignored around it and between the two.
 //! PRIORITY is decimal digits (0 to 4294967295). A line whose first
@@ -43,6 +47,7 @@ use std::io::BufRead;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
+use super::containerd::{ImageRequest, ImageSource};
 use super::SourceEntry;
 use crate::error::{Error, InputError, Origin, Warning, WarningKind};
 use crate::input_file::open_untrusted;
@@ -149,6 +154,19 @@ pub struct ParsedList {
     pub warnings: Vec<Warning>,
     /// Bad lines beyond those.
     pub warnings_omitted: Vec<WarningsOmitted>,
+    /// `image:REF` lines.
+    pub images: Vec<ImageSource>,
+}
+
+/// What starts a list line's container image reference.
+pub const IMAGE_PREFIX: &[u8] = b"image:";
+
+/// The image request of an `image:REF` line's `REF`.
+fn image_request(reference: &[u8]) -> ImageRequest {
+    match reference.trim_ascii() {
+        b"*" => ImageRequest::All,
+        r => ImageRequest::Reference(String::from_utf8_lossy(r).into_owned()),
+    }
 }
 
 /// Read a list file (`-` is standard input) into entries. The file is
@@ -223,7 +241,17 @@ fn parse_stream(mut reader: impl BufRead, list: &Path) -> Result<ParsedList, Inp
         }
         match result {
             Ok(None) => {}
-            Ok(Some((priority, path))) => parsed.entries.push(&path, priority, number),
+            Ok(Some((priority, path))) => match path.strip_prefix(IMAGE_PREFIX) {
+                Some(reference) => parsed.images.push(ImageSource {
+                    request: image_request(reference),
+                    priority,
+                    origin: Origin::List {
+                        list: list.to_path_buf(),
+                        line: number,
+                    },
+                }),
+                None => parsed.entries.push(&path, priority, number),
+            },
             Err(msg) => {
                 if cap.admit(WarningKind::BadLine) {
                     let origin = Origin::List {
@@ -278,6 +306,12 @@ fn parse_line(raw: &[u8]) -> Result<LineEntry<'_>, String> {
     } else {
         Cow::Borrowed(rest)
     };
+    if path
+        .strip_prefix(IMAGE_PREFIX)
+        .is_some_and(|r| !r.trim_ascii().is_empty())
+    {
+        return Ok(Some((priority, path)));
+    }
     if !path.starts_with(b"/") {
         return Err(format!(
             "expected `[PRIORITY] /absolute/path` or `[PRIORITY] \"/absolute/path\"`, got {:?}",
@@ -326,6 +360,33 @@ mod tests {
 
     fn parse(text: &str) -> (Vec<SourceEntry>, Vec<Warning>) {
         parse_list(text.as_bytes(), Path::new("list.txt"))
+    }
+
+    #[test]
+    fn image_lines_name_container_images() {
+        let text = "10 image:busybox\nimage:*\n5 /etc/hosts\n7 image:\n";
+        let parsed = parse_stream(text.as_bytes(), Path::new("l")).unwrap();
+        let images: Vec<_> = parsed
+            .images
+            .iter()
+            .map(|i| (i.request.clone(), i.priority))
+            .collect();
+        assert_eq!(
+            images,
+            [
+                (ImageRequest::Reference("busybox".into()), 10),
+                (ImageRequest::All, DEFAULT_PRIORITY)
+            ]
+        );
+        assert_eq!(
+            parsed.images[0].origin,
+            Origin::List {
+                list: "l".into(),
+                line: 1
+            }
+        );
+        assert_eq!(parsed.entries.len(), 1);
+        assert_eq!(parsed.warnings.len(), 1, "`image:` without a reference");
     }
 
     #[test]

@@ -22,6 +22,7 @@ use crate::engine::StopSignal;
 use crate::error::{Origin, Warning, WarningKind};
 use crate::report::{WarningCap, WarningsOmitted};
 
+pub mod containerd;
 pub mod list;
 pub use list::{
     parse_list, read_list, read_list_packed, ListEntries, ParsedList, DEFAULT_PRIORITY,
@@ -113,6 +114,11 @@ pub struct Sources {
     pub warnings_omitted: Vec<WarningsOmitted>,
     /// Whole devices to read.
     pub devices: Vec<DeviceSweep>,
+    /// Container images to read (`--image`, `image:` list lines), resolved
+    /// when collection starts.
+    pub images: Vec<containerd::ImageSource>,
+    /// The containerd store the images are read from.
+    pub containerd: containerd::ContainerdStore,
 }
 
 impl Sources {
@@ -122,6 +128,7 @@ impl Sources {
         match list::read_list_packed(path) {
             Ok(parsed) => {
                 self.lists.push(parsed.entries);
+                self.images.extend(parsed.images);
                 self.warnings.extend(parsed.warnings);
                 for o in parsed.warnings_omitted {
                     match self.warnings_omitted.iter_mut().find(|w| w.kind == o.kind) {
@@ -150,6 +157,16 @@ impl Sources {
         self.entries.push(SourceEntry::argument(path, priority));
     }
 
+    /// Add a container image of the containerd store (see
+    /// [`containerd`]), or every image with [`containerd::ImageRequest::All`].
+    pub fn add_image(&mut self, request: containerd::ImageRequest, priority: u32) {
+        self.images.push(containerd::ImageSource {
+            request,
+            priority,
+            origin: Origin::Argument,
+        });
+    }
+
     /// Add a whole block device to read.
     pub fn add_device(&mut self, node: impl Into<PathBuf>, priority: u32) {
         self.devices.push(DeviceSweep {
@@ -163,11 +180,22 @@ impl Sources {
         self.entries.is_empty()
             && self.lists.iter().all(ListEntries::is_empty)
             && self.devices.is_empty()
+            && self.images.is_empty()
     }
 
     /// Every entry's place, grouped by priority class (most urgent
     /// first), in the order named: 8 bytes an entry, not a copy of it.
     pub fn classes(&self) -> std::collections::BTreeMap<u32, Vec<EntryIndex>> {
+        self.classes_with(&[])
+    }
+
+    /// [`Sources::classes`], with `extra` entries (images resolved into
+    /// directories and files) after the arguments; [`Sources::entry_with`]
+    /// finds them.
+    pub fn classes_with(
+        &self,
+        extra: &[SourceEntry],
+    ) -> std::collections::BTreeMap<u32, Vec<EntryIndex>> {
         let mut classes: std::collections::BTreeMap<u32, Vec<EntryIndex>> = Default::default();
         for (part, list) in self.lists.iter().enumerate() {
             for idx in 0..list.len() {
@@ -186,14 +214,27 @@ impl Sources {
                 idx: idx as u32,
             });
         }
+        for (idx, e) in extra.iter().enumerate() {
+            classes.entry(e.priority).or_default().push(EntryIndex {
+                part: args + 1,
+                idx: idx as u32,
+            });
+        }
         classes
     }
 
     /// The entry at `at` (from [`Sources::classes`]).
     pub fn entry(&self, at: EntryIndex) -> Option<SourceEntry> {
+        self.entry_with(at, &[])
+    }
+
+    /// The entry at `at` (from [`Sources::classes_with`] and `extra`).
+    pub fn entry_with(&self, at: EntryIndex, extra: &[SourceEntry]) -> Option<SourceEntry> {
+        let args = self.lists.len();
         match self.lists.get(at.part as usize) {
             Some(list) => list.entry(at.idx as usize),
-            None => self.entries.get(at.idx as usize).cloned(),
+            None if at.part as usize == args => self.entries.get(at.idx as usize).cloned(),
+            None => extra.get(at.idx as usize).cloned(),
         }
     }
 }
@@ -628,7 +669,7 @@ impl<'a> Collector<'a> {
 /// Resolve every symlink of `path` (which lies under `root`) as if `root`
 /// were `/`: absolute link targets restart at `root`, and `..` never climbs
 /// above it. ELOOP after 40 links, as the kernel does.
-fn resolve_in_root(path: &Path, root: &Path) -> std::io::Result<PathBuf> {
+pub(crate) fn resolve_in_root(path: &Path, root: &Path) -> std::io::Result<PathBuf> {
     use std::path::Component;
     let rel = path.strip_prefix(root).unwrap_or(path);
     let mut todo: std::collections::VecDeque<PathBuf> = rel
