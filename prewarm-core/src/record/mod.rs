@@ -113,6 +113,17 @@ pub enum RecordEnd {
     Deadline,
 }
 
+impl std::fmt::Display for RecordEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RecordEnd::UnitsSettled => "the units being active and settled",
+            RecordEnd::Duration => "the duration",
+            RecordEnd::Cancelled => "a signal",
+            RecordEnd::Deadline => "the deadline",
+        })
+    }
+}
+
 /// One file of a recording.
 #[derive(Debug, Clone, Serialize)]
 pub struct RecordedFile {
@@ -180,7 +191,7 @@ impl Recording {
         let mut out = Vec::with_capacity(self.files.len() * 96 + 256);
         let _ = writeln!(
             out,
-            "# prewarm recording: {} files in first-access order, started at Unix time {}, ended by {:?}",
+            "# prewarm recording: {} files in first-access order, started at Unix time {}, ended by {}",
             self.files.len(),
             self.started_unix,
             self.ended
@@ -358,6 +369,8 @@ fn watch(opts: &RecordOptions) -> Result<Fanotify, Error> {
             Err(e) => return Err(err(format!("marking {}", mount.display()))(e)),
         }
     }
+    let shown: Vec<String> = mounts.iter().map(|m| m.display().to_string()).collect();
+    tracing::info!("watching the filesystems of {}", shown.join(", "));
     Ok(fan)
 }
 
