@@ -74,10 +74,16 @@ fn main() -> Result<()> {
     fs::create_dir_all(&tmp)?;
     let image = tmp.join("fs.img");
     File::create(&image)?.set_len(1 << 30)?;
-    sh("mkfs.ext4", &["-q", "-F", image.to_str().unwrap_or_default()])?;
-    let lo = sh("losetup", &["-f", "--show", image.to_str().unwrap_or_default()])?
-        .trim()
-        .to_string();
+    sh(
+        "mkfs.ext4",
+        &["-q", "-F", image.to_str().unwrap_or_default()],
+    )?;
+    let lo = sh(
+        "losetup",
+        &["-f", "--show", image.to_str().unwrap_or_default()],
+    )?
+    .trim()
+    .to_string();
     let mnt = tmp.join("mnt");
     fs::create_dir_all(&mnt)?;
     let m = mnt.to_str().unwrap_or_default().to_string();
@@ -142,18 +148,29 @@ fn main() -> Result<()> {
             );
         }
         let (b, w) = (median(base), median(with));
-        println!("workload: {nfiles} files read cold on a loop-mounted ext4, medians of {runs} runs");
+        println!(
+            "workload: {nfiles} files read cold on a loop-mounted ext4, medians of {runs} runs"
+        );
         println!("| measure | value |\n|---|---:|");
         println!("| workload without the recorder, ms | {b:.1} |");
         println!("| workload with the recorder, ms | {w:.1} |");
         println!("| slowdown | {:.3}× |", w / b);
-        println!("| events handled per second of workload | {:.0} |", median(eps));
+        println!(
+            "| events handled per second of workload | {:.0} |",
+            median(eps)
+        );
         println!("| files recorded | {:.0} |", median(recorded));
-        println!("| recorder CPU time (user + system), ms | {:.1} |", median(cpu));
+        println!(
+            "| recorder CPU time (user + system), ms | {:.1} |",
+            median(cpu)
+        );
         println!("| recorder peak RSS, KiB | {:.0} |", median(rss));
         Ok(())
     })();
-    let _ = Command::new("umount").arg(&m).stderr(Stdio::null()).status();
+    let _ = Command::new("umount")
+        .arg(&m)
+        .stderr(Stdio::null())
+        .status();
     let _ = Command::new("losetup").args(["-d", &lo]).status();
     let _ = fs::remove_dir_all(&tmp);
     result
