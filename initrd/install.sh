@@ -20,6 +20,8 @@ done
 install -D -m 0755 "$bin" "$root/usr/bin/prewarm"
 install -D -m 0644 "$here/systemd/prewarm.service" \
     "$root/usr/lib/systemd/system/prewarm.service"
+install -D -m 0644 "$here/systemd/prewarm-record.service" \
+    "$root/usr/lib/systemd/system/prewarm-record.service"
 mod=$root/usr/lib/dracut/modules.d/50prewarm
 install -D -m 0755 "$here/dracut/50prewarm/module-setup.sh" "$mod/module-setup.sh"
 install -D -m 0644 "$here/dracut/50prewarm/prewarm-initrd.service" \
@@ -31,4 +33,9 @@ install -d -m 0755 "$root/etc/prewarm"
 wants=$root/etc/systemd/system/multi-user.target.wants
 mkdir -p "$wants"
 ln -sf /usr/lib/systemd/system/prewarm.service "$wants/prewarm.service"
+# The recording unit is enabled too, but runs only on a boot with
+# prewarm.record=1 or /etc/prewarm/record (its conditions).
+mkdir -p "$root/etc/systemd/system/sysinit.target.wants"
+ln -sf /usr/lib/systemd/system/prewarm-record.service \
+    "$root/etc/systemd/system/sysinit.target.wants/prewarm-record.service"
 echo "installed prewarm into $root"

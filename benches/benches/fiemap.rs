@@ -56,7 +56,7 @@ fn build_tree() -> Result<Tree, String> {
 /// Open and map one file; the number of device extents found.
 fn map_one(path: &Path, size: u64) -> usize {
     match open_file(path, false) {
-        Ok((file, _)) => map_file(&file, size).device_extents.len(),
+        Ok((file, _)) => map_file(&file, size, None).device_extents.len(),
         Err(_) => 0,
     }
 }
@@ -70,7 +70,7 @@ fn bench_fiemap(c: &mut Criterion) {
         }
     };
     let (first, size) = &tree.files[0];
-    match open_file(first, false).map(|(f, _)| map_file(&f, *size)) {
+    match open_file(first, false).map(|(f, _)| map_file(&f, *size, None)) {
         Ok(m) if m.fallback.is_none() => {}
         Ok(m) => {
             eprintln!(

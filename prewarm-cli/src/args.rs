@@ -78,6 +78,10 @@ pub enum Command {
     Run(RunCmd),
     /// Print a boot manifest.
     Show(ShowCmd),
+    /// Record what every process reads on some filesystems (fanotify, then
+    /// the page cache) and write it as a list with byte ranges, in
+    /// first-access order, for `prewarm plan --paths`.
+    Record(RecordCmd),
     /// Print a shell completion script (e.g. `prewarm completions bash >
     /// /usr/share/bash-completion/completions/prewarm`).
     Completions {
@@ -299,6 +303,37 @@ pub struct PlanCmd {
         value_name = "FILE"
     )]
     pub manifest: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct RecordCmd {
+    /// Filesystems to watch, by any path on them (each whole filesystem is
+    /// watched); default: the root filesystem.
+    #[arg(value_name = "MOUNT")]
+    pub mounts: Vec<PathBuf>,
+
+    /// Stop once these systemd units are active (comma-separated, or
+    /// repeated), plus --settle. Without systemctl this never fires.
+    #[arg(long, value_name = "UNIT", value_delimiter = ',')]
+    pub until: Vec<String>,
+
+    /// How long to keep recording once the --until units are active.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+    pub settle: Duration,
+
+    /// Stop after this long in any case (SIGTERM/SIGINT also stop; the
+    /// recording is written either way).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub duration: Option<Duration>,
+
+    /// Width of a priority class: a file first read N widths after the
+    /// start gets priority 10 + N.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
+    pub class_width: Duration,
+
+    /// Where to write the recording (a list file).
+    #[arg(short, long, value_name = "FILE")]
+    pub output: PathBuf,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

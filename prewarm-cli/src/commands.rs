@@ -20,8 +20,8 @@ use prewarm_core::{
 use serde::Serialize;
 
 use crate::args::{
-    Cli, EngineArg, EngineArgs, ModeArg, OutputArgs, Phase, PlanArgs, PlanCmd, RunCmd, ShowCmd,
-    SourceArgs,
+    Cli, EngineArg, EngineArgs, ModeArg, OutputArgs, Phase, PlanArgs, PlanCmd, RecordCmd, RunCmd,
+    ShowCmd, SourceArgs,
 };
 use crate::notify::Readiness;
 use crate::progress::ProgressDisplay;
@@ -252,6 +252,67 @@ pub fn show(cmd: &ShowCmd, ui: Ui) -> Result<u8> {
             )?;
             out.write_all(loaded.manifest.render_text(cmd.files).as_bytes())
         })?;
+    }
+    Ok(0)
+}
+
+/// `prewarm record`: watch until a stop condition, then write the
+/// recording. SIGTERM/SIGINT end the watch (a second one exits at once).
+pub fn record(cmd: &RecordCmd, ui: Ui) -> Result<u8> {
+    let opts = prewarm_core::record::RecordOptions {
+        mounts: cmd.mounts.clone(),
+        until: cmd.until.clone(),
+        settle: cmd.settle,
+        duration: cmd.duration,
+        class_width: cmd.class_width,
+        stop: StopSignal::new(install_signals()?, None),
+    };
+    let recording = prewarm_core::record::record(&opts)?;
+    recording.write(&cmd.output)?;
+    let s = &recording.stats;
+    let printed = if ui.json {
+        #[derive(Serialize)]
+        struct Summary<'a> {
+            recording: &'a Path,
+            ended: prewarm_core::record::RecordEnd,
+            #[serde(flatten)]
+            stats: &'a prewarm_core::record::RecordStats,
+        }
+        print_json(&Summary {
+            recording: &cmd.output,
+            ended: recording.ended,
+            stats: s,
+        })
+    } else {
+        write_stdout(|out| {
+            writeln!(
+                out,
+                "wrote {}: {} files, {} in their read ranges, in {} ms (ended by {}); {} events ({:.0}/s), {} files seen, {} with nothing cached, {} changed, {} over the cap, {} queue overflows; recorder: {:.0} ms CPU, {} KiB peak RSS",
+                cmd.output.display(),
+                s.files_recorded,
+                format_bytes(s.bytes_recorded),
+                s.elapsed_ms,
+                recording.ended,
+                s.events,
+                s.events_per_s,
+                s.files_seen,
+                s.not_resident,
+                s.changed,
+                s.over_cap,
+                s.overflows,
+                s.cpu_ms,
+                s.max_rss_kib
+            )
+        })
+    };
+    if let Err(e) = printed {
+        tracing::warn!("{e:#}");
+    }
+    if s.overflows > 0 {
+        tracing::warn!(
+            "the kernel's event queue overflowed {} times: some first accesses were lost",
+            s.overflows
+        );
     }
     Ok(0)
 }

@@ -9,7 +9,9 @@
 //! * `prewarm plan ... -o FILE`: map once (at image build time) and write a
 //!   boot manifest;
 //! * `prewarm run [MANIFEST]`: replay a manifest (initrd or root phase);
-//! * `prewarm show [MANIFEST]`: print a manifest.
+//! * `prewarm show [MANIFEST]`: print a manifest;
+//! * `prewarm record -o FILE [MOUNT]...`: record what a boot reads, as a
+//!   list with byte ranges.
 //!
 //! Exit codes: 0 success (warnings allowed), 1 partial (some reads failed, a
 //! listed file was unreadable, or the deadline / SIGTERM stopped the run),
@@ -60,6 +62,7 @@ fn main() -> ExitCode {
         Some(Command::Plan(cmd)) => commands::plan(cmd, ui),
         Some(Command::Run(cmd)) => commands::run(cmd, ui),
         Some(Command::Show(cmd)) => commands::show(cmd, ui),
+        Some(Command::Record(cmd)) => commands::record(cmd, ui),
         Some(Command::Completions { shell }) => commands::completions(*shell),
         Some(Command::Manpage) => commands::manpage(),
     };

@@ -38,6 +38,7 @@ fn manifest_with(path: &str, size: u64, file_ranges: Vec<ByteRange>) -> Manifest
                 priority: 10,
                 extents: Vec::new(),
                 file_ranges,
+                ranges: None,
             }],
         }],
     }

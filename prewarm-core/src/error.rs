@@ -28,6 +28,15 @@ pub enum Error {
         #[source]
         source: InputError,
     },
+    /// `prewarm record` could not watch the filesystems.
+    #[error("recording: {what}: {source}")]
+    Record {
+        /// What was being done.
+        what: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
     /// A configuration value is out of range or inconsistent.
     #[error("invalid configuration: {field}: {reason}")]
     Config {

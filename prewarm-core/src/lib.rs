@@ -15,7 +15,8 @@
 //! ```
 //!
 //! `run` drives them as one road; `manifest` stores a plan at image build
-//! time and replays it at boot.
+//! time and replays it at boot; `record` watches a boot's reads and writes
+//! them as a list with byte ranges.
 //!
 //! # Using it
 //!
@@ -85,6 +86,7 @@ pub mod manifest;
 pub mod map;
 pub mod metrics;
 pub mod plan;
+pub mod record;
 pub mod report;
 mod run;
 mod size;
@@ -101,8 +103,8 @@ pub use run::{hydrate, Config, ReadyPolicy, ReadyReason};
 pub use size::{format_bytes, parse_size};
 pub use source::containerd::{ContainerdStore, ImageReport, ImageRequest, ImageSource};
 pub use source::{
-    parse_list, read_list, read_list_packed, CollectOptions, DeviceSweep, EntryIndex, ListEntries,
-    ParsedList, SourceEntry, Sources, DEFAULT_PRIORITY,
+    format_line, parse_list, read_list, read_list_packed, CollectOptions, DeviceSweep, EntryIndex,
+    ListEntries, ParsedList, SourceEntry, Sources, DEFAULT_PRIORITY,
 };
 
 /// Engine and mapping internals, for the benchmarks only (feature

@@ -766,7 +766,7 @@ impl Report {
 
 /// Peak resident memory (KiB) and CPU time (user + system, ms) of the
 /// process so far; zeros if `getrusage` fails (it does not on Linux).
-fn resource_usage() -> (u64, f64) {
+pub(crate) fn resource_usage() -> (u64, f64) {
     use nix::sys::resource::{getrusage, UsageWho};
     match getrusage(UsageWho::RUSAGE_SELF) {
         Ok(usage) => {

@@ -91,6 +91,16 @@ fn seed_manifest(files: usize, extents: usize, ranges: usize, salt: u64) -> Mani
                 })
                 .filter(|r| r.offset + r.len <= size.div_ceil(65536) * 65536)
                 .collect();
+            // Every other file named for some ranges only (format version 2).
+            let named = (i % 2 == 1).then(|| {
+                (0..ranges as u64)
+                    .map(|k| ByteRange {
+                        offset: k * 16384,
+                        len: 1 + next() % 8192,
+                    })
+                    .filter(|r| r.offset + r.len <= size)
+                    .collect()
+            });
             let dirs = ["usr/bin", "usr/lib64", "var/lib/containerd/x", "etc"];
             ManifestFile {
                 path: PathBuf::from(format!("{}/f{i}-{}", dirs[i % dirs.len()], next() % 100)),
@@ -101,6 +111,7 @@ fn seed_manifest(files: usize, extents: usize, ranges: usize, salt: u64) -> Mani
                 priority: (next() % 4) as u32 * 10,
                 extents,
                 file_ranges,
+                ranges: named,
             }
         })
         .collect();
@@ -322,14 +333,26 @@ fn check_list(text: &[u8]) -> Result<(), TestCaseError> {
     for e in &entries {
         let bytes = e.path.as_os_str().as_bytes();
         prop_assert!(bytes.starts_with(b"/") && !bytes.contains(&0) && !bytes.contains(&b'\n'));
-        printed.extend_from_slice(format!("{} ", e.priority).as_bytes());
-        printed.extend_from_slice(bytes);
+        for w in e.ranges.iter().flatten().collect::<Vec<_>>().windows(2) {
+            prop_assert!(
+                w[0].end() < w[1].offset,
+                "ranges not sorted and apart: {:?}",
+                w
+            );
+        }
+        // What a list writer (a recording) prints reads back the same.
+        let line = prewarm_core::format_line(e.priority, e.ranges.as_deref(), &e.path);
+        prop_assert!(line.is_some(), "{:?} cannot be written", e.path);
+        printed.extend(line.unwrap_or_default());
         printed.push(b'\n');
     }
     let (again, bad) = parse_list(&printed, list);
     prop_assert!(bad.is_empty(), "{:?}", bad);
-    let pairs = |v: &[prewarm_core::SourceEntry]| -> Vec<(u32, PathBuf)> {
-        v.iter().map(|e| (e.priority, e.path.clone())).collect()
+    type Entry = (u32, PathBuf, Option<Vec<ByteRange>>);
+    let pairs = |v: &[prewarm_core::SourceEntry]| -> Vec<Entry> {
+        v.iter()
+            .map(|e| (e.priority, e.path.clone(), e.ranges.clone()))
+            .collect()
     };
     prop_assert_eq!(pairs(&again), pairs(&entries));
     Ok(())
@@ -358,11 +381,22 @@ fn list_line() -> impl Strategy<Value = Vec<u8>> {
             l.extend(w);
             l
         }),
-        (any::<u64>(), word).prop_map(|(p, w)| {
+        (any::<u64>(), word.clone()).prop_map(|(p, w)| {
             let mut l = format!("  {p}\t").into_bytes();
             l.extend(w);
             l
         }),
+        // Byte ranges, well-formed or not.
+        (
+            prop::collection::vec((any::<u64>(), 0u64..100_000), 0..5),
+            word,
+        )
+            .prop_map(|(ranges, w)| {
+                let words: Vec<String> = ranges.iter().map(|(o, l)| format!("{o}+{l}")).collect();
+                let mut l = format!("10 @{} ", words.join(",")).into_bytes();
+                l.extend(w);
+                l
+            }),
     ]
 }
 
@@ -494,6 +528,7 @@ fn crafted(path: &str, size: u64, extents: Vec<Extent>, ranges: Vec<ByteRange>) 
         priority: 10,
         extents,
         file_ranges: ranges,
+        ranges: None,
     });
     m
 }

@@ -78,6 +78,11 @@ pub(crate) fn build_manifest(
                 priority: f.file.priority,
                 extents: f.map.device_extents.clone(),
                 file_ranges: f.map.file_ranges.clone(),
+                ranges: f
+                    .file
+                    .ranges
+                    .as_deref()
+                    .map(|r| crate::map::extent::clip_ranges(r, f.file.size)),
             });
         }
         // A filesystem none of whose files made it in has nothing to

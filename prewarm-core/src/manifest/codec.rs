@@ -4,9 +4,11 @@
 //! superblock, device size, logical block size) and, per file, the path
 //! relative to the filesystem root, what detects staleness (inode, size,
 //! mtime), the priority, the device extents and the byte ranges that must be
-//! read through the file.
+//! read through the file, and, when the file was named for some byte
+//! ranges only (a recording's lines), those ranges, which a changed file is
+//! mapped again for.
 //!
-//! # Format (version 1)
+//! # Format (version 2)
 //!
 //! ```text
 //! offset 0   magic "PRWMNFST"
@@ -22,6 +24,13 @@
 //! take well under 1 MB. Decoding never panics: a short, corrupt or foreign
 //! file is an error that names the offset and the field.
 //!
+//! Version 2 adds one field per file, after its file ranges: the byte
+//! ranges it was named for, as a count plus one (0: the whole file), then
+//! each range as its offset's distance from the previous range's end and
+//! its length. Version 1 manifests, which lack the field, still decode
+//! (every file whole); a version newer than [`FORMAT_VERSION`] is refused,
+//! naming both versions.
+//!
 //! # Bounds
 //!
 //! A manifest is untrusted input even when its checksum is right (anyone
@@ -33,8 +42,8 @@
 //! * paths are relative, non-empty, at most [`MAX_PATH_BYTES`] with
 //!   components of at most [`MAX_NAME_BYTES`], with no NUL, no leading `/`
 //!   and no `..` component;
-//! * a file's size fits `off_t`; its extents and file ranges are non-empty,
-//!   do not overflow, and end within the file (its size rounded up to
+//! * a file's size fits `off_t`; its extents, file ranges and named ranges
+//!   are non-empty, do not overflow, and end within the file (its size rounded up to
 //!   [`FILE_END_ALIGN`], the largest filesystem block: FIEMAP reports whole
 //!   blocks); extents also end within the device;
 //! * a device has a non-nil UUID, a power-of-two block size of 512 B to
@@ -43,7 +52,8 @@
 //!   [`crate::plan::MAX_IO_LIMIT`], the same bound as on the command line);
 //! * counts are bounded by the bytes left (each element takes a minimum
 //!   number of bytes) and by [`MAX_DEVICES`], [`MAX_FILES`], [`MAX_EXTENTS`]
-//!   and [`MAX_FILE_RANGES`] for the whole manifest, and vectors grow with
+//!   [`MAX_FILE_RANGES`] and [`MAX_NAMED_RANGES`] for the whole manifest;
+//!   named ranges are sorted and disjoint; and vectors grow with
 //!   the elements actually decoded, never with a count;
 //! * strings are short (`tool`, `fs_type`, `node_hint`) and NUL-free.
 //!
@@ -62,8 +72,10 @@ use crate::plan::PlanConfig;
 
 /// The first eight bytes of every manifest.
 pub const MAGIC: &[u8; 8] = b"PRWMNFST";
-/// The format version this code writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The format version this code writes (and the newest it reads).
+pub const FORMAT_VERSION: u32 = 2;
+/// The oldest format version this code reads.
+pub const OLDEST_FORMAT_VERSION: u32 = 1;
 const HEADER: usize = 20;
 
 /// Most filesystems in one manifest.
@@ -74,6 +86,8 @@ pub const MAX_FILES: usize = 1 << 20;
 pub const MAX_EXTENTS: usize = 1 << 22;
 /// Most file ranges in one manifest.
 pub const MAX_FILE_RANGES: usize = 1 << 22;
+/// Most named byte ranges ([`ManifestFile::ranges`]) in one manifest.
+pub const MAX_NAMED_RANGES: usize = 1 << 22;
 /// Longest path (`PATH_MAX`).
 pub const MAX_PATH_BYTES: usize = 4096;
 /// Longest path component (`NAME_MAX`).
@@ -103,7 +117,7 @@ pub enum ManifestError {
         found: Vec<u8>,
     },
     /// A format version this build cannot read.
-    #[error("manifest format version {found} (offset 8) is not supported; this prewarm reads version {FORMAT_VERSION}")]
+    #[error("manifest format version {found} (offset 8) is not supported; this prewarm reads versions {OLDEST_FORMAT_VERSION} to {FORMAT_VERSION}")]
     Version {
         /// The version found.
         found: u32,
@@ -195,6 +209,11 @@ pub struct ManifestFile {
     pub extents: Vec<Extent>,
     /// Ranges read through the file (inline data, odd extents).
     pub file_ranges: Vec<ByteRange>,
+    /// The byte ranges the file was named for (sorted, disjoint), which
+    /// `extents` and `file_ranges` cover and a changed file is mapped again
+    /// for; `None`: the whole file (and always in version 1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ranges: Option<Vec<ByteRange>>,
 }
 
 /// One filesystem of a manifest.
@@ -311,6 +330,14 @@ impl Manifest {
                     put(&mut p, r.offset);
                     put(&mut p, r.len);
                 }
+                // Version 2: the named ranges, count + 1 (0: whole file).
+                put(&mut p, f.ranges.as_ref().map_or(0, |r| r.len() as u64 + 1));
+                let mut end = 0u64;
+                for r in f.ranges.iter().flatten() {
+                    put(&mut p, r.offset.wrapping_sub(end));
+                    put(&mut p, r.len);
+                    end = r.offset.wrapping_add(r.len);
+                }
             }
         }
         let mut out = Vec::with_capacity(HEADER + p.len() + 4);
@@ -336,7 +363,7 @@ impl Manifest {
         if self.devices.len() > MAX_DEVICES {
             return Err(oob("devices", too_many(self.devices.len(), MAX_DEVICES)));
         }
-        let (mut files, mut extents, mut ranges) = (0usize, 0usize, 0usize);
+        let (mut files, mut extents, mut ranges, mut named) = (0usize, 0usize, 0usize, 0usize);
         for (d, md) in self.devices.iter().enumerate() {
             let within = |e: ManifestError| e.within(format_args!("devices[{d}]"));
             check_fs_type(&md.fs_type).map_err(|r| within(oob("fs_type", r)))?;
@@ -384,6 +411,22 @@ impl Manifest {
                         within(oob(&format!("file_ranges[{k}].{field}"), r))
                     })?;
                 }
+                named = named.saturating_add(f.ranges.as_ref().map_or(0, Vec::len));
+                if named > MAX_NAMED_RANGES {
+                    return Err(within(oob("ranges", too_many(named, MAX_NAMED_RANGES))));
+                }
+                let mut end = 0u64;
+                for (k, range) in f.ranges.iter().flatten().enumerate() {
+                    if k > 0 && range.offset <= end {
+                        return Err(within(oob(
+                            &format!("ranges[{k}].offset"),
+                            format!("{} does not follow the previous range's end", range.offset),
+                        )));
+                    }
+                    check_file_range(range, f.size)
+                        .map_err(|(field, r)| within(oob(&format!("ranges[{k}].{field}"), r)))?;
+                    end = range.end();
+                }
             }
         }
         Ok(())
@@ -406,7 +449,7 @@ impl Manifest {
         }
         let mut r = Reader::new(bytes, 8);
         let version = u32::from_le_bytes(r.fixed::<4>("version")?);
-        if version != FORMAT_VERSION {
+        if !(OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&version) {
             return Err(ManifestError::Version { found: version });
         }
         let payload_len = u64::from_le_bytes(r.fixed::<8>("payload_length")?);
@@ -436,6 +479,7 @@ impl Manifest {
             });
         }
         let mut r = Reader::new(&bytes[..end], HEADER);
+        r.version = version;
         let m = decode_payload(&mut r)?;
         if r.pos != end {
             return Err(ManifestError::Invalid {
@@ -604,6 +648,11 @@ fn decode_file(
         file_ranges.push(range);
     }
     r.ranges += nranges;
+    let ranges = if r.version >= 2 {
+        decode_named_ranges(r, size)?
+    } else {
+        None
+    };
     Ok(ManifestFile {
         path,
         ino,
@@ -613,7 +662,59 @@ fn decode_file(
         priority,
         extents,
         file_ranges,
+        ranges,
     })
+}
+
+/// A file's named ranges (version 2): `None` for the whole file.
+fn decode_named_ranges(
+    r: &mut Reader<'_>,
+    size: u64,
+) -> Result<Option<Vec<ByteRange>>, ManifestError> {
+    // A range takes at least 2 bytes; the count is stored plus one.
+    let at = r.pos;
+    let stored = r.varint("ranges")?;
+    let Some(n) = stored.checked_sub(1) else {
+        return Ok(None);
+    };
+    let left = r.buf.len().saturating_sub(r.pos) as u64 / 2;
+    let room = (MAX_NAMED_RANGES - r.named) as u64;
+    if n > left || n > room {
+        return Err(r.invalid_at(
+            "ranges",
+            at,
+            format!(
+                "{n} ranges: more than the {} the bytes left or the limit allow",
+                left.min(room)
+            ),
+        ));
+    }
+    let mut ranges = Vec::with_capacity((n as usize).min(PREALLOCATE));
+    let mut end = 0u64;
+    for k in 0..n {
+        let range = (|| {
+            let at = r.pos;
+            let gap = r.varint("offset")?;
+            if k > 0 && gap == 0 {
+                return Err(r.invalid_at("offset", at, "touches the previous range".into()));
+            }
+            let offset = end
+                .checked_add(gap)
+                .ok_or_else(|| r.invalid_at("offset", at, format!("{end} + {gap} overflows")))?;
+            let range = ByteRange {
+                offset,
+                len: r.varint("len")?,
+            };
+            check_file_range(&range, size)
+                .map_err(|(field, reason)| r.invalid_at(field, at, reason))?;
+            Ok(range)
+        })()
+        .map_err(|e: ManifestError| e.within(format_args!("ranges[{k}]")))?;
+        end = range.end();
+        ranges.push(range);
+    }
+    r.named += n as usize;
+    Ok(Some(ranges))
 }
 
 fn too_many(n: usize, max: usize) -> String {
@@ -792,6 +893,9 @@ struct Reader<'a> {
     files: usize,
     extents: usize,
     ranges: usize,
+    named: usize,
+    /// The format version being decoded.
+    version: u32,
 }
 
 impl<'a> Reader<'a> {
@@ -802,6 +906,8 @@ impl<'a> Reader<'a> {
             files: 0,
             extents: 0,
             ranges: 0,
+            named: 0,
+            version: FORMAT_VERSION,
         }
     }
 
@@ -961,6 +1067,7 @@ mod tests {
                     priority: (i % 3) as u32 * 10,
                     extents,
                     file_ranges: vec![ByteRange { offset: 0, len: 60 }],
+                    ranges: None,
                 }
             })
             .collect();
@@ -990,6 +1097,62 @@ mod tests {
         assert_eq!(
             Manifest::checksum_of(&bytes),
             Some(crc32fast::hash(&bytes[..bytes.len() - 4]))
+        );
+    }
+
+    #[test]
+    fn named_ranges_roundtrip_in_version_2() {
+        let mut m = sample(3, 2);
+        m.devices[0].files[1].ranges = Some(vec![
+            ByteRange {
+                offset: 0,
+                len: 4096,
+            },
+            ByteRange {
+                offset: 8192,
+                len: 100,
+            },
+        ]);
+        m.devices[0].files[2].ranges = Some(Vec::new());
+        let bytes = m.encode();
+        assert_eq!(bytes[8..12], 2u32.to_le_bytes());
+        let back = Manifest::decode(&bytes).unwrap();
+        assert_eq!(back, m);
+        back.check_bounds().unwrap();
+        // Touching or overlapping ranges are refused, naming the range.
+        m.devices[0].files[1].ranges = Some(vec![
+            ByteRange {
+                offset: 0,
+                len: 4096,
+            },
+            ByteRange {
+                offset: 4096,
+                len: 100,
+            },
+        ]);
+        let err = Manifest::decode(&m.encode()).unwrap_err().to_string();
+        assert!(
+            err.contains("devices[0].files[1].ranges[1].offset"),
+            "{err}"
+        );
+        assert!(m.check_bounds().is_err());
+    }
+
+    #[test]
+    fn version_1_still_decodes_and_newer_is_refused() {
+        // Written by the version-1 encoder from `sample(3, 2)`.
+        let v1 = include_bytes!("../../tests/data/v1-sample.manifest");
+        assert_eq!(v1[8..12], 1u32.to_le_bytes());
+        let back = Manifest::decode(v1).unwrap();
+        assert_eq!(back, sample(3, 2), "every file whole (ranges None)");
+        let mut v3 = back.encode();
+        v3[8..12].copy_from_slice(&3u32.to_le_bytes());
+        let err = Manifest::decode(&v3).unwrap_err();
+        assert_eq!(err, ManifestError::Version { found: 3 });
+        let msg = err.to_string();
+        assert!(
+            msg.contains("version 3") && msg.contains("versions 1 to 2"),
+            "{msg}"
         );
     }
 

@@ -260,6 +260,7 @@ fn replay_file(
             ino: f.ino,
             size: f.size,
             mtime: (f.mtime_sec, i64::from(f.mtime_nsec)),
+            ranges: f.ranges.clone(),
         },
         map: ExtentMap {
             device_extents: f.extents.clone(),
@@ -306,20 +307,22 @@ fn replay_file(
     // Changed: map it again, now.
     let map = match open_file(&path, false) {
         Ok((file, _)) => {
-            let mut map = map_file(&file, meta.len());
+            let mut map = map_file(&file, meta.len(), f.ranges.as_deref());
             if meta.dev() != dev_num {
                 map.demote_to_file_reads(FileReadReason::Moved);
             }
             map
         }
-        Err(e) => ExtentMap::whole_file(
+        Err(e) => ExtentMap::through_file(
             meta.len(),
+            f.ranges.as_deref(),
             FileReadReason::RemapFailed {
                 error: e.to_string(),
             },
         ),
     };
-    let file = TargetFile::from_metadata(path, &meta, f.priority, Origin::Manifest);
+    let mut file = TargetFile::from_metadata(path, &meta, f.priority, Origin::Manifest);
+    file.ranges = f.ranges.clone();
     (FileStatus::Changed, Some(MappedFile { file, map }))
 }
 
@@ -444,6 +447,7 @@ mod tests {
                 priority: 10,
                 extents: Vec::new(),
                 file_ranges: vec![crate::map::ByteRange { offset: 0, len: 7 }],
+                ranges: None,
             };
             let (status, mapped) = replay_file(&f, Some(&mount), 0);
             assert!(mapped.is_none(), "{rel}: nothing to read");
@@ -465,6 +469,7 @@ mod tests {
             priority: 10,
             extents: Vec::new(),
             file_ranges: Vec::new(),
+            ranges: None,
         };
         let (status, mapped) = replay_file(&f, Some(&mount), 0);
         assert!(matches!(status, FileStatus::Changed));

@@ -152,6 +152,19 @@ impl ExtentMap {
         }
     }
 
+    /// `ranges` (`None`: all) of a file of `size` bytes are read through
+    /// the file.
+    pub fn through_file(size: u64, ranges: Option<&[ByteRange]>, reason: FileReadReason) -> Self {
+        match ranges {
+            None => ExtentMap::whole_file(size, reason),
+            Some(ranges) => ExtentMap {
+                file_ranges: clip_ranges(ranges, size),
+                fallback: Some(reason),
+                ..Default::default()
+            },
+        }
+    }
+
     /// Turn the device extents into file ranges: used when the file's block
     /// device cannot be resolved or opened.
     pub fn demote_to_file_reads(&mut self, reason: FileReadReason) {
@@ -179,18 +192,64 @@ pub fn open_file(path: &Path, direct: bool) -> std::io::Result<(File, bool)> {
     }
 }
 
-/// Map the open file `file` of `size` bytes. Never fails: a filesystem
-/// without FIEMAP yields a whole-file fallback.
-pub fn map_file(file: &File, size: u64) -> ExtentMap {
-    match fiemap::file_extents(file) {
-        Ok(raw) => classify(&raw, size),
-        Err(errno) => ExtentMap::whole_file(
+/// Map the open file `file` of `size` bytes, or only its byte `ranges`
+/// (sorted, disjoint; `None`: the whole file): the extents are cut to the
+/// ranges. Never fails: a filesystem without FIEMAP yields a fallback that
+/// reads the file (the ranges) through the file.
+pub fn map_file(file: &File, size: u64, ranges: Option<&[ByteRange]>) -> ExtentMap {
+    match (fiemap::file_extents(file), ranges) {
+        (Ok(raw), None) => classify(&raw, size),
+        (Ok(raw), Some(ranges)) => classify(&clip_to_ranges(&raw, ranges), size),
+        (Err(errno), ranges) => ExtentMap::through_file(
             size,
+            ranges,
             FileReadReason::NoFiemap {
                 errno: errno as i32,
             },
         ),
     }
+}
+
+/// `ranges` (sorted, disjoint) cut at `size`, empty ones dropped.
+pub(crate) fn clip_ranges(ranges: &[ByteRange], size: u64) -> Vec<ByteRange> {
+    ranges
+        .iter()
+        .filter(|r| r.offset < size)
+        .map(|r| ByteRange {
+            offset: r.offset,
+            len: r.len.min(size - r.offset),
+        })
+        .filter(|r| r.len > 0)
+        .collect()
+}
+
+/// The parts of the extents `raw` (in logical order) that lie in `ranges`
+/// (sorted, disjoint), each keeping its flags and its physical offset moved
+/// along with the logical one.
+fn clip_to_ranges(raw: &[FlaggedExtent], ranges: &[ByteRange]) -> Vec<FlaggedExtent> {
+    let mut out = Vec::new();
+    for fe in raw {
+        let (start, end) = (
+            fe.extent.logical,
+            fe.extent.logical.saturating_add(fe.extent.length),
+        );
+        // The first range that ends after the extent starts.
+        let first = ranges.partition_point(|r| r.end() <= start);
+        for r in ranges[first..].iter().take_while(|r| r.offset < end) {
+            let (s, e) = (start.max(r.offset), end.min(r.end()));
+            if s < e {
+                out.push(FlaggedExtent {
+                    extent: Extent {
+                        logical: s,
+                        physical: fe.extent.physical.saturating_add(s - start),
+                        length: e - s,
+                    },
+                    flags: fe.flags,
+                });
+            }
+        }
+    }
+    out
 }
 
 /// Sort raw extents into device extents, file ranges and unwritten bytes,
@@ -274,6 +333,39 @@ mod tests {
             Some(FileReadReason::ExtentFlags {
                 flags: FIEMAP_EXTENT_DELALLOC
             })
+        );
+    }
+
+    #[test]
+    fn ranges_cut_extents_and_keep_physical_offsets() {
+        let r = |offset, len| ByteRange { offset, len };
+        let clipped = clip_to_ranges(
+            &[
+                raw(0, 1 << 20, 16384, 0),
+                raw(16384, 0, 8192, FIEMAP_EXTENT_UNWRITTEN),
+            ],
+            &[r(4096, 4096), r(12288, 8192), r(1 << 30, 10)],
+        );
+        let map = classify(&clipped, 24576);
+        assert_eq!(
+            map.device_extents,
+            [
+                Extent {
+                    logical: 4096,
+                    physical: (1 << 20) + 4096,
+                    length: 4096
+                },
+                Extent {
+                    logical: 12288,
+                    physical: (1 << 20) + 12288,
+                    length: 4096
+                },
+            ]
+        );
+        assert_eq!(map.unwritten_bytes, 4096, "only the part inside a range");
+        assert_eq!(
+            clip_ranges(&[r(0, 10), r(20, 100), r(500, 1)], 50),
+            [r(0, 10), r(20, 30)]
         );
     }
 

@@ -161,7 +161,7 @@ impl<'c> Planner<'c> {
                 }
                 Some(match open_file(&file.path, false) {
                     Ok((f, _)) => Ok(MappedFile {
-                        map: map_file(&f, file.size),
+                        map: map_file(&f, file.size, file.ranges.as_deref()),
                         file,
                     }),
                     Err(e) => Err(Warning::new(

@@ -12,6 +12,8 @@
 //!                                a directory: every regular file under it
 //! 30 "/opt/app/name ending in a space "
 //!                                a quoted path: \" and \\ are the escapes
+//! 10 @0+4096,8388608+65536 /usr/bin/kubelet
+//!                                only these byte ranges of the file
 //! ```
 //!
 //! A line `[PRIORITY] image:REF` names a container image of containerd's
@@ -30,6 +32,19 @@
 //! can end in a blank or start with `"`. A NUL byte is an error anywhere.
 //! Lists written before quoting existed parse as they did: a bare path
 //! never started with `"`.
+//!
+//! Byte ranges: between the priority and the path, a word starting with
+//! `@` restricts the entry to those bytes of each file it names (a
+//! recording, see `prewarm record`, writes them): `@OFFSET+LENGTH`, in
+//! decimal bytes, several joined by `,` (no blanks). A range may run past
+//! the end of the file (it is clipped to the file's size when mapped), but
+//! is never empty and never overflows 2^64; overlapping ranges are merged,
+//! and at most [`MAX_RANGES_PER_LINE`] are taken. A line with a bad range is
+//! a warning and is skipped (never read whole instead). The word is
+//! unambiguous: a path is absolute, so it starts with `/` or `"`, never
+//! `@`, and lists written before ranges existed, where a word starting with
+//! `@` was an error, parse as they did. A file named with ranges and also
+//! named whole (or with other ranges) is read for the union of them.
 //!
 //! The file is read line by line (at most [`MAX_LIST_BYTES`] in all, a line
 //! at most [`MAX_LINE_BYTES`]), and the entries are held packed
@@ -51,6 +66,8 @@ use super::containerd::{ImageRequest, ImageSource};
 use super::SourceEntry;
 use crate::error::{Error, InputError, Origin, Warning, WarningKind};
 use crate::input_file::open_untrusted;
+use crate::map::ByteRange;
+use crate::plan::spans;
 use crate::report::{WarningCap, WarningsOmitted};
 
 /// Priority of entries that do not give one.
@@ -63,6 +80,9 @@ pub const MAX_LIST_BYTES: u64 = 256 << 20;
 /// with a priority, fits with room to spare.
 pub const MAX_LINE_BYTES: usize = 16 << 10;
 
+/// Most byte ranges on one line (more than this is a bad line).
+pub const MAX_RANGES_PER_LINE: usize = 1024;
+
 /// One entry of a [`ListEntries`]: where its path lies in the shared
 /// buffer, its priority and its line.
 #[derive(Debug, Clone, Copy)]
@@ -73,15 +93,29 @@ struct PackedEntry {
     line: u32,
 }
 
+/// The byte ranges of one entry that has them: `ranges[start..start + len]`
+/// of its [`ListEntries`].
+#[derive(Debug, Clone, Copy)]
+struct PackedRanges {
+    entry: u32,
+    start: u32,
+    len: u32,
+}
+
 /// The entries of one list file, packed: every path's bytes in one buffer
 /// and 16 bytes per entry, rather than a [`SourceEntry`] (two allocations
 /// and about 130 bytes) per line. [`ListEntries::entry`] makes the
-/// `SourceEntry` when it is needed.
+/// `SourceEntry` when it is needed. Byte ranges, where a line has them,
+/// sit in one more buffer, indexed by entry (entries without ranges cost
+/// nothing more).
 #[derive(Debug, Clone, Default)]
 pub struct ListEntries {
     list: PathBuf,
     paths: Vec<u8>,
     entries: Vec<PackedEntry>,
+    ranges: Vec<ByteRange>,
+    /// Sorted by `entry`.
+    ranged: Vec<PackedRanges>,
 }
 
 impl ListEntries {
@@ -112,7 +146,19 @@ impl ListEntries {
                 list: self.list.clone(),
                 line: e.line as usize,
             },
+            ranges: self.ranges_of(idx).map(<[ByteRange]>::to_vec),
         })
+    }
+
+    /// The byte ranges of entry `idx`, if it names some (`None`: whole files).
+    fn ranges_of(&self, idx: usize) -> Option<&[ByteRange]> {
+        let at = self
+            .ranged
+            .binary_search_by_key(&idx, |r| r.entry as usize)
+            .ok()?;
+        let r = self.ranged[at];
+        self.ranges
+            .get(r.start as usize..r.start as usize + r.len as usize)
     }
 
     /// Every entry, unpacked, in list order.
@@ -120,15 +166,26 @@ impl ListEntries {
         (0..self.len()).filter_map(|i| self.entry(i))
     }
 
-    fn push(&mut self, path: &[u8], priority: u32, line: usize) {
-        // The offsets fit: a list is at most MAX_LIST_BYTES (< 4 GiB).
-        let (Ok(start), Ok(len), Ok(line)) = (
+    fn push(&mut self, path: &[u8], priority: u32, line: usize, ranges: Option<&[ByteRange]>) {
+        // The offsets fit: a list is at most MAX_LIST_BYTES (< 4 GiB), and
+        // a range takes at least 4 bytes of it.
+        let (Ok(start), Ok(len), Ok(line), Ok(entry), Ok(ranges_start)) = (
             u32::try_from(self.paths.len()),
             u32::try_from(path.len()),
             u32::try_from(line),
+            u32::try_from(self.entries.len()),
+            u32::try_from(self.ranges.len()),
         ) else {
             return;
         };
+        if let Some(ranges) = ranges {
+            self.ranged.push(PackedRanges {
+                entry,
+                start: ranges_start,
+                len: ranges.len() as u32,
+            });
+            self.ranges.extend_from_slice(ranges);
+        }
         self.paths.extend_from_slice(path);
         self.entries.push(PackedEntry {
             start,
@@ -141,6 +198,8 @@ impl ListEntries {
     fn shrink_to_fit(&mut self) {
         self.paths.shrink_to_fit();
         self.entries.shrink_to_fit();
+        self.ranges.shrink_to_fit();
+        self.ranged.shrink_to_fit();
     }
 }
 
@@ -241,7 +300,11 @@ fn parse_stream(mut reader: impl BufRead, list: &Path) -> Result<ParsedList, Inp
         }
         match result {
             Ok(None) => {}
-            Ok(Some((priority, path))) => match path.strip_prefix(IMAGE_PREFIX) {
+            Ok(Some(LineEntry {
+                priority,
+                path,
+                ranges,
+            })) => match path.strip_prefix(IMAGE_PREFIX) {
                 Some(reference) => parsed.images.push(ImageSource {
                     request: image_request(reference),
                     priority,
@@ -250,7 +313,9 @@ fn parse_stream(mut reader: impl BufRead, list: &Path) -> Result<ParsedList, Inp
                         line: number,
                     },
                 }),
-                None => parsed.entries.push(&path, priority, number),
+                None => parsed
+                    .entries
+                    .push(&path, priority, number, ranges.as_deref()),
             },
             Err(msg) => {
                 if cap.admit(WarningKind::BadLine) {
@@ -273,11 +338,16 @@ fn parse_stream(mut reader: impl BufRead, list: &Path) -> Result<ParsedList, Inp
     Ok(parsed)
 }
 
-/// A line's priority and path (unquoted), if it names one.
-type LineEntry<'a> = Option<(u32, Cow<'a, [u8]>)>;
+/// What one line names: its priority, path (unquoted) and byte ranges.
+struct LineEntry<'a> {
+    priority: u32,
+    path: Cow<'a, [u8]>,
+    ranges: Option<Vec<ByteRange>>,
+}
 
-/// `Ok(None)` for blank and comment lines; the priority and path otherwise.
-fn parse_line(raw: &[u8]) -> Result<LineEntry<'_>, String> {
+/// `Ok(None)` for blank and comment lines; the priority, path and ranges
+/// otherwise.
+fn parse_line(raw: &[u8]) -> Result<Option<LineEntry<'_>>, String> {
     let line = raw.trim_ascii();
     if line.is_empty() || line.starts_with(b"#") {
         return Ok(None);
@@ -301,6 +371,19 @@ fn parse_line(raw: &[u8]) -> Result<LineEntry<'_>, String> {
         }
         _ => (DEFAULT_PRIORITY, line),
     };
+    let (ranges, rest) = match rest.strip_prefix(b"@") {
+        Some(word) => {
+            let end = word
+                .iter()
+                .position(u8::is_ascii_whitespace)
+                .unwrap_or(word.len());
+            (
+                Some(parse_ranges(&word[..end])?),
+                word[end..].trim_ascii_start(),
+            )
+        }
+        None => (None, rest),
+    };
     let path = if rest.starts_with(b"\"") {
         Cow::Owned(unquote(rest)?)
     } else {
@@ -310,7 +393,14 @@ fn parse_line(raw: &[u8]) -> Result<LineEntry<'_>, String> {
         .strip_prefix(IMAGE_PREFIX)
         .is_some_and(|r| !r.trim_ascii().is_empty())
     {
-        return Ok(Some((priority, path)));
+        if ranges.is_some() {
+            return Err("byte ranges name parts of a file, not of an image".into());
+        }
+        return Ok(Some(LineEntry {
+            priority,
+            path,
+            ranges,
+        }));
     }
     if !path.starts_with(b"/") {
         return Err(format!(
@@ -318,7 +408,88 @@ fn parse_line(raw: &[u8]) -> Result<LineEntry<'_>, String> {
             String::from_utf8_lossy(line)
         ));
     }
-    Ok(Some((priority, path)))
+    Ok(Some(LineEntry {
+        priority,
+        path,
+        ranges,
+    }))
+}
+
+/// The ranges of an `@` word (without the `@`): `OFFSET+LENGTH[,...]`,
+/// sorted, with overlapping and touching ones merged.
+fn parse_ranges(word: &[u8]) -> Result<Vec<ByteRange>, String> {
+    let text = String::from_utf8_lossy(word);
+    let mut spans = Vec::new();
+    for (i, part) in text.split(',').enumerate() {
+        if i >= MAX_RANGES_PER_LINE {
+            return Err(format!(
+                "more than {MAX_RANGES_PER_LINE} byte ranges on one line"
+            ));
+        }
+        let number = |s: &str| -> Option<u64> {
+            (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| s.parse().ok())
+                .flatten()
+        };
+        let parsed = part
+            .split_once('+')
+            .and_then(|(o, l)| Some((number(o)?, number(l)?)));
+        let Some((offset, len)) = parsed else {
+            return Err(format!(
+                "bad byte range {part:?}: expected @OFFSET+LENGTH[,OFFSET+LENGTH...] in decimal bytes"
+            ));
+        };
+        if len == 0 {
+            return Err(format!("empty byte range {part:?}"));
+        }
+        let Some(end) = offset.checked_add(len) else {
+            return Err(format!("byte range {part:?} runs past 2^64"));
+        };
+        spans.push((offset, end));
+    }
+    Ok(spans::merge(spans, 0)
+        .into_iter()
+        .map(|(s, e)| ByteRange {
+            offset: s,
+            len: e - s,
+        })
+        .collect())
+}
+
+/// One list line naming `path` at `priority`, restricted to `ranges` if
+/// given, without its newline: what writers of lists (a recording) emit,
+/// and what [`parse_list`] reads back as the same entry. The path is bare
+/// when that reads back the same, quoted otherwise. `None` when no line can
+/// name it: the path holds a newline or a NUL, or is not absolute.
+pub fn format_line(priority: u32, ranges: Option<&[ByteRange]>, path: &Path) -> Option<Vec<u8>> {
+    let bytes = path.as_os_str().as_bytes();
+    if !bytes.starts_with(b"/") || bytes.iter().any(|&b| b == b'\n' || b == 0) {
+        return None;
+    }
+    let mut out = format!("{priority} ").into_bytes();
+    if let Some(ranges) = ranges {
+        out.push(b'@');
+        for (i, r) in ranges.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(format!("{}+{}", r.offset, r.len).as_bytes());
+        }
+        out.push(b' ');
+    }
+    if bytes.trim_ascii() == bytes {
+        out.extend_from_slice(bytes);
+    } else {
+        out.push(b'"');
+        for &b in bytes {
+            if matches!(b, b'"' | b'\\') {
+                out.push(b'\\');
+            }
+            out.push(b);
+        }
+        out.push(b'"');
+    }
+    Some(out)
 }
 
 /// The path inside the double quotes that `quoted` starts with.
@@ -450,6 +621,91 @@ mod tests {
         );
         assert!(msgs[2].starts_with("list.txt:8: text after the closing quote"));
         assert!(msgs[3].starts_with("list.txt:9: expected"));
+    }
+
+    #[test]
+    fn byte_ranges() {
+        let r = |offset, len| ByteRange { offset, len };
+        let (entries, warnings) = parse(concat!(
+            "10 @0+4096,8388608+65536 /usr/bin/kubelet\n",
+            "@100+10,0+50,40+20 \"/q/a b \"\n",
+            "20 /plain/@not-ranges\n",
+            "5 @0+0 /empty\n",
+            "5 @10 /no-length\n",
+            "5 @1+18446744073709551615 /overflow\n",
+            "5 @0+1, /trailing-comma\n",
+            "5 @0+1\n",
+            "5 @-1+4 /negative\n",
+        ));
+        let got: Vec<_> = entries
+            .iter()
+            .map(|e| (e.priority, e.path.to_str().unwrap(), e.ranges.clone()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (
+                    10,
+                    "/usr/bin/kubelet",
+                    Some(vec![r(0, 4096), r(8 << 20, 65536)])
+                ),
+                (100, "/q/a b ", Some(vec![r(0, 60), r(100, 10)])),
+                (20, "/plain/@not-ranges", None),
+            ]
+        );
+        let msgs: Vec<_> = warnings.iter().map(ToString::to_string).collect();
+        assert_eq!(msgs.len(), 6, "{msgs:?}");
+        assert!(
+            msgs[0].starts_with("list.txt:4: empty byte range \"0+0\""),
+            "{}",
+            msgs[0]
+        );
+        assert!(
+            msgs[1].starts_with("list.txt:5: bad byte range \"10\""),
+            "{}",
+            msgs[1]
+        );
+        assert!(msgs[2].starts_with("list.txt:6: byte range"), "{}", msgs[2]);
+        assert!(
+            msgs[3].starts_with("list.txt:7: bad byte range \"\""),
+            "{}",
+            msgs[3]
+        );
+        assert!(msgs[4].starts_with("list.txt:8: expected"), "{}", msgs[4]);
+        assert!(
+            msgs[5].starts_with("list.txt:9: bad byte range"),
+            "{}",
+            msgs[5]
+        );
+    }
+
+    #[test]
+    fn lines_written_read_back() {
+        let r = |offset, len| ByteRange { offset, len };
+        let cases: [(&str, Option<Vec<ByteRange>>); 4] = [
+            ("/usr/bin/kubelet", Some(vec![r(0, 4096), r(65536, 1)])),
+            ("/a \"quoted\" \\ name ", None),
+            (" /x", Some(vec![r(5, 5)])),
+            ("/tab\tinside", None),
+        ];
+        let mut text = Vec::new();
+        let mut want = Vec::new();
+        for (path, ranges) in cases {
+            let path = Path::new(path);
+            match format_line(7, ranges.as_deref(), path) {
+                Some(line) => {
+                    text.extend_from_slice(&line);
+                    text.push(b'\n');
+                    want.push((path.to_path_buf(), ranges));
+                }
+                None => assert!(!path.is_absolute(), "{path:?}"),
+            }
+        }
+        assert!(format_line(1, None, Path::new("/new\nline")).is_none());
+        let (entries, warnings) = parse_list(&text, Path::new("l"));
+        assert!(warnings.is_empty(), "{warnings:?}");
+        let got: Vec<_> = entries.into_iter().map(|e| (e.path, e.ranges)).collect();
+        assert_eq!(got, want);
     }
 
     #[test]

@@ -9,6 +9,10 @@
 //! priority it was given. Directory walks do not cross mount points unless
 //! asked to. Every bad entry becomes a [`Warning`] naming the path and the
 //! list line, and collection carries on with the rest.
+//!
+//! An entry may name only some byte ranges of its files (a recording's
+//! lines do); a file named twice is then read for the union of what its
+//! names ask, whole if any of them names it whole.
 
 use std::collections::HashMap;
 use std::io::ErrorKind;
@@ -20,12 +24,14 @@ use rayon::prelude::*;
 
 use crate::engine::StopSignal;
 use crate::error::{Origin, Warning, WarningKind};
+use crate::map::ByteRange;
+use crate::plan::spans::{self, Span};
 use crate::report::{WarningCap, WarningsOmitted};
 
 pub mod containerd;
 pub mod list;
 pub use list::{
-    parse_list, read_list, read_list_packed, ListEntries, ParsedList, DEFAULT_PRIORITY,
+    format_line, parse_list, read_list, read_list_packed, ListEntries, ParsedList, DEFAULT_PRIORITY,
 };
 
 /// One entry of the input: a path (maybe a glob), its priority and origin.
@@ -37,6 +43,9 @@ pub struct SourceEntry {
     pub priority: u32,
     /// Where it was named.
     pub origin: Origin,
+    /// Only these byte ranges of each file (sorted, disjoint); `None`: whole
+    /// files.
+    pub ranges: Option<Vec<ByteRange>>,
 }
 
 impl SourceEntry {
@@ -46,6 +55,7 @@ impl SourceEntry {
             path: path.into(),
             priority,
             origin: Origin::Argument,
+            ranges: None,
         }
     }
 }
@@ -63,6 +73,9 @@ pub struct TargetFile {
     pub size: u64,
     /// Modification time (seconds, nanoseconds), for staleness checks.
     pub mtime: (i64, i64),
+    /// Only these byte ranges (sorted, disjoint; they may run past the
+    /// end); `None`: the whole file.
+    pub ranges: Option<Vec<ByteRange>>,
 }
 
 impl TargetFile {
@@ -81,8 +94,27 @@ impl TargetFile {
             ino: meta.ino(),
             size: meta.len(),
             mtime: (meta.mtime(), meta.mtime_nsec()),
+            ranges: None,
         }
     }
+}
+
+/// `ranges` as spans, cut at `size`; `None` (whole) is `[0, size)`.
+fn spans_of(ranges: Option<&[ByteRange]>, size: u64) -> Vec<Span> {
+    match ranges {
+        None => spans::merge([(0, size)], 0),
+        Some(ranges) => spans::merge(ranges.iter().map(|r| (r.offset, r.end().min(size))), 0),
+    }
+}
+
+fn ranges_of(spans: &[Span]) -> Vec<ByteRange> {
+    spans
+        .iter()
+        .map(|&(s, e)| ByteRange {
+            offset: s,
+            len: e - s,
+        })
+        .collect()
 }
 
 /// A whole block device to read (a full-volume sweep, like `fio
@@ -315,6 +347,9 @@ pub struct Collector<'a> {
     not_reached: u64,
     /// Keeps the first warnings of each kind; the rest are only counted.
     warning_cap: WarningCap,
+    /// Where the files of the current [`Collector::add`] start in
+    /// `set.files` (those before it were handed out already).
+    batch_start: usize,
 }
 
 impl<'a> Collector<'a> {
@@ -328,6 +363,7 @@ impl<'a> Collector<'a> {
             stop,
             not_reached: 0,
             warning_cap: WarningCap::default(),
+            batch_start: 0,
         }
     }
 
@@ -358,6 +394,7 @@ impl<'a> Collector<'a> {
             None => entries,
         };
         let first = self.set.files.len();
+        self.batch_start = first;
         // lstat every named path in parallel first: on a cold volume each
         // waits for a metadata fetch (directory and inode table blocks), and
         // the caller's pool (see `blocking`) keeps many of them in flight.
@@ -631,6 +668,10 @@ impl<'a> Collector<'a> {
     ) {
         let key = (meta.dev(), meta.ino());
         if let Some(&idx) = self.by_inode.get(&key) {
+            if self.set.files[idx].ranges.is_some() || entry.ranges.is_some() {
+                self.add_ranges(idx, entry);
+                return;
+            }
             let first = &mut self.set.files[idx];
             first.priority = first.priority.min(entry.priority);
             // A file reached again through a walk of an overlapping directory
@@ -657,12 +698,39 @@ impl<'a> Collector<'a> {
             return;
         }
         self.by_inode.insert(key, self.set.files.len());
-        self.set.files.push(TargetFile::from_metadata(
-            path,
-            meta,
-            entry.priority,
-            entry.origin.clone(),
-        ));
+        let mut file = TargetFile::from_metadata(path, meta, entry.priority, entry.origin.clone());
+        file.ranges = entry.ranges.clone();
+        self.set.files.push(file);
+    }
+
+    /// File `idx` named again by `entry`, one of them with byte ranges: the
+    /// file is read for the union. While the file is still in the current
+    /// batch it is widened in place; once handed out (planned in a more
+    /// urgent class) only the bytes it did not cover yet are added, as a
+    /// file of their own at `entry`'s priority.
+    fn add_ranges(&mut self, idx: usize, entry: &SourceEntry) {
+        let first = &mut self.set.files[idx];
+        let had = spans_of(first.ranges.as_deref(), first.size);
+        let asked = spans_of(entry.ranges.as_deref(), first.size);
+        let union = match (&first.ranges, &entry.ranges) {
+            (None, _) | (_, None) => None,
+            _ => Some(ranges_of(&spans::union(&had, &asked))),
+        };
+        if idx >= self.batch_start {
+            first.ranges = union;
+            first.priority = first.priority.min(entry.priority);
+            return;
+        }
+        let extra = spans::subtract(&asked, &had);
+        if extra.is_empty() {
+            return;
+        }
+        let mut more = first.clone();
+        first.ranges = union;
+        more.ranges = Some(ranges_of(&extra));
+        more.priority = entry.priority;
+        more.origin = entry.origin.clone();
+        self.set.files.push(more);
     }
 }
 
@@ -758,6 +826,44 @@ mod tests {
         // A walk of the image resolves the links it meets the same way.
         let set = collect(&[e("lib64")], &opts);
         assert_eq!(set.files.len(), 1, "{:?}", set.warnings);
+    }
+
+    #[test]
+    fn ranges_of_a_file_named_twice_unite() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        std::fs::write(&a, vec![0u8; 100_000]).unwrap();
+        std::fs::write(&b, vec![0u8; 100_000]).unwrap();
+        let r = |offset, len| ByteRange { offset, len };
+        let ranged = |p: &Path, prio, ranges: Vec<ByteRange>| SourceEntry {
+            ranges: Some(ranges),
+            ..SourceEntry::argument(p, prio)
+        };
+        let opts = CollectOptions::default();
+        let mut c = Collector::new(&opts, StopSignal::default());
+        // One batch: ranges unite in place, and whole wins.
+        let first: Vec<_> = c
+            .add(&[
+                ranged(&a, 10, vec![r(0, 10)]),
+                ranged(&a, 20, vec![r(5, 10), r(50, 5)]),
+                ranged(&b, 10, vec![r(0, 10)]),
+                SourceEntry::argument(&b, 30),
+            ])
+            .iter()
+            .map(|f| (f.priority, f.ranges.clone()))
+            .collect();
+        assert_eq!(first, [(10, Some(vec![r(0, 15), r(50, 5)])), (10, None)]);
+        // A later batch (a less urgent class): only what is new is added.
+        let later: Vec<_> = c
+            .add(&[SourceEntry::argument(&a, 40), ranged(&b, 50, vec![r(0, 4)])])
+            .iter()
+            .map(|f| (f.path.clone(), f.priority, f.ranges.clone()))
+            .collect();
+        assert_eq!(
+            later,
+            [(a.clone(), 40, Some(vec![r(15, 35), r(55, 100_000 - 55)]))]
+        );
+        assert!(c.finish().warnings.is_empty());
     }
 
     #[test]

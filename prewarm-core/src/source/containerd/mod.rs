@@ -237,6 +237,7 @@ impl Resolver<'_> {
             origin: Origin::Image {
                 reference: image.to_string(),
             },
+            ranges: None,
         });
     }
 

@@ -1,0 +1,222 @@
+//! `prewarm record` on a real ext4 loop device: a child process reads a
+//! small file whole and 64 KiB in the middle of a 32 MiB file; the
+//! recording names both in first-access order, the big one with the range
+//! around what was read (not the whole file), and not the file nobody
+//! touched. The recording plans and replays only those ranges, and
+//! SIGTERM ends a recording with it written.
+
+mod common;
+
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use nix::fcntl::{posix_fadvise, PosixFadviseAdvice};
+use prewarm_core::map::ByteRange;
+
+const BIG: usize = 32 << 20;
+const AT: u64 = 8 << 20;
+
+/// A fresh ext4 image mounted under `dir/mnt` with `small` (10 KiB), `big`
+/// (32 MiB) and `untouched` (1 MiB), none of them in the page cache.
+fn image(dir: &Path) -> (LoopDev, Mounted) {
+    let image = dir.join("fs.img");
+    make_fs_image(&image, "ext4", 128);
+    let lo = LoopDev::attach(&image, false);
+    let m = Mounted::mount(lo.path(), &dir.join("mnt"), "ext4", "rw");
+    fs::write(m.dir.join("small"), vec![1u8; 10 << 10]).unwrap();
+    fs::write(m.dir.join("big"), vec![2u8; BIG]).unwrap();
+    fs::write(m.dir.join("untouched"), vec![3u8; 1 << 20]).unwrap();
+    cmd("sync", &[]);
+    for name in ["small", "big", "untouched"] {
+        let f = fs::File::open(m.dir.join(name)).unwrap();
+        posix_fadvise(f.as_raw_fd(), 0, 0, PosixFadviseAdvice::POSIX_FADV_DONTNEED).unwrap();
+    }
+    (lo, m)
+}
+
+/// `prewarm record ARGS`, returned once it says it is watching.
+fn start_recording(args: &[&str]) -> Child {
+    let mut child = Command::new(assert_cmd::cargo::cargo_bin("prewarm"))
+        .arg("record")
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(
+            err.read_line(&mut line).unwrap() > 0,
+            "prewarm record ended before watching"
+        );
+        if line.contains("watching the filesystems") {
+            break;
+        }
+    }
+    // Keep draining standard error so the recorder never blocks on it.
+    std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
+    child
+}
+
+/// Wait at most `limit` for `child`; its exit code.
+fn wait(child: &mut Child, limit: Duration) -> i32 {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code().unwrap_or(-1);
+        }
+        assert!(
+            start.elapsed() < limit,
+            "prewarm record still running after {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Read `small` whole, then 64 KiB of `big` at 8 MiB, from another process.
+fn workload(mnt: &Path) {
+    let script = format!(
+        "cat {0}/small >/dev/null && sleep 0.2 && dd if={0}/big of=/dev/null bs=65536 skip={1} count=1 2>/dev/null",
+        mnt.display(),
+        AT / 65536
+    );
+    cmd("sh", &["-c", &script]);
+}
+
+/// The recording's entries: (path, priority, ranges).
+fn entries(rec: &Path) -> Vec<(PathBuf, u32, Option<Vec<ByteRange>>)> {
+    let (entries, warnings) = prewarm_core::read_list(rec).unwrap();
+    assert!(warnings.is_empty(), "{warnings:?}");
+    entries
+        .into_iter()
+        .map(|e| (e.path, e.priority, e.ranges))
+        .collect()
+}
+
+#[test]
+fn record_names_what_was_read_in_order_and_plans_only_that() {
+    if !privileged(
+        "record_names_what_was_read",
+        &["mkfs.ext4", "losetup", "dd"],
+    ) {
+        return;
+    }
+    let _serial = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let (lo, m) = image(tmp.path());
+    let rec = tmp.path().join("boot.rec");
+    let mut child = start_recording(&[
+        "--duration",
+        "3s",
+        "-o",
+        rec.to_str().unwrap(),
+        m.dir.to_str().unwrap(),
+    ]);
+    workload(&m.dir);
+    assert_eq!(wait(&mut child, Duration::from_secs(20)), 0);
+    let mut summary = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut summary)
+        .unwrap();
+    assert!(summary.contains("ended by the duration"), "{summary}");
+
+    let got = entries(&rec);
+    let names: Vec<_> = got.iter().map(|(p, _, _)| p.clone()).collect();
+    assert_eq!(
+        names,
+        [m.dir.join("small"), m.dir.join("big")],
+        "first-access order, nothing untouched"
+    );
+    assert!(
+        got.iter().all(|(_, prio, _)| (10..=13).contains(prio)),
+        "{got:?}"
+    );
+    let small = got[0].2.clone().unwrap();
+    assert_eq!(
+        small,
+        [ByteRange {
+            offset: 0,
+            len: 10 << 10
+        }]
+    );
+    let big = got[1].2.clone().unwrap();
+    let covered: u64 = big.iter().map(|r| r.len).sum();
+    assert!(
+        big.iter().any(|r| r.offset <= AT && r.end() >= AT + 65536),
+        "the range read is recorded: {big:?}"
+    );
+    assert!(
+        covered < 4 << 20,
+        "not the whole file, only around the read: {big:?}"
+    );
+
+    // The plan of the recording reads only those ranges' chunks.
+    let (dry, out) = prewarm_json(&["--dry-run", "--paths", rec.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(u(&dry["files"]), 2);
+    assert!(u(&dry["mapped_bytes"]) <= covered + (10 << 10), "{dry}");
+    assert!(u(&dry["planned_bytes"]) <= covered + (4 << 20), "{dry}");
+
+    // A manifest carries the ranges; a changed file is mapped again for
+    // them only.
+    let manifest = tmp.path().join("boot.manifest");
+    let out = prewarm(&[
+        "plan",
+        "--paths",
+        rec.to_str().unwrap(),
+        "-o",
+        manifest.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let (shown, _) = prewarm_json(&["show", manifest.to_str().unwrap()]);
+    let files = shown["devices"][0]["files"].as_array().unwrap();
+    let big_entry = files.iter().find(|f| f["path"] == "big").unwrap();
+    assert!(big_entry["ranges"].is_array(), "{big_entry}");
+    cmd("touch", &[m.dir.join("big").to_str().unwrap()]);
+    let (run, out) = prewarm_json(&["run", "--phase", "root", "-m", manifest.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(u(&run["manifest"]["changed"]), 1, "{}", run["manifest"]);
+    assert!(u(&run["planned_bytes"]) <= covered + (4 << 20), "{run}");
+    drop(m);
+    drop(lo);
+}
+
+#[test]
+fn sigterm_ends_a_recording_with_it_written() {
+    if !privileged("sigterm_ends_a_recording", &["mkfs.ext4", "losetup"]) {
+        return;
+    }
+    let _serial = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let (lo, m) = image(tmp.path());
+    let rec = tmp.path().join("boot.rec");
+    let mut child = start_recording(&["-o", rec.to_str().unwrap(), m.dir.to_str().unwrap()]);
+    let mut f = fs::File::open(m.dir.join("big")).unwrap();
+    f.seek(SeekFrom::Start(AT)).unwrap();
+    let mut buf = vec![0u8; 4096];
+    f.read_exact(&mut buf).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert_eq!(wait(&mut child, Duration::from_secs(10)), 0);
+    let got = entries(&rec);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].0, m.dir.join("big"));
+    drop(f);
+    drop(m);
+    drop(lo);
+}

@@ -1,0 +1,600 @@
+//! Recording what a boot reads (`prewarm record`): which files, in which
+//! order, and which parts of them, written as a list that `prewarm` and
+//! `prewarm plan --paths` take as it is.
+//!
+//! Two steps:
+//!
+//! 1. **Watching.** A fanotify group marks each filesystem asked for
+//!    (`FAN_MARK_FILESYSTEM`, falling back to a mount mark on kernels
+//!    before 4.20) for open, exec-open and read events of every process.
+//!    Each event's file is keyed by device and inode; the first event of a
+//!    file records its path (from the event's descriptor, through
+//!    `/proc/self/fd`) and the time since the start, and puts an ignore mark
+//!    on the file, so the kernel stops reporting it: the cost is one event
+//!    per file, not one per read. The recorder's own accesses are ignored.
+//!    At most [`MAX_RECORDED_FILES`] files are recorded (the rest are
+//!    counted), which bounds the memory at about 200 bytes a file.
+//! 2. **Asking the page cache.** When the watch ends (the `--until` units
+//!    are active and the settle time has passed, the `--duration` is over,
+//!    or SIGTERM/SIGINT), each recorded file is opened again and
+//!    [`residency`] says which of its pages are cached. Those are the ranges
+//!    that were read (readahead included); pages nobody touched are not.
+//!    A file with none (opened, never read, or evicted since) is left out.
+//!
+//! The recording is a list ([`crate::source::list`]) with byte ranges, one
+//! line per file in first-access order, and its priority class says when
+//! the file was first accessed: `10 + floor(seconds since the start /
+//! class width)` (class width 1 s by default), so the plan reads what the
+//! boot needed first, first.
+//!
+//! Every wait is bounded: the event loop polls with a 100 ms timeout and
+//! looks at the stop signal each time; the units are asked about with
+//! `systemctl is-active --quiet` every 500 ms on a thread of their own,
+//! each call given 2 s; without systemctl `--until` never fires (a warning
+//! says so) and the recording ends by duration or signal.
+
+#[allow(unsafe_code)]
+mod residency;
+
+use std::collections::HashSet;
+use std::io::Write as _;
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::fanotify::{EventFFlags, Fanotify, InitFlags, MarkFlags, MaskFlags};
+use serde::Serialize;
+
+use crate::engine::{StopReason, StopSignal};
+use crate::error::Error;
+use crate::map::extent::open_file;
+use crate::map::ByteRange;
+use crate::source::list::format_line;
+
+/// Most files one recording holds.
+pub const MAX_RECORDED_FILES: usize = 1 << 20;
+/// The priority class of what is accessed in the first class width.
+pub const FIRST_CLASS: u32 = 10;
+/// How often the `--until` units are asked about.
+const UNIT_POLL: Duration = Duration::from_millis(500);
+/// Longest a `systemctl is-active` call may take.
+const UNIT_CALL_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest wait for events before the stop conditions are looked at again.
+const EVENT_POLL_MS: u16 = 100;
+
+/// What to record, and when to stop.
+#[derive(Debug, Clone)]
+pub struct RecordOptions {
+    /// Paths on the filesystems to watch (each whole filesystem is
+    /// watched); empty: the root filesystem.
+    pub mounts: Vec<PathBuf>,
+    /// Stop once all these systemd units are active, plus `settle`.
+    pub until: Vec<String>,
+    /// How long to keep recording after the units are active.
+    pub settle: Duration,
+    /// Stop after this long in any case.
+    pub duration: Option<Duration>,
+    /// Width of a priority class (see the module doc).
+    pub class_width: Duration,
+    /// SIGTERM/SIGINT (and a deadline) end the recording, which is still
+    /// written.
+    pub stop: StopSignal,
+}
+
+impl Default for RecordOptions {
+    fn default() -> Self {
+        RecordOptions {
+            mounts: Vec::new(),
+            until: Vec::new(),
+            settle: Duration::from_secs(10),
+            duration: None,
+            class_width: Duration::from_secs(1),
+            stop: StopSignal::default(),
+        }
+    }
+}
+
+/// Why the recording ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordEnd {
+    /// The `--until` units were active and the settle time passed.
+    UnitsSettled,
+    /// `--duration` passed.
+    Duration,
+    /// SIGTERM / SIGINT.
+    Cancelled,
+    /// The stop signal's deadline.
+    Deadline,
+}
+
+impl std::fmt::Display for RecordEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RecordEnd::UnitsSettled => "the units being active and settled",
+            RecordEnd::Duration => "the duration",
+            RecordEnd::Cancelled => "a signal",
+            RecordEnd::Deadline => "the deadline",
+        })
+    }
+}
+
+/// One file of a recording.
+#[derive(Debug, Clone, Serialize)]
+pub struct RecordedFile {
+    /// The path it was opened by.
+    #[serde(serialize_with = "crate::error::serialize_path")]
+    pub path: PathBuf,
+    /// When it was first accessed, since the start.
+    pub first_access_ms: u64,
+    /// Its priority class.
+    pub priority: u32,
+    /// What of it was in the page cache at the end.
+    pub ranges: Vec<ByteRange>,
+}
+
+/// What a recording saw and what it cost.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RecordStats {
+    /// fanotify events handled.
+    pub events: u64,
+    /// Distinct files met.
+    pub files_seen: u64,
+    /// Files in the recording.
+    pub files_recorded: u64,
+    /// Bytes in their ranges.
+    pub bytes_recorded: u64,
+    /// Files met with nothing in the page cache at the end: left out.
+    pub not_resident: u64,
+    /// Files gone or replaced (another inode) by the end: left out.
+    pub changed: u64,
+    /// Files met past [`MAX_RECORDED_FILES`]: left out.
+    pub over_cap: u64,
+    /// Paths a list line cannot hold (a newline in them): left out.
+    pub unlistable: u64,
+    /// Times the kernel's event queue overflowed (events were lost).
+    pub overflows: u64,
+    /// How long the watch ran, ms.
+    pub elapsed_ms: u64,
+    /// Events handled per second of watching.
+    pub events_per_s: f64,
+    /// CPU time of the process (user + system), ms.
+    pub cpu_ms: f64,
+    /// Peak resident memory of the process, KiB.
+    pub max_rss_kib: u64,
+}
+
+/// A finished recording.
+#[derive(Debug, Clone, Serialize)]
+pub struct Recording {
+    /// Files in first-access order.
+    pub files: Vec<RecordedFile>,
+    /// Why it ended.
+    pub ended: RecordEnd,
+    /// Counts and cost.
+    pub stats: RecordStats,
+    /// When it started (Unix time, s).
+    pub started_unix: u64,
+    /// The class width used, ms.
+    pub class_width_ms: u64,
+}
+
+impl Recording {
+    /// The recording as a list file: a comment header, then one line per
+    /// file, `PRIORITY @RANGES PATH`, in first-access order.
+    pub fn to_list(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.files.len() * 96 + 256);
+        let _ = writeln!(
+            out,
+            "# prewarm recording: {} files in first-access order, started at Unix time {}, ended by {}",
+            self.files.len(),
+            self.started_unix,
+            self.ended
+        );
+        let _ = writeln!(
+            out,
+            "# priority = {FIRST_CLASS} + ms since the start / {}; @ranges: what was in the page cache at the end",
+            self.class_width_ms
+        );
+        for f in &self.files {
+            if let Some(line) = format_line(f.priority, Some(&f.ranges), &f.path) {
+                out.extend_from_slice(&line);
+                out.push(b'\n');
+            }
+        }
+        out
+    }
+
+    /// Write [`Recording::to_list`] to `path`, atomically.
+    pub fn write(&self, path: &Path) -> Result<(), Error> {
+        crate::atomic_write::write_atomically(path, &self.to_list()).map_err(|source| {
+            Error::Write {
+                path: path.to_path_buf(),
+                source,
+            }
+        })
+    }
+}
+
+/// A file met while watching.
+struct Seen {
+    path: PathBuf,
+    dev: u64,
+    ino: u64,
+    at: Duration,
+}
+
+/// Record until a stop condition of `opts` (see the module doc). Fails only
+/// when nothing can be watched (no fanotify: not root, or a kernel without
+/// it); once watching, every later problem is counted in the stats.
+pub fn record(opts: &RecordOptions) -> Result<Recording, Error> {
+    let started_unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let fan = watch(opts)?;
+    let start = Instant::now();
+    let units = UnitWatch::spawn(&opts.until, opts.stop.clone());
+    let mut stats = RecordStats::default();
+    let mut seen: HashSet<(u64, u64)> = HashSet::new();
+    let mut files: Vec<Seen> = Vec::new();
+    let own_pid = std::process::id() as i32;
+    let mut settled_at: Option<Instant> = None;
+    let ended = loop {
+        match opts.stop.check() {
+            Some(StopReason::Cancelled) => break RecordEnd::Cancelled,
+            Some(StopReason::Deadline) => break RecordEnd::Deadline,
+            None => {}
+        }
+        if opts.duration.is_some_and(|d| start.elapsed() >= d) {
+            break RecordEnd::Duration;
+        }
+        if settled_at.is_none() && units.as_ref().is_some_and(UnitWatch::active) {
+            tracing::info!(
+                "units {} are active: recording {:?} more",
+                opts.until.join(","),
+                opts.settle
+            );
+            settled_at = Some(Instant::now());
+        }
+        if settled_at.is_some_and(|t| t.elapsed() >= opts.settle) {
+            break RecordEnd::UnitsSettled;
+        }
+        let mut fds = [PollFd::new(fan.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::from(EVENT_POLL_MS)) {
+            Ok(0) | Err(Errno::EINTR) => continue,
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!("waiting for fanotify events: {e}; ending the recording");
+                break RecordEnd::Cancelled;
+            }
+        }
+        // Drain what is queued, a 4 KiB read at a time, until EAGAIN.
+        loop {
+            let events = match fan.read_events() {
+                Ok(events) if !events.is_empty() => events,
+                Ok(_) | Err(Errno::EAGAIN) => break,
+                Err(Errno::EINTR) => continue,
+                Err(e) => {
+                    tracing::warn!("reading fanotify events: {e}");
+                    break;
+                }
+            };
+            for event in &events {
+                handle_event(
+                    &fan, event, own_pid, start, &mut seen, &mut files, &mut stats,
+                );
+            }
+            if opts.stop.check().is_some() {
+                break;
+            }
+        }
+    };
+    // Closing the group removes every mark: nothing more is reported.
+    drop(fan);
+    stats.elapsed_ms = start.elapsed().as_millis() as u64;
+    stats.files_seen = seen.len() as u64;
+    drop(seen);
+    let class_ms = opts.class_width.as_millis().max(1) as u64;
+    let recorded = resolve_ranges(files, class_ms, &mut stats);
+    stats.files_recorded = recorded.len() as u64;
+    stats.bytes_recorded = recorded.iter().flat_map(|f| &f.ranges).map(|r| r.len).sum();
+    stats.events_per_s = stats.events as f64 / (stats.elapsed_ms.max(1) as f64 / 1e3);
+    let (rss, cpu) = crate::report::resource_usage();
+    stats.max_rss_kib = rss;
+    stats.cpu_ms = cpu;
+    Ok(Recording {
+        files: recorded,
+        ended,
+        stats,
+        started_unix,
+        class_width_ms: class_ms,
+    })
+}
+
+/// A fanotify group watching every filesystem of `opts.mounts`.
+fn watch(opts: &RecordOptions) -> Result<Fanotify, Error> {
+    let err = |what: String| {
+        move |e: Errno| Error::Record {
+            what,
+            source: std::io::Error::from(e),
+        }
+    };
+    let init = InitFlags::FAN_CLASS_NOTIF
+        | InitFlags::FAN_CLOEXEC
+        | InitFlags::FAN_NONBLOCK
+        | InitFlags::FAN_UNLIMITED_MARKS;
+    let event_flags = EventFFlags::O_RDONLY | EventFFlags::O_LARGEFILE;
+    // O_NOATIME on the event descriptors where the kernel takes it: an atime
+    // update is a write.
+    let fan = Fanotify::init(init, event_flags | EventFFlags::O_NOATIME)
+        .or_else(|_| Fanotify::init(init, event_flags))
+        .map_err(err(
+            "fanotify_init (needs root and a kernel with fanotify)".into()
+        ))?;
+    let mask = MaskFlags::FAN_OPEN | MaskFlags::FAN_OPEN_EXEC | MaskFlags::FAN_ACCESS;
+    let default_mounts = [PathBuf::from("/")];
+    let mounts = if opts.mounts.is_empty() {
+        &default_mounts[..]
+    } else {
+        &opts.mounts[..]
+    };
+    for mount in mounts {
+        let whole = fan.mark(
+            MarkFlags::FAN_MARK_ADD | MarkFlags::FAN_MARK_FILESYSTEM,
+            mask,
+            None,
+            Some(mount.as_path()),
+        );
+        match whole {
+            Ok(()) => {}
+            // Before Linux 4.20 there are no filesystem marks.
+            Err(Errno::EINVAL) => {
+                tracing::warn!(
+                    "{}: no filesystem marks on this kernel; watching its mount only",
+                    mount.display()
+                );
+                fan.mark(
+                    MarkFlags::FAN_MARK_ADD | MarkFlags::FAN_MARK_MOUNT,
+                    mask,
+                    None,
+                    Some(mount.as_path()),
+                )
+                .map_err(err(format!("marking {}", mount.display())))?;
+            }
+            Err(e) => return Err(err(format!("marking {}", mount.display()))(e)),
+        }
+    }
+    let shown: Vec<String> = mounts.iter().map(|m| m.display().to_string()).collect();
+    tracing::info!("watching the filesystems of {}", shown.join(", "));
+    Ok(fan)
+}
+
+/// Record the file of one event if it is new, and stop the kernel from
+/// reporting it again.
+fn handle_event(
+    fan: &Fanotify,
+    event: &nix::sys::fanotify::FanotifyEvent,
+    own_pid: i32,
+    start: Instant,
+    seen: &mut HashSet<(u64, u64)>,
+    files: &mut Vec<Seen>,
+    stats: &mut RecordStats,
+) {
+    let Some(fd) = event.fd() else {
+        stats.overflows += 1;
+        return;
+    };
+    stats.events += 1;
+    if event.pid() == own_pid {
+        return;
+    }
+    let Ok(st) = nix::sys::stat::fstat(fd.as_raw_fd()) else {
+        return;
+    };
+    let key = (st.st_dev, st.st_ino);
+    if !seen.insert(key) {
+        return;
+    }
+    // Later events of this file are of no use: ignore them in the kernel
+    // (surviving writes, so a file being written does not come back). If
+    // the mark cannot be added the file's events keep coming, and `seen`
+    // drops them.
+    let ignore = MarkFlags::FAN_MARK_ADD
+        | MarkFlags::FAN_MARK_IGNORED_MASK
+        | MarkFlags::FAN_MARK_IGNORED_SURV_MODIFY;
+    let mask = MaskFlags::FAN_OPEN | MaskFlags::FAN_OPEN_EXEC | MaskFlags::FAN_ACCESS;
+    if let Err(e) = fan.mark::<Path>(ignore, mask, Some(fd.as_raw_fd()), None) {
+        tracing::debug!("ignore mark: {e}");
+    }
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        return;
+    }
+    if files.len() >= MAX_RECORDED_FILES {
+        stats.over_cap += 1;
+        return;
+    }
+    let link = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    let Ok(path) = std::fs::read_link(&link) else {
+        return;
+    };
+    files.push(Seen {
+        path,
+        dev: st.st_dev,
+        ino: st.st_ino,
+        at: start.elapsed(),
+    });
+}
+
+/// Each file met, with what of it is cached now; files with nothing cached,
+/// or gone or replaced since, are left out (and counted).
+fn resolve_ranges(files: Vec<Seen>, class_ms: u64, stats: &mut RecordStats) -> Vec<RecordedFile> {
+    let mut out = Vec::with_capacity(files.len());
+    for seen in files {
+        if !seen.path.is_absolute() || seen.path.as_os_str().as_encoded_bytes().contains(&b'\n') {
+            stats.unlistable += 1;
+            continue;
+        }
+        let Ok((file, _)) = open_file(&seen.path, false) else {
+            stats.changed += 1;
+            continue;
+        };
+        let Ok(meta) = file.metadata() else {
+            stats.changed += 1;
+            continue;
+        };
+        if meta.dev() != seen.dev || meta.ino() != seen.ino {
+            stats.changed += 1;
+            continue;
+        }
+        let ranges = match residency::resident_ranges(&file, meta.len()) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!(path = %seen.path.display(), "mincore: {e}");
+                Vec::new()
+            }
+        };
+        if ranges.is_empty() {
+            stats.not_resident += 1;
+            continue;
+        }
+        let ms = seen.at.as_millis() as u64;
+        let class = u32::try_from(ms / class_ms).unwrap_or(u32::MAX - FIRST_CLASS);
+        out.push(RecordedFile {
+            path: seen.path,
+            first_access_ms: ms,
+            priority: FIRST_CLASS.saturating_add(class),
+            ranges,
+        });
+    }
+    out
+}
+
+/// Watches systemd units on a thread of its own: `active` once all of them
+/// were reported active.
+struct UnitWatch {
+    active: Arc<AtomicBool>,
+}
+
+impl UnitWatch {
+    /// Start watching `units` (none: no watch) until they are active or
+    /// `stop` says so.
+    fn spawn(units: &[String], stop: StopSignal) -> Option<UnitWatch> {
+        if units.is_empty() {
+            return None;
+        }
+        let active = Arc::new(AtomicBool::new(false));
+        let flag = active.clone();
+        let units = units.to_vec();
+        let spawned = std::thread::Builder::new()
+            .name("prewarm-units".into())
+            .spawn(move || loop {
+                if stop.check().is_some() {
+                    return;
+                }
+                match units.iter().try_fold(true, |all, u| {
+                    Ok::<_, std::io::Error>(all && unit_active(u)?)
+                }) {
+                    Ok(true) => {
+                        flag.store(true, Ordering::Relaxed);
+                        return;
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(
+                            "cannot ask systemd about {} ({e}): --until will not end the recording",
+                            units.join(",")
+                        );
+                        return;
+                    }
+                }
+                std::thread::sleep(UNIT_POLL);
+            });
+        if let Err(e) = spawned {
+            tracing::warn!("cannot watch the units ({e}): --until will not end the recording");
+        }
+        Some(UnitWatch { active })
+    }
+
+    fn active(&self) -> bool {
+        self.active.load(Ordering::Relaxed)
+    }
+}
+
+/// Whether `systemctl is-active --quiet UNIT` says the unit is active; an
+/// error when systemctl cannot be run. A call that takes longer than
+/// [`UNIT_CALL_TIMEOUT`] is killed and counts as not active.
+fn unit_active(unit: &str) -> std::io::Result<bool> {
+    let mut child = std::process::Command::new("systemctl")
+        .args(["is-active", "--quiet", "--", unit])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let called = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status.success());
+        }
+        if called.elapsed() >= UNIT_CALL_TIMEOUT {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Ok(false);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::parse_list;
+
+    #[test]
+    fn a_recording_reads_back_as_its_list() {
+        let r = |offset, len| ByteRange { offset, len };
+        let rec = Recording {
+            files: vec![
+                RecordedFile {
+                    path: "/usr/bin/kubelet".into(),
+                    first_access_ms: 5,
+                    priority: 10,
+                    ranges: vec![r(0, 4096), r(8 << 20, 65536)],
+                },
+                RecordedFile {
+                    path: "/opt/a name ".into(),
+                    first_access_ms: 2500,
+                    priority: 12,
+                    ranges: vec![r(0, 100)],
+                },
+            ],
+            ended: RecordEnd::Duration,
+            stats: RecordStats::default(),
+            started_unix: 1_763_000_000,
+            class_width_ms: 1000,
+        };
+        let (entries, warnings) = parse_list(&rec.to_list(), Path::new("boot.rec"));
+        assert!(warnings.is_empty(), "{warnings:?}");
+        let got: Vec<_> = entries
+            .iter()
+            .map(|e| (e.priority, e.path.clone(), e.ranges.clone()))
+            .collect();
+        let want: Vec<_> = rec
+            .files
+            .iter()
+            .map(|f| (f.priority, f.path.clone(), Some(f.ranges.clone())))
+            .collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn units_are_not_active_without_systemctl_or_when_unknown() {
+        // Either systemctl is missing (an error) or the unit is unknown
+        // (not active): never active.
+        assert!(!unit_active("prewarm-no-such-unit.service").unwrap_or(false));
+    }
+}
