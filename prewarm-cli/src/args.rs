@@ -97,6 +97,14 @@ pub struct SourceArgs {
     /// Let directory walks cross into other mounted filesystems.
     #[arg(long)]
     pub cross_mounts: bool,
+
+    /// Also hydrate what each ELF file needs to start: its interpreter and
+    /// shared libraries, as the dynamic loader finds them (RPATH, RUNPATH,
+    /// /etc/ld.so.cache, default directories; not LD_LIBRARY_PATH, nor
+    /// dlopen'ed ones), and a #! script's interpreter; at the file's
+    /// priority.
+    #[arg(long)]
+    pub with_libs: bool,
 }
 
 /// How reads are planned.

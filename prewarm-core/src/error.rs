@@ -137,6 +137,12 @@ pub enum Origin {
         /// The line, from 1.
         line: usize,
     },
+    /// A shared library (or interpreter) of this file (`--with-libs`).
+    LibraryOf {
+        /// The executable, library or script that needs it.
+        #[serde(serialize_with = "serialize_path")]
+        path: PathBuf,
+    },
 }
 
 impl fmt::Display for Origin {
@@ -145,6 +151,7 @@ impl fmt::Display for Origin {
             Origin::Argument => write!(f, "argument"),
             Origin::Manifest => write!(f, "manifest"),
             Origin::List { list, line } => write!(f, "{}:{}", list.display(), line),
+            Origin::LibraryOf { path } => write!(f, "library of {}", path.display()),
         }
     }
 }
@@ -172,6 +179,10 @@ pub enum WarningKind {
     Unreadable,
     /// A directory could not be walked completely.
     WalkError,
+    /// A shared-library closure (`--with-libs`) is incomplete: a needed
+    /// library or interpreter not found, a malformed ELF file or loader
+    /// cache.
+    Library,
 }
 
 impl WarningKind {

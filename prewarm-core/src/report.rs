@@ -67,6 +67,7 @@ pub fn warning_kind_name(kind: WarningKind) -> &'static str {
         WarningKind::NotRegular => "not_regular",
         WarningKind::Unreadable => "unreadable",
         WarningKind::WalkError => "walk_error",
+        WarningKind::Library => "library",
     }
 }
 
