@@ -778,9 +778,7 @@ fn parse_shebang(line: &[u8]) -> Parsed {
 
 /// Parse an ELF file's loader information; `None` for an ELF file the
 /// loader does not load (relocatable, core).
-fn parse_elf<Elf>(
-    data: &ReadCache<BoundedReader<'_>>,
-) -> Result<Option<ElfObject>, String>
+fn parse_elf<Elf>(data: &ReadCache<BoundedReader<'_>>) -> Result<Option<ElfObject>, String>
 where
     Elf: FileHeader<Endian = Endianness>,
 {
@@ -898,4 +896,451 @@ where
         object.rpath = None;
     }
     Ok(Some(object))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::process::Command;
+
+    use super::*;
+    use crate::engine::StopSignal;
+    use crate::error::Origin;
+    use crate::source::{collect, CollectOptions, Collector, SourceEntry};
+
+    /// What `ldd` says `path` loads (real paths; the vDSO, which has no
+    /// file, left out), and the names it could not find. Run on the real
+    /// path: `ldd` runs the loader on the path given, whose `$ORIGIN` is
+    /// then the symlink's directory, where the kernel would use the real
+    /// one.
+    pub(crate) fn ldd(path: &Path) -> Option<(BTreeSet<PathBuf>, BTreeSet<String>)> {
+        let out = Command::new("ldd")
+            .arg(std::fs::canonicalize(path).ok()?)
+            .env_remove("LD_LIBRARY_PATH")
+            .env_remove("LD_PRELOAD")
+            .output()
+            .ok()?;
+        let (mut found, mut missing) = (BTreeSet::new(), BTreeSet::new());
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let line = line.trim();
+            let target = match line.split_once(" => ") {
+                Some((name, rest)) if rest.starts_with("not found") => {
+                    missing.insert(name.to_string());
+                    continue;
+                }
+                Some((_, rest)) => rest,
+                None => line,
+            };
+            let target = target.split(" (").next().unwrap_or_default();
+            if target.starts_with('/') {
+                found.insert(std::fs::canonicalize(target).ok()?);
+            }
+        }
+        Some((found, missing))
+    }
+
+    fn paths(closure: &Closure) -> BTreeSet<PathBuf> {
+        closure.files.iter().map(|n| n.path.clone()).collect()
+    }
+
+    fn file_names(closure: &Closure) -> BTreeSet<String> {
+        closure
+            .files
+            .iter()
+            .map(|n| n.path.file_name().unwrap().to_string_lossy().into_owned())
+            .collect()
+    }
+
+    fn cc(args: &[&str]) {
+        let out = Command::new("cc").args(args).output().expect("cc runs");
+        assert!(out.status.success(), "cc {args:?}: {out:?}");
+    }
+
+    /// In `dir`: `b/libb.so`; `a/liba.so`, which needs libb.so and has no
+    /// search path; `wrong/liba.so`, liba.so marked for another machine;
+    /// and three executables needing liba.so: `rpath` (DT_RPATH
+    /// `$ORIGIN/a:$ORIGIN/b`), `runpath` (the same as DT_RUNPATH) and
+    /// `mismatch` (DT_RPATH `$ORIGIN/wrong:$ORIGIN/a:$ORIGIN/b`).
+    fn build_test_objects(dir: &Path) {
+        let d = |p: &str| dir.join(p).to_str().unwrap().to_string();
+        for sub in ["a", "b", "wrong"] {
+            std::fs::create_dir(dir.join(sub)).unwrap();
+        }
+        std::fs::write(dir.join("b.c"), "int b(void) { return 2; }\n").unwrap();
+        std::fs::write(
+            dir.join("a.c"),
+            "int b(void);\nint a(void) { return b(); }\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("main.c"),
+            "int a(void);\nint main(void) { return a(); }\n",
+        )
+        .unwrap();
+        cc(&[
+            "-shared",
+            "-fPIC",
+            "-Wl,-soname,libb.so",
+            "-o",
+            &d("b/libb.so"),
+            &d("b.c"),
+        ]);
+        cc(&[
+            "-shared",
+            "-fPIC",
+            "-Wl,-soname,liba.so",
+            "-o",
+            &d("a/liba.so"),
+            &d("a.c"),
+            &format!("-L{}", d("b")),
+            "-lb",
+        ]);
+        let mut wrong = std::fs::read(dir.join("a/liba.so")).unwrap();
+        wrong[18..20].copy_from_slice(&183u16.to_le_bytes()); // EM_AARCH64
+        std::fs::write(dir.join("wrong/liba.so"), wrong).unwrap();
+        for (exe, dtags, path) in [
+            ("rpath", "--disable-new-dtags", "$ORIGIN/a:$ORIGIN/b"),
+            ("runpath", "--enable-new-dtags", "$ORIGIN/a:$ORIGIN/b"),
+            (
+                "mismatch",
+                "--disable-new-dtags",
+                "$ORIGIN/wrong:$ORIGIN/a:$ORIGIN/b",
+            ),
+        ] {
+            cc(&[
+                "-o",
+                &d(exe),
+                &d("main.c"),
+                &format!("-L{}", d("a")),
+                "-la",
+                &format!("-Wl,-rpath-link,{}", d("b")),
+                &format!("-Wl,{dtags},-rpath,{path}"),
+            ]);
+        }
+    }
+
+    #[test]
+    fn rpath_chains_runpath_stays_direct_and_mismatches_are_skipped_as_ldd_says() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = std::fs::canonicalize(tmp.path()).unwrap();
+        build_test_objects(&dir);
+        let resolver = LibraryResolver::new(None);
+        let libc_and_loader = |c: &Closure| {
+            let names = file_names(c);
+            names.contains("libc.so.6") && names.iter().any(|n| n.starts_with("ld-linux"))
+        };
+
+        // DT_RPATH: the executable's applies to liba's needs too.
+        let rpath = resolver.closure(&dir.join("rpath"));
+        assert!(rpath.problems.is_empty(), "{:?}", rpath.problems);
+        assert!(paths(&rpath).contains(&dir.join("a/liba.so")));
+        assert!(paths(&rpath).contains(&dir.join("b/libb.so")));
+        assert!(libc_and_loader(&rpath), "{:?}", paths(&rpath));
+
+        // DT_RUNPATH: only for the executable's own DT_NEEDED.
+        let runpath = resolver.closure(&dir.join("runpath"));
+        assert!(paths(&runpath).contains(&dir.join("a/liba.so")));
+        assert!(!paths(&runpath).contains(&dir.join("b/libb.so")));
+        assert_eq!(runpath.problems.len(), 1, "{:?}", runpath.problems);
+        let problem = &runpath.problems[0];
+        assert_eq!(problem.path, dir.join("runpath"));
+        assert!(
+            problem.message.contains("libb.so") && problem.message.contains("liba.so"),
+            "{problem:?}"
+        );
+
+        // A library of another machine first in the path: skipped.
+        let mismatch = resolver.closure(&dir.join("mismatch"));
+        assert!(mismatch.problems.is_empty(), "{:?}", mismatch.problems);
+        assert!(paths(&mismatch).contains(&dir.join("a/liba.so")));
+        assert!(!paths(&mismatch).contains(&dir.join("wrong/liba.so")));
+
+        // And the loader itself agrees on all three.
+        for (exe, closure) in [
+            ("rpath", &rpath),
+            ("runpath", &runpath),
+            ("mismatch", &mismatch),
+        ] {
+            let Some((found, missing)) = ldd(&dir.join(exe)) else {
+                eprintln!("no ldd: the comparison is skipped");
+                return;
+            };
+            assert_eq!(paths(closure), found, "{exe}");
+            let expected_missing: BTreeSet<String> = match exe {
+                "runpath" => ["libb.so".to_string()].into(),
+                _ => BTreeSet::new(),
+            };
+            assert_eq!(missing, expected_missing, "{exe}");
+        }
+    }
+
+    /// A copy of `/usr/bin/ls` in an image at `root`, laid out as Fedora
+    /// and Amazon Linux do: its libraries in /usr/lib64 under their
+    /// sonames, `/lib64 -> /usr/lib64` (absolute), no loader cache.
+    /// Returns the sonames of its libraries.
+    fn image_with_ls(root: &Path) -> Vec<String> {
+        let ls = std::fs::canonicalize("/usr/bin/ls").unwrap();
+        std::fs::create_dir_all(root.join("usr/bin")).unwrap();
+        std::fs::create_dir_all(root.join("usr/lib64")).unwrap();
+        std::os::unix::fs::symlink("/usr/lib64", root.join("lib64")).unwrap();
+        std::fs::copy(&ls, root.join("usr/bin/ls")).unwrap();
+        let host = LibraryResolver::new(None).closure(&ls);
+        assert!(host.problems.is_empty(), "{:?}", host.problems);
+        let mut sonames = Vec::new();
+        for lib in &host.files {
+            let file = File::open(&lib.path).unwrap();
+            let Parsed::Elf(object) = parse_file(&file, lib.meta.len()) else {
+                panic!("{} is not ELF", lib.path.display());
+            };
+            let soname = String::from_utf8(object.soname.clone().unwrap()).unwrap();
+            std::fs::copy(&lib.path, root.join("usr/lib64").join(&soname)).unwrap();
+            sonames.push(soname);
+        }
+        sonames
+    }
+
+    #[test]
+    fn an_image_root_resolves_everything_inside_it() {
+        if !cfg!(target_arch = "x86_64") || !Path::new("/usr/bin/ls").exists() {
+            eprintln!("skipped: needs an x86-64 /usr/bin/ls");
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let root = std::fs::canonicalize(tmp.path()).unwrap().join("image");
+        let sonames = image_with_ls(&root);
+        let resolver = LibraryResolver::new(Some(root.clone()));
+        let closure = resolver.closure(&root.join("usr/bin/ls"));
+        assert!(closure.problems.is_empty(), "{:?}", closure.problems);
+        let expected: BTreeSet<PathBuf> = sonames
+            .iter()
+            .map(|s| root.join("usr/lib64").join(s))
+            .collect();
+        assert_eq!(paths(&closure), expected);
+
+        // A loader cache in the image is used, and its paths resolve in the
+        // image too: `..` stops at the root, so the first entry names a file
+        // the image lacks and the loader's directories answer instead.
+        let selinux = sonames.iter().find(|s| s.starts_with("libselinux"));
+        let libc = "libc.so.6";
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        std::fs::create_dir_all(root.join("opt/sel")).unwrap();
+        let mut entries = vec![(
+            0x0303,
+            libc,
+            "/../../../../../usr/lib/x86_64-linux-gnu/libc.so.6",
+            0,
+        )];
+        if let Some(selinux) = selinux {
+            std::fs::copy(
+                root.join("usr/lib64").join(selinux),
+                root.join("opt/sel").join(selinux),
+            )
+            .unwrap();
+            entries.push((0x0303, selinux, "/opt/sel/LINK", 0));
+            std::os::unix::fs::symlink(format!("/opt/sel/{selinux}"), root.join("opt/sel/LINK"))
+                .unwrap();
+        }
+        // Entries are looked up by soname, not by order.
+        let cache = crate::source::ld_cache::tests::new_cache(&entries);
+        std::fs::write(root.join("etc/ld.so.cache"), cache).unwrap();
+        // A library symlinked to an absolute host path is the image's
+        // path, which does not exist: not found, never the host's file.
+        let pcre = sonames.iter().find(|s| s.starts_with("libpcre"));
+        if let Some(pcre) = pcre {
+            let lib = root.join("usr/lib64").join(pcre);
+            let host_lib = ldd_path_of(pcre);
+            std::fs::remove_file(&lib).unwrap();
+            std::os::unix::fs::symlink(&host_lib, &lib).unwrap();
+        }
+        let resolver = LibraryResolver::new(Some(root.clone()));
+        let closure = resolver.closure(&root.join("usr/bin/ls"));
+        for f in &closure.files {
+            assert!(f.path.starts_with(&root), "{} escaped", f.path.display());
+        }
+        assert!(paths(&closure).contains(&root.join("usr/lib64").join(libc)));
+        if let Some(selinux) = selinux {
+            assert!(paths(&closure).contains(&root.join("opt/sel").join(selinux)));
+        }
+        if let Some(pcre) = pcre {
+            assert_eq!(closure.problems.len(), 1, "{:?}", closure.problems);
+            assert!(closure.problems[0].message.contains(pcre.as_str()));
+        }
+    }
+
+    /// The host path of the library `soname` (what a symlink in an image
+    /// might wrongly point to).
+    fn ldd_path_of(soname: &str) -> PathBuf {
+        for dir in default_dirs(Some(Abi {
+            class64: true,
+            big_endian: false,
+            machine: 62,
+        })) {
+            let p = Path::new(dir).join(soname);
+            if p.exists() {
+                return p;
+            }
+        }
+        PathBuf::from("/usr/lib/x86_64-linux-gnu").join(soname)
+    }
+
+    #[test]
+    fn scripts_bring_their_interpreter_and_other_files_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        let resolver = LibraryResolver::new(None);
+        std::fs::write(d.join("script"), "#! /bin/sh -e\necho hi\n").unwrap();
+        let closure = resolver.closure(&d.join("script"));
+        assert!(closure.problems.is_empty(), "{:?}", closure.problems);
+        let sh = std::fs::canonicalize("/bin/sh").unwrap();
+        assert!(paths(&closure).contains(&sh), "{:?}", paths(&closure));
+        assert!(file_names(&closure).contains("libc.so.6"));
+
+        std::fs::write(d.join("lost"), "#!/nonexistent/interp\n").unwrap();
+        let closure = resolver.closure(&d.join("lost"));
+        assert!(closure.files.is_empty());
+        assert!(closure.problems[0].message.contains("/nonexistent/interp"));
+
+        // A script whose interpreter is itself: the chain is bounded.
+        let looping = d.join("loop");
+        std::fs::write(&looping, format!("#!{}\n", looping.display())).unwrap();
+        let closure = resolver.closure(&looping);
+        assert!(closure.problems[0].message.contains("nested"));
+
+        for (name, bytes) in [
+            ("text", &b"just text\n"[..]),
+            ("empty", b""),
+            ("shebang-only", b"#!   \n"),
+            ("elf-magic-only", b"\x7fEL"),
+        ] {
+            std::fs::write(d.join(name), bytes).unwrap();
+            let closure = resolver.closure(&d.join(name));
+            assert!(closure.files.is_empty(), "{name}");
+            assert!(
+                closure.problems.is_empty(),
+                "{name}: {:?}",
+                closure.problems
+            );
+        }
+    }
+
+    #[test]
+    fn malformed_elf_is_a_problem_naming_the_file_never_a_panic() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = std::fs::canonicalize(tmp.path()).unwrap();
+        let real = std::fs::read(std::fs::canonicalize("/bin/true").unwrap()).unwrap();
+        let resolver = LibraryResolver::new(None);
+        let bad = d.join("bad");
+        std::fs::write(&bad, &real[..100]).unwrap();
+        let closure = resolver.closure(&bad);
+        assert_eq!(closure.problems.len(), 1);
+        assert_eq!(closure.problems[0].path, bad);
+        assert!(closure.problems[0].message.contains("malformed ELF"));
+
+        // A forged program header count.
+        let mut forged = real.clone();
+        forged[56..58].copy_from_slice(&0xfffe_u16.to_le_bytes()); // e_phnum
+        let file = d.join("forged");
+        std::fs::write(&file, &forged).unwrap();
+        let Parsed::Malformed(why) = parse_file(&File::open(&file).unwrap(), forged.len() as u64)
+        else {
+            panic!("a forged e_phnum parsed");
+        };
+        assert!(why.contains("program header"), "{why}");
+
+        // Every corruption of one byte of the headers parses or is
+        // malformed; none panics or reads past its bound.
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(d.join("fuzzed"))
+            .unwrap();
+        file.write_all_at(&real, 0).unwrap();
+        let span = real.len().min(1024);
+        for i in 0..span {
+            for v in [0u8, 0x41, 0xff] {
+                file.write_all_at(&[v], i as u64).unwrap();
+                let _ = parse_file(&file, real.len() as u64);
+            }
+            file.write_all_at(&real[i..=i], i as u64).unwrap();
+        }
+    }
+
+    #[test]
+    fn origin_tokens_expand_and_others_drop_the_element() {
+        let origin = Path::new("/opt/app/bin");
+        let x =
+            |s: &str| expand_origin(s.as_bytes(), origin).map(|v| String::from_utf8(v).unwrap());
+        assert_eq!(x("$ORIGIN/../lib").as_deref(), Some("/opt/app/bin/../lib"));
+        assert_eq!(x("${ORIGIN}/lib").as_deref(), Some("/opt/app/bin/lib"));
+        assert_eq!(x("/a/$ORIGINAL").as_deref(), Some("/a/$ORIGINAL"));
+        assert_eq!(x("/a/${ORIGIN").as_deref(), Some("/a/${ORIGIN"));
+        assert_eq!(x("/cost$").as_deref(), Some("/cost$"));
+        assert_eq!(x("/usr/$LIB/x"), None);
+        assert_eq!(x("/usr/${PLATFORM}"), None);
+        assert_eq!(
+            search_path(b"$ORIGIN/a::relative:/usr/$LIB:/abs", origin),
+            [PathBuf::from("/opt/app/bin/a"), PathBuf::from("/abs")]
+        );
+        let shebang = |s: &[u8]| match parse_shebang(s) {
+            Parsed::Script(p) => Some(p),
+            _ => None,
+        };
+        assert_eq!(shebang(b" /bin/sh -e\n"), Some(PathBuf::from("/bin/sh")));
+        assert_eq!(
+            shebang(b"/usr/bin/env\tpython3"),
+            Some(PathBuf::from("/usr/bin/env"))
+        );
+        assert_eq!(shebang(b"/bin/bash\r\n"), Some(PathBuf::from("/bin/bash")));
+        assert_eq!(shebang(b"  \n/bin/sh"), None);
+    }
+
+    #[test]
+    fn the_collector_adds_libraries_at_the_files_priority_once() {
+        let ls = std::fs::canonicalize("/usr/bin/ls").unwrap();
+        let libc_host = LibraryResolver::new(None)
+            .closure(&ls)
+            .files
+            .into_iter()
+            .find(|n| n.path.file_name() == Some(OsStr::new("libc.so.6")))
+            .expect("ls needs libc")
+            .path;
+        let opts = CollectOptions {
+            with_libs: true,
+            ..Default::default()
+        };
+        // As the planner does, one priority class after the other.
+        let mut collector = Collector::new(&opts, StopSignal::default());
+        let first = collector.add(&[SourceEntry::argument(&ls, 10)]).to_vec();
+        assert!(first.iter().any(|f| f.path == libc_host), "{first:?}");
+        // Named again in a later, less urgent class: kept once, quietly.
+        assert!(collector
+            .add(&[SourceEntry::argument(&libc_host, 50)])
+            .is_empty());
+        let set = collector.finish();
+        let libc: Vec<_> = set.files.iter().filter(|f| f.path == libc_host).collect();
+        assert_eq!(libc.len(), 1);
+        assert_eq!(libc[0].priority, 10);
+        assert_eq!(libc[0].origin, Origin::LibraryOf { path: ls.clone() });
+        assert!(set.warnings.is_empty(), "{:?}", set.warnings);
+
+        // Both in one batch: the library takes the file's priority.
+        let set = collect(
+            &[
+                SourceEntry::argument(&libc_host, 50),
+                SourceEntry::argument(&ls, 10),
+            ],
+            &opts,
+        );
+        let libc: Vec<_> = set.files.iter().filter(|f| f.path == libc_host).collect();
+        assert_eq!((libc.len(), libc[0].priority), (1, 10));
+        assert!(set.warnings.is_empty(), "{:?}", set.warnings);
+        // Without the option, only what was named.
+        let set = collect(
+            &[SourceEntry::argument(&ls, 10)],
+            &CollectOptions::default(),
+        );
+        assert_eq!(set.files.len(), 1);
+    }
 }

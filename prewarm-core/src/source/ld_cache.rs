@@ -284,7 +284,7 @@ fn parse_new(bytes: &[u8], base: usize) -> Result<LdCache, LdCacheError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// The hardware-capability word of an entry for a `glibc-hwcaps`
@@ -301,7 +301,7 @@ mod tests {
     };
 
     /// A current-layout cache of `(flags, soname, path, hwcap)` entries.
-    fn new_cache(entries: &[(i32, &str, &str, u64)]) -> Vec<u8> {
+    pub(crate) fn new_cache(entries: &[(i32, &str, &str, u64)]) -> Vec<u8> {
         let mut strings = Vec::new();
         let strings_at = NEW_HEADER + entries.len() * NEW_ENTRY;
         let mut table = Vec::new();
