@@ -277,7 +277,18 @@ impl LibraryResolver {
             object: object.clone(),
             loader: None,
         }];
-        if let Some(interp) = &object.interpreter {
+        // A relative PT_INTERP is opened from the working directory at run
+        // time: unknown here.
+        let interp = object.interpreter.as_ref().filter(|i| {
+            if !i.is_absolute() {
+                out.problem(
+                    &loaded[0].host,
+                    format!("relative interpreter {}: not followed", i.display()),
+                );
+            }
+            i.is_absolute()
+        });
+        if let Some(interp) = interp {
             match self.open_image(interp) {
                 Ok(o) => match &*self.parse(&o) {
                     Parsed::Elf(interp_object) => {

@@ -8,7 +8,9 @@
 //! listed file, overlapping directories) is kept once, at the most urgent
 //! priority it was given. Directory walks do not cross mount points unless
 //! asked to. Every bad entry becomes a [`Warning`] naming the path and the
-//! list line, and collection carries on with the rest.
+//! list line, and collection carries on with the rest. With
+//! [`CollectOptions::with_libs`], each file's shared-library closure
+//! ([`elf`], [`ld_cache`]) joins at the file's priority.
 
 use std::collections::HashMap;
 use std::io::ErrorKind;
@@ -221,7 +223,7 @@ pub struct CollectOptions {
     /// Also collect each file's shared-library closure (`--with-libs`):
     /// its ELF interpreter and libraries, as the dynamic loader finds them
     /// (inside `root` when there is one), or a script's interpreter; at the
-    /// file's priority. See [`elf`].
+    /// file's priority (see `source/elf.rs`).
     pub with_libs: bool,
 }
 
