@@ -1195,6 +1195,27 @@ mod tests {
     }
 
     #[test]
+    fn a_relative_interpreter_is_a_problem_not_a_lookup() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = std::fs::canonicalize(tmp.path()).unwrap();
+        std::fs::write(d.join("m.c"), "int main(void) { return 0; }\n").unwrap();
+        let exe = d.join("rel");
+        cc(&[
+            "-o",
+            exe.to_str().unwrap(),
+            d.join("m.c").to_str().unwrap(),
+            "-Wl,--dynamic-linker=lib/ld.so",
+        ]);
+        let closure = LibraryResolver::new(None).closure(&exe);
+        assert_eq!(closure.problems.len(), 1, "{:?}", closure.problems);
+        assert!(closure.problems[0]
+            .message
+            .contains("relative interpreter lib/ld.so"));
+        // Its libraries are still found.
+        assert!(file_names(&closure).contains("libc.so.6"));
+    }
+
+    #[test]
     fn scripts_bring_their_interpreter_and_other_files_nothing() {
         let tmp = tempfile::tempdir().unwrap();
         let d = tmp.path();
