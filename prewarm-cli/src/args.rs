@@ -180,6 +180,14 @@ pub struct SourceArgs {
     #[arg(long)]
     pub all_images: bool,
 
+    /// Also hydrate what each ELF file needs to start: its interpreter and
+    /// shared libraries, as the dynamic loader finds them (RPATH, RUNPATH,
+    /// /etc/ld.so.cache, default directories; not LD_LIBRARY_PATH, nor
+    /// dlopen'ed ones), and a #! script's interpreter; at the file's
+    /// priority.
+    #[arg(long)]
+    pub with_libs: bool,
+
     #[command(flatten)]
     pub containerd: ContainerdArgs,
 }

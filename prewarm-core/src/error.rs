@@ -151,6 +151,12 @@ pub enum Origin {
         /// The image record's name.
         reference: String,
     },
+    /// A shared library (or interpreter) of this file (`--with-libs`).
+    LibraryOf {
+        /// The executable, library or script that needs it.
+        #[serde(serialize_with = "serialize_path")]
+        path: PathBuf,
+    },
 }
 
 impl fmt::Display for Origin {
@@ -160,6 +166,7 @@ impl fmt::Display for Origin {
             Origin::Manifest => write!(f, "manifest"),
             Origin::List { list, line } => write!(f, "{}:{}", list.display(), line),
             Origin::Image { reference } => write!(f, "image {reference}"),
+            Origin::LibraryOf { path } => write!(f, "library of {}", path.display()),
         }
     }
 }
@@ -190,6 +197,10 @@ pub enum WarningKind {
     /// A container image (`--image`) could not be resolved, or only in
     /// part.
     Image,
+    /// A shared-library closure (`--with-libs`) is incomplete: a needed
+    /// library or interpreter not found, a malformed ELF file or loader
+    /// cache.
+    Library,
 }
 
 impl WarningKind {

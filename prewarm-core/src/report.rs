@@ -71,6 +71,7 @@ pub fn warning_kind_name(kind: WarningKind) -> &'static str {
         WarningKind::Unreadable => "unreadable",
         WarningKind::WalkError => "walk_error",
         WarningKind::Image => "image",
+        WarningKind::Library => "library",
     }
 }
 

@@ -13,6 +13,9 @@
 //! An entry may name only some byte ranges of its files (a recording's
 //! lines do); a file named twice is then read for the union of what its
 //! names ask, whole if any of them names it whole.
+//!
+//! With [`CollectOptions::with_libs`], each file's shared-library closure
+//! ([`elf`], [`ld_cache`]) joins at the file's priority.
 
 use std::collections::HashMap;
 use std::io::ErrorKind;
@@ -29,6 +32,8 @@ use crate::plan::spans::{self, Span};
 use crate::report::{WarningCap, WarningsOmitted};
 
 pub mod containerd;
+mod elf;
+mod ld_cache;
 pub mod list;
 pub use list::{
     format_line, parse_list, read_list, read_list_packed, ListEntries, ParsedList, DEFAULT_PRIORITY,
@@ -289,6 +294,11 @@ pub struct CollectOptions {
     /// symlinks resolve inside it, as they will on the booted node, so an absolute link like `/usr/lib64/libfoo.so ->
     /// /usr/lib64/libfoo.so.1` names the image's file, not the host's.
     pub root: Option<PathBuf>,
+    /// Also collect each file's shared-library closure (`--with-libs`):
+    /// its ELF interpreter and libraries, as the dynamic loader finds them
+    /// (inside `root` when there is one), or a script's interpreter; at the
+    /// file's priority (see `source/elf.rs`).
+    pub with_libs: bool,
 }
 
 /// The files to hydrate, plus everything that was wrong with the input.
@@ -350,6 +360,8 @@ pub struct Collector<'a> {
     /// Where the files of the current [`Collector::add`] start in
     /// `set.files` (those before it were handed out already).
     batch_start: usize,
+    /// Finds shared-library closures (`opts.with_libs`).
+    libs: Option<elf::LibraryResolver>,
 }
 
 impl<'a> Collector<'a> {
@@ -364,6 +376,9 @@ impl<'a> Collector<'a> {
             not_reached: 0,
             warning_cap: WarningCap::default(),
             batch_start: 0,
+            libs: opts
+                .with_libs
+                .then(|| elf::LibraryResolver::new(opts.root.clone())),
         }
     }
 
@@ -426,7 +441,64 @@ impl<'a> Collector<'a> {
                 self.add_path(&entry.path, lstat, entry);
             }
         }
+        self.add_libraries(first);
         &self.set.files[first..]
+    }
+
+    /// With `opts.with_libs`: add the shared-library closure of every file
+    /// collected since `set.files[first]`, at that file's priority. The
+    /// closures are found in parallel (each reads a few headers, on a cold
+    /// volume a fetch each), then added in order.
+    fn add_libraries(&mut self, first: usize) {
+        let Some(resolver) = &self.libs else {
+            return;
+        };
+        let named: Vec<SourceEntry> = self.set.files[first..]
+            .iter()
+            .map(|f| SourceEntry {
+                path: f.path.clone(),
+                priority: f.priority,
+                origin: f.origin.clone(),
+                ranges: None,
+            })
+            .collect();
+        let stop = &self.stop;
+        let closures: Vec<elf::Closure> = named
+            .par_iter()
+            .map(|e| match stop.check() {
+                Some(_) => elf::Closure::default(),
+                None => resolver.closure(&e.path),
+            })
+            .collect();
+        for (named, closure) in named.into_iter().zip(closures) {
+            for p in closure.problems {
+                self.warn(WarningKind::Library, &p.path, &named, p.message);
+            }
+            // A library is needed whole, whatever ranges its user was
+            // named with (the loader maps all of it).
+            let library = SourceEntry {
+                origin: Origin::LibraryOf {
+                    path: named.path.clone(),
+                },
+                ranges: None,
+                ..named
+            };
+            for needed in closure.files {
+                let key = (needed.meta.dev(), needed.meta.ino());
+                match self.by_inode.get(&key) {
+                    // Met before (named, or another file's library): kept
+                    // once, at the most urgent priority, without a warning.
+                    Some(&idx) if self.set.files[idx].ranges.is_some() => {
+                        self.add_ranges(idx, &library);
+                    }
+                    Some(&idx) => {
+                        let f = &mut self.set.files[idx];
+                        f.priority = f.priority.min(library.priority);
+                    }
+                    None => self.add_file(needed.path, &needed.meta, &library, None),
+                }
+            }
+        }
     }
 
     /// Warnings so far, taken out.
@@ -692,7 +764,9 @@ impl<'a> Collector<'a> {
             } else {
                 format!("duplicate of the entry at {}: counted once", first.origin)
             };
-            if named.is_some() || first.path != path {
+            // A library of an earlier file named again is expected too.
+            let was_library = matches!(first.origin, Origin::LibraryOf { .. });
+            if (named.is_some() || first.path != path) && !was_library {
                 self.warn(WarningKind::Duplicate, &shown, entry, msg);
             }
             return;
