@@ -142,14 +142,35 @@ pub fn sweep_medians(sweeps: &[SweepRecord]) -> Vec<(String, Option<f64>, Option
         .collect()
 }
 
-/// Evaluate the targets on the headline scenario (others are reported in
-/// the details).
+/// The limit a run of `method` in `sc` is judged against: the latency
+/// bound (fetch rounds, or the throughput cap's transfer time); for full
+/// reads also the transfer bound measured in the same run, the
+/// application's warm re-read of the critical files (at high concurrency
+/// the testbed's own transfer capacity on two CPUs bounds a full read, see
+/// PROFILE.md). Touch reads move one block per chunk: the latency bound.
+pub fn limit_for(sc: &ScenarioResult, r: &RunRecord) -> f64 {
+    let touch = matches!(
+        r.method,
+        Method::Prewarm { touch: true, .. } | Method::PrewarmManifest { touch: true }
+    );
+    match (&r.warm, touch) {
+        (Some(w), false) if w.errors == 0 && w.fetches == 0 => sc.limit_ms.max(w.read_ms),
+        _ => sc.limit_ms,
+    }
+}
+
+/// Runs out of `n` that must meet a target besides the median: 4 of 5.
+pub fn runs_needed(n: usize) -> usize {
+    (n * 4).div_ceil(5)
+}
+
+/// Evaluate the targets on every scenario: per scenario and prewarm
+/// variant (cold, metadata cached, planned ahead), the critical set within
+/// [`LIMIT_TARGET`] of the limit ([`limit_for`]) and ahead of every other
+/// method. A target is met only if the median and at least 4 of 5 runs
+/// ([`runs_needed`]) meet it.
 pub fn check_targets(scenarios: &[ScenarioResult]) -> Vec<TargetCheck> {
     let mut out = Vec::new();
-    let Some(head) = scenarios.iter().find(|s| s.scenario.headline) else {
-        return out;
-    };
-    let sums = summarise(&head.runs);
     let variants = [
         ("cold", Method::prewarm_q32(false, false)),
         ("metadata cached", Method::prewarm_q32(false, true)),
@@ -158,120 +179,172 @@ pub fn check_targets(scenarios: &[ScenarioResult]) -> Vec<TargetCheck> {
             Method::PrewarmManifest { touch: false },
         ),
     ];
-    for (variant, method) in variants {
-        let Some(pw) = sums.iter().find(|s| s.method == method) else {
-            continue;
-        };
-        let others_ratio: Vec<String> = scenarios
-            .iter()
-            .filter(|s| !s.scenario.headline)
-            .filter_map(|s| {
-                summarise(&s.runs)
-                    .into_iter()
-                    .find(|m| m.key == pw.key)
-                    .and_then(|m| m.ratio.map(|r| format!("{}: {r:.2}×", s.scenario.id)))
-            })
-            .collect();
-        out.push(TargetCheck {
-            target: format!(
-                "prewarm default [{variant}]: critical set within {LIMIT_TARGET}× of the physical limit"
-            ),
-            met: pw.ratio.map(|r| r <= LIMIT_TARGET),
-            detail: match (pw.ttc_ms, pw.ratio) {
-                (Some(t), Some(r)) => format!(
-                    "{t:.1} ms vs limit {:.1} ms = {r:.2}× ({:.1} ms over the {LIMIT_TARGET}× budget; first critical fetch at {:.1} ms, mean fetch {:.2} ms vs {} ms configured, slot utilisation {:.0}%){}",
-                    head.limit_ms,
-                    t - head.limit_ms * LIMIT_TARGET,
-                    pw.first_critical_fetch_ms.unwrap_or(f64::NAN),
-                    pw.mean_fetch_ms.unwrap_or(f64::NAN),
-                    head.scenario.latency_ms,
-                    pw.slot_utilisation.unwrap_or(f64::NAN) * 100.0,
-                    if others_ratio.is_empty() {
-                        String::new()
-                    } else {
-                        format!("; other scenarios {}", others_ratio.join(", "))
-                    }
-                ),
-                _ => format!("not measured ({} of {} runs failed)", pw.errors, pw.reps),
-            },
-        });
-        let rivals: Vec<&MethodSummary> = sums.iter().filter(|s| !s.method.is_prewarm()).collect();
-        let best = rivals
-            .iter()
-            .filter_map(|s| s.ttc_ms.map(|t| (t, s)))
-            .min_by(|a, b| a.0.total_cmp(&b.0));
-        let slower: Vec<String> = rivals
-            .iter()
-            .filter(|s| match (pw.ttc_ms, s.ttc_ms) {
-                (Some(p), Some(o)) => o <= p,
-                _ => false,
-            })
-            .map(|s| format!("{} {:.1} ms", s.label, s.ttc_ms.unwrap_or(f64::NAN)))
-            .collect();
-        out.push(TargetCheck {
-            target: format!(
-                "prewarm default [{variant}]: faster to the critical set than every other method"
-            ),
-            met: pw.ttc_ms.map(|_| slower.is_empty()),
-            detail: match (pw.ttc_ms, best) {
-                (Some(p), Some((t, s))) if slower.is_empty() => format!(
-                    "{p:.1} ms; fastest other: {} {t:.1} ms ({:.2}× prewarm)",
-                    s.label,
-                    t / p
-                ),
-                (Some(p), _) => format!("{p:.1} ms; as fast or faster: {}", slower.join("; ")),
-                _ => "not measured".into(),
-            },
-        });
+    for sc in scenarios {
+        let sums = summarise(&sc.runs);
+        for (variant, method) in variants {
+            let Some(pw) = sums.iter().find(|s| s.method == method) else {
+                continue;
+            };
+            let runs: Vec<&RunRecord> = sc.runs.iter().filter(|r| r.key == pw.key).collect();
+            out.push(limit_check(sc, variant, pw, &runs));
+            out.push(rivals_check(sc, variant, pw, &sums, &runs));
+        }
     }
-    for s in scenarios.iter().filter(|s| s.scenario.headline) {
-        let med = sweep_medians(&s.sweeps);
-        let get = |t: &str| med.iter().find(|m| m.0 == t).and_then(|m| m.1);
-        let others: Vec<String> = scenarios
-            .iter()
-            .filter(|o| !o.scenario.headline)
-            .map(|o| {
-                let m = sweep_medians(&o.sweeps);
-                let g = |t: &str| m.iter().find(|x| x.0 == t).and_then(|x| x.1);
-                format!(
-                    "{}: prewarm {:.0} vs fio {:.0} MiB/s",
-                    o.scenario.id,
-                    g("prewarm --device").unwrap_or(f64::NAN),
-                    g("fio").unwrap_or(f64::NAN)
-                )
-            })
-            .collect();
-        let (p, f) = (get("prewarm --device"), get("fio"));
+    out.extend(check_sweeps(scenarios));
+    out
+}
+
+/// The critical set within [`LIMIT_TARGET`] of the limit.
+fn limit_check(
+    sc: &ScenarioResult,
+    variant: &str,
+    pw: &MethodSummary,
+    runs: &[&RunRecord],
+) -> TargetCheck {
+    let ratios: Vec<Option<f64>> = runs
+        .iter()
+        .map(|r| match &r.error {
+            Some(_) => None,
+            None => r
+                .hydration
+                .time_to_critical_ms
+                .map(|t| t / limit_for(sc, r)),
+        })
+        .collect();
+    let limits: Vec<f64> = runs.iter().map(|r| limit_for(sc, r)).collect();
+    let limit = median(limits.iter().map(|&l| Some(l))).unwrap_or(sc.limit_ms);
+    let med = if ratios.iter().all(Option::is_some) {
+        median(ratios.iter().copied())
+    } else {
+        None
+    };
+    let within = ratios
+        .iter()
+        .flatten()
+        .filter(|&&r| r <= LIMIT_TARGET)
+        .count();
+    let need = runs_needed(runs.len());
+    let transfer_bound = limit > sc.limit_ms;
+    TargetCheck {
+        target: format!(
+            "[{}] prewarm default [{variant}]: critical set within {LIMIT_TARGET}× of the limit",
+            sc.scenario.id
+        ),
+        met: med.map(|m| m <= LIMIT_TARGET && within >= need),
+        detail: match (pw.ttc_ms, med) {
+            (Some(t), Some(m)) => format!(
+                "median {t:.1} ms vs limit {limit:.1} ms ({}) = {m:.2}×; {within} of {} runs within (need {need}); per run: {}",
+                if transfer_bound {
+                    format!("the warm re-read, above the {:.1} ms latency bound", sc.limit_ms)
+                } else {
+                    "the latency bound".to_string()
+                },
+                runs.len(),
+                ratios
+                    .iter()
+                    .map(|r| r.map_or("failed".into(), |r| format!("{r:.2}×")))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            _ => format!("not measured ({} of {} runs failed or missed chunks)", pw.errors, pw.reps),
+        },
+    }
+}
+
+/// The critical set sooner than with every other method.
+fn rivals_check(
+    sc: &ScenarioResult,
+    variant: &str,
+    pw: &MethodSummary,
+    sums: &[MethodSummary],
+    runs: &[&RunRecord],
+) -> TargetCheck {
+    let rivals: Vec<&MethodSummary> = sums.iter().filter(|s| !s.method.is_prewarm()).collect();
+    let best = rivals
+        .iter()
+        .filter_map(|s| s.ttc_ms.map(|t| (t, s)))
+        .min_by(|a, b| a.0.total_cmp(&b.0));
+    let slower: Vec<String> = rivals
+        .iter()
+        .filter(|s| match (pw.ttc_ms, s.ttc_ms) {
+            (Some(p), Some(o)) => o <= p,
+            _ => false,
+        })
+        .map(|s| format!("{} {:.1} ms", s.label, s.ttc_ms.unwrap_or(f64::NAN)))
+        .collect();
+    let ahead = runs
+        .iter()
+        .filter(|r| r.error.is_none())
+        .filter_map(|r| r.hydration.time_to_critical_ms)
+        .filter(|&t| best.is_none_or(|(b, _)| t < b))
+        .count();
+    let need = runs_needed(runs.len());
+    TargetCheck {
+        target: format!(
+            "[{}] prewarm default [{variant}]: faster to the critical set than every other method",
+            sc.scenario.id
+        ),
+        met: pw.ttc_ms.map(|_| slower.is_empty() && ahead >= need),
+        detail: match (pw.ttc_ms, best) {
+            (Some(p), Some((t, s))) if slower.is_empty() => format!(
+                "median {p:.1} ms; fastest other: {} {t:.1} ms ({:.2}× prewarm); {ahead} of {} runs ahead of it (need {need})",
+                s.label,
+                t / p,
+                runs.len()
+            ),
+            (Some(p), _) => format!("median {p:.1} ms; as fast or faster: {}", slower.join("; ")),
+            _ => "not measured".into(),
+        },
+    }
+}
+
+/// The full-volume sweep against fio in every scenario, judged twice: on
+/// the wall clock (each tool's whole run, start-up included, timed by the
+/// harness) and on the tools' own throughput figures (fio's excludes its
+/// start-up; prewarm's is its report's `mib_per_s`).
+pub fn check_sweeps(scenarios: &[ScenarioResult]) -> Vec<TargetCheck> {
+    let mut out = Vec::new();
+    for sc in scenarios {
+        let wall = sweep_medians(&sc.sweeps);
+        let wall = |t: &str| wall.iter().find(|m| m.0 == t).and_then(|m| m.1);
         let own = |t: &str| {
             median(
-                s.sweeps
+                sc.sweeps
                     .iter()
                     .filter(|x| x.tool == t && x.error.is_none())
                     .map(|x| x.tool_mib_per_s),
             )
         };
-        let (po, fo) = (own("prewarm --device"), own("fio"));
-        out.push(TargetCheck {
-            target: "full-volume sweep (prewarm --device) at least as fast as fio".into(),
-            met: p.zip(f).map(|(p, f)| p >= f),
-            detail: format!(
-                "wall clock: prewarm {:.0} MiB/s vs fio {:.0} MiB/s ({:+.0}%); the tools' own figures (fio's excludes its start-up): prewarm {:.0} vs fio {:.0} MiB/s ({:+.0}%){}",
-                p.unwrap_or(f64::NAN),
-                f.unwrap_or(f64::NAN),
-                p.zip(f).map_or(f64::NAN, |(p, f)| (p / f - 1.0) * 100.0),
-                po.unwrap_or(f64::NAN),
-                fo.unwrap_or(f64::NAN),
-                po.zip(fo).map_or(f64::NAN, |(p, f)| (p / f - 1.0) * 100.0),
-                if others.is_empty() {
-                    String::new()
-                } else {
-                    format!("; {}", others.join("; "))
-                }
+        let judged = [
+            ("wall clock", wall("prewarm --device"), wall("fio")),
+            (
+                "the tools' own figures",
+                own("prewarm --device"),
+                own("fio"),
             ),
-        });
+        ];
+        for (basis, p, f) in judged {
+            if p.is_none() && f.is_none() {
+                continue;
+            }
+            out.push(TargetCheck {
+                target: format!(
+                    "[{}] full-volume sweep (prewarm --device) at least as fast as fio, on {basis}",
+                    sc.scenario.id
+                ),
+                met: p.zip(f).map(|(p, f)| p >= f),
+                detail: format!(
+                    "prewarm {:.0} MiB/s vs fio {:.0} MiB/s ({:+.0}%)",
+                    p.unwrap_or(f64::NAN),
+                    f.unwrap_or(f64::NAN),
+                    p.zip(f).map_or(f64::NAN, |(p, f)| (p / f - 1.0) * 100.0),
+                ),
+            });
+        }
     }
     out
 }
+
 /// CI verdict: every prewarm run hydrated exactly its plan (a cold run: its
 /// plan, and beyond it only filesystem metadata that mapping reads), and
 /// none failed. Returns the failures.
@@ -308,10 +381,10 @@ pub fn ci_failures(scenarios: &[ScenarioResult]) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::e2e::records::fixtures::sample_scenario;
+    use crate::e2e::records::fixtures::{run, sample_scenario, scenario};
 
     #[test]
-    fn targets_are_judged_on_medians() {
+    fn targets_are_judged_on_medians_and_on_most_runs() {
         let sc = sample_scenario();
         let t = check_targets(std::slice::from_ref(&sc));
         assert_eq!(t.len(), 3, "{t:?}");
@@ -319,5 +392,42 @@ mod tests {
         assert_eq!(t[1].met, Some(false), "{}", t[1].detail);
         assert!(t[1].detail.contains("xargs"));
         assert_eq!(t[2].met, Some(true));
+        assert!(t[2].target.contains("wall clock"));
+
+        // Five runs, median within 1.1× but only three of them: missed.
+        let pw = Method::prewarm_q32(false, false);
+        let runs = [100.0, 105.0, 108.0, 130.0, 140.0]
+            .iter()
+            .enumerate()
+            .map(|(i, &t)| run(pw, t, i))
+            .collect();
+        let t = check_targets(&[scenario(runs, vec![])]);
+        assert_eq!(t[0].met, Some(false), "{}", t[0].detail);
+        assert!(
+            t[0].detail.contains("3 of 5 runs within (need 4)"),
+            "{}",
+            t[0].detail
+        );
+        assert_eq!(runs_needed(5), 4);
+        assert_eq!(runs_needed(2), 2);
+    }
+
+    #[test]
+    fn a_full_read_is_judged_against_the_warm_transfer_when_that_is_longer() {
+        let pw = Method::prewarm_q32(false, false);
+        let mut runs: Vec<RunRecord> = (0..5).map(|i| run(pw, 160.0, i)).collect();
+        for r in &mut runs {
+            r.warm = Some(crate::e2e::records::WarmCheck {
+                read_ms: 150.0,
+                ..Default::default()
+            });
+        }
+        let sc = scenario(runs, vec![]);
+        // 160 ms against the latency bound (100 ms) would be 1.6×; against
+        // the 150 ms warm transfer it is 1.07×.
+        assert_eq!(limit_for(&sc, &sc.runs[0]), 150.0);
+        let t = check_targets(std::slice::from_ref(&sc));
+        assert_eq!(t[0].met, Some(true), "{}", t[0].detail);
+        assert!(t[0].detail.contains("warm re-read"), "{}", t[0].detail);
     }
 }

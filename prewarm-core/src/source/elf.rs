@@ -1387,7 +1387,9 @@ mod tests {
         };
         let mut collector = Collector::new(&opts, StopSignal::default());
         let first = collector.add(&[ranged(&libc_host, 5)]).to_vec();
-        assert!(first.iter().any(|f| f.path == libc_host && f.ranges.is_some()));
+        assert!(first
+            .iter()
+            .any(|f| f.path == libc_host && f.ranges.is_some()));
         let second = collector.add(&[ranged(&ls, 10)]).to_vec();
         let ls_file = second.iter().find(|f| f.path == ls).unwrap();
         assert!(ls_file.ranges.is_some(), "the executable keeps its ranges");
