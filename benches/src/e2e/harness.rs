@@ -343,6 +343,7 @@ impl Harness {
             testbed_cpu_ms: None,
             tool_bytes_read: None,
             warm: None,
+            warm_self_ms: None,
             exact: None,
         };
         tb.wait_idle(Duration::from_secs(10))?;
@@ -403,6 +404,16 @@ impl Harness {
             fetches: after.fetches.saturating_sub(before.fetches),
             fetched_bytes: after.fetched_bytes.saturating_sub(before.fetched_bytes),
         });
+        // The transfer bound of a full read: the same command again, every
+        // chunk hydrated, caches dropped.
+        if m.is_prewarm() && !m.is_touch() && rec.error.is_none() {
+            sys::drop_caches()?;
+            let t = Instant::now();
+            let again = self.execute(m, &lo.path);
+            let ms = t.elapsed().as_secs_f64() * 1e3;
+            tb.wait_idle(Duration::from_secs(10))?;
+            rec.warm_self_ms = again.is_ok().then_some(ms);
+        }
         Ok(rec)
     }
 

@@ -111,6 +111,14 @@ impl Method {
         )
     }
 
+    /// A prewarm run in touch mode (one block per chunk).
+    pub fn is_touch(&self) -> bool {
+        matches!(
+            self,
+            Method::Prewarm { touch: true, .. } | Method::PrewarmManifest { touch: true }
+        )
+    }
+
     /// The plan exists before the run (metadata cached or a manifest): the
     /// run must hydrate exactly its plan.
     pub fn plans_ahead(&self) -> bool {

@@ -79,6 +79,11 @@ pub struct RunRecord {
     /// Bytes the tool says it read (prewarm's report).
     pub tool_bytes_read: Option<u64>,
     pub warm: Option<WarmCheck>,
+    /// A prewarm full read: the same command again straight after, caches
+    /// dropped and every chunk hydrated: the run's own transfer time, with
+    /// no fetch to wait for (the transfer bound of [`super::summary::limit_for`]).
+    #[serde(default)]
+    pub warm_self_ms: Option<f64>,
     pub exact: Option<ExactCheck>,
 }
 
@@ -224,6 +229,7 @@ pub(crate) mod fixtures {
             testbed_cpu_ms: None,
             tool_bytes_read: None,
             warm: None,
+            warm_self_ms: None,
             exact: None,
         }
     }
