@@ -135,8 +135,21 @@ impl LdCache {
         self.by_soname.len()
     }
 
-    fn push(&mut self, soname: &[u8], entry: CacheEntry) {
-        self.by_soname.entry(soname.into()).or_default().push(entry);
+    /// Add the entry for `soname` at `path` (both read from the cache's
+    /// string table: `None` if out of bounds, a bad entry).
+    fn push(&mut self, soname: Option<&[u8]>, path: Option<&[u8]>, flags: i32) {
+        match (soname, path) {
+            (Some(soname), Some(path)) => {
+                self.by_soname
+                    .entry(soname.into())
+                    .or_default()
+                    .push(CacheEntry {
+                        flags,
+                        path: path.into(),
+                    })
+            }
+            _ => self.bad_entries += 1,
+        }
     }
 }
 
@@ -214,19 +227,11 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<LdCache, LdCacheError> {
             cache.bad_entries += 1;
             continue;
         };
-        match (
+        cache.push(
             native.string(entries_end, key),
             native.string(entries_end, value),
-        ) {
-            (Some(soname), Some(path)) => cache.push(
-                soname,
-                CacheEntry {
-                    flags: flags as i32,
-                    path: path.into(),
-                },
-            ),
-            _ => cache.bad_entries += 1,
-        }
+            flags as i32,
+        );
     }
     Ok(cache)
 }
@@ -269,16 +274,11 @@ fn parse_new(bytes: &[u8], base: usize) -> Result<LdCache, LdCacheError> {
         if hwcap != 0 {
             continue;
         }
-        match (fields.string(base, key), fields.string(base, value)) {
-            (Some(soname), Some(path)) => cache.push(
-                soname,
-                CacheEntry {
-                    flags: flags as i32,
-                    path: path.into(),
-                },
-            ),
-            _ => cache.bad_entries += 1,
-        }
+        cache.push(
+            fields.string(base, key),
+            fields.string(base, value),
+            flags as i32,
+        );
     }
     Ok(cache)
 }
