@@ -335,8 +335,21 @@ impl Mount {
     }
 }
 
+impl Mount {
+    /// Unmount now, failing if it is busy (then the drop still tries,
+    /// lazily at last).
+    pub fn unmount(mut self) -> Result<()> {
+        run_ok(Command::new("umount").arg(&self.dir))?;
+        self.dir = PathBuf::new();
+        Ok(())
+    }
+}
+
 impl Drop for Mount {
     fn drop(&mut self) {
+        if self.dir.as_os_str().is_empty() {
+            return;
+        }
         let ok = Command::new("umount")
             .arg(&self.dir)
             .stderr(Stdio::null())
