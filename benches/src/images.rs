@@ -61,6 +61,20 @@ impl Default for StoreSpec {
     }
 }
 
+impl StoreSpec {
+    /// The default with `factor` times the files of each image's own
+    /// layers (and the image size to hold them).
+    pub fn scaled(factor: usize) -> Self {
+        let d = StoreSpec::default();
+        StoreSpec {
+            big_files: d.big_files * factor,
+            small_files: d.small_files * factor,
+            image_mib: d.image_mib * factor as u64,
+            ..d
+        }
+    }
+}
+
 /// One image of the store.
 #[derive(Debug, Clone)]
 pub struct StoredImage {
@@ -243,6 +257,9 @@ pub struct ChunkSets {
     /// (`meta.db`, the snapshotter's `metadata.db`), its manifest and
     /// configuration blobs.
     pub planned: BTreeSet<u64>,
+    /// The part of `planned` holding data of the image's layer files (what
+    /// reading its snapshot directories must fetch).
+    pub layers: BTreeSet<u64>,
     /// Chunks holding data of other regular files of the store (the other
     /// images' own layers, every layer blob, the other images' manifests
     /// and configurations) and of none of those.
@@ -272,10 +289,7 @@ pub fn chunk_sets(root: &Path, image: &StoredImage, chunk_size: u64) -> Result<C
         blob(&image.manifest_digest),
         blob(&image.config_digest),
     ];
-    let is_planned = |rel: &Path| {
-        planned_files.iter().any(|p| p == rel)
-            || image.layer_dirs.iter().any(|d| rel.starts_with(d))
-    };
+    let in_layers = |rel: &Path| image.layer_dirs.iter().any(|d| rel.starts_with(d));
     let mut sets = ChunkSets::default();
     let mut others = BTreeSet::new();
     let mut pending = vec![root.to_path_buf()];
@@ -298,7 +312,8 @@ pub fn chunk_sets(root: &Path, image: &StoredImage, chunk_size: u64) -> Result<C
             let extents = prewarm_core::internals::file_extents(&file)
                 .with_context(|| format!("FIEMAP of {}", path.display()))?;
             let rel = path.strip_prefix(root).unwrap_or(&path);
-            let planned = is_planned(rel);
+            let layer = in_layers(rel);
+            let planned = layer || planned_files.iter().any(|p| p == rel);
             let set = if planned {
                 sets.planned_files += 1;
                 sets.planned_bytes += meta.len();
@@ -315,6 +330,9 @@ pub fn chunk_sets(root: &Path, image: &StoredImage, chunk_size: u64) -> Result<C
                 let first = e.extent.physical / chunk_size;
                 let last = (e.extent.physical + e.extent.length - 1) / chunk_size;
                 set.extend(first..=last);
+                if layer {
+                    sets.layers.extend(first..=last);
+                }
             }
         }
     }
