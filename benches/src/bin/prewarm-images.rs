@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use prewarm_benches::e2e::analysis::median;
-use prewarm_benches::e2e::sys::{self, first_missing, Mount};
+use prewarm_benches::e2e::sys::{self, first_missing, prewarm_and_testbed, Mount};
 use prewarm_benches::e2e::{loadavg, measured_commit};
 use prewarm_benches::images::{self, ChunkSets, LazyStore, StoreSpec, StoredImage, SNAPSHOTS};
 
@@ -123,10 +123,6 @@ struct Sample {
     others: usize,
 }
 
-fn sibling(name: &str) -> Option<PathBuf> {
-    Some(std::env::current_exe().ok()?.parent()?.join(name))
-}
-
 fn main() -> Result<()> {
     let cli = Cli::parse();
     sys::install_interrupt_handler()?;
@@ -135,12 +131,7 @@ fn main() -> Result<()> {
     if let Some(missing) = first_missing(true, &tools) {
         bail!("needs root, FUSE and the tools: {missing}");
     }
-    let prewarm = cli
-        .prewarm
-        .clone()
-        .or_else(|| sibling("prewarm"))
-        .context("no prewarm binary")?;
-    let testbed = sibling("prewarm-testbed").context("no prewarm-testbed binary")?;
+    let (prewarm, testbed) = prewarm_and_testbed(cli.prewarm.as_deref())?;
     let lock = File::create("/tmp/prewarm-bench.lock")?;
     let _lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
         .map_err(|(_, e)| e)
