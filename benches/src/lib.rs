@@ -6,6 +6,9 @@
 //! - [`control`]: the JSON-over-unix-socket control protocol.
 //! - [`fuse`]: the FUSE adapter exposing the model as a read-only `disk.img`.
 //! - [`fixture`]: building a realistic node volume image and its critical list.
+//! - [`containerd`]: OCI archives and a private containerd that imports them.
+//! - [`images`]: a containerd image store on the lazy-volume testbed, and the
+//!   chunks hydrating one image must (and must not) fetch.
 //! - [`e2e`]: the end-to-end comparison behind `prewarm-e2e` (and the
 //!   cleanup guards the loop-device benchmark shares).
 //! - [`vm_boot`]: parsing and checking the boots of the VM boot test, and
@@ -13,9 +16,11 @@
 
 #![forbid(unsafe_code)]
 
+pub mod containerd;
 pub mod control;
 pub mod e2e;
 pub mod fixture;
 pub mod fuse;
+pub mod images;
 pub mod lazy;
 pub mod vm_boot;

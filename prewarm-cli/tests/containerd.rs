@@ -8,239 +8,11 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
 
 use common::*;
+use prewarm_benches::containerd::{oci_archive, Containerd, TOOLS};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
-
-fn sha256(bytes: &[u8]) -> String {
-    format!("{:x}", Sha256::digest(bytes))
-}
-
-/// An image written as an OCI archive.
-struct Image {
-    name: String,
-    manifest_digest: String,
-    chain_ids: Vec<String>,
-    archive: PathBuf,
-}
-
-/// Write an OCI image-layout archive of `name` whose layers hold `layers`
-/// (each a list of file name and contents), sharing blobs in `dir`.
-fn oci_archive(dir: &Path, name: &str, layers: &[&[(&str, Vec<u8>)]]) -> Image {
-    let tag = name.replace(['/', ':'], "_");
-    let layout = dir.join(format!("layout-{tag}"));
-    let blobs = layout.join("blobs/sha256");
-    std::fs::create_dir_all(&blobs).unwrap();
-    let blob = |bytes: &[u8]| {
-        let hex = sha256(bytes);
-        std::fs::write(blobs.join(&hex), bytes).unwrap();
-        (format!("sha256:{hex}"), bytes.len())
-    };
-    let mut diff_ids = Vec::new();
-    let mut layer_descs = Vec::new();
-    for (i, files) in layers.iter().enumerate() {
-        let tree = dir.join(format!("tree-{tag}-{i}"));
-        std::fs::create_dir_all(tree.join("data")).unwrap();
-        for (file, contents) in files.iter() {
-            std::fs::write(tree.join("data").join(file), contents).unwrap();
-        }
-        let tar = dir.join(format!("layer-{tag}-{i}.tar"));
-        cmd(
-            "tar",
-            &[
-                "--sort=name",
-                "--mtime=@0",
-                "-C",
-                tree.to_str().unwrap(),
-                "-cf",
-                tar.to_str().unwrap(),
-                ".",
-            ],
-        );
-        let (digest, size) = blob(&std::fs::read(&tar).unwrap());
-        diff_ids.push(digest.clone());
-        layer_descs.push(serde_json::json!({
-            "mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": digest, "size": size
-        }));
-    }
-    let config = serde_json::json!({
-        "architecture": arch(), "os": "linux", "config": {},
-        "rootfs": {"type": "layers", "diff_ids": diff_ids},
-    });
-    let (config_digest, config_size) = blob(config.to_string().as_bytes());
-    let manifest = serde_json::json!({
-        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config_size},
-        "layers": layer_descs,
-    });
-    let (manifest_digest, manifest_size) = blob(manifest.to_string().as_bytes());
-    let index = serde_json::json!({
-        "schemaVersion": 2,
-        "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "digest": manifest_digest, "size": manifest_size,
-            "annotations": {"io.containerd.image.name": name}}],
-    });
-    std::fs::write(layout.join("index.json"), index.to_string()).unwrap();
-    std::fs::write(
-        layout.join("oci-layout"),
-        r#"{"imageLayoutVersion":"1.0.0"}"#,
-    )
-    .unwrap();
-    let archive = dir.join(format!("{tag}.tar"));
-    cmd(
-        "tar",
-        &[
-            "-C",
-            layout.to_str().unwrap(),
-            "-cf",
-            archive.to_str().unwrap(),
-            ".",
-        ],
-    );
-    let mut chain_ids: Vec<String> = Vec::new();
-    for d in &diff_ids {
-        let next = match chain_ids.last() {
-            None => d.clone(),
-            Some(prev) => format!("sha256:{}", sha256(format!("{prev} {d}").as_bytes())),
-        };
-        chain_ids.push(next);
-    }
-    Image {
-        name: name.into(),
-        manifest_digest,
-        chain_ids,
-        archive,
-    }
-}
-
-fn arch() -> &'static str {
-    match std::env::consts::ARCH {
-        "aarch64" => "arm64",
-        _ => "amd64",
-    }
-}
-
-/// A private containerd, killed on drop.
-struct Containerd {
-    child: Option<Child>,
-    config: PathBuf,
-    socket: PathBuf,
-    root: PathBuf,
-}
-
-impl Containerd {
-    fn start(dir: &Path, root: &Path) -> Containerd {
-        let (state, socket) = (dir.join("state"), dir.join("containerd.sock"));
-        let config = dir.join("config.toml");
-        // CRI (not needed, adds its own image records), opt (Debian points
-        // it at the system's directory) and the snapshotters that need
-        // their own filesystems are off.
-        std::fs::write(
-            &config,
-            format!(
-                "version = 2\nroot = {root:?}\nstate = {state:?}\n\
-                 disabled_plugins = [\"io.containerd.grpc.v1.cri\", \"io.containerd.internal.v1.opt\", \
-                 \"io.containerd.snapshotter.v1.aufs\", \"io.containerd.snapshotter.v1.btrfs\", \
-                 \"io.containerd.snapshotter.v1.zfs\", \"io.containerd.snapshotter.v1.devmapper\"]\n\
-                 [grpc]\n  address = {socket:?}\n"
-            ),
-        )
-        .unwrap();
-        let mut c = Containerd {
-            child: None,
-            config,
-            socket,
-            root: root.to_path_buf(),
-        };
-        c.restart(dir);
-        c
-    }
-
-    fn restart(&mut self, dir: &Path) {
-        let log = std::fs::File::create(dir.join("containerd.log")).unwrap();
-        self.child = Some(
-            Command::new("containerd")
-                .arg("--config")
-                .arg(&self.config)
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .expect("starting containerd"),
-        );
-        let start = Instant::now();
-        while !self.socket.exists() || !self.ctr_ok(&["version"]) {
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "containerd did not start"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn ctr_ok(&self, args: &[&str]) -> bool {
-        Command::new("ctr")
-            .arg("-a")
-            .arg(&self.socket)
-            .args(args)
-            .output()
-            .is_ok_and(|o| o.status.success())
-    }
-
-    fn ctr(&self, args: &[&str]) -> String {
-        let mut all = vec!["-a", self.socket.to_str().unwrap(), "-n", "k8s.io"];
-        all.extend_from_slice(args);
-        cmd("ctr", &all)
-    }
-
-    /// The snapshot directories containerd mounts for an image whose top
-    /// layer has chain ID `top`, top layer first.
-    fn lowerdirs(&self, top: &str) -> Vec<String> {
-        let key = format!("prewarm-test-{}", &top[7..19]);
-        let out = self.ctr(&[
-            "snapshots",
-            "--snapshotter",
-            "overlayfs",
-            "prepare",
-            "--mounts",
-            &key,
-            top,
-        ]);
-        self.ctr(&["snapshots", "--snapshotter", "overlayfs", "rm", &key]);
-        let mounts: Value = serde_json::from_str(&out).expect("mounts as JSON");
-        let options = mounts[0]["Options"].as_array().expect("mount options");
-        let lower = options
-            .iter()
-            .filter_map(Value::as_str)
-            .find_map(|o| o.strip_prefix("lowerdir="))
-            .expect("a lowerdir");
-        lower.split(':').map(str::to_string).collect()
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(child.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Containerd {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        let _ = std::fs::remove_file(&self.socket);
-        let _ = &self.root;
-    }
-}
 
 fn directories(report: &Value, image: &str) -> Vec<String> {
     let images = report["images"].as_array().expect("images in the report");
@@ -266,10 +38,7 @@ fn resolve(root: &Path, args: &[&str]) -> Value {
 
 #[test]
 fn images_resolve_to_the_directories_containerd_mounts() {
-    if !privileged(
-        "images_resolve_to_the_directories_containerd_mounts",
-        &["containerd", "ctr", "runc", "tar"],
-    ) {
+    if !privileged("images_resolve_to_the_directories_containerd_mounts", TOOLS) {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -281,7 +50,8 @@ fn images_resolve_to_the_directories_containerd_mounts() {
         dir,
         "docker.io/library/small:1",
         &[base, &[("top", b"small top".to_vec())]],
-    );
+    )
+    .unwrap();
     let other = oci_archive(
         dir,
         "registry.example.com/team/other:v2",
@@ -290,19 +60,18 @@ fn images_resolve_to_the_directories_containerd_mounts() {
             &[("mid", b"mid".to_vec())],
             &[("top", b"other top".to_vec())],
         ],
-    );
-    let mut containerd = Containerd::start(dir, &root);
+    )
+    .unwrap();
+    let mut containerd = Containerd::start(dir, &root).unwrap();
     for image in [&small, &other] {
-        containerd.ctr(&[
-            "images",
-            "import",
-            "--snapshotter",
-            "overlayfs",
-            image.archive.to_str().unwrap(),
-        ]);
+        containerd.import(image).unwrap();
     }
-    let expected_small = containerd.lowerdirs(small.chain_ids.last().unwrap());
-    let expected_other = containerd.lowerdirs(other.chain_ids.last().unwrap());
+    let expected_small = containerd
+        .lowerdirs(small.chain_ids.last().unwrap())
+        .unwrap();
+    let expected_other = containerd
+        .lowerdirs(other.chain_ids.last().unwrap())
+        .unwrap();
     assert_eq!(expected_small.len(), 2);
     assert_eq!(expected_other.len(), 3);
     assert_eq!(
@@ -407,16 +176,13 @@ fn plan_root_reads_the_store_inside_the_image() {
         dir,
         "docker.io/library/small:1",
         &[&[("a", b"a".to_vec())], &[("b", b"b".to_vec())]],
-    );
-    let mut containerd = Containerd::start(dir, &root);
-    containerd.ctr(&[
-        "images",
-        "import",
-        "--snapshotter",
-        "overlayfs",
-        small.archive.to_str().unwrap(),
-    ]);
-    let expected = containerd.lowerdirs(small.chain_ids.last().unwrap());
+    )
+    .unwrap();
+    let mut containerd = Containerd::start(dir, &root).unwrap();
+    containerd.import(&small).unwrap();
+    let expected = containerd
+        .lowerdirs(small.chain_ids.last().unwrap())
+        .unwrap();
     containerd.stop();
     drop(containerd);
     let manifest = dir.join("boot.manifest");

@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use prewarm_benches::e2e::sys::sibling;
 use prewarm_benches::e2e::{self, harness::Options, Outputs, WorkDir};
 use prewarm_core::parse_size;
 
@@ -94,11 +95,6 @@ struct Cli {
     /// Kill a method after this many seconds.
     #[arg(long, default_value_t = 120)]
     timeout_s: u64,
-}
-
-fn sibling(name: &str) -> Option<PathBuf> {
-    let exe = std::env::current_exe().ok()?;
-    Some(exe.parent()?.join(name))
 }
 
 fn main() -> ExitCode {

@@ -20,7 +20,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use prewarm_benches::e2e::sys::{first_missing, run_ok, LoopDevice, TestbedProcess};
+use prewarm_benches::e2e::sys::{
+    first_missing, prewarm_and_testbed, run_ok, LoopDevice, TestbedProcess,
+};
 
 #[derive(Parser, Debug)]
 #[command(about = "Latency of a random reader beside a prewarm sweep, with and without --max-rate")]
@@ -61,21 +63,12 @@ struct Sample {
     sweep_mibps: Option<f64>,
 }
 
-fn sibling(name: &str) -> Option<PathBuf> {
-    Some(std::env::current_exe().ok()?.parent()?.join(name))
-}
-
 fn main() -> Result<()> {
     let cli = Cli::parse();
     if let Some(missing) = first_missing(true, &["fio", "losetup"]) {
         bail!("needs root and {missing}");
     }
-    let prewarm = cli
-        .prewarm
-        .clone()
-        .or_else(|| sibling("prewarm"))
-        .context("no prewarm binary")?;
-    let testbed = sibling("prewarm-testbed").context("no prewarm-testbed binary")?;
+    let (prewarm, testbed) = prewarm_and_testbed(cli.prewarm.as_deref())?;
     std::fs::create_dir_all(&cli.work)?;
     let image = cli.work.join("image");
     let f = std::fs::File::create(&image)?;

@@ -121,7 +121,17 @@ fn git(args: &[&str]) -> String {
         .unwrap_or_default()
 }
 
+/// The commit of the workspace measured (`git rev-parse HEAD`, empty if
+/// unknown) and whether tracked files had uncommitted changes.
+pub fn measured_commit() -> (String, bool) {
+    (
+        git(&["rev-parse", "HEAD"]),
+        !git(&["status", "--porcelain", "--untracked-files=no"]).is_empty(),
+    )
+}
+
 fn collect_meta(opts: &Options, manifest: &serde_json::Value) -> Meta {
+    let (commit, dirty) = measured_commit();
     let date = Command::new("date")
         .args(["-u", "+%Y-%m-%d %H:%M:%S UTC"])
         .output()
@@ -172,8 +182,8 @@ fn collect_meta(opts: &Options, manifest: &serde_json::Value) -> Meta {
         duration_s: 0.0,
         loadavg_start: String::new(),
         loadavg_end: loadavg(),
-        commit: git(&["rev-parse", "HEAD"]),
-        dirty: !git(&["status", "--porcelain", "--untracked-files=no"]).is_empty(),
+        commit,
+        dirty,
     }
 }
 

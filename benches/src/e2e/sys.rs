@@ -41,6 +41,23 @@ pub fn which(tool: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// `name` in the directory of the running binary (where cargo puts the
+/// workspace's other binaries).
+pub fn sibling(name: &str) -> Option<PathBuf> {
+    Some(std::env::current_exe().ok()?.parent()?.join(name))
+}
+
+/// The prewarm binary to measure (`given`, else `prewarm` beside this
+/// one) and the `prewarm-testbed` beside this one.
+pub fn prewarm_and_testbed(given: Option<&Path>) -> Result<(PathBuf, PathBuf)> {
+    let prewarm = given
+        .map(Path::to_path_buf)
+        .or_else(|| sibling("prewarm"))
+        .context("no prewarm binary")?;
+    let testbed = sibling("prewarm-testbed").context("no prewarm-testbed binary")?;
+    Ok((prewarm, testbed))
+}
+
 /// The first thing a privileged test or run lacks, if any: root, then
 /// `/dev/fuse` (when `fuse`), then each of `tools` on PATH.
 pub fn first_missing(fuse: bool, tools: &[&str]) -> Option<String> {
@@ -335,8 +352,21 @@ impl Mount {
     }
 }
 
+impl Mount {
+    /// Unmount now, failing if it is busy (then the drop still tries,
+    /// lazily at last).
+    pub fn unmount(mut self) -> Result<()> {
+        run_ok(Command::new("umount").arg(&self.dir))?;
+        self.dir = PathBuf::new();
+        Ok(())
+    }
+}
+
 impl Drop for Mount {
     fn drop(&mut self) {
+        if self.dir.as_os_str().is_empty() {
+            return;
+        }
         let ok = Command::new("umount")
             .arg(&self.dir)
             .stderr(Stdio::null())
