@@ -8,9 +8,9 @@
 //! whole critical-set time at high concurrency; the sink is pinned in well
 //! under a millisecond and keeps the run's memory at one read's worth.
 //!
-//! This module and `fiemap` are the only places with `unsafe`: io_uring
-//! hands the kernel a raw buffer address that it writes into later, which
-//! the borrow checker cannot follow. The invariants are simple and local:
+//! This module, `fiemap` and `record::residency` hold the only `unsafe`:
+//! io_uring hands the kernel a raw buffer address that it writes into
+//! later, which the borrow checker cannot follow. The invariants are simple and local:
 //!
 //! * the sink is written only by the kernel: this process never reads it or
 //!   makes a Rust reference to it after taking its address, so reads in

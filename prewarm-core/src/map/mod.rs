@@ -19,7 +19,8 @@
 
 pub(crate) mod device;
 pub(crate) mod extent;
-// `unsafe` is denied everywhere but here and in `engine::uring`.
+// `unsafe` is denied everywhere but here, `engine::uring` and
+// `record::residency`.
 #[allow(unsafe_code)]
 mod fiemap;
 pub(crate) mod fsid;
