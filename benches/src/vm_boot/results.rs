@@ -266,15 +266,37 @@ mod tests {
             Duration::from_secs(200),
         );
         assert_eq!(vm_boot_section(&s), Some(s.trim_end()));
-        assert!(s.contains("| prewarm on | 1 | "), "{s}");
+        assert!(s.contains("| prewarm, hand-written list | 1 | "), "{s}");
+        assert!(s.contains("| prewarm, recorded manifest | 1 | "), "{s}");
         assert!(
             s.contains("| prewarm off (`prewarm=0 rd.prewarm=0`) | 1 | "),
             "{s}"
         );
         assert!(s.contains("| with-1 | ") && s.contains("| 81/81 |"), "{s}");
         assert!(s.contains("reads a 40 MiB binary"), "{s}");
-        assert_eq!(s.matches("\n- PASS [").count(), 8, "{s}");
+        assert_eq!(s.matches("\n- PASS [").count(), 13, "{s}");
         assert!(s.contains("whole test 200 s"), "{s}");
+        // With the recording: its size, its coverage, the rounds.
+        let recorded = testdata::recorded();
+        let s = results_section(
+            &layout,
+            &boots,
+            Some(&recorded),
+            &checks,
+            &timings,
+            Duration::from_secs(200),
+        );
+        let files = format!("**{} files, ", recorded.recording.files.len());
+        assert!(s.contains(&files), "{s}");
+        assert!(
+            s.contains(&format!("**{} chunks (", recorded.chunks.len())),
+            "{s}"
+        );
+        assert!(
+            s.contains("| without-1 | ") && s.contains(" %)** | "),
+            "{s}"
+        );
+        assert!(s.contains("| 1 | ") && s.contains(" s |\n"), "{s}");
     }
 
     #[test]
