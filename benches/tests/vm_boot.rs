@@ -1,9 +1,11 @@
 //! VM boot test: a real Debian guest (systemd, dracut initrd with `50prewarm`)
 //! boots under qemu (KVM when it works, TCG otherwise) from a root disk served by `prewarm-testbed`, i.e. a
 //! lazily hydrated, snapshot-restored volume. `benches/vm/run.sh` builds and
-//! boots (twice each, alternating: with prewarm, and with `prewarm=0
-//! rd.prewarm=0`); this test checks, from the serial logs and the testbed's
-//! counters, that
+//! boots: first once on a warm disk with `prewarm.record=1` and no manifest
+//! (the recording, planned into a second manifest), then twice each,
+//! alternating: with prewarm and the hand-written list's manifest, with the
+//! recorded one, and with `prewarm=0 rd.prewarm=0`; this test checks, from
+//! the serial logs and the testbed's counters, that
 //!
 //! 1. the initrd unit ran before switch-root;
 //! 2. `prewarm.service` was READY before the stand-in kubelet started;
@@ -13,8 +15,13 @@
 //!    the control: there the stand-in hydrates them itself;
 //! 4. no chunk was read twice by prewarm (initrd and root phase reports name
 //!    disjoint chunk sets);
+//! 5. the recording names the stand-in kubelet and the files systemd runs
+//!    before it, in first-access order; the recorded manifest covers at
+//!    least 90 % of the file-data chunks the boot without prewarm fetched
+//!    before the stand-in finished reading; with it the stand-in finishes
+//!    reading earlier than without, in every round;
 //!
-//! and records kernel start → "kubelet finished reading" for both boots in a
+//! and records kernel start → "kubelet finished reading" for every kind of boot in a
 //! `vm-boot` section for `benches/RESULTS.md`, written outside the source
 //! tree: `$PREWARM_VM_RESULTS`, else `vm-boot-results.md` in cargo's
 //! `CARGO_TARGET_TMPDIR` (the path is printed). `prewarm-e2e --render
@@ -30,7 +37,7 @@
 //! which `scripts/test` runs as root, or `PREWARM_DEB`): the guest gets
 //! prewarm from the package, so the package is what is proven to boot.
 //! Otherwise prints `SKIP: <reason>` and passes, unless
-//! PREWARM_REQUIRE_PRIVILEGED=1. Runs in ~3 min on 2 cores under TCG; the Debian
+//! PREWARM_REQUIRE_PRIVILEGED=1. Runs in ~7 min on 2 cores under TCG; the Debian
 //! root tree is cached in /var/tmp/prewarm-vm-cache.
 //!
 //! Environment: PREWARM_VM_WORK (work dir, default
@@ -44,7 +51,8 @@ use std::time::{Duration, Instant};
 
 use prewarm_benches::e2e::sys;
 use prewarm_benches::vm_boot::boot::read_env;
-use prewarm_benches::vm_boot::{results_path, results_section, Boot, Checks, Layout};
+use prewarm_benches::vm_boot::recording::write_chunk_files;
+use prewarm_benches::vm_boot::{results_path, results_section, Boot, Checks, Layout, RecordedRun};
 
 mod common;
 
@@ -77,9 +85,14 @@ fn vm_boot_on_lazy_disk() {
 
     let layout = Layout::load(&work);
     let boots = Boot::load_all(&work);
-    let checks = Checks::run(&layout, &boots);
+    let chunk_size = layout.env["CHUNK_SIZE"].parse().expect("CHUNK_SIZE");
+    if let Err(e) = write_chunk_files(&work, chunk_size) {
+        panic!("the manifests in {}: {e}", work.display());
+    }
+    let recorded = RecordedRun::load(&work);
+    let checks = Checks::run(&layout, &boots, Some(&recorded));
     let timings = read_env(&work.join("timings.env"));
-    let section = results_section(&layout, &boots, &checks, &timings, elapsed);
+    let section = results_section(&layout, &boots, Some(&recorded), &checks, &timings, elapsed);
     eprintln!("{section}");
     // Outside the source tree: no test rewrites a tracked file.
     let out = results_path(Path::new(env!("CARGO_TARGET_TMPDIR")));

@@ -1,9 +1,12 @@
 #!/bin/sh
 # build-image.sh ROOT_TREE OUT_DIR PREWARM_DEB
-# Makes OUT_DIR/{disk.img,vmlinuz,initrd.img,layout.env,big.chunks} from a copy
-# of ROOT_TREE (see build-root.sh) plus prewarm, its units, and the stand-in
-# kubelet. disk.img is a bare ext4 image (no partition table), so a file's
-# physical offset in the filesystem is its offset in the image.
+# Makes OUT_DIR/{disk.img,vmlinuz,initrd-plain.img,layout.env,big.chunks} from
+# a copy of ROOT_TREE (see build-root.sh) plus prewarm, its units, the
+# hand-written list, and the stand-in kubelet. disk.img is a bare ext4 image
+# (no partition table), so a file's physical offset in the filesystem is its
+# offset in the image. It has no manifest yet, so initrd-plain.img has no
+# prewarm: the image as a recording boot sees it. plan-image.sh plans the
+# manifests into it and builds initrd.img.
 set -eu
 . "$(dirname -- "$0")/lib.sh"
 [ $# -eq 3 ] || die "usage: $0 ROOT_TREE OUT_DIR PREWARM_DEB"
@@ -13,9 +16,8 @@ TREE=$OUT/tree MNT=$OUT/mnt IMG=$OUT/disk.img
 
 # Undo mounts on every exit path (each umount only if still mounted).
 cleanup() {
-    for m in "$MNT/tmp" "$MNT/dev" "$MNT/sys" "$MNT/proc" "$MNT"; do
-        mountpoint -q "$m" 2>/dev/null && umount "$m"
-    done
+    chroot_umount "$MNT"
+    if mountpoint -q "$MNT" 2>/dev/null; then umount "$MNT"; fi
     rm -rf "$TREE"
 }
 trap cleanup EXIT
@@ -27,14 +29,22 @@ t=$(date +%s)
 cp -a "$ROOT" "$TREE"; rm -f "$TREE/.complete"
 # prewarm from its package, as an image build installs it: dpkg runs the
 # maintainer scripts chrooted into the tree; then the image build's own
-# steps: enable the root-phase unit (the package enables nothing), and (below)
-# write the list, plan the manifest, rebuild the initrd.
+# steps: enable the units (the package enables nothing) and write the list;
+# plan-image.sh then plans the manifests and rebuilds the initrd.
 dpkg --root="$TREE" -i "$DEB" >/dev/null
-mkdir -p "$TREE/etc/systemd/system/multi-user.target.wants"
+mkdir -p "$TREE/etc/systemd/system/multi-user.target.wants" \
+    "$TREE/etc/systemd/system/sysinit.target.wants"
 ln -sf /usr/lib/systemd/system/prewarm.service \
     "$TREE/etc/systemd/system/multi-user.target.wants/prewarm.service"
+# The recorder too: it runs only on a boot with prewarm.record=1.
+ln -sf /usr/lib/systemd/system/prewarm-record.service \
+    "$TREE/etc/systemd/system/sysinit.target.wants/prewarm-record.service"
 mkdir -p "$TREE/etc/prewarm"
-# The same binary plans the manifest on the build host.
+# A recording ends when the stand-in kubelet is active, plus a short settle
+# covering the stand-in's reading (it then waits for the recording).
+printf 'PREWARM_RECORD_UNTIL=kubelet.service\nPREWARM_RECORD_SETTLE=10s\n' \
+    >"$TREE/etc/prewarm/record.env"
+# The same binary plans the manifests on the build host (plan-image.sh).
 cp "$TREE/usr/bin/prewarm" "$OUT/prewarm"
 echo 5f1b7a3c9d2e4f60718293a4b5c6d7e8 >"$TREE/etc/machine-id"   # no first boot
 echo prewarm-vm >"$TREE/etc/hostname"
@@ -82,32 +92,14 @@ set -- $(blocks /var/lib/kubelet-standin/marker | awk -v p="$per" '
 [ $# -eq 2 ] || die "no whole chunk inside the marker file"
 MARKER_CHUNK=$1 MARKER_SKIP=$2
 
-# --- manifest and initrd, inside the final image ------------------------------
+# --- the stand-in's settings and a plain initrd -------------------------------
 mount -o loop "$IMG" "$MNT"
 printf 'MARKER=/var/lib/kubelet-standin/marker\nMARKER_SKIP=%s\nBIG=/usr/bin/kubelet-standin\n' \
     "$MARKER_SKIP" >"$MNT/etc/kubelet-standin.conf"
-"$OUT/prewarm" plan --root "$MNT" --paths "$MNT/etc/prewarm/boot.list" -o "$MNT/etc/prewarm/boot.manifest"
-"$OUT/prewarm" show --json "$MNT/etc/prewarm/boot.manifest" >"$OUT/manifest.json" 2>/dev/null || true
-# Fresh (non-recursive) proc/sys/dev mounts: nothing to propagate to the host;
-# dracut's temporary files go to a tmpfs, not into the image.
-mount -t proc proc "$MNT/proc"
-mount -t sysfs sys "$MNT/sys"
-mount -t devtmpfs dev "$MNT/dev"
-mount -t tmpfs tmp "$MNT/tmp"
 KVER=$(ls "$MNT/lib/modules" | head -n1)
-log "dracut for $KVER"
-# No --add prewarm: 50prewarm's check() includes it because a manifest is
-# installed, which is how an image build gets it too.
-heavy chroot "$MNT" dracut -q --force --no-hostonly --kver "$KVER" --tmpdir /tmp \
-    --drivers "virtio_blk virtio_pci ext4 crc32c_generic" /tmp/initrd.img
-cp "$MNT/tmp/initrd.img" "$OUT/initrd.img"
+make_initrd "$MNT" "$OUT/initrd-plain.img"
 cp "$MNT/boot/vmlinuz-$KVER" "$OUT/vmlinuz"
-lsinitrd_out=$(chroot "$MNT" lsinitrd /tmp/initrd.img 2>/dev/null || true)
-echo "$lsinitrd_out" >"$OUT/initrd.list"
-case $lsinitrd_out in
-*prewarm-initrd.service*) ;;
-*) die "dracut did not include 50prewarm although a manifest is installed" ;;
-esac
+grep -q prewarm "$OUT/initrd-plain.img.list" && die "prewarm in the initrd, but no manifest is installed"
 cleanup; trap - EXIT
 e2fsck -fn "$IMG" >/dev/null 2>&1 || die "e2fsck found errors in $IMG"
 

@@ -339,6 +339,12 @@ pub struct RecordCmd {
     #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
     pub class_width: Duration,
 
+    /// Record only what events named: do not add, at the end, the cached
+    /// files of the watched filesystems that were read before the recorder
+    /// started (on a boot, systemd's own start).
+    #[arg(long)]
+    pub only_events: bool,
+
     /// Where to write the recording (a list file).
     #[arg(short, long, value_name = "FILE")]
     pub output: PathBuf,

@@ -268,6 +268,7 @@ pub fn record(cmd: &RecordCmd, ui: Ui) -> Result<u8> {
         duration: cmd.duration,
         class_width: cmd.class_width,
         stop: StopSignal::new(install_signals()?, None),
+        resident_before: !cmd.only_events,
     };
     let recording = prewarm_core::record::record(&opts)?;
     recording.write(&cmd.output)?;

@@ -220,3 +220,40 @@ fn sigterm_ends_a_recording_with_it_written() {
     drop(m);
     drop(lo);
 }
+
+#[test]
+fn files_read_before_the_recorder_started_join_an_earlier_class() {
+    if !privileged("files_read_before_the_recorder", &["mkfs.ext4", "losetup"]) {
+        return;
+    }
+    let _serial = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let (lo, m) = image(tmp.path());
+    // Read before the recording starts: no event will name it.
+    let mut early = vec![0u8; 4096];
+    fs::File::open(m.dir.join("small"))
+        .unwrap()
+        .read_exact(&mut early)
+        .unwrap();
+    for (flag, expect) in [(None, true), (Some("--only-events"), false)] {
+        let rec = tmp.path().join(format!("{flag:?}.rec"));
+        let mut args = vec!["--duration", "1s", "-o", rec.to_str().unwrap()];
+        args.extend(flag);
+        args.push(m.dir.to_str().unwrap());
+        let mut child = start_recording(&args);
+        assert_eq!(wait(&mut child, Duration::from_secs(10)), 0);
+        let got = entries(&rec);
+        let small = got.iter().find(|e| e.0 == m.dir.join("small"));
+        assert_eq!(small.is_some(), expect, "{flag:?}: {got:?}");
+        if let Some(e) = small {
+            assert_eq!(e.1, prewarm_core::record::EARLIER_CLASS, "{got:?}");
+        }
+        // Never the files nobody read.
+        assert!(
+            !got.iter().any(|e| e.0 == m.dir.join("untouched")),
+            "{got:?}"
+        );
+    }
+    drop(m);
+    drop(lo);
+}

@@ -116,16 +116,7 @@ impl CriticalSet {
             chunk_size,
             ..PlanConfig::default()
         };
-        let plan = ReadPlan::build(&extents, dev.size, &cfg);
-        let mut chunks = BTreeSet::new();
-        let mut by_priority = Vec::new();
-        for class in &plan.classes {
-            let before = chunks.len();
-            for r in &class.ranges {
-                chunks.extend(r.offset / chunk_size..r.end().div_ceil(chunk_size));
-            }
-            by_priority.push((class.priority, (chunks.len() - before) as u64));
-        }
+        let (chunks, by_priority) = planned_chunks(&extents, dev.size, &cfg, chunk_size);
         if chunks.len() as u64 != dev.plan.chunks {
             bail!(
                 "critical set has {} chunks but prewarm's dry run plans {}",
@@ -143,6 +134,29 @@ impl CriticalSet {
             metadata: Vec::new(),
         })
     }
+}
+
+/// The chunks (of `chunk_size` bytes) prewarm reads for `extents` on a
+/// device of `device_size` bytes, planned as prewarm plans them
+/// (`ReadPlan::build` with `cfg`), and how many each priority class adds, in
+/// priority order.
+pub fn planned_chunks(
+    extents: &[PrioritizedExtent],
+    device_size: u64,
+    cfg: &PlanConfig,
+    chunk_size: u64,
+) -> (BTreeSet<u64>, Vec<(u32, u64)>) {
+    let plan = ReadPlan::build(extents, device_size, cfg);
+    let mut chunks = BTreeSet::new();
+    let mut by_priority = Vec::new();
+    for class in &plan.classes {
+        let before = chunks.len();
+        for r in &class.ranges {
+            chunks.extend(r.offset / chunk_size..r.end().div_ceil(chunk_size));
+        }
+        by_priority.push((class.priority, (chunks.len() - before) as u64));
+    }
+    (chunks, by_priority)
 }
 
 /// Lower bound on hydrating `chunks` chunks with `concurrency` fetches of

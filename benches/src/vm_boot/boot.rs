@@ -388,8 +388,8 @@ mod tests {
         assert!(!layout.big_chunks.contains(&layout.marker_chunk));
         let boots = testdata::boots();
         let kinds: Vec<&str> = boots.iter().map(|b| b.kind.as_str()).collect();
-        assert_eq!(kinds, ["with", "without"]);
-        let with = &boots[0];
+        assert_eq!(kinds, ["recorded", "with", "without"]);
+        let with = &boots[1];
         assert_eq!(with.name, "with-1");
         assert_eq!(with.env.get("qemu_rc").map(String::as_str), Some("0"));
         let (start, marker, done) = with.standin.expect("stand-in readings");
@@ -410,7 +410,7 @@ mod tests {
         // Testbed stats: every chunk of the big file hydrated.
         assert!(with.stats.is_some());
         assert_eq!(with.hydrated_before(&layout), Some((81, 81)));
-        let without = &boots[1];
+        let without = &boots[2];
         assert!(without.reports("prewarm.service").is_empty());
         assert!(matches!(without.hydrated_before(&layout), Some((n, 81)) if n < 81));
     }

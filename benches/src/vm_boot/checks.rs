@@ -19,6 +19,19 @@ use std::collections::BTreeSet;
 use serde_json::Value;
 
 use super::boot::{chunk_set, hydrated_by, json_in, Boot, Layout};
+use super::recording::{coverage, RecordedRun};
+
+/// Least share of a boot's file-data chunks the recorded manifest must
+/// cover (see [`check_coverage`]).
+pub const MIN_COVERAGE: f64 = 0.9;
+
+/// Files of the stand-in, in the order it opens them: systemd executes its
+/// script, which sources its settings, then reads the big binary.
+pub const STANDIN_FILES: [&str; 3] = [
+    "/usr/local/bin/kubelet-standin.sh",
+    "/etc/kubelet-standin.conf",
+    "/usr/bin/kubelet-standin",
+];
 
 /// The verdicts of a set of boots, one line each, in check order.
 #[derive(Debug, Default)]
@@ -28,13 +41,24 @@ pub struct Checks {
 }
 
 impl Checks {
-    /// Every check that applies to each boot's kind (printed on stderr as
-    /// they are made).
-    pub fn run(layout: &Layout, boots: &[Boot]) -> Checks {
+    /// Every check that applies to each boot's kind, then those of the
+    /// recorded run when there is one (printed on stderr as they are made).
+    pub fn run(layout: &Layout, boots: &[Boot], recorded: Option<&RecordedRun>) -> Checks {
         let mut checks = Checks::default();
+        if let Some(run) = recorded {
+            if let Some(b) = &run.boot {
+                checks.check(&b.name, "powered off by itself", b.check_poweroff());
+                checks.check(&b.name, "recorder ended as planned", b.check_recorder());
+            }
+            checks.check(
+                "recording",
+                "names the stand-in and what systemd runs before it, in first-access order",
+                check_recording(layout, run),
+            );
+        }
         for b in boots {
             checks.check(&b.name, "powered off by itself", b.check_poweroff());
-            if b.kind == "with" {
+            if b.kind == "with" || b.kind == "recorded" {
                 checks.check(
                     &b.name,
                     "initrd unit ran before switch-root",
@@ -62,6 +86,22 @@ impl Checks {
                     "control: kubelet hydrated its own file",
                     b.check_self_hydrated(layout),
                 );
+                if let Some(run) = recorded {
+                    checks.check(
+                        &b.name,
+                        "recorded manifest covers what the boot fetched",
+                        check_coverage(layout, b, run),
+                    );
+                }
+            }
+        }
+        if recorded.is_some() {
+            for (with, without) in pairs(boots, "recorded", "without") {
+                checks.check(
+                    &format!("{} vs {}", with.name, without.name),
+                    "kubelet finished reading earlier with the recording",
+                    check_earlier(with, without),
+                );
             }
         }
         checks
@@ -85,7 +125,166 @@ impl Checks {
     }
 }
 
+/// The boots of kind `a` and `b` of the same round (`KIND-N`), in order.
+pub fn pairs<'a>(boots: &'a [Boot], a: &str, b: &str) -> Vec<(&'a Boot, &'a Boot)> {
+    let round = |x: &Boot| x.name.rsplit_once('-').map(|(_, n)| n.to_string());
+    boots
+        .iter()
+        .filter(|x| x.kind == a)
+        .filter_map(|x| {
+            let y = boots.iter().find(|y| y.kind == b && round(y) == round(x))?;
+            Some((x, y))
+        })
+        .collect()
+}
+
+/// The recording names the stand-in's files ([`STANDIN_FILES`]) in the
+/// order it opens them, after the files of the units systemd starts before
+/// `kubelet.service` (those of `sysinit.target` after the recorder itself,
+/// `SYSTEMD_BEFORE`), never the marker file (read O_DIRECT: nothing
+/// cached), and its priorities rise with the order (first access).
+pub fn check_recording(layout: &Layout, run: &RecordedRun) -> Result<String, String> {
+    let rec = &run.recording;
+    if rec.files.is_empty() {
+        return Err("the recording is empty".into());
+    }
+    if let Some(w) = rec.files.windows(2).find(|w| w[1].priority < w[0].priority) {
+        return Err(format!(
+            "priorities fall: {} {} before {} {}",
+            w[0].priority,
+            w[0].path.display(),
+            w[1].priority,
+            w[1].path.display()
+        ));
+    }
+    let at = |p: &str| {
+        rec.position(p)
+            .ok_or(format!("{p} is not in the recording"))
+    };
+    let standin = STANDIN_FILES
+        .iter()
+        .map(|p| at(p))
+        .collect::<Result<Vec<usize>, String>>()?;
+    if standin.windows(2).any(|w| w[0] > w[1]) {
+        return Err(format!(
+            "the stand-in's files are out of order: {STANDIN_FILES:?} at {standin:?}"
+        ));
+    }
+    let mut before = Vec::new();
+    for p in SYSTEMD_BEFORE {
+        let i = at(p)?;
+        if i > standin[0] {
+            return Err(format!(
+                "{p} (#{i}) recorded after the stand-in's script (#{})",
+                standin[0]
+            ));
+        }
+        before.push(format!("{p} #{i}"));
+    }
+    let marker = layout
+        .env
+        .get("MARKER")
+        .map_or("/var/lib/kubelet-standin/marker", String::as_str);
+    if rec.position(marker).is_some() {
+        return Err(format!("the marker {marker} is in the recording"));
+    }
+    if run.chunks.contains(&layout.marker_chunk) {
+        return Err(format!(
+            "the recorded manifest reads the marker chunk {}",
+            layout.marker_chunk
+        ));
+    }
+    Ok(format!(
+        "{} files, {} bytes ({} chunks planned); {} before the stand-in's {}",
+        rec.files.len(),
+        rec.bytes(),
+        run.chunks.len(),
+        before.join(", "),
+        STANDIN_FILES
+            .iter()
+            .zip(&standin)
+            .map(|(p, i)| format!("{p} #{i}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ))
+}
+
+/// Files systemd executes on the way to `kubelet.service` (units of
+/// `sysinit.target`, which `basic.target`, and so every service, comes
+/// after), late enough to come after the recorder's start
+/// (`systemd-tmpfiles-setup.service` is after the journal and
+/// `systemd-sysusers.service`, `systemd-update-utmp.service` after it):
+/// in the recording, before the stand-in's script.
+pub const SYSTEMD_BEFORE: [&str; 2] = [
+    "/usr/bin/systemd-tmpfiles",
+    "/usr/lib/systemd/systemd-update-utmp",
+];
+
+/// The recorded manifest reads at least [`MIN_COVERAGE`] of the file-data
+/// chunks boot `b` (without prewarm) fetched before the stand-in finished
+/// reading. Chunks holding no file data at all (inode tables, directories:
+/// what resolving paths reads) cannot be named by a list of files; they
+/// are counted and reported apart.
+pub fn check_coverage(layout: &Layout, b: &Boot, run: &RecordedRun) -> Result<String, String> {
+    let c = coverage(layout, b, run)?;
+    let detail = format!(
+        "{} of {} file-data chunks ({:.1} %); of all {} chunks fetched before the stand-in finished reading, {} ({:.1} %), {} of them metadata only",
+        c.file_data_covered(),
+        c.file_data(),
+        c.file_data_share() * 100.0,
+        c.boot.len(),
+        c.covered.len(),
+        c.share() * 100.0,
+        c.metadata_only.len()
+    );
+    if c.file_data_share() < MIN_COVERAGE {
+        return Err(format!(
+            "{detail}; below {:.0} %, missed: {:?}",
+            MIN_COVERAGE * 100.0,
+            c.missed_file_data()
+        ));
+    }
+    Ok(detail)
+}
+
+/// With the recorded manifest the stand-in finished reading earlier (guest
+/// uptime) than in the boot without prewarm of the same round.
+pub fn check_earlier(with: &Boot, without: &Boot) -> Result<String, String> {
+    let done = |b: &Boot| {
+        b.standin
+            .map(|s| s.2)
+            .ok_or(format!("{}: the stand-in reported nothing", b.name))
+    };
+    let (a, b) = (done(with)?, done(without)?);
+    let detail = format!("{a:.2} s against {b:.2} s ({:+.2} s)", a - b);
+    if a >= b {
+        return Err(detail);
+    }
+    Ok(detail)
+}
+
 impl Boot {
+    /// The recording boot: `prewarm record` said it ended because the
+    /// `--until` unit was active and the settle time passed (not by a
+    /// signal or its duration).
+    pub fn check_recorder(&self) -> Result<String, String> {
+        let out = self
+            .data
+            .get("output prewarm-record.service")
+            .ok_or("no output of prewarm-record.service on ttyS1")?;
+        let line = out
+            .iter()
+            .find(|l| l.contains("wrote /var/lib/prewarm/boot.rec"))
+            .ok_or("prewarm-record.service never said it wrote boot.rec")?;
+        if !line.contains("ended by the units being active and settled") {
+            return Err(line.clone());
+        }
+        Ok(line
+            .split_once("wrote ")
+            .map_or(line.as_str(), |(_, r)| r)
+            .to_string())
+    }
+
     pub fn check_poweroff(&self) -> Result<String, String> {
         let rc = self.env.get("qemu_rc").map(String::as_str).unwrap_or("?");
         if rc != "0" {
@@ -303,27 +502,42 @@ mod tests {
     fn a_good_run_passes_every_check() {
         let layout = testdata::layout();
         let boots = testdata::boots();
-        let checks = Checks::run(&layout, &boots);
-        // with: poweroff, initrd, READY, hydrated, disjoint; without:
-        // poweroff, disabled, self-hydrated.
-        assert_eq!(checks.lines.len(), 5 + 3);
+        let checks = Checks::run(&layout, &boots, None);
+        // recorded and with: poweroff, initrd, READY, hydrated, disjoint;
+        // without: poweroff, disabled, self-hydrated.
+        assert_eq!(checks.lines.len(), 5 + 5 + 3);
         let failed: Vec<&String> = checks.failed().collect();
         assert!(failed.is_empty(), "{failed:#?}");
-        let with = &boots[0];
+        // With the recording: its boot (poweroff, recorder), the
+        // recording, the coverage of the boot without, the pair.
+        // The coverage's verdict is the share's (the recorded run falls
+        // short of it: see the README), every other check passes.
+        let recorded = testdata::recorded();
+        let checks = Checks::run(&layout, &boots, Some(&recorded));
+        assert_eq!(checks.lines.len(), 2 + 1 + 5 + 5 + 4 + 1);
+        let covers = coverage(&layout, &boots[2], &recorded)
+            .unwrap()
+            .file_data_share()
+            >= MIN_COVERAGE;
+        for (ok, line) in &checks.lines {
+            let want = !line.contains("recorded manifest covers") || covers;
+            assert_eq!(*ok, want, "{line}");
+        }
+        let with = &boots[1];
         assert!(with.check_initrd().unwrap().contains("< switch-root line"));
         assert!(with.check_disjoint().unwrap().contains("none by both"));
         // The control's verdicts do not hold for the boot with prewarm, and
         // the other way round.
         assert!(with.check_self_hydrated(&layout).is_err());
         assert!(with.check_disabled().is_err());
-        let without = &boots[1];
+        let without = &boots[2];
         assert!(without.check_hydrated_by_prewarm(&layout).is_err());
         assert!(without.check_ready().is_err());
     }
 
     #[test]
     fn ready_after_kubelet_started_fails() {
-        let good = &testdata::boots()[0];
+        let good = &testdata::boot("with-1");
         let ready = good.unit_us("prewarm.service", "ActiveEnterTimestampMonotonic");
         let kubelet = good.unit_us("kubelet.service", "ExecMainStartTimestampMonotonic");
         let bad = testdata::doctored("with-1", |data, stats| {
@@ -337,13 +551,13 @@ mod tests {
             e.contains("READY at") && e.contains("kubelet started at"),
             "{e}"
         );
-        let checks = Checks::run(&testdata::layout(), &[bad]);
+        let checks = Checks::run(&testdata::layout(), &[bad], None);
         assert_eq!(checks.failed().count(), 1, "{:#?}", checks.lines);
     }
 
     #[test]
     fn a_chunk_read_by_both_phases_fails() {
-        let good = &testdata::boots()[0];
+        let good = &testdata::boot("with-1");
         let initrd = chunk_set(&good.reports("prewarm-initrd.service")[0]).unwrap();
         let first = *initrd.first().unwrap();
         let bad = testdata::doctored("with-1", |data, stats| {
@@ -399,7 +613,7 @@ mod tests {
 
     #[test]
     fn an_initrd_report_after_switch_root_fails() {
-        let good = &testdata::boots()[0];
+        let good = &testdata::boot("with-1");
         let switch = good.journal_time("Switching root.").unwrap();
         let bad = testdata::doctored("with-1", |data, stats| {
             // "Switching root." logged before anything else in the journal.
@@ -420,5 +634,76 @@ mod tests {
         assert!(bad.journal_time("Switching root.").unwrap() < switch);
         let e = bad.check_initrd().unwrap_err();
         assert!(e.contains("switch-root at 0.000001 s"), "{e}");
+    }
+
+    #[test]
+    fn the_recording_names_the_stand_in_after_systemd() {
+        let layout = testdata::layout();
+        let good = testdata::recorded();
+        let ok = check_recording(&layout, &good).unwrap();
+        assert!(ok.contains("/usr/bin/kubelet-standin #"), "{ok}");
+        // The stand-in's binary before its script: out of order.
+        let mut swapped = good.clone();
+        let script = swapped.recording.position(STANDIN_FILES[0]).unwrap();
+        let binary = swapped.recording.position(STANDIN_FILES[2]).unwrap();
+        swapped.recording.files.swap(script, binary);
+        let e = check_recording(&layout, &swapped).unwrap_err();
+        assert!(
+            e.contains("out of order") || e.contains("priorities fall"),
+            "{e}"
+        );
+        // A file systemd runs before the stand-in, missing.
+        let mut missing = good.clone();
+        let first = missing.recording.position(SYSTEMD_BEFORE[0]).unwrap();
+        missing.recording.files.remove(first);
+        let e = check_recording(&layout, &missing).unwrap_err();
+        assert_eq!(e, format!("{} is not in the recording", SYSTEMD_BEFORE[0]));
+        // The marker's chunk planned: the probe of the stand-in's first
+        // read would be hydrated by prewarm.
+        let mut marked = good.clone();
+        marked.chunks.insert(layout.marker_chunk);
+        let e = check_recording(&layout, &marked).unwrap_err();
+        assert!(e.contains("marker chunk"), "{e}");
+    }
+
+    #[test]
+    fn coverage_below_the_minimum_fails() {
+        let layout = testdata::layout();
+        let without = testdata::boot("without-1");
+        let recorded = testdata::recorded();
+        let c = coverage(&layout, &without, &recorded).unwrap();
+        assert!(!c.boot.contains(&layout.marker_chunk));
+        assert!(c.boot.is_superset(&c.covered) && c.boot.is_superset(&c.metadata_only));
+        // A manifest that reads every chunk the boot fetched covers it all.
+        let mut good = recorded.clone();
+        good.chunks.extend(c.boot.iter().copied());
+        let ok = check_coverage(&layout, &without, &good).unwrap();
+        assert!(ok.contains("(100.0 %)"), "{ok}");
+        let c = coverage(&layout, &without, &good).unwrap();
+        // Drop a fifth of the boot's covered file-data chunks from the
+        // manifest: below 90 %.
+        let mut thin = good.clone();
+        let covered: Vec<u64> = c.covered.difference(&c.metadata_only).copied().collect();
+        for chunk in covered.iter().step_by(5) {
+            thin.chunks.remove(chunk);
+        }
+        let e = check_coverage(&layout, &without, &thin).unwrap_err();
+        assert!(e.contains("below 90 %, missed: ["), "{e}");
+    }
+
+    #[test]
+    fn a_recorded_boot_reading_later_fails() {
+        let recorded = testdata::boot("recorded-1");
+        let without = testdata::boot("without-1");
+        assert!(check_earlier(&recorded, &without).is_ok());
+        let e = check_earlier(&without, &recorded).unwrap_err();
+        assert!(e.contains(" s against "), "{e}");
+        let boots = testdata::boots();
+        let p = pairs(&boots, "recorded", "without");
+        assert_eq!(p.len(), 1);
+        assert_eq!(
+            (p[0].0.name.as_str(), p[0].1.name.as_str()),
+            ("recorded-1", "without-1")
+        );
     }
 }

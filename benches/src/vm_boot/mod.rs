@@ -8,6 +8,8 @@
 //!   stats, env files) into a [`Boot`], and the image [`Layout`];
 //! - [`checks`]: the checks (initrd ran before switch-root, READY before
 //!   kubelet, hydrated by prewarm, disjoint phases, the control boot);
+//! - [`recording`]: the recorded boot (`prewarm record` in the guest): the
+//!   recording, its manifest's chunks, their coverage of a boot's fetches;
 //! - [`results`]: the `vm-boot` section of RESULTS.md.
 //!
 //! The test itself only spawns run.sh and asserts on [`Checks`]; everything
@@ -16,10 +18,12 @@
 
 pub mod boot;
 pub mod checks;
+pub mod recording;
 pub mod results;
 
 pub use boot::{Boot, Layout};
 pub use checks::Checks;
+pub use recording::RecordedRun;
 pub use results::{results_path, results_section};
 
 /// The recorded run in `benches/vm/testdata/`, for the unit tests.
@@ -27,7 +31,7 @@ pub use results::{results_path, results_section};
 pub(crate) mod testdata {
     use std::path::{Path, PathBuf};
 
-    use super::{Boot, Layout};
+    use super::{Boot, Layout, RecordedRun};
 
     pub fn dir() -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("vm/testdata")
@@ -39,6 +43,16 @@ pub(crate) mod testdata {
 
     pub fn boots() -> Vec<Boot> {
         Boot::load_all(&dir())
+    }
+
+    /// Boot `KIND-N`.
+    pub fn boot(name: &str) -> Boot {
+        Boot::load(&dir().join(format!("boot-{name}")))
+    }
+
+    /// The recording, its chunk sets and the recording boot.
+    pub fn recorded() -> RecordedRun {
+        RecordedRun::load(&dir())
     }
 
     /// A recorded file of boot `name`, as text.

@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::boot::{Boot, Layout};
-use super::checks::Checks;
+use super::checks::{pairs, Checks};
+use super::recording::{coverage, RecordedRun};
 use crate::e2e::{VM_BOOT_END as END, VM_BOOT_START as START};
 
 /// Where the test writes the section: `$PREWARM_VM_RESULTS` if set, else
@@ -25,10 +26,12 @@ pub fn results_path(default_dir: &Path) -> PathBuf {
 }
 
 /// The section, markers included. `timings` is run.sh's `timings.env`
-/// (`root_s`, `image_s`, `accel`); `elapsed` the whole test's time.
+/// (`root_s`, `image_s`, `record_s`, `plan_s`, `accel`); `elapsed` the whole
+/// test's time.
 pub fn results_section(
     layout: &Layout,
     boots: &[Boot],
+    recorded: Option<&RecordedRun>,
     checks: &Checks,
     timings: &BTreeMap<String, String>,
     elapsed: Duration,
@@ -43,7 +46,11 @@ pub fn results_section(
 a Debian 12 guest (systemd 252, dracut initrd with `50prewarm`) boots under qemu {} (2 vCPUs, 1 GiB) \
 from its root disk served by `prewarm-testbed` ({lat} ms per cold 512 KiB chunk, {conc} fetches in \
 flight); a stand-in `kubelet.service` reads a {} MiB binary, then powers the VM off. Times are the \
-guest's `/proc/uptime` (seconds since kernel start) when the stand-in started and finished reading.\n\n",
+guest's `/proc/uptime` (seconds since kernel start) when the stand-in started and finished reading. \
+Three kinds of boot, in rounds: prewarm with the manifest of a hand-written list (6 lines: prewarm, \
+the stand-in's binary, libc, libsystemd-shared, systemctl, libcrypto), prewarm with the manifest \
+planned from a recorded boot (`prewarm.manifest=/etc/prewarm/recorded.manifest`, both manifests in \
+the image and the initrd), and no prewarm.\n\n",
         match timings.get("accel").map(String::as_str) {
             Some("kvm") => "KVM",
             _ => "TCG (KVM probed: it does not boot a stock kernel on this host)",
@@ -72,6 +79,9 @@ guest's `/proc/uptime` (seconds since kernel start) when the stand-in started an
             col(&|r| r.2),
             col(&|r| r.2 - r.0),
         ));
+    }
+    if let Some(run) = recorded {
+        s.push_str(&recording_part(layout, boots, run));
     }
     s.push_str(
         "\nEach boot, seconds since kernel start (\"hydrated first\": chunks of the binary hydrated \
@@ -117,10 +127,13 @@ here than on a real node.\n\nChecks:\n\n",
         s.push_str(&format!("- {l}\n"));
     }
     let root_s = timings.get("root_s").map(String::as_str).unwrap_or("?");
+    let t = |k: &str| timings.get(k).map(String::as_str).unwrap_or("?");
     s.push_str(&format!(
-        "\nRun: Debian root tree {root_s} s ({}), image + initrd {} s, whole test {} s; guest kernel {}; {} build.\n{END}\n",
+        "\nRun: Debian root tree {root_s} s ({}), image + plain initrd {} s, recording boot {} s, manifests + initrd {} s, whole test {} s; guest kernel {}; {} build.\n{END}\n",
         if root_s.parse::<u64>().unwrap_or(0) > 5 { "mmdebstrap" } else { "cached" },
-        timings.get("image_s").map(String::as_str).unwrap_or("?"),
+        t("image_s"),
+        t("record_s"),
+        t("plan_s"),
         elapsed.as_secs(),
         layout.env.get("KVER").map(String::as_str).unwrap_or("?"),
         if cfg!(debug_assertions) { "debug" } else { "release" },
@@ -128,9 +141,86 @@ here than on a real node.\n\nChecks:\n\n",
     s
 }
 
+/// The recording: its size, its coverage of each boot without prewarm, and
+/// the recorded boots against those of the same round.
+fn recording_part(layout: &Layout, boots: &[Boot], run: &RecordedRun) -> String {
+    let chunk_mib = layout
+        .env
+        .get("CHUNK_SIZE")
+        .and_then(|c| c.parse::<u64>().ok())
+        .unwrap_or(524288) as f64
+        / 1048576.0;
+    let rec = &run.recording;
+    let mut s = format!(
+        "\nThe recording: one boot of the same image on a warm disk (a copy booted directly, no \
+testbed; no manifest, so no prewarm; `prewarm.record=1`), recording until `kubelet.service` was \
+active plus 10 s{}: **{} files, {:.1} MiB** in their read ranges (list {:.0} KiB), which \
+`prewarm plan` maps to **{} chunks ({:.1} MiB)**; the hand-written list's manifest has {} chunks.\n\n",
+        run.boot
+            .as_ref()
+            .and_then(|b| b.standin)
+            .map(|(_, _, done)| format!(" (the stand-in finished reading {done:.2} s after kernel start there)"))
+            .unwrap_or_default(),
+        rec.files.len(),
+        rec.bytes() as f64 / 1048576.0,
+        run.list_bytes as f64 / 1024.0,
+        run.chunks.len(),
+        run.chunks.len() as f64 * chunk_mib,
+        run.hand_chunks.len(),
+    );
+    s.push_str(
+        "Coverage: of the chunks a boot without prewarm fetched before the stand-in finished \
+reading (testbed clock, its marker chunk left out), those the recorded manifest reads. Chunks \
+holding no byte of any file (inode tables, directory blocks: what resolving paths reads) cannot \
+be named by a list of files; the check (at least 90 %) counts the file-data chunks.\n\n",
+    );
+    s.push_str("| boot without prewarm | chunks fetched | metadata only | file data | covered (file data) | covered (all) |\n");
+    s.push_str("| --- | --- | --- | --- | --- | --- |\n");
+    for b in boots.iter().filter(|b| b.kind == "without") {
+        match coverage(layout, b, run) {
+            Ok(c) => s.push_str(&format!(
+                "| {} | {} | {} | {} | **{} ({:.1} %)** | {} ({:.1} %) |\n",
+                b.name,
+                c.boot.len(),
+                c.metadata_only.len(),
+                c.file_data(),
+                c.file_data_covered(),
+                c.file_data_share() * 100.0,
+                c.covered.len(),
+                c.share() * 100.0
+            )),
+            Err(e) => s.push_str(&format!("| {} | {e} | | | | |\n", b.name)),
+        }
+    }
+    s.push_str("\nKubelet finished reading, per round (seconds since kernel start):\n\n");
+    s.push_str("| round | hand-written list | recording | no prewarm | recording − no prewarm |\n");
+    s.push_str("| --- | --- | --- | --- | --- |\n");
+    for (rec_boot, without) in pairs(boots, "recorded", "without") {
+        let round = rec_boot.name.rsplit_once('-').map_or("?", |(_, n)| n);
+        let done = |b: Option<&Boot>| b.and_then(|b| b.standin).map(|s| s.2);
+        let hand = boots
+            .iter()
+            .find(|b| b.kind == "with" && b.name.ends_with(&format!("-{round}")));
+        let cell = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}"));
+        let (r, w) = (done(Some(rec_boot)), done(Some(without)));
+        s.push_str(&format!(
+            "| {round} | {} | {} | {} | {} |\n",
+            cell(done(hand)),
+            cell(r),
+            cell(w),
+            match (r, w) {
+                (Some(r), Some(w)) => format!("{:+.2} s", r - w),
+                _ => "-".into(),
+            }
+        ));
+    }
+    s
+}
+
 fn kind_label(kind: &str) -> &str {
     match kind {
-        "with" => "prewarm on",
+        "with" => "prewarm, hand-written list",
+        "recorded" => "prewarm, recorded manifest",
         "without" => "prewarm off (`prewarm=0 rd.prewarm=0`)",
         "rootonly" => "root phase only (`rd.prewarm=0`)",
         "initrdonly" => "initrd phase only (`prewarm=0`)",
@@ -165,19 +255,48 @@ mod tests {
     fn section_of_a_recorded_run() {
         let layout = testdata::layout();
         let boots = testdata::boots();
-        let checks = Checks::run(&layout, &boots);
+        let checks = Checks::run(&layout, &boots, None);
         let timings = read_env(&testdata::dir().join("timings.env"));
-        let s = results_section(&layout, &boots, &checks, &timings, Duration::from_secs(200));
+        let s = results_section(
+            &layout,
+            &boots,
+            None,
+            &checks,
+            &timings,
+            Duration::from_secs(200),
+        );
         assert_eq!(vm_boot_section(&s), Some(s.trim_end()));
-        assert!(s.contains("| prewarm on | 1 | "), "{s}");
+        assert!(s.contains("| prewarm, hand-written list | 1 | "), "{s}");
+        assert!(s.contains("| prewarm, recorded manifest | 1 | "), "{s}");
         assert!(
             s.contains("| prewarm off (`prewarm=0 rd.prewarm=0`) | 1 | "),
             "{s}"
         );
         assert!(s.contains("| with-1 | ") && s.contains("| 81/81 |"), "{s}");
         assert!(s.contains("reads a 40 MiB binary"), "{s}");
-        assert_eq!(s.matches("\n- PASS [").count(), 8, "{s}");
+        assert_eq!(s.matches("\n- PASS [").count(), 13, "{s}");
         assert!(s.contains("whole test 200 s"), "{s}");
+        // With the recording: its size, its coverage, the rounds.
+        let recorded = testdata::recorded();
+        let s = results_section(
+            &layout,
+            &boots,
+            Some(&recorded),
+            &checks,
+            &timings,
+            Duration::from_secs(200),
+        );
+        let files = format!("**{} files, ", recorded.recording.files.len());
+        assert!(s.contains(&files), "{s}");
+        assert!(
+            s.contains(&format!("**{} chunks (", recorded.chunks.len())),
+            "{s}"
+        );
+        assert!(
+            s.contains("| without-1 | ") && s.contains(" %)** | "),
+            "{s}"
+        );
+        assert!(s.contains("| 1 | ") && s.contains(" s |\n"), "{s}");
     }
 
     #[test]

@@ -5,7 +5,10 @@
 #  2. one O_DIRECT 4 KiB read of the MARKER file, at a block whose whole 512 KiB
 #     chunk belongs to the marker and is in no prewarm list: the testbed's
 #     hydration time of that chunk marks "kubelet started reading";
-#  3. cat of the big file; /proc/uptime again.
+#  3. cat of the big file; /proc/uptime again;
+#  4. on a recording boot (prewarm.record=1), a wait (at most 60 s) for the
+#     recorder's list, so that neither the report's tools below nor the
+#     poweroff end up in it.
 # Results and the boot journal go to the second serial port (/dev/ttyS1, the
 # host's data log), which nothing else writes to; a summary goes to stdout
 # (journal+console).
@@ -17,6 +20,14 @@ t1=$(up)
 cat "$BIG" >/dev/null
 t2=$(up)
 echo "KUBELET-STANDIN start=$t0 marker=$t1 done=$t2"
+read -r cmdline </proc/cmdline       # a builtin: nothing read from the disk
+case " $cmdline " in
+*" prewarm.record=1 "*)
+    i=0
+    while [ ! -e /var/lib/prewarm/boot.rec ] && [ $i -lt 300 ]; do
+        sleep 0.2; i=$((i + 1))
+    done ;;
+esac
 stty -F /dev/ttyS1 raw -echo 2>/dev/null
 {
     echo "=== standin start=$t0 marker=$t1 done=$t2"
@@ -25,8 +36,8 @@ stty -F /dev/ttyS1 raw -echo 2>/dev/null
     systemctl show -p Id,ActiveState,SubState,Result,ExecMainStatus \
         -p InactiveExitTimestampMonotonic,ActiveEnterTimestampMonotonic \
         -p ExecMainStartTimestampMonotonic,ExecMainExitTimestampMonotonic \
-        prewarm.service kubelet.service
-    for u in prewarm-initrd.service prewarm.service; do
+        prewarm.service kubelet.service prewarm-record.service
+    for u in prewarm-initrd.service prewarm.service prewarm-record.service; do
         echo "=== output $u"         # the unit's stdout: its --json report
         journalctl -b -o cat --no-pager _SYSTEMD_UNIT="$u"
     done

@@ -84,7 +84,19 @@ pub struct RecordOptions {
     /// SIGTERM/SIGINT (and a deadline) end the recording, which is still
     /// written.
     pub stop: StopSignal,
+    /// At the end, also record the files of the watched filesystems that
+    /// the page cache holds but no event named: read before the recorder
+    /// started (on a boot, systemd's own start after switch-root). They go
+    /// in a class of their own before the first ([`EARLIER_CLASS`]).
+    pub resident_before: bool,
 }
+
+/// The class of files found cached at the end that no event named.
+pub const EARLIER_CLASS: u32 = FIRST_CLASS - 1;
+
+/// The walk for [`RecordOptions::resident_before`] ends after this long
+/// (a canary node's root filesystem takes seconds).
+const RESIDENT_WALK_LIMIT: Duration = Duration::from_secs(60);
 
 impl Default for RecordOptions {
     fn default() -> Self {
@@ -95,6 +107,7 @@ impl Default for RecordOptions {
             duration: None,
             class_width: Duration::from_secs(1),
             stop: StopSignal::default(),
+            resident_before: true,
         }
     }
 }
@@ -167,6 +180,9 @@ pub struct RecordStats {
     pub cpu_ms: f64,
     /// Peak resident memory of the process, KiB.
     pub max_rss_kib: u64,
+    /// Files found cached at the end that no event named
+    /// ([`RecordOptions::resident_before`]).
+    pub resident_before: u64,
 }
 
 /// A finished recording.
@@ -298,9 +314,14 @@ pub fn record(opts: &RecordOptions) -> Result<Recording, Error> {
     drop(fan);
     stats.elapsed_ms = start.elapsed().as_millis() as u64;
     stats.files_seen = seen.len() as u64;
-    drop(seen);
     let class_ms = opts.class_width.as_millis().max(1) as u64;
-    let recorded = resolve_ranges(files, class_ms, &mut stats);
+    let mut recorded = Vec::new();
+    if opts.resident_before {
+        recorded = resident_unseen(opts, &seen, files.len());
+        stats.resident_before = recorded.len() as u64;
+    }
+    drop(seen);
+    recorded.extend(resolve_ranges(files, class_ms, &mut stats));
     stats.files_recorded = recorded.len() as u64;
     stats.bytes_recorded = recorded.iter().flat_map(|f| &f.ranges).map(|r| r.len).sum();
     stats.events_per_s = stats.events as f64 / (stats.elapsed_ms.max(1) as f64 / 1e3);
@@ -428,6 +449,64 @@ fn handle_event(
         ino: st.st_ino,
         at: start.elapsed(),
     });
+}
+
+/// The regular files of the watched filesystems that the page cache holds
+/// (in part) and that are not in `seen`, in the walk's order, at
+/// [`EARLIER_CLASS`]. The walk stays on each filesystem, stops at
+/// [`MAX_RECORDED_FILES`] files in all (with the `already` recorded) and
+/// after [`RESIDENT_WALK_LIMIT`].
+fn resident_unseen(
+    opts: &RecordOptions,
+    seen: &HashSet<(u64, u64)>,
+    already: usize,
+) -> Vec<RecordedFile> {
+    let started = Instant::now();
+    let roots: Vec<PathBuf> = if opts.mounts.is_empty() {
+        vec![PathBuf::from("/")]
+    } else {
+        opts.mounts.clone()
+    };
+    let mut out = Vec::new();
+    let mut visited: HashSet<(u64, u64)> = HashSet::new();
+    'roots: for root in roots {
+        for entry in walkdir::WalkDir::new(&root).same_file_system(true) {
+            if started.elapsed() > RESIDENT_WALK_LIMIT || already + out.len() >= MAX_RECORDED_FILES
+            {
+                tracing::warn!(
+                    "looking for cached files: stopped after {:?}",
+                    started.elapsed()
+                );
+                break 'roots;
+            }
+            let Ok(entry) = entry else { continue };
+            if !entry.file_type().is_file() {
+                continue;
+            }
+            let Ok(meta) = entry.metadata() else { continue };
+            let key = (meta.dev(), meta.ino());
+            if meta.len() == 0 || seen.contains(&key) || !visited.insert(key) {
+                continue;
+            }
+            let path = entry.into_path();
+            if path.as_os_str().as_encoded_bytes().contains(&b'\n') {
+                continue;
+            }
+            let Ok((file, _)) = open_file(&path, false) else {
+                continue;
+            };
+            match residency::resident_ranges(&file, meta.len()) {
+                Ok(ranges) if !ranges.is_empty() => out.push(RecordedFile {
+                    path,
+                    first_access_ms: 0,
+                    priority: EARLIER_CLASS,
+                    ranges,
+                }),
+                _ => {}
+            }
+        }
+    }
+    out
 }
 
 /// Each file met, with what of it is cached now; files with nothing cached,
