@@ -96,6 +96,13 @@ fn read_identity_of(f: &File) -> std::io::Result<Option<FsIdentity>> {
 /// hold the run.
 pub const PROBE_WINDOW: Duration = Duration::from_secs(1);
 
+/// How often sysfs is looked at again for new block devices while waiting
+/// for one to appear. Each look is a directory read and a few `stat`s; the
+/// interval is what bounds their cost (in an initrd the search competes with
+/// the kernel's own device probing for the CPU), and adds at most this much
+/// to the time a device is noticed.
+const RESCAN_INTERVAL: Duration = Duration::from_millis(50);
+
 /// Find the block devices holding the filesystems `uuids` (one answer per
 /// UUID, in order), polling up to `wait` for them to appear (in the initrd
 /// the disk driver may still be probing).
@@ -116,7 +123,7 @@ pub fn find_by_uuids(
     loop {
         prober.probe_new_candidates(uuids);
         let left = deadline.saturating_duration_since(Instant::now());
-        prober.collect(left.min(Duration::from_millis(100)));
+        prober.collect(left.min(RESCAN_INTERVAL));
         for (slot, uuid) in found.iter_mut().zip(uuids) {
             if slot.is_none() {
                 *slot = prober.holder_of(uuid);
@@ -195,15 +202,25 @@ impl Prober {
         }
     }
 
-    /// Take the answers that come within `wait`.
+    /// Take the answers that come within `wait`, returning early once
+    /// every read asked has answered. With none outstanding it sleeps the
+    /// whole `wait` (the sender kept in `self` holds the channel open), so
+    /// a caller looping until a device appears rescans at that pace
+    /// instead of spinning.
     fn collect(&mut self, wait: Duration) {
         let until = Instant::now() + wait;
-        while self.pending > 0 {
+        loop {
             let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
             match self.rx.recv_timeout(left) {
                 Ok((rdev, node, id)) => {
                     self.pending -= 1;
                     self.answered.insert(rdev, (node, id));
+                    if self.pending == 0 {
+                        return;
+                    }
                 }
                 Err(_) => return,
             }
@@ -234,6 +251,32 @@ mod tests {
             0xe1, 0xf0,
         ];
         assert_eq!(format_uuid(&u), "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0");
+    }
+
+    /// Waiting for a device that never appears is a paced rescan, not a
+    /// spin: a second of waiting costs the thread a small part of a second
+    /// of CPU (a spin costs all of it). In an initrd the wait competes with
+    /// the kernel's probing of the very disk it waits for.
+    #[test]
+    fn waiting_for_an_absent_device_does_not_spin() {
+        use nix::sys::resource::{getrusage, UsageWho};
+        use nix::sys::time::TimeValLike;
+        let cpu = || {
+            let u = getrusage(UsageWho::RUSAGE_THREAD).unwrap();
+            Duration::from_micros(
+                (u.user_time().num_microseconds() + u.system_time().num_microseconds()) as u64,
+            )
+        };
+        let (before, t) = (cpu(), Instant::now());
+        let found = find_by_uuids(
+            &[[0xa5; 16]],
+            Duration::from_secs(1),
+            &StopSignal::default(),
+        );
+        let (spent, waited) = (cpu() - before, t.elapsed());
+        assert_eq!(found, vec![None]);
+        assert!(waited >= Duration::from_secs(1), "{waited:?}");
+        assert!(spent < waited / 4, "{spent:?} of CPU in {waited:?}");
     }
 
     #[test]
