@@ -335,9 +335,11 @@ pub struct RecordCmd {
     pub duration: Option<Duration>,
 
     /// Width of a priority class: a file first read N widths after the
-    /// start gets priority 10 + N.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
-    pub class_width: Duration,
+    /// start gets priority 10 + N. Default: what was read before the
+    /// `--until` units were active (else before the end) spans classes 10
+    /// to 20, the classes the initrd run reads.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub class_width: Option<Duration>,
 
     /// Record only what events named: do not add, at the end, the cached
     /// files of the watched filesystems that were read before the recorder

@@ -23,9 +23,12 @@
 //!
 //! The recording is a list ([`crate::source::list`]) with byte ranges, one
 //! line per file in first-access order, and its priority class says when
-//! the file was first accessed: `10 + floor(seconds since the start /
-//! class width)` (class width 1 s by default), so the plan reads what the
-//! boot needed first, first.
+//! the file was first accessed: `10 + floor(ms since the start / class
+//! width)`, so the plan reads what the boot needed first, first. By default
+//! the width is chosen at the end so that everything read before the
+//! `--until` units were active (or, without them, before the end) falls in
+//! the classes 10 to 20 ([`URGENT_CLASSES`]): the classes the initrd run
+//! reads. What only the settle time saw gets 21 and later.
 //!
 //! Every wait is bounded: the event loop polls with a 100 ms timeout and
 //! looks at the stop signal each time; the units are asked about with
@@ -79,8 +82,10 @@ pub struct RecordOptions {
     pub settle: Duration,
     /// Stop after this long in any case.
     pub duration: Option<Duration>,
-    /// Width of a priority class (see the module doc).
-    pub class_width: Duration,
+    /// Width of a priority class; `None`: chosen at the end so that what
+    /// was read before the units were active spans [`URGENT_CLASSES`]
+    /// (see the module doc).
+    pub class_width: Option<Duration>,
     /// SIGTERM/SIGINT (and a deadline) end the recording, which is still
     /// written.
     pub stop: StopSignal,
@@ -90,6 +95,14 @@ pub struct RecordOptions {
     /// in a class of their own before the first ([`EARLIER_CLASS`]).
     pub resident_before: bool,
 }
+
+/// How many classes, from [`FIRST_CLASS`], an automatic class width gives
+/// the time up to the `--until` units (10 to 20: the initrd unit's
+/// `PREWARM_MAX_PRIORITY`).
+pub const URGENT_CLASSES: u32 = 11;
+
+/// An automatic class width is never narrower than this.
+const MIN_CLASS_WIDTH: Duration = Duration::from_millis(100);
 
 /// The class of files found cached at the end that no event named.
 pub const EARLIER_CLASS: u32 = FIRST_CLASS - 1;
@@ -105,7 +118,7 @@ impl Default for RecordOptions {
             until: Vec::new(),
             settle: Duration::from_secs(10),
             duration: None,
-            class_width: Duration::from_secs(1),
+            class_width: None,
             stop: StopSignal::default(),
             resident_before: true,
         }
@@ -314,7 +327,8 @@ pub fn record(opts: &RecordOptions) -> Result<Recording, Error> {
     drop(fan);
     stats.elapsed_ms = start.elapsed().as_millis() as u64;
     stats.files_seen = seen.len() as u64;
-    let class_ms = opts.class_width.as_millis().max(1) as u64;
+    let urgent_span = settled_at.map_or(start.elapsed(), |t| t - start);
+    let class_ms = class_width_ms(opts.class_width, urgent_span);
     let mut recorded = Vec::new();
     if opts.resident_before {
         recorded = resident_unseen(opts, &seen, files.len());
@@ -335,6 +349,22 @@ pub fn record(opts: &RecordOptions) -> Result<Recording, Error> {
         started_unix,
         class_width_ms: class_ms,
     })
+}
+
+/// The class width: the one asked for, else the one that puts
+/// `urgent_span` (the time until the units were active) in
+/// [`URGENT_CLASSES`] classes.
+/// [`URGENT_CLASSES`] classes (rounded up, so the last millisecond of the
+/// span is still in the last of them), in ms.
+fn class_width_ms(asked: Option<Duration>, urgent_span: Duration) -> u64 {
+    let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    match asked {
+        Some(w) => ms(w).max(1),
+        None => ms(urgent_span)
+            .saturating_add(1)
+            .div_ceil(u64::from(URGENT_CLASSES))
+            .max(ms(MIN_CLASS_WIDTH)),
+    }
 }
 
 /// A fanotify group watching every filesystem of `opts.mounts`.
@@ -668,6 +698,25 @@ mod tests {
             .map(|f| (f.priority, f.path.clone(), Some(f.ranges.clone())))
             .collect();
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn the_automatic_width_puts_the_time_until_the_units_in_the_urgent_classes() {
+        let class = |ms: u64, width: u64| FIRST_CLASS as u64 + ms / width;
+        for span_ms in [1_100u64, 9_999, 10_999, 11_000, 47_321, 600_000] {
+            let w = class_width_ms(None, Duration::from_millis(span_ms));
+            let last = FIRST_CLASS + URGENT_CLASSES - 1;
+            assert_eq!(class(span_ms, w), u64::from(last), "span {span_ms} ms");
+            assert_eq!(class(0, w), u64::from(FIRST_CLASS));
+            // What only the settle time saw comes after.
+            assert!(class(span_ms + w, w) > u64::from(last));
+        }
+        // A short recording is not split into slivers; an asked width holds.
+        assert_eq!(class_width_ms(None, Duration::from_millis(50)), 100);
+        assert_eq!(
+            class_width_ms(Some(Duration::from_secs(1)), Duration::from_secs(99)),
+            1000
+        );
     }
 
     #[test]
