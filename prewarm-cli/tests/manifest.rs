@@ -438,6 +438,79 @@ fn notify_says_ready_after_the_urgent_class_and_cmdline_switches_work() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
 }
 
+/// The root phase after an initrd run that read the urgent classes says
+/// READY from the handover state, before it looks for the device or checks
+/// a file; it then reads the rest as usual. A state whose initrd run was
+/// cut short says nothing of the kind, and READY waits for the reads.
+#[test]
+fn ready_comes_from_the_handover_when_the_initrd_read_the_urgent_classes() {
+    if !privileged("ready_comes_from_the_handover", &["losetup", "mkfs.ext4"]) {
+        return;
+    }
+    let _serial = serial();
+    let img = planned_image("ext4");
+    let _lo = LoopDev::attach(&img.image, true);
+    let sock_path = img.dir.join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let root_run = |state: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_prewarm"))
+            .args(["run", "--notify", "--phase", "root", "-m", &img.manifest()])
+            .args(["--state", state, "--json"])
+            .env("NOTIFY_SOCKET", &sock_path)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        let mut buf = [0u8; 4096];
+        let mut ready = None;
+        while let Ok(n) = sock.recv(&mut buf) {
+            let m = String::from_utf8_lossy(&buf[..n]).into_owned();
+            if m.contains("READY=1") {
+                ready = Some(m.clone());
+            }
+            if m.contains("finished") {
+                break;
+            }
+        }
+        let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+        (ready.expect("READY sent"), report)
+    };
+
+    let initrd = run_json(&[
+        "--phase",
+        "initrd",
+        "-m",
+        &img.manifest(),
+        "--state",
+        &img.state(),
+        "--max-priority",
+        "20",
+    ]);
+    assert!(u(&initrd["bytes_read"]) > 0);
+    let (message, report) = root_run(&img.state());
+    assert!(message.contains("handover"), "{message}");
+    assert_eq!(report["ready"]["reason"], "handover", "{report}");
+    assert_eq!(report["ready"]["priority"], 10);
+    // The background classes were still read, and nothing twice.
+    assert!(chunk_set(&initrd).is_disjoint(&chunk_set(&report)));
+    assert!(u(&report["bytes_read"]) > 0, "{report}");
+
+    // An initrd run stopped before it read anything leaves no such claim.
+    let cut = img.dir.join("run/cut-state");
+    let out = Command::new(env!("CARGO_BIN_EXE_prewarm"))
+        .args(["run", "--phase", "initrd", "-m", &img.manifest(), "--json"])
+        .args(["--state", cut.to_str().unwrap(), "--deadline", "1ms"])
+        .output()
+        .unwrap();
+    assert!(out.status.code().is_some(), "{}", stderr(&out));
+    let state: Value = serde_json::from_slice(&fs::read(&cut).unwrap()).unwrap();
+    assert!(state["hydrated_through"].is_null(), "{state}");
+    let (message, report) = root_run(cut.to_str().unwrap());
+    assert!(!message.contains("handover"), "{message}");
+    assert_ne!(report["ready"]["reason"], "handover", "{report}");
+}
+
 #[test]
 fn run_waits_for_a_device_that_appears_late() {
     if !privileged(

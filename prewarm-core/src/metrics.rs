@@ -114,9 +114,9 @@ pub fn prometheus_text(report: &Report) -> String {
             .and_then(|v| Some(v.get("reason")?.as_str()?.to_string()));
         out.labelled(
             "ready_reason",
-            "1 for why readiness was signalled (class_done, already_hydrated, timeout, finished).",
+            "1 for why readiness was signalled (class_done, already_hydrated, handover, timeout, finished).",
             "reason",
-            ["class_done", "already_hydrated", "timeout", "finished"]
+            ["class_done", "already_hydrated", "handover", "timeout", "finished"]
                 .map(|name| (name.to_string(), flag(reason.as_deref() == Some(name)))),
         );
     }

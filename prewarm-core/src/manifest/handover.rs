@@ -29,6 +29,11 @@ pub struct HandoverState {
     pub manifest_crc: u32,
     /// Per filesystem.
     pub devices: Vec<DeviceDone>,
+    /// Every class of the manifest up to this priority was read completely
+    /// (on every filesystem, without errors) by a run that recorded here:
+    /// the root phase may send READY before it checks a single file.
+    #[serde(default)]
+    pub hydrated_through: Option<u32>,
 }
 
 /// Byte ranges `[start, end)` of one filesystem's device already read.
@@ -47,6 +52,7 @@ impl HandoverState {
             version: STATE_VERSION,
             manifest_crc,
             devices: Vec::new(),
+            hydrated_through: None,
         }
     }
 
@@ -107,6 +113,7 @@ impl HandoverState {
     /// Add the chunks a run's report says it read, per filesystem UUID
     /// (devices found by UUID: a manifest's).
     pub fn record_report(&mut self, report: &Report) {
+        self.hydrated_through = self.hydrated_through.max(hydrated_through(report));
         let chunk = report.plan_config.chunk_size;
         for d in &report.devices {
             let Some(uuid) = &d.uuid else { continue };
@@ -124,6 +131,29 @@ impl HandoverState {
         let json = serde_json::to_vec(self).map_err(std::io::Error::other)?;
         crate::atomic_write::write_atomically(path, &json)
     }
+}
+
+/// The most urgent classes a run read completely: up to the last class
+/// whose reads, and those of every more urgent class, all completed. None
+/// when any part of the manifest was not read as planned (a filesystem
+/// refused, a read failed, ranges left for a run with the files mounted),
+/// since the report cannot say which classes those belonged to.
+fn hydrated_through(report: &Report) -> Option<u32> {
+    let incomplete = report.errors > 0
+        || report.not_issued > 0
+        || report
+            .manifest
+            .as_ref()
+            .is_none_or(|m| !m.refused.is_empty() || m.file_ranges_deferred > 0 || m.missing > 0);
+    if incomplete || report.dry_run {
+        return None;
+    }
+    report
+        .classes
+        .iter()
+        .take_while(|c| c.hydrated_ms.is_some())
+        .map(|c| c.priority)
+        .last()
 }
 
 #[cfg(test)]

@@ -201,6 +201,16 @@ pub fn run_manifest(req: &ManifestRun, mut cfg: Config) -> Result<ManifestOutcom
         .state
         .as_ref()
         .map(|p| HandoverState::load_or_new(p, loaded.checksum));
+    // The initrd's run read the urgent classes of this very manifest: the
+    // services need not wait for this run to find the devices and check
+    // the files (it still does both, and re-reads what changed, after).
+    if let (Some(ready), Some(state)) = (&mut cfg.ready, &handover) {
+        if let (Some(priority), Some(through)) = (ready.priority, state.hydrated_through) {
+            if priority <= through && !cfg.dry_run {
+                ready.send_now(crate::run::ReadyReason::Handover { priority });
+            }
+        }
+    }
     let opts = ReplayOptions {
         manifest_path: path.clone(),
         manifest_crc: loaded.checksum,

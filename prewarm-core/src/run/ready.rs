@@ -32,6 +32,8 @@ pub struct ReadyPolicy {
     pub since: Instant,
     /// Called once, with the reason, when READY is due.
     pub on_ready: Arc<dyn Fn(&ReadyReason) + Send + Sync>,
+    /// READY was sent before the run started ([`ReadyPolicy::send_now`]).
+    sent_before: Option<ReadyReason>,
 }
 
 impl ReadyPolicy {
@@ -46,6 +48,16 @@ impl ReadyPolicy {
             timeout,
             since: Instant::now(),
             on_ready: Arc::new(on_ready),
+            sent_before: None,
+        }
+    }
+
+    /// Send READY now, before the run (`reason` says why it may); the run
+    /// then counts it as sent and treats all its reads as background work.
+    pub(crate) fn send_now(&mut self, reason: ReadyReason) {
+        if self.sent_before.is_none() {
+            (self.on_ready)(&reason);
+            self.sent_before = Some(reason);
         }
     }
 }
@@ -62,6 +74,13 @@ pub enum ReadyReason {
     /// Nothing up to `priority` was left to read (an earlier run, the
     /// initrd's, read it).
     AlreadyHydrated {
+        /// The ready priority.
+        priority: u32,
+    },
+    /// The handover state of an earlier run of the same manifest (the
+    /// initrd's) says it read every class up to `priority` completely:
+    /// READY before the files are even checked, which happens afterwards.
+    Handover {
         /// The ready priority.
         priority: u32,
     },
@@ -83,6 +102,10 @@ impl std::fmt::Display for ReadyReason {
             ReadyReason::AlreadyHydrated { priority } => {
                 write!(f, "classes up to {priority} already hydrated")
             }
+            ReadyReason::Handover { priority } => write!(
+                f,
+                "classes up to {priority} hydrated by the earlier run (handover state); checking files in the background"
+            ),
             ReadyReason::Timeout { after_ms } => write!(
                 f,
                 "ready after {after_ms} ms (--ready-timeout); the most urgent class is still hydrating"
@@ -98,7 +121,8 @@ pub struct ReadyReport {
     /// Why.
     #[serde(flatten)]
     pub reason: ReadyReason,
-    /// When, from the start of the run's engines.
+    /// When, from the start of the run's engines (0 when it was sent
+    /// before: [`ReadyReason::Handover`]).
     pub at_ms: f64,
 }
 
@@ -124,7 +148,11 @@ impl Ready {
             throttle: Arc::new(Throttle::new(cfg.rate_limit, cfg.ready.is_none())),
             start: Instant::now(),
         };
-        if let Some(p) = &ready.policy {
+        if let Some(reason) = ready.policy.as_ref().and_then(|p| p.sent_before.clone()) {
+            *ready.sent.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some(ReadyReport { reason, at_ms: 0.0 });
+            ready.to_background();
+        } else if let Some(p) = &ready.policy {
             let me = ready.clone();
             let at = p.since + p.timeout;
             let after_ms = p.timeout.as_millis() as u64;
