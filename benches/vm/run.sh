@@ -14,20 +14,22 @@
 #     going to an overlay, counters reset before each, in rounds of
 #     "with" (the hand-written list's manifest), "recorded" (the recording's,
 #     prewarm.manifest=/etc/prewarm/recorded.manifest) and "without"
-#     (prewarm=0 rd.prewarm=0).
+#     (prewarm=0 rd.prewarm=0); then "warmwith" and "warmwithout", the same
+#     image booted directly (a warm disk: no testbed, no fetch to wait for),
+#     which show what prewarm itself costs a boot.
 # Per boot, WORK_DIR/boot-NAME-N/ (N = 1..VM_REPEAT) gets console.log
 # (ttyS0), data.log (ttyS1: the stand-in's results and the boot journal),
 # stats.json (testbed counters) and boot.env (qemu exit status, wall time).
 # Environment: PREWARM_DEB (prewarm's .deb, scripts/package), PREWARM_TESTBED
 # (prewarm-testbed), VM_LATENCY_MS (20), VM_CONCURRENCY (8),
-# VM_TIMEOUT (s per boot, 180), VM_BOOTS ("with recorded without"),
-# VM_REPEAT (2), VM_ACCEL (kvm or tcg; default: probe).
+# VM_TIMEOUT (s per boot, 180), VM_BOOTS ("with recorded without warmwith
+# warmwithout"), VM_REPEAT (3), VM_ACCEL (kvm or tcg; default: probe).
 set -eu
 . "$(dirname -- "$0")/lib.sh"
 [ $# -eq 1 ] || die "usage: $0 WORK_DIR"
 WORK=$1
 : "${PREWARM_DEB:?}" "${PREWARM_TESTBED:?}"
-: "${VM_LATENCY_MS:=20}" "${VM_CONCURRENCY:=8}" "${VM_TIMEOUT:=180}" "${VM_BOOTS:=with recorded without}" "${VM_REPEAT:=2}"
+: "${VM_LATENCY_MS:=20}" "${VM_CONCURRENCY:=8}" "${VM_TIMEOUT:=180}" "${VM_BOOTS:=with recorded without warmwith warmwithout}" "${VM_REPEAT:=3}"
 TB=$WORK/tb TBPID= QPID=
 
 cleanup() {
@@ -116,19 +118,26 @@ done
 r=0; while [ $r -lt "$VM_REPEAT" ]; do r=$((r + 1)); for name in $VM_BOOTS; do
     d=$WORK/boot-$name-$r; mkdir -p "$d"
     case $name in                # kernel switches per kind of boot
-    without) extra="prewarm=0 rd.prewarm=0" ;;
+    without | warmwithout) extra="prewarm=0 rd.prewarm=0" ;;
     recorded) extra="prewarm.manifest=/etc/prewarm/recorded.manifest" ;;
     rootonly) extra="rd.prewarm=0" ;;       # for experiments: one phase only
     initrdonly) extra="prewarm=0" ;;
     *) extra= ;;
     esac
+    # The testbed's file is 0444 and never written, nor is disk.img:
+    # snapshot=on sends the guest's writes to a temporary overlay.
+    case $name in
+    warm*) disk=$WORK/disk.img ;;
+    *) disk=$TB/disk.img ;;
+    esac
     exec 9>>"$PREWARM_HEAVY_LOCK"; flock 9        # no other heavy job meanwhile
     "$PREWARM_TESTBED" reset --mount "$TB" >/dev/null
     log "boot $name ($extra)"
-    # The testbed's file is 0444 and never written: snapshot=on sends the
-    # guest's writes to a temporary overlay.
     boot_vm "$d" "$WORK/vmlinuz" "$WORK/initrd.img" "$BASE $extra" \
-        "file=$TB/disk.img,format=raw,if=virtio,cache=none,snapshot=on"
+        "file=$disk,format=raw,if=virtio,cache=none,snapshot=on"
     exec 9>&-
-    "$PREWARM_TESTBED" stats --mount "$TB" >"$d/stats.json"
+    case $name in
+    warm*) ;;
+    *) "$PREWARM_TESTBED" stats --mount "$TB" >"$d/stats.json" ;;
+    esac
 done; done

@@ -244,6 +244,17 @@ impl Boot {
             .map(|(t, _)| *t)
     }
 
+    /// When the guest's kernel found the root disk (seconds since kernel
+    /// start): before it, nothing prewarm does can matter to the boot.
+    pub fn disk_seen(&self) -> Option<f64> {
+        self.journal_time("virtio_blk virtio0: [vda]")
+    }
+
+    /// The stand-in finished reading, seconds after the disk was found.
+    pub fn done_since_disk(&self) -> Option<f64> {
+        Some(self.standin?.2 - self.disk_seen()?)
+    }
+
     pub fn console_index(&self, pred: impl Fn(&str) -> bool) -> Option<usize> {
         self.console.iter().position(|l| pred(l))
     }

@@ -58,7 +58,20 @@ impl Checks {
         }
         for b in boots {
             checks.check(&b.name, "powered off by itself", b.check_poweroff());
-            if b.kind == "with" || b.kind == "recorded" {
+            if b.kind == "warmwith" {
+                checks.check(
+                    &b.name,
+                    "initrd unit ran before switch-root",
+                    b.check_initrd(),
+                );
+                checks.check(
+                    &b.name,
+                    "prewarm.service READY before kubelet started",
+                    b.check_ready(),
+                );
+            } else if b.kind == "warmwithout" {
+                checks.check(&b.name, "prewarm disabled", b.check_disabled());
+            } else if b.kind == "with" || b.kind == "recorded" {
                 checks.check(
                     &b.name,
                     "initrd unit ran before switch-root",
@@ -103,6 +116,22 @@ impl Checks {
                     check_earlier(with, without),
                 );
             }
+        }
+        for kind in ["with", "recorded"] {
+            if boots.iter().any(|b| b.kind == kind) {
+                checks.check(
+                    &format!("{kind} vs without"),
+                    "kubelet finished reading earlier in the median (guest uptime)",
+                    check_median_earlier(boots, kind, "without"),
+                );
+            }
+        }
+        if boots.iter().any(|b| b.kind == "warmwith") {
+            checks.check(
+                "warmwith vs warmwithout",
+                "on a warm disk prewarm delays kubelet's start by at most 0.5 s (medians)",
+                check_warm_cost(boots),
+            );
         }
         checks
     }
@@ -247,17 +276,108 @@ pub fn check_coverage(layout: &Layout, b: &Boot, run: &RecordedRun) -> Result<St
     Ok(detail)
 }
 
-/// With the recorded manifest the stand-in finished reading earlier (guest
-/// uptime) than in the boot without prewarm of the same round.
+/// With the recorded manifest the stand-in finished reading earlier than
+/// in the boot without prewarm of the same round, counted from when the
+/// kernel found the disk. Before that moment prewarm can change nothing
+/// (its initrd unit waits for the disk, at a 50 ms rescan), while under
+/// TCG on a shared host the firmware and kernel start alone vary by
+/// seconds from boot to boot; the medians of guest uptime are checked
+/// apart ([`check_median_earlier`]).
 pub fn check_earlier(with: &Boot, without: &Boot) -> Result<String, String> {
     let done = |b: &Boot| {
-        b.standin
-            .map(|s| s.2)
-            .ok_or(format!("{}: the stand-in reported nothing", b.name))
+        b.done_since_disk().ok_or(format!(
+            "{}: the stand-in or the disk's appearance not in the logs",
+            b.name
+        ))
     };
     let (a, b) = (done(with)?, done(without)?);
-    let detail = format!("{a:.2} s against {b:.2} s ({:+.2} s)", a - b);
+    let uptime = |b: &Boot| b.standin.map_or(0.0, |s| s.2);
+    let detail = format!(
+        "{a:.2} s against {b:.2} s after the disk appeared ({:+.2} s; uptime {:.2} against {:.2} s)",
+        a - b,
+        uptime(with),
+        uptime(without)
+    );
     if a >= b {
+        return Err(detail);
+    }
+    Ok(detail)
+}
+
+/// Boots of each kind the median checks need.
+pub const MIN_BOOTS_PER_KIND: usize = 3;
+
+/// The median of what `f` gives for each boot of `kind` (at least
+/// [`MIN_BOOTS_PER_KIND`] of them), with every value.
+fn median_of(
+    boots: &[Boot],
+    kind: &str,
+    f: impl Fn(&Boot) -> Option<f64>,
+) -> Result<(f64, Vec<f64>), String> {
+    let mut v: Vec<f64> = boots
+        .iter()
+        .filter(|b| b.kind == kind)
+        .filter_map(f)
+        .collect();
+    if v.len() < MIN_BOOTS_PER_KIND {
+        return Err(format!(
+            "{} boots of kind {kind} reported, {MIN_BOOTS_PER_KIND} needed",
+            v.len()
+        ));
+    }
+    let all = v.clone();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    let median = if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    };
+    Ok((median, all))
+}
+
+fn seconds(v: &[f64]) -> String {
+    v.iter()
+        .map(|x| format!("{x:.2}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The stand-in finished reading earlier (guest uptime) with prewarm
+/// (`kind`) than without (`base`), in the median of the boots of each.
+pub fn check_median_earlier(boots: &[Boot], kind: &str, base: &str) -> Result<String, String> {
+    let done = |b: &Boot| b.standin.map(|s| s.2);
+    let (a, av) = median_of(boots, kind, done)?;
+    let (b, bv) = median_of(boots, base, done)?;
+    let detail = format!(
+        "median {a:.2} s against {b:.2} s ({:+.2} s; {kind}: {}; {base}: {})",
+        a - b,
+        seconds(&av),
+        seconds(&bv)
+    );
+    if a >= b {
+        return Err(detail);
+    }
+    Ok(detail)
+}
+
+/// Most prewarm may delay the stand-in's start on a warm disk.
+pub const MAX_WARM_COST_S: f64 = 0.5;
+
+/// On a warm disk (nothing to hydrate) the stand-in started at most
+/// [`MAX_WARM_COST_S`] later with prewarm than without, in the medians of
+/// guest uptime: what prewarm itself costs a boot.
+pub fn check_warm_cost(boots: &[Boot]) -> Result<String, String> {
+    let start = |b: &Boot| b.standin.map(|s| s.0);
+    let (a, av) = median_of(boots, "warmwith", start)?;
+    let (b, bv) = median_of(boots, "warmwithout", start)?;
+    let detail = format!(
+        "median start {a:.2} s against {b:.2} s ({:+.2} s; with: {}; without: {})",
+        a - b,
+        seconds(&av),
+        seconds(&bv)
+    );
+    if a - b > MAX_WARM_COST_S {
         return Err(detail);
     }
     Ok(detail)
@@ -504,23 +624,27 @@ mod tests {
         let boots = testdata::boots();
         let checks = Checks::run(&layout, &boots, None);
         // recorded and with: poweroff, initrd, READY, hydrated, disjoint;
-        // without: poweroff, disabled, self-hydrated.
-        assert_eq!(checks.lines.len(), 5 + 5 + 3);
+        // without: poweroff, disabled, self-hydrated; the medians of with
+        // and recorded against without, which one boot of each cannot
+        // pass.
+        assert_eq!(checks.lines.len(), 5 + 5 + 3 + 2);
         let failed: Vec<&String> = checks.failed().collect();
-        assert!(failed.is_empty(), "{failed:#?}");
+        assert_eq!(failed.len(), 2, "{failed:#?}");
+        assert!(failed.iter().all(|l| l.contains("3 needed")), "{failed:#?}");
         // With the recording: its boot (poweroff, recorder), the
         // recording, the coverage of the boot without, the pair.
         // The coverage's verdict is the share's (the recorded run falls
         // short of it: see the README), every other check passes.
         let recorded = testdata::recorded();
         let checks = Checks::run(&layout, &boots, Some(&recorded));
-        assert_eq!(checks.lines.len(), 2 + 1 + 5 + 5 + 4 + 1);
+        assert_eq!(checks.lines.len(), 2 + 1 + 5 + 5 + 4 + 1 + 2);
         let covers = coverage(&layout, &boots[2], &recorded)
             .unwrap()
             .file_data_share()
             >= MIN_COVERAGE;
         for (ok, line) in &checks.lines {
-            let want = !line.contains("recorded manifest covers") || covers;
+            let want = !line.contains("3 needed")
+                && (!line.contains("recorded manifest covers") || covers);
             assert_eq!(*ok, want, "{line}");
         }
         let with = &boots[1];
@@ -552,7 +676,8 @@ mod tests {
             "{e}"
         );
         let checks = Checks::run(&testdata::layout(), &[bad], None);
-        assert_eq!(checks.failed().count(), 1, "{:#?}", checks.lines);
+        let failed: Vec<_> = checks.failed().filter(|l| !l.contains("needed")).collect();
+        assert_eq!(failed.len(), 1, "{:#?}", checks.lines);
     }
 
     #[test]
@@ -691,13 +816,55 @@ mod tests {
         assert!(e.contains("below 90 %, missed: ["), "{e}");
     }
 
+    /// Three boots of each kind from the one recorded boot of each, their
+    /// stand-in times moved by `shift` seconds.
+    fn three_of(name: &str, kind: &str, shifts: [f64; 3]) -> Vec<Boot> {
+        shifts
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                let mut b = testdata::boot(name);
+                b.kind = kind.to_string();
+                b.name = format!("{kind}-{}", i + 1);
+                b.standin = b.standin.map(|(s, m, e)| (s + d, m + d, e + d));
+                b
+            })
+            .collect()
+    }
+
+    #[test]
+    fn medians_judge_earlier_and_the_warm_cost() {
+        let mut boots = three_of("recorded-1", "recorded", [0.0, 9.0, -1.0]);
+        boots.extend(three_of("recorded-1", "without", [1.0, -3.0, 2.0]));
+        // recorded: median shift 0, without: 1 -> earlier; one bad round
+        // does not decide it, the median does.
+        assert!(check_median_earlier(&boots, "recorded", "without").is_ok());
+        let e = check_median_earlier(&boots, "without", "recorded").unwrap_err();
+        assert!(e.contains("median"), "{e}");
+        let two = &boots[1..];
+        assert!(check_median_earlier(two, "recorded", "without")
+            .unwrap_err()
+            .contains("3 needed"));
+
+        let mut warm = three_of("with-1", "warmwith", [0.4, 0.3, 5.0]);
+        warm.extend(three_of("with-1", "warmwithout", [0.0, 0.0, 0.0]));
+        assert!(
+            check_warm_cost(&warm).is_ok(),
+            "{:?}",
+            check_warm_cost(&warm)
+        );
+        let mut slow = three_of("with-1", "warmwith", [0.6, 0.7, 0.0]);
+        slow.extend(three_of("with-1", "warmwithout", [0.0, 0.0, 0.0]));
+        assert!(check_warm_cost(&slow).unwrap_err().contains("+0.60 s"));
+    }
+
     #[test]
     fn a_recorded_boot_reading_later_fails() {
         let recorded = testdata::boot("recorded-1");
         let without = testdata::boot("without-1");
         assert!(check_earlier(&recorded, &without).is_ok());
         let e = check_earlier(&without, &recorded).unwrap_err();
-        assert!(e.contains(" s against "), "{e}");
+        assert!(e.contains(" s after the disk appeared"), "{e}");
         let boots = testdata::boots();
         let p = pairs(&boots, "recorded", "without");
         assert_eq!(p.len(), 1);
