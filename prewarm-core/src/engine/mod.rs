@@ -173,6 +173,18 @@ impl ClassProgress {
         *m.entry(priority).or_default() += count;
     }
 
+    /// Keep class `priority` from being announced, however many of its
+    /// reads are done, until [`ClassProgress::release`]: it is still being
+    /// planned (a class reaches the engines in pieces).
+    pub fn hold(&self, priority: u32) {
+        self.add(priority, 1);
+    }
+
+    /// Class `priority` is wholly planned: it is done once its reads are.
+    pub fn release(&self, priority: u32) {
+        self.complete(priority);
+    }
+
     /// Announce every class whose reads, and all more urgent ones, are done.
     pub fn announce_ready(&self) {
         let mut done = Vec::new();
@@ -622,6 +634,23 @@ mod tests {
     use super::*;
     use std::io::Write;
     use std::os::fd::AsFd;
+
+    /// A held class is not announced while its reads are done, nor is any
+    /// class after it; released, it and the ones waiting behind it are.
+    #[test]
+    fn a_held_class_waits_for_its_release() {
+        let done = Arc::new(Mutex::new(Vec::new()));
+        let log = done.clone();
+        let p = ClassProgress::new(move |c| log.lock().unwrap().push(c));
+        p.hold(10);
+        p.add(10, 1);
+        p.add(20, 1);
+        p.complete(10);
+        p.complete(20);
+        assert!(done.lock().unwrap().is_empty());
+        p.release(10);
+        assert_eq!(*done.lock().unwrap(), [10, 20]);
+    }
 
     fn fixture(len: usize) -> std::fs::File {
         let mut f = tempfile::tempfile().unwrap();

@@ -196,9 +196,10 @@ impl ReadPlan {
         plan
     }
 
-    /// Add the classes of `extents`, which must be less urgent than every
-    /// class already in the plan (the pipeline adds one class at a time, in
-    /// priority order, as its files are mapped). Chunks already claimed are
+    /// Add the classes of `extents`, none more urgent than a class already
+    /// in the plan (the pipeline adds classes in priority order, each in
+    /// pieces as its files are mapped, so a class may come in several
+    /// [`PlanClass`]es of the same priority). Chunks already claimed are
     /// cut out. Returns the indexes of the classes added.
     pub fn extend(&mut self, extents: &[PrioritizedExtent]) -> std::ops::Range<usize> {
         let chunk = self.config.chunk_size.max(1);
@@ -227,7 +228,7 @@ impl ReadPlan {
         debug_assert!(
             spans
                 .first()
-                .is_none_or(|(p, _)| self.classes.last().is_none_or(|c| c.priority < *p)),
+                .is_none_or(|(p, _)| self.classes.last().is_none_or(|c| c.priority <= *p)),
             "classes must be added in priority order"
         );
 
@@ -292,7 +293,11 @@ impl ReadPlan {
         let chunk = self.config.chunk_size.max(1);
         let mut stats = PlanStats {
             extents: self.extents,
-            classes: self.classes.len() as u64,
+            // Pieces of one class count once.
+            classes: self
+                .classes
+                .chunk_by(|a, b| a.priority == b.priority)
+                .count() as u64,
             ..Default::default()
         };
         for r in self.classes.iter().flat_map(|c| &c.ranges) {

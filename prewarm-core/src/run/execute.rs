@@ -74,6 +74,9 @@ impl<'scope> EngineFeed<'scope, '_> {
             .collect();
         let file_ios = &prepared.file_ios[added.file_ios.clone()];
         if let Some(p) = &self.progress {
+            if let Some(piece) = added.piece.filter(|p| p.first) {
+                p.hold(piece.priority);
+            }
             for op in ops.iter().flat_map(|(_, ops)| ops) {
                 p.add(op.priority, 1);
             }
@@ -107,6 +110,11 @@ impl<'scope> EngineFeed<'scope, '_> {
             let _ = self
                 .file_reads
                 .send((names_of(&prepared.files, file_ios), file_ios.to_vec()));
+        }
+        // Its reads are all queued: the class may now be announced once
+        // they are done (at once if it has none left).
+        if let (Some(p), Some(piece)) = (&self.progress, added.piece.filter(|p| p.last)) {
+            p.release(piece.priority);
         }
     }
 

@@ -27,11 +27,30 @@ pub(crate) struct Added {
     pub classes: Vec<(DeviceId, Range<usize>)>,
     pub new_devices: Vec<DeviceId>,
     pub file_ios: Range<usize>,
+    /// Which part of which class this is (none: what was planned before
+    /// the classes, e.g. a manifest's plan).
+    pub piece: Option<ClassPiece>,
+}
+
+/// A class reaches the engines in pieces; it is complete (and may be
+/// announced hydrated) only once its last piece is in and read.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ClassPiece {
+    pub priority: u32,
+    pub first: bool,
+    pub last: bool,
 }
 
 /// Entries of a class collected at once (each batch's `lstat`s run in
 /// parallel; the batch bounds what is unpacked and held meanwhile).
 const COLLECT_BATCH: usize = 4096;
+
+/// Files found before a piece of a class goes to the engines: enough to
+/// keep a queue of `queue_depth` reads busy while the next piece is mapped,
+/// few enough that the first reads start after a handful of directories.
+fn piece_size(queue_depth: u32) -> usize {
+    (queue_depth as usize * 4).clamp(64, 1024)
+}
 
 /// Builds a [`Prepared`] class by class.
 pub(crate) struct Planner<'c> {
@@ -119,25 +138,59 @@ impl<'c> Planner<'c> {
                 self.prepared.entries_not_reached += entries.len() as u64;
                 continue;
             }
-            // Entries are unpacked a batch at a time: a class of a million
-            // list lines is never a million `SourceEntry`s at once.
-            let mut files = Vec::new();
-            for batch in entries.chunks(COLLECT_BATCH) {
+            // The class goes to the engines in pieces, each as soon as its
+            // files are mapped: the first reads start while the rest of the
+            // class is still being found (directories walked, files
+            // mapped), so metadata and data fetches share the volume's
+            // slots. Entries are unpacked a batch at a time: a class of a
+            // million list lines is never a million `SourceEntry`s at once.
+            let piece_files = piece_size(self.cfg.queue_depth);
+            let mut sweeps = self.sweeps.get(&priority).cloned().unwrap_or_default();
+            let mut first = true;
+            let mut batches = entries.chunks(COLLECT_BATCH).peekable();
+            while let Some(batch) = batches.next() {
                 let batch: Vec<SourceEntry> = batch
                     .iter()
                     .filter_map(|&at| sources.entry_with(at, &extra))
                     .collect();
-                files.extend(pool.install(|| collector.add(&batch).to_vec()));
+                pool.install(|| collector.push_entries(&batch));
+                loop {
+                    let more = pool.install(|| collector.walk_some(piece_files));
+                    let last = !more && batches.peek().is_none();
+                    let files = pool.install(|| collector.take_new().to_vec());
+                    if files.is_empty() && !first && !last {
+                        break;
+                    }
+                    self.prepared.warnings.extend(collector.take_warnings());
+                    if let Some(reason) = self.cfg.stop.check() {
+                        // Stopped inside the class: what it collected is
+                        // still mapped and read, but only until the stop
+                        // bites there too.
+                        self.prepared.stopped.get_or_insert(reason);
+                    }
+                    let mut added = pool
+                        .install(|| self.add_class(files, &std::mem::take(&mut sweeps), priority));
+                    added.piece = Some(ClassPiece {
+                        priority,
+                        first: std::mem::take(&mut first),
+                        last,
+                    });
+                    sink(self, &added);
+                    if !more {
+                        break;
+                    }
+                }
             }
-            self.prepared.warnings.extend(collector.take_warnings());
-            if let Some(reason) = self.cfg.stop.check() {
-                // Stopped inside the class: what it collected is still
-                // mapped and read, but only until the stop bites there too.
-                self.prepared.stopped.get_or_insert(reason);
+            if first {
+                // A class with no entries left to unpack (sweeps only).
+                let mut added = pool.install(|| self.add_class(Vec::new(), &sweeps, priority));
+                added.piece = Some(ClassPiece {
+                    priority,
+                    first: true,
+                    last: true,
+                });
+                sink(self, &added);
             }
-            let sweeps = self.sweeps.get(&priority).cloned().unwrap_or_default();
-            let added = pool.install(|| self.add_class(files, &sweeps, priority));
-            sink(self, &added);
         }
         self.prepared.skipped_non_regular += collector.skipped_non_regular();
         self.prepared
@@ -255,6 +308,7 @@ impl<'c> Planner<'c> {
             classes,
             new_devices: std::mem::take(&mut self.unannounced),
             file_ios,
+            piece: None,
         }
     }
 
@@ -321,5 +375,60 @@ impl<'c> Planner<'c> {
     /// The plan.
     pub fn into_prepared(self) -> Prepared {
         self.prepared
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A class of many files reaches the sink in pieces, the first marked
+    /// first and only the last marked last, every file once; a small class
+    /// is one piece.
+    #[test]
+    fn a_big_class_is_planned_in_pieces() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("layer");
+        for d in 0..30 {
+            let sub = tree.join(format!("d{d:02}/inner"));
+            std::fs::create_dir_all(&sub).unwrap();
+            for f in 0..10 {
+                std::fs::write(sub.join(format!("f{f}")), [d as u8; 100]).unwrap();
+            }
+        }
+        let lone = dir.path().join("lone");
+        std::fs::write(&lone, b"x").unwrap();
+        let mut sources = Sources::default();
+        sources.add_path(&tree, 10);
+        sources.add_path(&lone, 20);
+        let cfg = Config {
+            queue_depth: 16,
+            ..Config::default()
+        };
+        let mut planner = Planner::new(Prepared::empty(Vec::new()), &cfg);
+        let pool = MetadataPool::new(4);
+        let mut pieces = Vec::new();
+        planner.plan_classes(&sources, &pool, &mut |_, added| {
+            pieces.push(added.piece.unwrap());
+        });
+        let prepared = planner.into_prepared();
+        assert_eq!(prepared.files.len(), 301);
+        let mut paths: Vec<_> = prepared.files.iter().map(|f| &f.file.path).collect();
+        paths.sort();
+        paths.dedup();
+        assert_eq!(paths.len(), 301, "every file once");
+        let of = |p: u32| -> Vec<(bool, bool)> {
+            pieces
+                .iter()
+                .filter(|x| x.priority == p)
+                .map(|x| (x.first, x.last))
+                .collect()
+        };
+        let big = of(10);
+        assert!(big.len() >= 300 / piece_size(16), "{big:?}");
+        assert_eq!(big.iter().filter(|x| x.0).count(), 1);
+        assert_eq!(big.iter().filter(|x| x.1).count(), 1);
+        assert!(big[0].0 && big[big.len() - 1].1, "{big:?}");
+        assert_eq!(of(20), [(true, true)]);
     }
 }

@@ -17,11 +17,12 @@
 //! With [`CollectOptions::with_libs`], each file's shared-library closure
 //! ([`elf`], [`ld_cache`]) joins at the file's priority.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::ErrorKind;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rayon::prelude::*;
 
@@ -35,6 +36,7 @@ pub mod containerd;
 mod elf;
 mod ld_cache;
 pub mod list;
+mod walk;
 pub use list::{
     format_line, parse_list, read_list, read_list_packed, ListEntries, ParsedList, DEFAULT_PRIORITY,
 };
@@ -362,6 +364,12 @@ pub struct Collector<'a> {
     batch_start: usize,
     /// Finds shared-library closures (`opts.with_libs`).
     libs: Option<elf::LibraryResolver>,
+    /// Directories queued by walks, read a group at a time
+    /// ([`Collector::walk_some`]).
+    pending: VecDeque<walk::PendingDir>,
+    /// Directories queued once already, by `(dev, ino)`: each is read once
+    /// however many walks reach it.
+    walked: HashSet<(u64, u64)>,
 }
 
 impl<'a> Collector<'a> {
@@ -379,6 +387,8 @@ impl<'a> Collector<'a> {
             libs: opts
                 .with_libs
                 .then(|| elf::LibraryResolver::new(opts.root.clone())),
+            pending: VecDeque::new(),
+            walked: HashSet::new(),
         }
     }
 
@@ -388,12 +398,55 @@ impl<'a> Collector<'a> {
         self.not_reached
     }
 
-    /// Add the files `entries` name; returns those not met before. Under
-    /// an image root (`opts.root`) the entries' absolute paths are the
-    /// image's, and are looked up under the root: every component, `..` and
-    /// symlink (directory symlinks included) resolves inside it, so nothing
-    /// of the build host is ever planned.
+    /// Add the files `entries` name, walking their directories to the end;
+    /// returns those not met before ([`Collector::push_entries`], then
+    /// [`Collector::walk_some`] until nothing is queued, then
+    /// [`Collector::take_new`]).
+    #[cfg(test)]
     pub fn add(&mut self, entries: &[SourceEntry]) -> &[TargetFile] {
+        self.push_entries(entries);
+        while self.walk_some(usize::MAX) {}
+        self.take_new()
+    }
+
+    /// The files collected since the last call, with their shared-library
+    /// closures (`opts.with_libs`): handed out, so a file named again later
+    /// with more byte ranges adds only what it did not cover yet.
+    pub fn take_new(&mut self) -> &[TargetFile] {
+        let first = self.batch_start;
+        self.add_libraries(first);
+        self.batch_start = self.set.files.len();
+        &self.set.files[first..]
+    }
+
+    /// Walk queued directories, a group at a time, until at least `want`
+    /// files were collected since the last [`Collector::take_new`] or none
+    /// is queued; returns whether some still are. A group is as many
+    /// directories as the current rayon pool has threads, read at once
+    /// (`walk.rs`). A stop drops what is queued.
+    pub fn walk_some(&mut self, want: usize) -> bool {
+        let follow_links = self.opts.root.is_none();
+        while self.set.files.len() - self.batch_start < want && !self.pending.is_empty() {
+            if self.stop.check().is_some() {
+                self.pending.clear();
+                break;
+            }
+            let n = rayon::current_num_threads().max(1).min(self.pending.len());
+            let group: Vec<walk::PendingDir> = self.pending.drain(..n).collect();
+            let listings = walk::read_dirs(&group, follow_links, &self.stop);
+            for (dir, listing) in group.iter().zip(listings) {
+                self.take_listing(dir, listing);
+            }
+        }
+        !self.pending.is_empty()
+    }
+
+    /// Take in the files named by `entries`; their directories are queued
+    /// for [`Collector::walk_some`]. Under an image root (`opts.root`) the
+    /// entries' absolute paths are the image's, and are looked up under the
+    /// root: every component, `..` and symlink (directory symlinks included)
+    /// resolves inside it, so nothing of the build host is ever planned.
+    pub fn push_entries(&mut self, entries: &[SourceEntry]) {
         let rebased: Vec<SourceEntry>;
         let entries = match &self.opts.root {
             Some(root) => {
@@ -408,8 +461,6 @@ impl<'a> Collector<'a> {
             }
             None => entries,
         };
-        let first = self.set.files.len();
-        self.batch_start = first;
         // lstat every named path in parallel first: on a cold volume each
         // waits for a metadata fetch (directory and inode table blocks), and
         // the caller's pool (see `blocking`) keeps many of them in flight.
@@ -441,8 +492,6 @@ impl<'a> Collector<'a> {
                 self.add_path(&entry.path, lstat, entry);
             }
         }
-        self.add_libraries(first);
-        &self.set.files[first..]
     }
 
     /// With `opts.with_libs`: add the shared-library closure of every file
@@ -647,85 +696,116 @@ impl<'a> Collector<'a> {
         }
     }
 
+    /// Queue the walk of directory `dir` (resolved) for `entry`.
     fn walk(&mut self, dir: &Path, entry: &SourceEntry) {
-        // Inside an image root, symlinks met in a walk are resolved by
-        // `resolve` (the image's rules) rather than followed by walkdir.
-        let in_root = self.opts.root.is_some();
-        let walker = walkdir::WalkDir::new(dir)
-            .follow_links(!in_root)
-            .same_file_system(!self.opts.cross_mounts)
-            .sort_by_file_name();
-        for item in walker {
-            if self.stop.check().is_some() {
-                break;
+        let meta = match std::fs::metadata(dir) {
+            Ok(m) => m,
+            Err(e) => {
+                self.warn(WarningKind::WalkError, dir, entry, e.to_string());
+                return;
             }
-            let item = match item {
-                Ok(item) => item,
-                Err(e) => {
-                    let at = e.path().unwrap_or(dir).to_path_buf();
-                    if let Some(ancestor) = e.loop_ancestor() {
+        };
+        let id = (meta.dev(), meta.ino());
+        if !self.walked.insert(id) {
+            return;
+        }
+        self.pending.push_back(walk::PendingDir {
+            path: dir.to_path_buf(),
+            entry: Arc::new(entry.clone()),
+            root_dev: meta.dev(),
+            ancestry: Arc::new(walk::Ancestor {
+                id,
+                path: dir.to_path_buf(),
+                parent: None,
+            }),
+        });
+    }
+
+    /// What one directory of a walk holds: files are collected, directories
+    /// queued (on the walk's filesystem unless `cross_mounts`, never an
+    /// ancestor: a symlink loop), the rest counted or named in a warning.
+    fn take_listing(&mut self, dir: &walk::PendingDir, listing: walk::Listing) {
+        let entry = &*dir.entry;
+        let children = match listing {
+            Ok(children) => children,
+            Err(e) => {
+                self.walk_warning(&dir.path, entry, &e);
+                return;
+            }
+        };
+        for child in children {
+            match child.kind {
+                walk::ChildKind::File(meta) => self.add_file(child.path, &meta, entry, None),
+                walk::ChildKind::Dir(meta) => {
+                    let id = (meta.dev(), meta.ino());
+                    if let Some(ancestor) = dir.ancestry.find(id) {
                         let msg = format!(
                             "directory loop back to {}: not followed",
-                            ancestor.display()
+                            ancestor.path.display()
                         );
-                        self.warn(WarningKind::DirectoryLoop, &at, entry, msg);
-                    } else if e.io_error().and_then(|io| io.raw_os_error()) == Some(libc::ELOOP) {
-                        self.warn(WarningKind::SymlinkLoop, &at, entry, "symlink loop");
-                    } else if e.io_error().map(|io| io.kind()) == Some(ErrorKind::NotFound) {
-                        self.warn(
-                            WarningKind::Missing,
-                            &at,
-                            entry,
-                            "vanished or dangling symlink",
-                        );
-                    } else {
-                        let msg = e
-                            .io_error()
-                            .map_or_else(|| e.to_string(), ToString::to_string);
-                        self.warn(WarningKind::WalkError, &at, entry, msg);
+                        self.warn(WarningKind::DirectoryLoop, &child.path, entry, msg);
+                        continue;
                     }
-                    continue;
+                    if (!self.opts.cross_mounts && meta.dev() != dir.root_dev)
+                        || !self.walked.insert(id)
+                    {
+                        continue;
+                    }
+                    self.pending.push_back(walk::PendingDir {
+                        ancestry: Arc::new(walk::Ancestor {
+                            id,
+                            path: child.path.clone(),
+                            parent: Some(dir.ancestry.clone()),
+                        }),
+                        path: child.path,
+                        entry: dir.entry.clone(),
+                        root_dev: dir.root_dev,
+                    });
                 }
-            };
-            let ft = item.file_type();
-            if ft.is_dir() {
-                continue;
-            }
-            if ft.is_symlink() {
-                // Only when walkdir does not follow links (an image root).
-                match self
-                    .resolve(item.path())
+                // Only inside an image root, where links are not followed
+                // by the walk but resolved by the image's rules.
+                walk::ChildKind::Symlink => match self
+                    .resolve(&child.path)
                     .and_then(|p| Ok((std::fs::metadata(&p)?, p)))
                 {
                     Ok((meta, target)) if meta.is_file() => {
                         self.add_file(target, &meta, entry, None)
                     }
                     Ok(_) => tracing::debug!(
-                        path = %item.path().display(),
+                        path = %child.path.display(),
                         "symlink to a directory or special file inside the image: not followed"
                     ),
                     Err(e) => self.warn(
                         WarningKind::Missing,
-                        item.path(),
+                        &child.path,
                         entry,
                         format!("symlink inside the image root does not resolve: {e}"),
                     ),
+                },
+                walk::ChildKind::Other(ft) => {
+                    tracing::debug!(path = %child.path.display(), "skipping a {}: not a regular file", describe_type(&ft));
+                    self.set.skipped_non_regular += 1;
                 }
-                continue;
+                // A stop came while the directory was read.
+                walk::ChildKind::Error(e) if e.kind() == ErrorKind::Interrupted => {}
+                walk::ChildKind::Error(e) => self.walk_warning(&child.path, entry, &e),
             }
-            let meta = match item.metadata() {
-                Ok(m) => m,
-                Err(e) => {
-                    self.warn(WarningKind::Unreadable, item.path(), entry, e.to_string());
-                    continue;
-                }
-            };
-            if meta.is_file() {
-                self.add_file(item.into_path(), &meta, entry, None);
-            } else {
-                tracing::debug!(path = %item.path().display(), "skipping a {}: not a regular file", describe_type(&ft));
-                self.set.skipped_non_regular += 1;
-            }
+        }
+    }
+
+    /// The warning for what a walk could not read at `at`.
+    fn walk_warning(&mut self, at: &Path, entry: &SourceEntry, e: &std::io::Error) {
+        if e.raw_os_error() == Some(libc::ELOOP) {
+            self.warn(WarningKind::SymlinkLoop, at, entry, "symlink loop");
+        } else if e.kind() == ErrorKind::NotFound {
+            self.warn(
+                WarningKind::Missing,
+                at,
+                entry,
+                "vanished or dangling symlink",
+            );
+        } else {
+            self.warn(WarningKind::WalkError, at, entry, e.to_string());
         }
     }
 
@@ -978,5 +1058,56 @@ mod tests {
         assert!(kinds.contains(&WarningKind::DirectoryLoop), "{kinds:?}");
         assert!(kinds.contains(&WarningKind::NoMatch), "{kinds:?}");
         assert!(kinds.contains(&WarningKind::Duplicate), "{kinds:?}");
+    }
+
+    /// The breadth-first walk finds what a depth-first one does (every
+    /// regular file under the directory, through symlinked directories),
+    /// reads a directory reached twice once, and a walk handed out in small
+    /// pieces adds up to the same files.
+    #[test]
+    fn the_parallel_walk_finds_what_walkdir_finds() {
+        let dir = tempfile::tempdir().unwrap();
+        let top = dir.path().join("top");
+        for (i, d) in ["a/b/c", "a/d", "e", "f/g/h/i"].iter().enumerate() {
+            std::fs::create_dir_all(top.join(d)).unwrap();
+            for f in 0..=i {
+                std::fs::write(top.join(d).join(format!("f{f}")), [i as u8; 10]).unwrap();
+            }
+        }
+        std::fs::write(top.join("a/b/big"), vec![1u8; 1 << 20]).unwrap();
+        std::os::unix::fs::symlink(top.join("f/g"), top.join("e/to-g")).unwrap();
+        std::os::unix::fs::symlink(top.join("a"), top.join("a/d/up")).unwrap();
+        let want: std::collections::BTreeSet<(u64, u64)> = walkdir::WalkDir::new(&top)
+            .follow_links(true)
+            .into_iter()
+            .filter_map(Result::ok)
+            .filter(|e| e.file_type().is_file())
+            .map(|e| {
+                let m = e.metadata().unwrap();
+                (m.dev(), m.ino())
+            })
+            .collect();
+        let opts = CollectOptions::default();
+        let mut c = Collector::new(&opts, StopSignal::default());
+        c.push_entries(&[SourceEntry::argument(&top, 10)]);
+        let mut got = Vec::new();
+        loop {
+            let more = c.walk_some(2);
+            got.extend(c.take_new().iter().map(|f| (f.dev, f.ino)));
+            if !more {
+                break;
+            }
+        }
+        assert_eq!(got.len(), want.len(), "each file once: {got:?}");
+        assert_eq!(
+            got.into_iter().collect::<std::collections::BTreeSet<_>>(),
+            want
+        );
+        let kinds: Vec<_> = c.take_warnings().iter().map(|w| w.kind).collect();
+        assert_eq!(
+            kinds,
+            [WarningKind::DirectoryLoop],
+            "a/d/up leads back to a"
+        );
     }
 }
