@@ -148,15 +148,8 @@ pub fn plan(cmd: &PlanCmd, ui: Ui) -> Result<u8> {
                 format_bytes(summary.stats.mapped_bytes),
                 summary.stats.devices
             )?;
-            for i in summary.images {
-                writeln!(
-                    out,
-                    "image {} ({}): {}",
-                    i.image.as_deref().unwrap_or(&i.reference),
-                    i.digest.as_deref().unwrap_or("not found"),
-                    i.directories.join(" ")
-                )?;
-            }
+            // The images resolved are in the manifest, shown with it; the
+            // others were warnings.
             out.write_all(planned.manifest.render_text(false).as_bytes())
         })
     };

@@ -4,7 +4,9 @@
 //! resolve exactly the snapshot directories containerd itself mounts for
 //! each image (the `lowerdir` of a snapshot prepared on its top layer): by
 //! tag, by digest and with `--all-images`, while containerd runs (holding
-//! its databases open and locked) and after it stopped.
+//! its databases open and locked) and after it stopped; and a manifest
+//! planned with `--image` names them too, in `show` and in a replay's
+//! report.
 
 mod common;
 
@@ -12,6 +14,7 @@ use std::path::Path;
 
 use common::*;
 use prewarm_benches::containerd::{oci_archive, Containerd, TOOLS};
+use prewarm_core::DEFAULT_PRIORITY;
 use serde_json::Value;
 
 fn directories(report: &Value, image: &str) -> Vec<String> {
@@ -209,4 +212,66 @@ fn plan_root_reads_the_store_inside_the_image() {
         .starts_with("/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs/snapshots/"));
     assert_eq!(directories(&report, &small.name), inside);
     assert!(report["files"].as_u64().unwrap() >= 5, "{report}");
+    let digest = small.manifest_digest.as_str();
+    let m = manifest.to_str().unwrap();
+
+    // `show`: the image's block names the reference, the digest and
+    // exactly containerd's directories, top layer first.
+    let out = prewarm_cmd().args(["show", m]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let header = format!(
+        "  image {} (asked as small:1), priority {}: 2 layer directories",
+        small.name, DEFAULT_PRIORITY
+    );
+    let mut block = text
+        .lines()
+        .skip_while(|l| *l != header)
+        .skip(1)
+        .take_while(|l| l.starts_with("    "));
+    assert_eq!(
+        block.next(),
+        Some(format!("    digest {digest}").as_str()),
+        "{text}"
+    );
+    let shown: Vec<&str> = block.map(str::trim_start).collect();
+    assert_eq!(shown, inside, "{text}");
+
+    // `show --json`: the same, each directory by its filesystem (the
+    // image's, which holds the files) and its path from that root.
+    let (shown, out) = prewarm_json(&["show", m]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let images = shown["images"].as_array().expect("images in show --json");
+    assert_eq!(images.len(), 1, "{shown}");
+    let image = &images[0];
+    assert_eq!(image["reference"], "small:1");
+    assert_eq!(image["image"], small.name.as_str());
+    assert_eq!(image["digest"], digest);
+    assert_eq!(image["priority"], DEFAULT_PRIORITY);
+    let fs_uuid = &shown["devices"][0]["uuid"];
+    let dirs: Vec<String> = image["directories"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            assert_eq!(&d["filesystem"], fs_uuid, "{d}");
+            format!("/{}", d["path"].as_str().unwrap())
+        })
+        .collect();
+    assert_eq!(dirs, inside);
+
+    // A replay reports the image as a run with `--image` does: in the root
+    // phase where the filesystem is mounted (here, containerd's own
+    // paths), in the initrd from `/`.
+    for (phase, want) in [("root", &expected), ("initrd", &inside)] {
+        let (report, out) = prewarm_json(&["run", m, "-n", "--phase", phase]);
+        assert!(out.status.success(), "{phase}: {}", stderr(&out));
+        assert_eq!(directories(&report, &small.name), *want, "{phase}");
+        assert_eq!(report["images"][0]["digest"], digest, "{phase}");
+        assert_eq!(report["images"][0]["reference"], "small:1", "{phase}");
+    }
+    // A run that defers the image's class does not name it.
+    let (report, out) = prewarm_json(&["run", m, "-n", "--max-priority", "10"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(report.get("images").is_none(), "{report}");
 }

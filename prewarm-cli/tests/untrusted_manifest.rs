@@ -3,7 +3,8 @@
 //! absolute paths, `max_io` of 1 GiB) is refused by `prewarm run` and
 //! `prewarm show` with exit 3 and a message naming the field, before
 //! anything is opened or allocated; `--max-io 1G` on the command line is
-//! refused with exit 2, naming the option's field.
+//! refused with exit 2, naming the option's field. An image record is
+//! shown when sound and refused likewise when it is not.
 
 mod common;
 
@@ -13,7 +14,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::prewarm_cmd;
-use prewarm_core::manifest::{Manifest, ManifestDevice, ManifestFile};
+use prewarm_core::manifest::{
+    Manifest, ManifestDevice, ManifestDirectory, ManifestFile, ManifestImage,
+};
 use prewarm_core::map::ByteRange;
 use prewarm_core::PlanConfig;
 
@@ -41,6 +44,7 @@ fn manifest_with(path: &str, size: u64, file_ranges: Vec<ByteRange>) -> Manifest
                 ranges: None,
             }],
         }],
+        images: Vec::new(),
     }
 }
 
@@ -188,5 +192,101 @@ fn a_valid_manifest_of_the_same_shape_is_not_refused_for_its_fields() {
         Some(0),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `manifest_with` one file and an image of two layer directories.
+fn manifest_with_image() -> Manifest {
+    let mut m = manifest_with(
+        "usr/bin/kubelet",
+        10,
+        vec![ByteRange { offset: 0, len: 10 }],
+    );
+    let dir = |id: u32| ManifestDirectory {
+        uuid: *b"prewarm-untrust!",
+        path: PathBuf::from(format!(
+            "var/lib/containerd/io.containerd.snapshotter.v1.overlayfs/snapshots/{id}/fs"
+        )),
+    };
+    m.images.push(ManifestImage {
+        reference: "small:1".into(),
+        image: "docker.io/library/small:1".into(),
+        digest: format!("sha256:{}", "5e".repeat(32)),
+        priority: 60,
+        directories: vec![dir(2), dir(1)],
+    });
+    m
+}
+
+#[test]
+fn show_lists_the_images_of_a_manifest() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write(dir.path(), "images.manifest", &manifest_with_image());
+    let path = path.to_str().expect("utf-8 path");
+    let want_dirs = [
+        "/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs/snapshots/2/fs",
+        "/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs/snapshots/1/fs",
+    ];
+    let out = prewarm_cmd()
+        .args(["show", path])
+        .output()
+        .expect("running prewarm");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let block: Vec<&str> = text
+        .lines()
+        .skip_while(|l| !l.starts_with("  image "))
+        .collect();
+    let digest = format!("    digest sha256:{}", "5e".repeat(32));
+    let mut want = vec![
+        "  image docker.io/library/small:1 (asked as small:1), priority 60: 2 layer directories",
+        digest.as_str(),
+    ];
+    let shown: Vec<String> = want_dirs.iter().map(|d| format!("    {d}")).collect();
+    want.extend(shown.iter().map(String::as_str));
+    assert_eq!(block, want, "{text}");
+
+    let out = prewarm_cmd()
+        .args(["show", "--json", path])
+        .output()
+        .expect("running prewarm");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let image = &json["images"][0];
+    assert_eq!(image["reference"], "small:1");
+    assert_eq!(image["image"], "docker.io/library/small:1");
+    assert_eq!(image["digest"], format!("sha256:{}", "5e".repeat(32)));
+    assert_eq!(image["priority"], 60);
+    let dirs: Vec<String> = image["directories"]
+        .as_array()
+        .expect("directories")
+        .iter()
+        .map(|d| {
+            assert_eq!(d["filesystem"], json["devices"][0]["uuid"], "{d}");
+            format!("/{}", d["path"].as_str().expect("a path"))
+        })
+        .collect();
+    assert_eq!(dirs, want_dirs);
+}
+
+#[test]
+fn an_image_directory_leaving_its_filesystem_is_refused() {
+    let mut m = manifest_with_image();
+    m.images[0].directories[1].path = PathBuf::from("../../etc");
+    assert_refused("image-dotdot.manifest", &m, "images[0].directories[1].path");
+    let mut m = manifest_with_image();
+    m.images[0].directories[0].uuid = [7; 16];
+    assert_refused(
+        "image-other-fs.manifest",
+        &m,
+        "images[0].directories[0].filesystem",
     );
 }

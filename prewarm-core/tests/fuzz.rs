@@ -23,7 +23,9 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use prewarm_core::manifest::codec::MAGIC;
-use prewarm_core::manifest::{Manifest, ManifestDevice, ManifestError, ManifestFile};
+use prewarm_core::manifest::{
+    Manifest, ManifestDevice, ManifestDirectory, ManifestError, ManifestFile, ManifestImage,
+};
 use prewarm_core::map::{ByteRange, Extent};
 use prewarm_core::{parse_list, PlanConfig, WarningKind};
 use proptest::prelude::*;
@@ -115,18 +117,39 @@ fn seed_manifest(files: usize, extents: usize, ranges: usize, salt: u64) -> Mani
             }
         })
         .collect();
+    let uuid = [0x5a ^ (salt as u8); 16];
+    // Two of three manifests carry images (format version 3), sharing a
+    // base layer as images do.
+    let images = (0..(salt % 3).min(2))
+        .map(|i| ManifestImage {
+            reference: format!("app{i}:v{}", next() % 10),
+            image: format!("docker.io/library/app{i}:v1"),
+            digest: format!("sha256:{:064x}", next()),
+            priority: (next() % 4) as u32 * 10 + 100,
+            directories: (0..=(i + next() % 3))
+                .map(|k| ManifestDirectory {
+                    uuid,
+                    path: PathBuf::from(format!(
+                        "var/lib/containerd/io.containerd.snapshotter.v1.overlayfs/snapshots/{}/fs",
+                        if k == 0 { 1 } else { next() % 1000 }
+                    )),
+                })
+                .collect(),
+        })
+        .collect();
     Manifest {
         created_unix: 1_763_000_000 + salt % 1000,
         tool: "prewarm fuzz".into(),
         plan: PlanConfig::default(),
         devices: vec![ManifestDevice {
             fs_type: if salt % 2 == 0 { "ext4" } else { "xfs" }.into(),
-            uuid: [0x5a ^ (salt as u8); 16],
+            uuid,
             size: dev_size,
             logical_block_size: 512,
             node_hint: "/dev/nvme0n1p1".into(),
             files,
         }],
+        images,
     }
 }
 
@@ -593,7 +616,41 @@ fn attacks() -> Vec<(&'static str, Manifest, &'static str)> {
         ("bad-max-io-1g", max_io, "plan.max_io"),
         ("bad-nil-uuid", nil_uuid, "devices[0].uuid"),
         ("ok-small", seed_manifest(3, 2, 1, 11), "ok"),
+        (
+            "bad-image-directory-dotdot",
+            with_image(|i| i.directories[0].path = "../../../etc".into()),
+            "images[0].directories[0].path",
+        ),
+        (
+            "bad-image-directory-absolute",
+            with_image(|i| i.directories[0].path = "/etc".into()),
+            "images[0].directories[0].path",
+        ),
+        (
+            "bad-image-filesystem",
+            with_image(|i| i.directories[0].uuid = [0x77; 16]),
+            "images[0].directories[0].filesystem",
+        ),
+        (
+            "bad-image-digest",
+            with_image(|i| i.digest = "sha256:../../../etc/passwd".into()),
+            "images[0].digest",
+        ),
+        (
+            "bad-image-reference-escape",
+            with_image(|i| i.reference = "app\x1b[2J:v1".into()),
+            "images[0].reference",
+        ),
+        ("ok-images", seed_manifest(2, 1, 1, 14), "ok"),
     ]
+}
+
+/// A valid manifest with two images, the first changed by `change`.
+fn with_image(change: impl FnOnce(&mut ManifestImage)) -> Manifest {
+    let mut m = seed_manifest(1, 1, 0, 17);
+    assert_eq!(m.images.len(), 2);
+    change(&mut m.images[0]);
+    m
 }
 
 #[test]

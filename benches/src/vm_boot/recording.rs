@@ -289,6 +289,7 @@ mod tests {
                     ),
                 ],
             }],
+            images: Vec::new(),
         };
         let chunks = manifest_chunks(&manifest, 512 * K);
         assert_eq!(chunks, BTreeSet::from([3, 5, 6, 100]));

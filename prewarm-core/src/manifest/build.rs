@@ -1,25 +1,41 @@
 //! Building a manifest at image build time: a prepared plan (files mapped
 //! on the image's mounted filesystems) becomes, per filesystem, its
-//! identity and its files' extents relative to the filesystem root.
+//! identity and its files' extents relative to the filesystem root, and
+//! each container image resolved (`--image`) its reference, digest and
+//! layer directories, relative to their filesystem's root likewise.
 
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use super::codec::{Manifest, ManifestDevice, ManifestFile};
-use crate::error::{Warning, WarningKind};
+use super::codec::{Manifest, ManifestDevice, ManifestDirectory, ManifestFile, ManifestImage};
+use crate::error::{Origin, Warning, WarningKind};
 use crate::map::{device, fsid, DeviceId};
 use crate::plan::PlanConfig;
+use crate::report::ImageReport;
 use crate::run::Prepared;
+
+/// A filesystem the manifest holds: its device, UUID and mount point.
+struct Recorded {
+    id: DeviceId,
+    uuid: [u8; 16],
+    mount: PathBuf,
+}
 
 /// Turn a prepared plan into a manifest. Files that cannot be replayed from
 /// a manifest (not on an ext4/xfs block device, not under its mount point)
-/// are left out with a warning.
+/// are left out with a warning, and so are image directories on no
+/// filesystem of the manifest. `root` is the image root the entries were
+/// rebased under (`plan --root`), where the images' directories lie.
 pub(crate) fn build_manifest(
     prepared: &Prepared,
     plan: PlanConfig,
     tool: &str,
+    root: Option<&Path>,
 ) -> (Manifest, Vec<Warning>) {
     let mut warnings = Vec::new();
     let mut devices = Vec::new();
+    let mut recorded = Vec::new();
     let mut included = vec![false; prepared.files.len()];
     for d in prepared.devices.iter().filter(|d| d.files > 0) {
         let id = d.device.id;
@@ -90,6 +106,11 @@ pub(crate) fn build_manifest(
         if files.is_empty() {
             continue;
         }
+        recorded.push(Recorded {
+            id,
+            uuid: identity.uuid,
+            mount,
+        });
         devices.push(ManifestDevice {
             fs_type: identity.fs_type.name().to_string(),
             uuid: identity.uuid,
@@ -117,11 +138,210 @@ pub(crate) fn build_manifest(
     let created_unix = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
+    let images = prepared
+        .images
+        .iter()
+        .filter_map(|i| manifest_image(i, root, &recorded, &devices, &mut warnings))
+        .collect();
     let manifest = Manifest {
         created_unix,
         tool: tool.to_string(),
         plan,
         devices,
+        images,
     };
     (manifest, warnings)
+}
+
+/// An image as the manifest records it: resolved images only (one with no
+/// record was warned about when resolving), each directory by its
+/// filesystem and its path there. An image the decoder would refuse (a
+/// digest read from containerd's database that is not one) is left out
+/// with a warning, so one bad record never costs the boot its manifest.
+fn manifest_image(
+    report: &ImageReport,
+    root: Option<&Path>,
+    recorded: &[Recorded],
+    devices: &[ManifestDevice],
+    warnings: &mut Vec<Warning>,
+) -> Option<ManifestImage> {
+    let (Some(name), Some(digest)) = (&report.image, &report.digest) else {
+        return None;
+    };
+    let origin = Origin::Image {
+        reference: name.clone(),
+    };
+    let mut directories = Vec::new();
+    for dir in &report.directories {
+        // The directory as this host sees it: under the image root, as the
+        // collector rebases entries.
+        let dir = Path::new(dir);
+        let host = match root {
+            Some(root) => root.join(dir.strip_prefix("/").unwrap_or(dir)),
+            None => dir.to_path_buf(),
+        };
+        let on = std::fs::metadata(&host).ok().and_then(|meta| {
+            let fs = recorded
+                .iter()
+                .find(|r| r.id == DeviceId::from_dev(meta.dev()))?;
+            let rel = host.strip_prefix(&fs.mount).ok()?;
+            (!rel.as_os_str().is_empty()).then(|| ManifestDirectory {
+                uuid: fs.uuid,
+                path: rel.to_path_buf(),
+            })
+        });
+        match on {
+            Some(d) => directories.push(d),
+            None => warnings.push(Warning::new(
+                WarningKind::Image,
+                Some(&host),
+                Some(&origin),
+                format!(
+                    "image {name}: layer directory on no filesystem of the manifest: not recorded in it"
+                ),
+            )),
+        }
+    }
+    let image = ManifestImage {
+        reference: report.reference.clone(),
+        image: name.clone(),
+        digest: digest.clone(),
+        priority: report.priority,
+        directories,
+    };
+    if let Err(e) = image.check(devices) {
+        warnings.push(Warning::new(
+            WarningKind::Image,
+            None,
+            Some(&origin),
+            format!("image {name}: cannot be recorded in the manifest: {e}"),
+        ));
+        return None;
+    }
+    Some(image)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn device(uuid: [u8; 16]) -> ManifestDevice {
+        ManifestDevice {
+            fs_type: "ext4".into(),
+            uuid,
+            size: 1 << 30,
+            logical_block_size: 512,
+            node_hint: "/dev/test".into(),
+            files: Vec::new(),
+        }
+    }
+
+    /// An image root in a tempdir (standing for the filesystem mounted
+    /// there) with two layer directories.
+    fn image_root() -> (tempfile::TempDir, Recorded) {
+        let top = tempfile::tempdir().unwrap();
+        for id in [1, 2] {
+            let dir = format!("var/lib/containerd/snapshots/{id}/fs");
+            std::fs::create_dir_all(top.path().join(dir)).unwrap();
+        }
+        let dev = std::fs::metadata(top.path()).unwrap().dev();
+        let recorded = Recorded {
+            id: DeviceId::from_dev(dev),
+            uuid: [0xab; 16],
+            mount: top.path().to_path_buf(),
+        };
+        (top, recorded)
+    }
+
+    fn report(directories: &[&str]) -> ImageReport {
+        ImageReport {
+            reference: "small:1".into(),
+            image: Some("docker.io/library/small:1".into()),
+            digest: Some(format!("sha256:{}", "c3".repeat(32))),
+            priority: 60,
+            directories: directories.iter().map(|d| d.to_string()).collect(),
+            warnings: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn image_directories_are_recorded_by_filesystem_and_relative_path() {
+        let (top, recorded) = image_root();
+        let devices = [device([0xab; 16])];
+        let mut warnings = Vec::new();
+        // As `plan --root` names them: the image's paths, rebased here.
+        let named = report(&[
+            "/var/lib/containerd/snapshots/2/fs",
+            "/var/lib/containerd/snapshots/1/fs",
+            "/var/lib/containerd/snapshots/9/fs",
+        ]);
+        let image = manifest_image(
+            &named,
+            Some(top.path()),
+            std::slice::from_ref(&recorded),
+            &devices,
+            &mut warnings,
+        )
+        .unwrap();
+        assert_eq!(image.reference, "small:1");
+        assert_eq!(image.image, "docker.io/library/small:1");
+        assert_eq!(image.digest, named.digest.clone().unwrap());
+        assert_eq!(image.priority, 60);
+        let dirs: Vec<_> = image
+            .directories
+            .iter()
+            .map(|d| (d.uuid, d.path.clone()))
+            .collect();
+        assert_eq!(
+            dirs,
+            [
+                (
+                    [0xab; 16],
+                    PathBuf::from("var/lib/containerd/snapshots/2/fs")
+                ),
+                (
+                    [0xab; 16],
+                    PathBuf::from("var/lib/containerd/snapshots/1/fs")
+                ),
+            ]
+        );
+        // The one that is not there is a warning naming it.
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert_eq!(warnings[0].kind, WarningKind::Image);
+        assert!(
+            warnings[0].to_string().contains("snapshots/9/fs"),
+            "{}",
+            warnings[0]
+        );
+        // Host paths (no image root) give the same record.
+        let host = |id| {
+            top.path()
+                .join(format!("var/lib/containerd/snapshots/{id}/fs"))
+        };
+        let named = report(&[host(2).to_str().unwrap(), host(1).to_str().unwrap()]);
+        let again = manifest_image(&named, None, &[recorded], &devices, &mut warnings).unwrap();
+        assert_eq!(again.directories, image.directories);
+    }
+
+    #[test]
+    fn an_image_the_decoder_would_refuse_is_left_out_with_a_warning() {
+        let (top, recorded) = image_root();
+        let devices = [device([0xab; 16])];
+        let mut warnings = Vec::new();
+        let mut bad = report(&["/var/lib/containerd/snapshots/1/fs"]);
+        bad.digest = Some("sha256:../../etc/passwd".into());
+        let got = manifest_image(&bad, Some(top.path()), &[recorded], &devices, &mut warnings);
+        assert!(got.is_none());
+        assert!(
+            warnings[0].to_string().contains("digest"),
+            "{}",
+            warnings[0]
+        );
+        // One never resolved is not recorded (it was warned about then).
+        let mut unresolved = report(&[]);
+        unresolved.digest = None;
+        unresolved.image = None;
+        assert!(manifest_image(&unresolved, None, &[], &devices, &mut warnings).is_none());
+        assert_eq!(warnings.len(), 1);
+    }
 }

@@ -6,9 +6,12 @@
 //! mtime), the priority, the device extents and the byte ranges that must be
 //! read through the file, and, when the file was named for some byte
 //! ranges only (a recording's lines), those ranges, which a changed file is
-//! mapped again for.
+//! mapped again for; and, per container image planned by reference
+//! (`--image`), the reference, the record it matched, its digest, its
+//! priority and its layers' snapshot directories, each named by its
+//! filesystem's UUID and its path relative to that filesystem's root.
 //!
-//! # Format (version 2)
+//! # Format (version 3)
 //!
 //! ```text
 //! offset 0   magic "PRWMNFST"
@@ -28,8 +31,16 @@
 //! ranges it was named for, as a count plus one (0: the whole file), then
 //! each range as its offset's distance from the previous range's end and
 //! its length. Version 1 manifests, which lack the field, still decode
-//! (every file whole); a version newer than [`FORMAT_VERSION`] is refused,
-//! naming both versions.
+//! (every file whole).
+//!
+//! Version 3 adds a section after the last device: the images, as a count,
+//! then per image its reference as asked for, the image record's name, its
+//! target digest (length-prefixed strings), its priority and its
+//! directories, as a count, then per directory its filesystem's UUID (16
+//! bytes, one of the manifest's devices) and its path (length-prefixed,
+//! not front-coded: an image has a handful). Version 1 and 2 manifests,
+//! which lack the section, decode with no images; a version newer than
+//! [`FORMAT_VERSION`] is refused, naming both versions.
 //!
 //! # Bounds
 //!
@@ -55,7 +66,13 @@
 //!   [`MAX_FILE_RANGES`] and [`MAX_NAMED_RANGES`] for the whole manifest;
 //!   named ranges are sorted and disjoint; and vectors grow with
 //!   the elements actually decoded, never with a count;
-//! * strings are short (`tool`, `fs_type`, `node_hint`) and NUL-free.
+//! * strings are short (`tool`, `fs_type`, `node_hint`) and NUL-free;
+//! * an image's reference and record name are non-empty, at most
+//!   [`MAX_REFERENCE_BYTES`], with no control character or space; its
+//!   digest is `algorithm:hex`; at most [`MAX_IMAGES`] images and
+//!   [`MAX_IMAGE_DIRECTORIES`] directories (all images together); a
+//!   directory's UUID names one of the manifest's filesystems and its path
+//!   is bounded like a file's.
 //!
 //! [`Manifest::check_bounds`] checks the same bounds on a manifest in
 //! memory (what the fuzz tests assert of everything that decodes).
@@ -73,7 +90,7 @@ use crate::plan::PlanConfig;
 /// The first eight bytes of every manifest.
 pub const MAGIC: &[u8; 8] = b"PRWMNFST";
 /// The format version this code writes (and the newest it reads).
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 /// The oldest format version this code reads.
 pub const OLDEST_FORMAT_VERSION: u32 = 1;
 const HEADER: usize = 20;
@@ -88,6 +105,14 @@ pub const MAX_EXTENTS: usize = 1 << 22;
 pub const MAX_FILE_RANGES: usize = 1 << 22;
 /// Most named byte ranges ([`ManifestFile::ranges`]) in one manifest.
 pub const MAX_NAMED_RANGES: usize = 1 << 22;
+/// Most container images in one manifest.
+pub const MAX_IMAGES: usize = 4096;
+/// Most image directories in one manifest (all images together).
+pub const MAX_IMAGE_DIRECTORIES: usize = 1 << 16;
+/// Longest image reference or image record name.
+pub const MAX_REFERENCE_BYTES: usize = 1024;
+/// Longest image digest (`sha512:` and 128 hex digits take 135).
+pub const MAX_DIGEST_BYTES: usize = 256;
 /// Longest path (`PATH_MAX`).
 pub const MAX_PATH_BYTES: usize = 4096;
 /// Longest path component (`NAME_MAX`).
@@ -234,6 +259,36 @@ pub struct ManifestDevice {
     pub files: Vec<ManifestFile>,
 }
 
+/// A container image planned by reference (`--image`; format version 3):
+/// what names it, and where its layers are.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ManifestImage {
+    /// The reference as asked for (`small:1`; with `--all-images`, the
+    /// record's name).
+    pub reference: String,
+    /// The image record it matched: the normalised reference
+    /// (`docker.io/library/small:1`).
+    pub image: String,
+    /// The record's target digest (its manifest or index).
+    pub digest: String,
+    /// Its priority class.
+    pub priority: u32,
+    /// Its layers' snapshot directories, top layer first.
+    pub directories: Vec<ManifestDirectory>,
+}
+
+/// A directory on one of the manifest's filesystems.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ManifestDirectory {
+    /// The UUID of the filesystem holding it (one of the manifest's
+    /// devices).
+    #[serde(rename = "filesystem", serialize_with = "serialize_uuid")]
+    pub uuid: [u8; 16],
+    /// Relative to that filesystem's root, like a file's path.
+    #[serde(serialize_with = "crate::error::serialize_path")]
+    pub path: PathBuf,
+}
+
 /// A boot manifest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Manifest {
@@ -245,6 +300,9 @@ pub struct Manifest {
     pub plan: PlanConfig,
     /// Its filesystems.
     pub devices: Vec<ManifestDevice>,
+    /// The container images planned into it (version 3; none before).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<ManifestImage>,
 }
 
 fn serialize_uuid<S: serde::Serializer>(u: &[u8; 16], s: S) -> Result<S::Ok, S::Error> {
@@ -340,6 +398,19 @@ impl Manifest {
                 }
             }
         }
+        // Version 3: the images.
+        put(&mut p, self.images.len() as u64);
+        for image in &self.images {
+            put_bytes(&mut p, image.reference.as_bytes());
+            put_bytes(&mut p, image.image.as_bytes());
+            put_bytes(&mut p, image.digest.as_bytes());
+            put(&mut p, u64::from(image.priority));
+            put(&mut p, image.directories.len() as u64);
+            for dir in &image.directories {
+                p.extend_from_slice(&dir.uuid);
+                put_bytes(&mut p, dir.path.as_os_str().as_bytes());
+            }
+        }
         let mut out = Vec::with_capacity(HEADER + p.len() + 4);
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
@@ -429,6 +500,22 @@ impl Manifest {
                 }
             }
         }
+        if self.images.len() > MAX_IMAGES {
+            return Err(oob("images", too_many(self.images.len(), MAX_IMAGES)));
+        }
+        let mut directories = 0usize;
+        for (i, image) in self.images.iter().enumerate() {
+            directories = directories.saturating_add(image.directories.len());
+            if directories > MAX_IMAGE_DIRECTORIES {
+                return Err(oob(
+                    &format!("images[{i}].directories"),
+                    too_many(directories, MAX_IMAGE_DIRECTORIES),
+                ));
+            }
+            image
+                .check(&self.devices)
+                .map_err(|e| e.within(format_args!("images[{i}]")))?;
+        }
         Ok(())
     }
 
@@ -513,12 +600,111 @@ fn decode_payload(r: &mut Reader<'_>) -> Result<Manifest, ManifestError> {
     for d in 0..ndev {
         devices.push(decode_device(r).map_err(|e| e.within(format_args!("devices[{d}]")))?);
     }
+    let images = if r.version >= 3 {
+        decode_images(r, &devices)?
+    } else {
+        Vec::new()
+    };
     Ok(Manifest {
         created_unix,
         tool,
         plan,
         devices,
+        images,
     })
+}
+
+/// The images section (version 3), after the devices it refers to.
+fn decode_images(
+    r: &mut Reader<'_>,
+    devices: &[ManifestDevice],
+) -> Result<Vec<ManifestImage>, ManifestError> {
+    // An image takes at least 41 bytes: two one-byte strings (two bytes
+    // each), a digest (its length and at least `a:` and 32 hex digits), a
+    // priority and a count.
+    let n = r.count("images", 41, MAX_IMAGES)?;
+    let mut images = Vec::with_capacity(n.min(PREALLOCATE));
+    for i in 0..n {
+        let image = decode_image(r, devices).map_err(|e| e.within(format_args!("images[{i}]")))?;
+        images.push(image);
+    }
+    Ok(images)
+}
+
+fn decode_image(
+    r: &mut Reader<'_>,
+    devices: &[ManifestDevice],
+) -> Result<ManifestImage, ManifestError> {
+    let at = r.pos;
+    let reference = r.string("reference", MAX_REFERENCE_BYTES)?;
+    check_reference(&reference).map_err(|reason| r.invalid_at("reference", at, reason))?;
+    let at = r.pos;
+    let image = r.string("image", MAX_REFERENCE_BYTES)?;
+    check_reference(&image).map_err(|reason| r.invalid_at("image", at, reason))?;
+    let at = r.pos;
+    let digest = r.string("digest", MAX_DIGEST_BYTES)?;
+    check_digest(&digest).map_err(|reason| r.invalid_at("digest", at, reason))?;
+    let priority = r.u32("priority")?;
+    // A directory takes at least 18 bytes: the UUID and a one-byte path.
+    let n = r.count(
+        "directories",
+        18,
+        MAX_IMAGE_DIRECTORIES - r.image_directories,
+    )?;
+    let mut directories = Vec::with_capacity(n.min(PREALLOCATE));
+    for k in 0..n {
+        let dir = (|| {
+            let at = r.pos;
+            let uuid = r.fixed::<16>("filesystem")?;
+            check_filesystem(&uuid, devices)
+                .map_err(|reason| r.invalid_at("filesystem", at, reason))?;
+            let at = r.pos;
+            let path = r.bytes("path", MAX_PATH_BYTES)?;
+            check_path(path).map_err(|reason| r.invalid_at("path", at, reason))?;
+            Ok(ManifestDirectory {
+                uuid,
+                path: PathBuf::from(OsStr::from_bytes(path)),
+            })
+        })()
+        .map_err(|e: ManifestError| e.within(format_args!("directories[{k}]")))?;
+        directories.push(dir);
+    }
+    r.image_directories += n;
+    Ok(ManifestImage {
+        reference,
+        image,
+        digest,
+        priority,
+        directories,
+    })
+}
+
+impl ManifestImage {
+    /// Check the bounds the decoder checks (see the module doc) on an image
+    /// in memory whose directories must lie on `devices`; the error names
+    /// the field (`directories[1].path`).
+    pub fn check(&self, devices: &[ManifestDevice]) -> Result<(), ManifestError> {
+        let oob = |field: &str, reason: String| ManifestError::OutOfBounds {
+            field: field.to_string(),
+            reason,
+        };
+        check_reference(&self.reference).map_err(|r| oob("reference", r))?;
+        check_reference(&self.image).map_err(|r| oob("image", r))?;
+        check_digest(&self.digest).map_err(|r| oob("digest", r))?;
+        if self.directories.len() > MAX_IMAGE_DIRECTORIES {
+            return Err(oob(
+                "directories",
+                too_many(self.directories.len(), MAX_IMAGE_DIRECTORIES),
+            ));
+        }
+        for (k, dir) in self.directories.iter().enumerate() {
+            check_filesystem(&dir.uuid, devices)
+                .map_err(|r| oob(&format!("directories[{k}].filesystem"), r))?;
+            check_path(dir.path.as_os_str().as_bytes())
+                .map_err(|r| oob(&format!("directories[{k}].path"), r))?;
+        }
+        Ok(())
+    }
 }
 
 fn decode_device(r: &mut Reader<'_>) -> Result<ManifestDevice, ManifestError> {
@@ -747,6 +933,42 @@ fn check_text(s: &str, max: usize) -> Result<(), String> {
     Ok(())
 }
 
+/// An image reference or record name: a non-empty word of at most
+/// [`MAX_REFERENCE_BYTES`] with no control character or space (`show`
+/// prints it to a terminal).
+fn check_reference(s: &str) -> Result<(), String> {
+    if s.is_empty() {
+        return Err("empty".into());
+    }
+    check_text(s, MAX_REFERENCE_BYTES)?;
+    if s.chars().any(char::is_whitespace) {
+        return Err(format!("{s:?} holds a space"));
+    }
+    Ok(())
+}
+
+/// A content digest, `algorithm:hex`, of at most [`MAX_DIGEST_BYTES`].
+fn check_digest(s: &str) -> Result<(), String> {
+    if s.len() > MAX_DIGEST_BYTES || !crate::source::containerd::is_digest(s) {
+        return Err(format!(
+            "{:?} is not a digest (algorithm:hex)",
+            s.get(..80).unwrap_or(s)
+        ));
+    }
+    Ok(())
+}
+
+/// A directory's filesystem: one of the manifest's devices.
+fn check_filesystem(uuid: &[u8; 16], devices: &[ManifestDevice]) -> Result<(), String> {
+    if devices.iter().any(|d| &d.uuid == uuid) {
+        return Ok(());
+    }
+    Err(format!(
+        "{} is none of the manifest's filesystems",
+        format_uuid(uuid)
+    ))
+}
+
 /// A filesystem type name: a short word of lowercase letters and digits.
 fn check_fs_type(s: &str) -> Result<(), String> {
     let word = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
@@ -894,6 +1116,7 @@ struct Reader<'a> {
     extents: usize,
     ranges: usize,
     named: usize,
+    image_directories: usize,
     /// The format version being decoded.
     version: u32,
 }
@@ -907,6 +1130,7 @@ impl<'a> Reader<'a> {
             extents: 0,
             ranges: 0,
             named: 0,
+            image_directories: 0,
             version: FORMAT_VERSION,
         }
     }
@@ -1083,7 +1307,41 @@ mod tests {
                 node_hint: "/dev/nvme0n1p1".into(),
                 files,
             }],
+            images: Vec::new(),
         }
+    }
+
+    /// `sample(3, 2)` with a second filesystem and two images sharing a
+    /// base layer, one on each filesystem.
+    fn sample_with_images() -> Manifest {
+        let mut m = sample(3, 2);
+        let mut other = m.devices[0].clone();
+        other.uuid = [0xcd; 16];
+        other.node_hint = "/dev/nvme1n1".into();
+        m.devices.push(other);
+        let dir = |uuid: u8, id: u32| ManifestDirectory {
+            uuid: [uuid; 16],
+            path: PathBuf::from(format!(
+                "var/lib/containerd/io.containerd.snapshotter.v1.overlayfs/snapshots/{id}/fs"
+            )),
+        };
+        m.images = vec![
+            ManifestImage {
+                reference: "small:1".into(),
+                image: "docker.io/library/small:1".into(),
+                digest: format!("sha256:{}", "a1".repeat(32)),
+                priority: 60,
+                directories: vec![dir(0xab, 3), dir(0xab, 1)],
+            },
+            ManifestImage {
+                reference: "registry.example.com/team/other:v2".into(),
+                image: "registry.example.com/team/other:v2".into(),
+                digest: format!("sha256:{}", "b2".repeat(32)),
+                priority: 100,
+                directories: vec![dir(0xcd, 9), dir(0xab, 1)],
+            },
+        ];
+        m
     }
 
     #[test]
@@ -1115,7 +1373,7 @@ mod tests {
         ]);
         m.devices[0].files[2].ranges = Some(Vec::new());
         let bytes = m.encode();
-        assert_eq!(bytes[8..12], 2u32.to_le_bytes());
+        assert_eq!(bytes[8..12], FORMAT_VERSION.to_le_bytes());
         let back = Manifest::decode(&bytes).unwrap();
         assert_eq!(back, m);
         back.check_bounds().unwrap();
@@ -1145,15 +1403,164 @@ mod tests {
         assert_eq!(v1[8..12], 1u32.to_le_bytes());
         let back = Manifest::decode(v1).unwrap();
         assert_eq!(back, sample(3, 2), "every file whole (ranges None)");
-        let mut v3 = back.encode();
-        v3[8..12].copy_from_slice(&3u32.to_le_bytes());
-        let err = Manifest::decode(&v3).unwrap_err();
-        assert_eq!(err, ManifestError::Version { found: 3 });
+        let mut v4 = back.encode();
+        v4[8..12].copy_from_slice(&4u32.to_le_bytes());
+        let err = Manifest::decode(&v4).unwrap_err();
+        assert_eq!(err, ManifestError::Version { found: 4 });
         let msg = err.to_string();
         assert!(
-            msg.contains("version 3") && msg.contains("versions 1 to 2"),
+            msg.contains("version 4") && msg.contains("versions 1 to 3"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn version_2_still_decodes_with_its_ranges_and_no_images() {
+        // Written by the version-2 encoder from `sample(3, 2)` with the
+        // named ranges below.
+        let v2 = include_bytes!("../../tests/data/v2-sample.manifest");
+        assert_eq!(v2[8..12], 2u32.to_le_bytes());
+        let mut want = sample(3, 2);
+        want.devices[0].files[1].ranges = Some(vec![
+            ByteRange {
+                offset: 0,
+                len: 4096,
+            },
+            ByteRange {
+                offset: 8192,
+                len: 100,
+            },
+        ]);
+        want.devices[0].files[2].ranges = Some(Vec::new());
+        let back = Manifest::decode(v2).unwrap();
+        assert_eq!(back, want);
+        assert!(back.images.is_empty());
+        // Re-encoded, it is version 3 and decodes the same.
+        let v3 = back.encode();
+        assert_eq!(v3[8..12], 3u32.to_le_bytes());
+        assert_eq!(Manifest::decode(&v3).unwrap(), want);
+    }
+
+    #[test]
+    fn images_roundtrip_in_version_3() {
+        let m = sample_with_images();
+        m.check_bounds().unwrap();
+        let bytes = m.encode();
+        assert_eq!(bytes[8..12], 3u32.to_le_bytes());
+        let back = Manifest::decode(&bytes).unwrap();
+        assert_eq!(
+            back, m,
+            "images, their order and their directories' order kept"
+        );
+        assert_eq!(back.images[1].directories[0].uuid, [0xcd; 16]);
+        // Shown: one block per image, each directory naming its
+        // filesystem (the manifest holds two).
+        let text = back.render_text(false);
+        for want in [
+            "image docker.io/library/small:1 (asked as small:1), priority 60: 2 layer directories",
+            &format!("digest sha256:{}", "a1".repeat(32)),
+            "/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs/snapshots/3/fs (filesystem abababab-",
+            "image registry.example.com/team/other:v2, priority 100",
+            "snapshots/9/fs (filesystem cdcdcdcd-",
+        ] {
+            assert!(text.contains(want), "{want:?} not in\n{text}");
+        }
+        // And as JSON: the fields, each directory by filesystem and path.
+        let json = serde_json::to_value(&back).unwrap();
+        let first = &json["images"][0];
+        assert_eq!(first["reference"], "small:1");
+        assert_eq!(first["image"], "docker.io/library/small:1");
+        assert_eq!(first["priority"], 60);
+        assert_eq!(
+            first["directories"][0]["path"],
+            "var/lib/containerd/io.containerd.snapshotter.v1.overlayfs/snapshots/3/fs"
+        );
+        assert_eq!(
+            first["directories"][0]["filesystem"],
+            crate::map::fsid::format_uuid(&[0xab; 16])
+        );
+        // A manifest without images has no `images` key at all.
+        assert!(serde_json::to_value(sample(1, 1))
+            .unwrap()
+            .get("images")
+            .is_none());
+    }
+
+    /// Encode `m` with its image checks bypassed: what an attacker writes.
+    fn refusal(change: impl FnOnce(&mut ManifestImage)) -> (ManifestError, ManifestError) {
+        let mut m = sample_with_images();
+        change(&mut m.images[1]);
+        let decoded = Manifest::decode(&m.encode()).unwrap_err();
+        let in_memory = m.check_bounds().unwrap_err();
+        (decoded, in_memory)
+    }
+
+    #[test]
+    fn a_bad_image_record_is_refused_naming_the_field() {
+        type Change = Box<dyn FnOnce(&mut ManifestImage)>;
+        let cases: Vec<(&str, Change)> = vec![
+            (
+                "images[1].directories[1].path",
+                Box::new(|i| i.directories[1].path = "../../etc".into()),
+            ),
+            (
+                "images[1].directories[0].path",
+                Box::new(|i| i.directories[0].path = "/var/lib/containerd".into()),
+            ),
+            (
+                "images[1].directories[0].path",
+                Box::new(|i| i.directories[0].path = PathBuf::new()),
+            ),
+            (
+                "images[1].directories[0].filesystem",
+                Box::new(|i| i.directories[0].uuid = [0x11; 16]),
+            ),
+            (
+                "images[1].digest",
+                Box::new(|i| i.digest = "sha256:../../etc/passwd".into()),
+            ),
+            (
+                "images[1].reference",
+                Box::new(|i| i.reference = "other\x1b]0;owned\x07".into()),
+            ),
+            ("images[1].image", Box::new(|i| i.image = String::new())),
+            (
+                "images[1].image",
+                Box::new(|i| i.image = "x".repeat(MAX_REFERENCE_BYTES + 1)),
+            ),
+        ];
+        for (field, change) in cases {
+            let (decoded, in_memory) = refusal(change);
+            assert!(
+                matches!(&decoded, ManifestError::Invalid { field: f, .. } if f == field),
+                "{field}: {decoded}"
+            );
+            assert!(decoded.to_string().contains("offset"), "{decoded}");
+            assert!(
+                matches!(&in_memory, ManifestError::OutOfBounds { field: f, .. } if f == field),
+                "{field}: {in_memory}"
+            );
+        }
+        // A count claiming more images than the bytes left is refused, not
+        // allocated: the count sits right after the devices.
+        let mut m = sample(1, 1);
+        let mut bytes = m.encode();
+        let payload_end = bytes.len() - 4;
+        assert_eq!(bytes[payload_end - 1], 0, "no images");
+        bytes[payload_end - 1] = 0x7f;
+        let crc = crc32fast::hash(&bytes[..payload_end]);
+        bytes[payload_end..].copy_from_slice(&crc.to_le_bytes());
+        let msg = Manifest::decode(&bytes).unwrap_err().to_string();
+        assert!(
+            msg.contains("images") && msg.contains("bytes left"),
+            "{msg}"
+        );
+        // Too many directories in all, in memory.
+        m.images = sample_with_images().images;
+        m.images[0].directories =
+            vec![m.images[0].directories[0].clone(); MAX_IMAGE_DIRECTORIES + 1];
+        let err = m.check_bounds().unwrap_err().to_string();
+        assert!(err.contains("images[0].directories"), "{err}");
     }
 
     #[test]
@@ -1196,7 +1603,8 @@ mod tests {
         m.devices[0].files.clear();
         let mut bytes = m.encode();
         let payload_end = bytes.len() - 4;
-        bytes[payload_end - 1] = 0x7f; // files count
+        // The files count, before the (empty) images count.
+        bytes[payload_end - 2] = 0x7f;
         let crc = crc32fast::hash(&bytes[..payload_end]);
         bytes[payload_end..].copy_from_slice(&crc.to_le_bytes());
         let msg = Manifest::decode(&bytes).unwrap_err().to_string();
@@ -1211,13 +1619,15 @@ mod tests {
         #[test]
         fn random_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
             let _ = Manifest::decode(&bytes);
-            let mut framed = MAGIC.to_vec();
-            framed.extend_from_slice(&1u32.to_le_bytes());
-            framed.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
-            framed.extend_from_slice(&bytes);
-            let crc = crc32fast::hash(&framed);
-            framed.extend_from_slice(&crc.to_le_bytes());
-            let _ = Manifest::decode(&framed);
+            for version in OLDEST_FORMAT_VERSION..=FORMAT_VERSION {
+                let mut framed = MAGIC.to_vec();
+                framed.extend_from_slice(&version.to_le_bytes());
+                framed.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+                framed.extend_from_slice(&bytes);
+                let crc = crc32fast::hash(&framed);
+                framed.extend_from_slice(&crc.to_le_bytes());
+                let _ = Manifest::decode(&framed);
+            }
         }
 
         #[test]

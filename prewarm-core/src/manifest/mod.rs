@@ -21,7 +21,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use self::boot::{BootDecision, Phase};
-pub use self::codec::{Manifest, ManifestDevice, ManifestError, ManifestFile, ManifestStats};
+pub use self::codec::{
+    Manifest, ManifestDevice, ManifestDirectory, ManifestError, ManifestFile, ManifestImage,
+    ManifestStats,
+};
 pub use self::handover::HandoverState;
 use self::replay::ReplayOptions;
 use crate::error::{Error, Warning};
@@ -75,8 +78,9 @@ pub struct PlannedManifest {
     pub encoded: Vec<u8>,
     /// Everything wrong with the input, the mapping and the files left out.
     pub warnings: Vec<Warning>,
-    /// The container images planned (`--image`): the manifest holds their
-    /// files, this names them.
+    /// The container images asked for (`--image`), as resolved: the
+    /// manifest holds their files and records those resolved
+    /// ([`Manifest::images`]); this adds what could not be resolved.
     pub images: Vec<crate::report::ImageReport>,
 }
 
@@ -120,7 +124,8 @@ pub fn plan_manifest(
         });
     }
     let prepared = run::prepare(sources, cfg)?;
-    let (manifest, mut warnings) = build::build_manifest(&prepared, cfg.plan, tool);
+    let (manifest, mut warnings) =
+        build::build_manifest(&prepared, cfg.plan, tool, cfg.collect.root.as_deref());
     warnings.splice(0..0, prepared.warnings);
     Ok(PlannedManifest {
         encoded: manifest.encode(),
@@ -316,6 +321,7 @@ mod tests {
                 node_hint: "/dev/none".into(),
                 files: Vec::new(),
             }],
+            images: Vec::new(),
         };
         std::fs::write(&path, m.encode()).unwrap();
         let req = ManifestRun {

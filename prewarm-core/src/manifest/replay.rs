@@ -17,6 +17,10 @@
 //! a kernel without openat2) it is resolved in full and kept only if it
 //! lands under the mount. A file that would lead outside is never opened:
 //! it is counted (`outside_mount`) and warned about by path.
+//!
+//! The manifest's container images go into the report as a run with
+//! `--image` reports them, their directories shown where their filesystem
+//! is mounted (from `/` when it is not: the initrd).
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -24,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use rayon::prelude::*;
 
-use super::codec::{Manifest, ManifestDevice, ManifestFile};
+use super::codec::{Manifest, ManifestDevice, ManifestFile, ManifestImage};
 use super::handover::HandoverState;
 use crate::engine::StopSignal;
 use crate::error::{Error, Origin, Warning, WarningKind};
@@ -33,7 +37,7 @@ use crate::map::extent::{map_file, open_file};
 use crate::map::fsid::{self, format_uuid};
 use crate::map::{device, pool, DeviceId, ExtentMap, FileReadReason};
 use crate::plan::{PrioritizedExtent, ReadPlan};
-use crate::report::{ManifestReport, RefusedFilesystem};
+use crate::report::{ImageReport, ManifestReport, RefusedFilesystem};
 use crate::run::{plan_file_ios, DevicePlan, MappedFile, Prepared};
 use crate::source::TargetFile;
 
@@ -92,6 +96,8 @@ pub(crate) fn prepare_manifest(
     let mut warnings = Vec::new();
     let mut files: Vec<MappedFile> = Vec::new();
     let mut devices = Vec::new();
+    // Where each filesystem read is mounted (checked files only).
+    let mut mounts: Vec<([u8; 16], PathBuf)> = Vec::new();
     // Every filesystem is looked for at once, and each stands on its own: one
     // that is absent or changed is reported and the others are still read.
     let uuids: Vec<[u8; 16]> = m.devices.iter().map(|d| d.uuid).collect();
@@ -116,6 +122,9 @@ pub(crate) fn prepare_manifest(
         } else {
             None
         };
+        if let Some(mount) = &mount {
+            mounts.push((md.uuid, mount.clone()));
+        }
         let dev_num = libc::makedev(id.major, id.minor);
         let wanted: Vec<&ManifestFile> = md
             .files
@@ -199,14 +208,45 @@ pub(crate) fn prepare_manifest(
         return Err(refuse(reasons.join("; ")));
     }
     let file_ios = plan_file_ios(&files, 0, m.plan.max_io);
+    let images = m
+        .images
+        .iter()
+        .filter(|i| opts.max_priority.is_none_or(|max| i.priority <= max))
+        .map(|i| image_report(i, &mounts))
+        .collect();
     Ok(Prepared {
         manifest: Some(report),
         files,
         devices,
         file_ios,
         prepare_time: start.elapsed(),
+        images,
         ..Prepared::empty(warnings)
     })
+}
+
+/// A manifest image as the report names images (see the module doc);
+/// those of a class the run defers are left to the run that reads them.
+fn image_report(image: &ManifestImage, mounts: &[([u8; 16], PathBuf)]) -> ImageReport {
+    let directories = image
+        .directories
+        .iter()
+        .map(|d| {
+            let mount = mounts
+                .iter()
+                .find(|(uuid, _)| *uuid == d.uuid)
+                .map_or(Path::new("/"), |(_, m)| m.as_path());
+            mount.join(&d.path).display().to_string()
+        })
+        .collect();
+    ImageReport {
+        reference: image.reference.clone(),
+        image: Some(image.image.clone()),
+        digest: Some(image.digest.clone()),
+        priority: image.priority,
+        directories,
+        warnings: Vec::new(),
+    }
 }
 
 /// The open device of the manifest filesystem `md` (found at `found`), or
@@ -405,6 +445,34 @@ mod tests {
         link(Path::new(&magic), "magic-out");
         link(&mount.join("a/b"), "abs-in");
         (top, mount)
+    }
+
+    #[test]
+    fn images_are_reported_where_their_filesystem_is_mounted() {
+        use super::super::codec::ManifestDirectory;
+        let dir = |uuid: u8, path: &str| ManifestDirectory {
+            uuid: [uuid; 16],
+            path: PathBuf::from(path),
+        };
+        let image = ManifestImage {
+            reference: "small:1".into(),
+            image: "docker.io/library/small:1".into(),
+            digest: format!("sha256:{}", "c3".repeat(32)),
+            priority: 60,
+            directories: vec![dir(1, "snapshots/2/fs"), dir(2, "lib/snapshots/1/fs")],
+        };
+        let mounts = [([1; 16], PathBuf::from("/var/lib/containerd"))];
+        let r = image_report(&image, &mounts);
+        assert_eq!(r.reference, "small:1");
+        assert_eq!(r.image.as_deref(), Some("docker.io/library/small:1"));
+        assert_eq!(r.digest.as_deref(), Some(image.digest.as_str()));
+        assert_eq!(r.priority, 60);
+        // Filesystem 2 is not mounted (the initrd): from `/`.
+        assert_eq!(
+            r.directories,
+            ["/var/lib/containerd/snapshots/2/fs", "/lib/snapshots/1/fs"]
+        );
+        assert!(r.warnings.is_empty());
     }
 
     #[test]

@@ -9,7 +9,11 @@ use crate::size::format_bytes;
 
 impl Manifest {
     /// The plan's knobs, then per filesystem its identity and, per priority
-    /// class, how many files, extents and bytes; with `files`, every file.
+    /// class, how many files, extents and bytes; with `files`, every file;
+    /// then one block per container image: its record and the reference
+    /// asked for, its priority, its digest and its layer directories, top
+    /// layer first (shown from the filesystem's root like files, and, when
+    /// the manifest holds more than one filesystem, naming it).
     pub fn render_text(&self, files: bool) -> String {
         let mut s = String::new();
         let _ = writeln!(
@@ -56,6 +60,29 @@ impl Manifest {
                         f.file_ranges.len()
                     );
                 }
+            }
+        }
+        for i in &self.images {
+            let asked = if i.reference == i.image {
+                String::new()
+            } else {
+                format!(" (asked as {})", i.reference)
+            };
+            let n = i.directories.len();
+            let _ = writeln!(
+                s,
+                "  image {}{asked}, priority {}: {n} layer director{}",
+                i.image,
+                i.priority,
+                if n == 1 { "y" } else { "ies" }
+            );
+            let _ = writeln!(s, "    digest {}", i.digest);
+            for d in &i.directories {
+                let _ = write!(s, "    /{}", d.path.display());
+                if self.devices.len() > 1 {
+                    let _ = write!(s, " (filesystem {})", format_uuid(&d.uuid));
+                }
+                s.push('\n');
             }
         }
         s

@@ -31,6 +31,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+pub(crate) use self::reference::is_digest;
 use self::reference::normalize;
 use self::store::{ImageRecord, MetaFacts, SnapshotRecord};
 use super::SourceEntry;
@@ -90,6 +91,8 @@ pub struct ImageReport {
     pub image: Option<String>,
     /// The image's target digest (its manifest or index).
     pub digest: Option<String>,
+    /// Its priority class.
+    pub priority: u32,
     /// Its layers' snapshot directories, top layer first.
     pub directories: Vec<String>,
     /// What could not be resolved.
@@ -199,6 +202,7 @@ impl Resolver<'_> {
         self.warn(req, &reference, path, &msg);
         self.out.images.push(ImageReport {
             reference,
+            priority: req.priority,
             warnings: vec![msg],
             ..Default::default()
         });
@@ -288,6 +292,7 @@ impl Resolver<'_> {
             reference,
             image: Some(record.name.clone()),
             digest: Some(record.digest.clone()),
+            priority: req.priority,
             ..Default::default()
         };
         let mut problems: Vec<(Option<PathBuf>, String)> = Vec::new();
