@@ -42,6 +42,7 @@ fn manifest_with(path: &str, size: u64, file_ranges: Vec<ByteRange>) -> Manifest
                 extents: Vec::new(),
                 file_ranges,
                 ranges: None,
+                directory: false,
             }],
         }],
         images: Vec::new(),

@@ -224,6 +224,9 @@ pub struct ManifestReport {
     pub checksum: String,
     /// Files in the manifest.
     pub files: u64,
+    /// Directories on the way to them whose blocks were planned (not
+    /// counted as files, nor below).
+    pub directories: u64,
     /// Checked against the filesystem and unchanged.
     pub unchanged: u64,
     /// Changed since planning: re-mapped live.
@@ -650,8 +653,8 @@ impl Report {
         if let Some(m) = &self.manifest {
             let _ = writeln!(
                 s,
-                "manifest {}: {} files: {} unchanged, {} changed (re-mapped), {} missing, {} unverified, {} deferred; {} chunks already read by an earlier run",
-                m.checksum, m.files, m.unchanged, m.changed, m.missing, m.unverified, m.deferred, m.handover_chunks
+                "manifest {}: {} files: {} unchanged, {} changed (re-mapped), {} missing, {} unverified, {} deferred; {} directories on their way; {} chunks already read by an earlier run",
+                m.checksum, m.files, m.unchanged, m.changed, m.missing, m.unverified, m.deferred, m.directories, m.handover_chunks
             );
         }
         for r in self.manifest.iter().flat_map(|m| &m.refused) {

@@ -86,7 +86,7 @@ fn seed_manifest(files: usize, extents: usize, ranges: usize, salt: u64) -> Mani
                 })
                 .collect();
             let size = logical + next() % 4096;
-            let file_ranges = (0..ranges)
+            let file_ranges: Vec<ByteRange> = (0..ranges)
                 .map(|k| ByteRange {
                     offset: (k as u64) * 8192 % (size + 1),
                     len: 1 + next() % 4096,
@@ -112,6 +112,7 @@ fn seed_manifest(files: usize, extents: usize, ranges: usize, salt: u64) -> Mani
                 mtime_nsec: (next() % 1_000_000_000) as u32,
                 priority: (next() % 4) as u32 * 10,
                 extents,
+                directory: named.is_none() && file_ranges.is_empty() && i % 5 == 4,
                 file_ranges,
                 ranges: named,
             }
@@ -552,6 +553,7 @@ fn crafted(path: &str, size: u64, extents: Vec<Extent>, ranges: Vec<ByteRange>) 
         extents,
         file_ranges: ranges,
         ranges: None,
+        directory: false,
     });
     m
 }

@@ -258,6 +258,7 @@ mod tests {
                 .collect(),
             file_ranges: Vec::new(),
             ranges: None,
+            directory: false,
         }
     }
 

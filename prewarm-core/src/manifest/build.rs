@@ -4,8 +4,11 @@
 //! each container image resolved (`--image`) its reference, digest and
 //! layer directories, relative to their filesystem's root likewise.
 
+use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
 use std::time::SystemTime;
 
 use super::codec::{Manifest, ManifestDevice, ManifestDirectory, ManifestFile, ManifestImage};
@@ -14,6 +17,53 @@ use crate::map::{device, fsid, DeviceId};
 use crate::plan::PlanConfig;
 use crate::report::ImageReport;
 use crate::run::Prepared;
+
+/// The directories on the way to `files` (paths relative to `mount`, the
+/// root of the filesystem on `id`), each at the most urgent priority of
+/// the files below it, mapped now: looking a path up reads each directory's
+/// blocks, on a cold volume one fetch after another, so a boot replaying
+/// the manifest hydrates them with the files. The root directory is left
+/// out (mounting reads it), and so is a directory that is on another
+/// filesystem, cannot be opened, or keeps its entries in its inode (no
+/// extents): nothing to read from the device.
+fn directories_of(files: &[ManifestFile], mount: &Path, id: DeviceId) -> Vec<ManifestFile> {
+    let mut wanted: BTreeMap<&Path, u32> = BTreeMap::new();
+    for f in files {
+        let mut at = f.path.parent();
+        while let Some(dir) = at.filter(|d| !d.as_os_str().is_empty()) {
+            let priority = wanted.entry(dir).or_insert(u32::MAX);
+            if *priority <= f.priority {
+                break; // so are the directories above it
+            }
+            *priority = f.priority;
+            at = dir.parent();
+        }
+    }
+    let wanted: Vec<(&Path, u32)> = wanted.into_iter().collect();
+    wanted
+        .par_iter()
+        .filter_map(|&(rel, priority)| {
+            let (file, _) = crate::map::extent::open_file(&mount.join(rel), false).ok()?;
+            let meta = file.metadata().ok()?;
+            if !meta.is_dir() || DeviceId::from_dev(meta.dev()) != id {
+                return None;
+            }
+            let map = crate::map::extent::map_file(&file, meta.len(), None);
+            (!map.device_extents.is_empty()).then(|| ManifestFile {
+                path: rel.to_path_buf(),
+                ino: meta.ino(),
+                size: meta.len(),
+                mtime_sec: meta.mtime(),
+                mtime_nsec: meta.mtime_nsec() as u32,
+                priority,
+                extents: map.device_extents,
+                file_ranges: Vec::new(),
+                ranges: None,
+                directory: true,
+            })
+        })
+        .collect()
+}
 
 /// A filesystem the manifest holds: its device, UUID and mount point.
 struct Recorded {
@@ -99,6 +149,7 @@ pub(crate) fn build_manifest(
                     .ranges
                     .as_deref()
                     .map(|r| crate::map::extent::clip_ranges(r, f.file.size)),
+                directory: false,
             });
         }
         // A filesystem none of whose files made it in has nothing to
@@ -106,6 +157,8 @@ pub(crate) fn build_manifest(
         if files.is_empty() {
             continue;
         }
+        let dirs = directories_of(&files, &mount, id);
+        files.extend(dirs);
         recorded.push(Recorded {
             id,
             uuid: identity.uuid,

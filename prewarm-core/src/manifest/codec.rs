@@ -10,8 +10,11 @@
 //! (`--image`), the reference, the record it matched, its digest, its
 //! priority and its layers' snapshot directories, each named by its
 //! filesystem's UUID and its path relative to that filesystem's root.
+//! An entry may also be a directory on the way to the files: looking a
+//! path up reads its directories' blocks, each a fetch on a cold volume,
+//! so their blocks are read with the files'.
 //!
-//! # Format (version 3)
+//! # Format (version 4)
 //!
 //! ```text
 //! offset 0   magic "PRWMNFST"
@@ -41,6 +44,11 @@
 //! not front-coded: an image has a handful). Version 1 and 2 manifests,
 //! which lack the section, decode with no images; a version newer than
 //! [`FORMAT_VERSION`] is refused, naming both versions.
+//!
+//! Version 4 adds one field per entry, after its named ranges: its kind, 0
+//! for a file, 1 for a directory (which has no file ranges and no named
+//! ranges: its blocks are read from the device or not at all). Older
+//! manifests decode with files only.
 //!
 //! # Bounds
 //!
@@ -90,7 +98,7 @@ use crate::plan::PlanConfig;
 /// The first eight bytes of every manifest.
 pub const MAGIC: &[u8; 8] = b"PRWMNFST";
 /// The format version this code writes (and the newest it reads).
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
 /// The oldest format version this code reads.
 pub const OLDEST_FORMAT_VERSION: u32 = 1;
 const HEADER: usize = 20;
@@ -239,6 +247,10 @@ pub struct ManifestFile {
     /// for; `None`: the whole file (and always in version 1).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ranges: Option<Vec<ByteRange>>,
+    /// A directory on the way to the manifest's files, not a file: only
+    /// its device extents are read (version 4).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub directory: bool,
 }
 
 /// One filesystem of a manifest.
@@ -316,6 +328,8 @@ pub struct ManifestStats {
     pub devices: u64,
     /// Files.
     pub files: u64,
+    /// Directories on the way to them.
+    pub directories: u64,
     /// Device extents.
     pub extents: u64,
     /// Ranges read through files.
@@ -332,7 +346,11 @@ impl Manifest {
             ..Default::default()
         };
         for f in self.devices.iter().flat_map(|d| &d.files) {
-            s.files += 1;
+            if f.directory {
+                s.directories += 1;
+            } else {
+                s.files += 1;
+            }
             s.extents += f.extents.len() as u64;
             s.file_ranges += f.file_ranges.len() as u64;
             s.mapped_bytes = f
@@ -396,6 +414,8 @@ impl Manifest {
                     put(&mut p, r.len);
                     end = r.offset.wrapping_add(r.len);
                 }
+                // Version 4: the entry's kind.
+                put(&mut p, u64::from(f.directory));
             }
         }
         // Version 3: the images.
@@ -465,6 +485,12 @@ impl Manifest {
                 check_path(f.path.as_os_str().as_bytes()).map_err(|r| within(oob("path", r)))?;
                 check_file_size(f.size).map_err(|r| within(oob("size", r)))?;
                 check_mtime_nsec(f.mtime_nsec).map_err(|r| within(oob("mtime_nsec", r)))?;
+                if f.directory && (!f.file_ranges.is_empty() || f.ranges.is_some()) {
+                    return Err(within(oob(
+                        "kind",
+                        "a directory with file ranges or named ranges".into(),
+                    )));
+                }
                 let mut lend = 0u64;
                 for (k, e) in f.extents.iter().enumerate() {
                     if e.logical < lend {
@@ -839,6 +865,29 @@ fn decode_file(
     } else {
         None
     };
+    let directory = if r.version >= 4 {
+        let at = r.pos;
+        match r.varint("kind")? {
+            0 => false,
+            1 if file_ranges.is_empty() && ranges.is_none() => true,
+            1 => {
+                return Err(r.invalid_at(
+                    "kind",
+                    at,
+                    "a directory with file ranges or named ranges".into(),
+                ))
+            }
+            k => {
+                return Err(r.invalid_at(
+                    "kind",
+                    at,
+                    format!("{k} is neither 0 (file) nor 1 (directory)"),
+                ))
+            }
+        }
+    } else {
+        false
+    };
     Ok(ManifestFile {
         path,
         ino,
@@ -849,6 +898,7 @@ fn decode_file(
         extents,
         file_ranges,
         ranges,
+        directory,
     })
 }
 
@@ -1290,8 +1340,14 @@ mod tests {
                     mtime_nsec: 123_456_789,
                     priority: (i % 3) as u32 * 10,
                     extents,
-                    file_ranges: vec![ByteRange { offset: 0, len: 60 }],
+                    // Every seventh entry a directory (no file ranges).
+                    file_ranges: if i % 7 == 6 {
+                        Vec::new()
+                    } else {
+                        vec![ByteRange { offset: 0, len: 60 }]
+                    },
                     ranges: None,
+                    directory: i % 7 == 6,
                 }
             })
             .collect();
@@ -1360,7 +1416,7 @@ mod tests {
 
     #[test]
     fn named_ranges_roundtrip_in_version_2() {
-        let mut m = sample(3, 2);
+        let mut m = sample(8, 2);
         m.devices[0].files[1].ranges = Some(vec![
             ByteRange {
                 offset: 0,
@@ -1377,6 +1433,19 @@ mod tests {
         let back = Manifest::decode(&bytes).unwrap();
         assert_eq!(back, m);
         back.check_bounds().unwrap();
+        assert!(back.devices[0].files.iter().any(|f| f.directory));
+        // A directory is read from the device or not at all: one with
+        // ranges to read through it is refused, naming the field.
+        let mut odd = m.clone();
+        let d = odd.devices[0]
+            .files
+            .iter_mut()
+            .find(|f| f.directory)
+            .unwrap();
+        d.file_ranges = vec![ByteRange { offset: 0, len: 1 }];
+        assert!(odd.check_bounds().unwrap_err().to_string().contains("kind"));
+        let err = Manifest::decode(&odd.encode()).unwrap_err().to_string();
+        assert!(err.contains(".kind"), "{err}");
         // Touching or overlapping ranges are refused, naming the range.
         m.devices[0].files[1].ranges = Some(vec![
             ByteRange {
@@ -1403,13 +1472,13 @@ mod tests {
         assert_eq!(v1[8..12], 1u32.to_le_bytes());
         let back = Manifest::decode(v1).unwrap();
         assert_eq!(back, sample(3, 2), "every file whole (ranges None)");
-        let mut v4 = back.encode();
-        v4[8..12].copy_from_slice(&4u32.to_le_bytes());
-        let err = Manifest::decode(&v4).unwrap_err();
-        assert_eq!(err, ManifestError::Version { found: 4 });
+        let mut v5 = back.encode();
+        v5[8..12].copy_from_slice(&5u32.to_le_bytes());
+        let err = Manifest::decode(&v5).unwrap_err();
+        assert_eq!(err, ManifestError::Version { found: 5 });
         let msg = err.to_string();
         assert!(
-            msg.contains("version 4") && msg.contains("versions 1 to 3"),
+            msg.contains("version 5") && msg.contains("versions 1 to 4"),
             "{msg}"
         );
     }
@@ -1435,10 +1504,10 @@ mod tests {
         let back = Manifest::decode(v2).unwrap();
         assert_eq!(back, want);
         assert!(back.images.is_empty());
-        // Re-encoded, it is version 3 and decodes the same.
-        let v3 = back.encode();
-        assert_eq!(v3[8..12], 3u32.to_le_bytes());
-        assert_eq!(Manifest::decode(&v3).unwrap(), want);
+        // Re-encoded, it is the current version and decodes the same.
+        let now = back.encode();
+        assert_eq!(now[8..12], FORMAT_VERSION.to_le_bytes());
+        assert_eq!(Manifest::decode(&now).unwrap(), want);
     }
 
     #[test]
@@ -1446,7 +1515,7 @@ mod tests {
         let m = sample_with_images();
         m.check_bounds().unwrap();
         let bytes = m.encode();
-        assert_eq!(bytes[8..12], 3u32.to_le_bytes());
+        assert_eq!(bytes[8..12], FORMAT_VERSION.to_le_bytes());
         let back = Manifest::decode(&bytes).unwrap();
         assert_eq!(
             back, m,

@@ -131,8 +131,9 @@ pub(crate) fn prepare_manifest(
             .iter()
             .filter(|f| opts.max_priority.is_none_or(|max| f.priority <= max))
             .collect();
-        report.files += md.files.len() as u64;
-        report.deferred += (md.files.len() - wanted.len()) as u64;
+        let total = md.files.iter().filter(|f| !f.directory).count() as u64;
+        report.files += total;
+        report.deferred += total - wanted.iter().filter(|f| !f.directory).count() as u64;
         let replay = || -> Vec<(FileStatus, Option<MappedFile>)> {
             wanted
                 .par_iter()
@@ -151,6 +152,20 @@ pub(crate) fn prepare_manifest(
         let mut extents = Vec::new();
         let mut on_device = 0u64;
         for ((status, mapped), f) in replayed.into_iter().zip(&wanted) {
+            // A directory's blocks join the plan; it is no file to count,
+            // check or warn about (a directory gone or changed in kind is
+            // simply not read).
+            if f.directory {
+                if let Some(mapped) = mapped.filter(|m| m.file.dev == dev_num) {
+                    report.directories += 1;
+                    extents.extend(mapped.map.device_extents.iter().map(|e| PrioritizedExtent {
+                        priority: mapped.file.priority,
+                        offset: e.physical,
+                        len: e.length,
+                    }));
+                }
+                continue;
+            }
             match status {
                 FileStatus::Unchanged => report.unchanged += 1,
                 FileStatus::Changed => report.changed += 1,
@@ -332,7 +347,13 @@ fn replay_file(
     let Ok(meta) = std::fs::metadata(&path) else {
         return (FileStatus::Missing, None);
     };
-    let unchanged = meta.is_file()
+    // A directory entry must still be a directory, a file a file.
+    let same_kind = if f.directory {
+        meta.is_dir()
+    } else {
+        meta.is_file()
+    };
+    let unchanged = same_kind
         && meta.dev() == dev_num
         && meta.ino() == f.ino
         && meta.len() == f.size
@@ -341,7 +362,7 @@ fn replay_file(
     if unchanged {
         return (FileStatus::Unchanged, Some(recorded(path, true)));
     }
-    if !meta.is_file() {
+    if !same_kind {
         return (FileStatus::Missing, None);
     }
     // Changed: map it again, now.
@@ -516,6 +537,7 @@ mod tests {
                 extents: Vec::new(),
                 file_ranges: vec![crate::map::ByteRange { offset: 0, len: 7 }],
                 ranges: None,
+                directory: false,
             };
             let (status, mapped) = replay_file(&f, Some(&mount), 0);
             assert!(mapped.is_none(), "{rel}: nothing to read");
@@ -538,6 +560,7 @@ mod tests {
             extents: Vec::new(),
             file_ranges: Vec::new(),
             ranges: None,
+            directory: false,
         };
         let (status, mapped) = replay_file(&f, Some(&mount), 0);
         assert!(matches!(status, FileStatus::Changed));

@@ -23,28 +23,41 @@ impl Manifest {
             format_bytes(self.plan.max_io),
             format_bytes(self.plan.coalesce_gap)
         );
+        // Directories (on the way to the files) are counted apart.
+        let dirs_note = |n: u64| match n {
+            0 => String::new(),
+            1 => " and 1 directory".to_string(),
+            n => format!(" and {n} directories"),
+        };
         for d in &self.devices {
+            let ndirs = d.files.iter().filter(|f| f.directory).count() as u64;
             let _ = writeln!(
                 s,
-                "  {} {} ({} bytes, {}-byte blocks, planned on {}): {} files",
+                "  {} {} ({} bytes, {}-byte blocks, planned on {}): {} files{}",
                 d.fs_type,
                 format_uuid(&d.uuid),
                 d.size,
                 d.logical_block_size,
                 d.node_hint,
-                d.files.len()
+                d.files.len() as u64 - ndirs,
+                dirs_note(ndirs)
             );
-            let mut classes: BTreeMap<u32, (u64, u64, u64)> = BTreeMap::new();
+            let mut classes: BTreeMap<u32, (u64, u64, u64, u64)> = BTreeMap::new();
             for f in &d.files {
                 let c = classes.entry(f.priority).or_default();
-                c.0 += 1;
+                if f.directory {
+                    c.3 += 1;
+                } else {
+                    c.0 += 1;
+                }
                 c.1 += f.extents.len() as u64;
                 c.2 += f.extents.iter().map(|e| e.length).sum::<u64>();
             }
-            for (prio, (n, ext, bytes)) in classes {
+            for (prio, (n, ext, bytes, dirs)) in classes {
                 let _ = writeln!(
                     s,
-                    "    priority {prio}: {n} files, {ext} extents, {}",
+                    "    priority {prio}: {n} files{}, {ext} extents, {}",
+                    dirs_note(dirs),
                     format_bytes(bytes)
                 );
             }
@@ -52,9 +65,10 @@ impl Manifest {
                 for f in &d.files {
                     let _ = writeln!(
                         s,
-                        "    {:>5} /{} ({} bytes, {} extents, {} file ranges)",
+                        "    {:>5} /{}{} ({} bytes, {} extents, {} file ranges)",
                         f.priority,
                         f.path.display(),
+                        if f.directory { "/" } else { "" },
                         f.size,
                         f.extents.len(),
                         f.file_ranges.len()

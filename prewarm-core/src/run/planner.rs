@@ -382,6 +382,58 @@ impl<'c> Planner<'c> {
 mod tests {
     use super::*;
 
+    /// A device opened buffered (it refused O_DIRECT: `direct` false) is
+    /// still read, every planned byte, and the report says it was read
+    /// buffered. No block device here refuses O_DIRECT, so the device is
+    /// a regular file standing in for one; the refusal itself is tested on
+    /// ramfs, which does refuse it (`prewarm-cli/tests/direct_fallback.rs`).
+    #[test]
+    fn a_device_that_refused_o_direct_is_read_buffered_and_reported() {
+        let mut image = tempfile::NamedTempFile::new().unwrap();
+        std::io::Write::write_all(&mut image, &vec![7u8; 3 << 20]).unwrap();
+        let (file, direct) = device::open_read_only(image.path(), false, 0).unwrap();
+        assert!(!direct);
+        let cfg = Config::default();
+        let mut planner = Planner::new(Prepared::empty(Vec::new()), &cfg);
+        let dev = device::BlockDevice {
+            id: DeviceId {
+                major: 7,
+                minor: 99,
+            },
+            node: image.path().to_path_buf(),
+            file,
+            direct,
+            logical_block_size: 512,
+            size: 3 << 20,
+            fs_type: None,
+        };
+        planner.add_device(dev);
+        let id = DeviceId {
+            major: 7,
+            minor: 99,
+        };
+        planner.device_mut(id).plan.extend(&[PrioritizedExtent {
+            priority: 10,
+            offset: 4096,
+            len: (2 << 20) + 5,
+        }]);
+        let report = planner.into_prepared().execute(&cfg).unwrap();
+        assert_eq!(report.errors, 0, "{}", report.summary());
+        // Chunks 0..=4 (512 KiB each) hold the extent: read whole.
+        assert_eq!(report.bytes_read, 5 << 19, "{}", report.summary());
+        assert_eq!(report.bytes_read, report.planned_bytes);
+        let node = image.path().display().to_string();
+        assert!(
+            report
+                .fallbacks
+                .iter()
+                .any(|f| matches!(f, Fallback::Buffered { device } if *device == node)),
+            "{:?}",
+            report.fallbacks
+        );
+        assert!(!report.devices[0].direct);
+    }
+
     /// A class of many files reaches the sink in pieces, the first marked
     /// first and only the last marked last, every file once; a small class
     /// is one piece.
