@@ -3,6 +3,13 @@
 //! are written so the critical ones end up physically scattered, their
 //! (incompressible) content, and how scattered they ended up (from `filefrag`).
 //!
+//! Two shapes ([`Shape`]): the node volume (binaries, libraries, configs
+//! and image snapshots whose files are scattered one by one), and the big
+//! tree, whose critical set is unpacked container layers: deep directory
+//! trees of mostly small files, each layer written in one go as an unpack
+//! writes it, named in the critical list by directory as a user of
+//! `prewarm --paths` would name them.
+//!
 //! It owns the deterministic, testable part of building the fixture; the
 //! privileged part (mkfs, loop mount, writing, unmount) is in the
 //! `prewarm-fixture` binary.
@@ -35,6 +42,9 @@ pub enum FixtureError {
     /// Unknown filesystem type.
     #[error("unknown filesystem type {0:?} (expected ext4 or xfs)")]
     FsType(String),
+    /// Unknown fixture shape.
+    #[error("unknown fixture shape {0:?} (expected node or big-tree)")]
+    Shape(String),
 }
 
 /// Filesystem of the image.
@@ -67,9 +77,47 @@ impl fmt::Display for FsType {
     }
 }
 
+/// How the container-image snapshots are laid out and listed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Shape {
+    /// A node volume: snapshot files in a few flat directories, written
+    /// interleaved with everything else, each critical file listed.
+    #[default]
+    Node,
+    /// Unpacked container layers: each snapshot a deep tree (see
+    /// [`BIG_TREE_FILES_PER_DIR`]) of mostly few-KiB files and a few
+    /// MiB-sized ones, written whole in path order (as an unpack writes a
+    /// layer); the critical list names each critical layer's directory.
+    BigTree,
+}
+
+impl FromStr for Shape {
+    type Err = FixtureError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "node" => Ok(Shape::Node),
+            "big-tree" => Ok(Shape::BigTree),
+            _ => Err(FixtureError::Shape(s.to_string())),
+        }
+    }
+}
+
+impl fmt::Display for Shape {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Shape::Node => "node",
+            Shape::BigTree => "big-tree",
+        })
+    }
+}
+
 /// What to build.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FixtureSpec {
+    /// How snapshots are laid out and listed (older manifests: node).
+    #[serde(default)]
+    pub shape: Shape,
     /// Filesystem type.
     pub fs: FsType,
     /// Image size in bytes.
@@ -102,6 +150,7 @@ impl Default for FixtureSpec {
     /// ~1 GiB image, ~200 MiB critical set.
     fn default() -> Self {
         Self {
+            shape: Shape::Node,
             fs: FsType::Ext4,
             image_size: 1024 * MIB,
             big_bytes: 40 * MIB,
@@ -133,6 +182,21 @@ impl FixtureSpec {
             critical_snapshots: 2,
             snapshot_files: 1200,
             ..Self::default()
+        }
+    }
+
+    /// The big-tree preset: a 1 GiB image whose critical set is six
+    /// unpacked layers of 1,750 files each (10,500 files in about 1,300
+    /// directories, ~230 MiB) besides the small preset's node files
+    /// (~42 MiB); eight more layers of other images are not critical.
+    pub fn big_tree() -> Self {
+        Self {
+            shape: Shape::BigTree,
+            image_size: 1024 * MIB,
+            snapshots: 14,
+            critical_snapshots: 6,
+            snapshot_files: 14 * 1750,
+            ..Self::small()
         }
     }
 }
@@ -251,6 +315,82 @@ const LAYER_DIRS: &[&str] = &[
 ];
 
 const LAYER_EXTS: &[&str] = &["so", "py", "js", "json", "conf", "bin", "txt", "pyc"];
+
+/// Where the trees of a big-tree layer start (an unpacked image's usual
+/// top directories).
+const TREE_ROOTS: &[&str] = &[
+    "usr/lib/python3.11/site-packages",
+    "usr/lib/x86_64-linux-gnu",
+    "usr/share",
+    "usr/include",
+    "app/node_modules",
+    "opt/app/lib",
+    "etc",
+    "var/lib",
+];
+
+/// Names of the directories grown under [`TREE_ROOTS`] (with a counter).
+const TREE_NAMES: &[&str] = &[
+    "lib", "src", "dist", "core", "utils", "tests", "data", "locale", "plugins", "modules",
+    "include", "internal", "pkg", "cmd", "api", "v1",
+];
+
+/// Mean files per directory of a big-tree layer: a layer of N files has
+/// N / this many directories (the roots included).
+pub const BIG_TREE_FILES_PER_DIR: usize = 8;
+
+/// The directory of snapshot `id`'s layer, relative to the volume root.
+pub fn layer_dir(id: usize) -> String {
+    format!("{SNAPSHOT_ROOT}/{id}/fs")
+}
+
+/// The size of a file of a big-tree layer: 86.5% 256 B–16 KiB, 13%
+/// 16–128 KiB, 0.5% 1–4 MiB (log-uniform within each band).
+fn big_tree_file_size(rng: &mut fastrand::Rng) -> u64 {
+    match rng.u32(0..1000) {
+        0..5 => log_uniform(rng, MIB, 4 * MIB),
+        5..135 => log_uniform(rng, 16 * KIB, 128 * KIB),
+        _ => log_uniform(rng, 256, 16 * KIB),
+    }
+}
+
+/// The files of one big-tree layer (`files` of them, numbered from
+/// `first`) in the order an unpack writes them (path order): a random
+/// tree grown from [`TREE_ROOTS`], each new directory under a directory
+/// picked at random among those made so far, so it gets deep; each file
+/// in a random directory.
+fn big_tree_layer(
+    rng: &mut fastrand::Rng,
+    id: usize,
+    first: usize,
+    files: usize,
+    critical: bool,
+) -> Vec<PlannedFile> {
+    let root = layer_dir(id);
+    let mut dirs: Vec<String> = TREE_ROOTS.iter().map(|r| format!("{root}/{r}")).collect();
+    let wanted = (files / BIG_TREE_FILES_PER_DIR).max(dirs.len());
+    while dirs.len() < wanted {
+        let parent = &dirs[rng.usize(0..dirs.len())];
+        let name = TREE_NAMES[rng.usize(0..TREE_NAMES.len())];
+        let dir = format!("{parent}/{name}{}", dirs.len());
+        dirs.push(dir);
+    }
+    let mut out: Vec<PlannedFile> = (first..first + files)
+        .map(|f| {
+            let dir = &dirs[rng.usize(0..dirs.len())];
+            let ext = LAYER_EXTS[f % LAYER_EXTS.len()];
+            PlannedFile {
+                path: format!("{dir}/f{f:05}.{ext}"),
+                size: big_tree_file_size(rng),
+                priority: critical.then_some(PRIO_IMAGES),
+                category: Category::SnapshotFile,
+                executable: ext == "so" || ext == "bin",
+            }
+        })
+        .collect();
+    out.sort_by(|a, b| a.path.cmp(&b.path));
+    out
+}
 
 const BULK_DIRS: &[&str] = &[
     "usr/bin",
@@ -374,38 +514,47 @@ pub fn plan(spec: &FixtureSpec) -> Result<Plan, FixtureError> {
     );
 
     // Critical snapshots spread over the id range (images pulled at different times).
-    let critical_ids: Vec<usize> = (0..spec.critical_snapshots)
-        .map(|i| 1 + i * spec.snapshots / spec.critical_snapshots.max(1))
-        .collect();
+    let critical_ids = critical_snapshot_ids(spec);
+    let mut layers: Vec<Vec<PlannedFile>> = Vec::new();
     for s in 0..spec.snapshots {
         let id = s + 1;
         let critical = critical_ids.contains(&id);
         let lo = spec.snapshot_files * s / spec.snapshots;
         let hi = spec.snapshot_files * (s + 1) / spec.snapshots;
-        for f in lo..hi {
-            let dir = LAYER_DIRS[f % LAYER_DIRS.len()];
-            let dir = if dir.ends_with("pkg") || dir.ends_with("mod") {
-                format!("{dir}{}", f % 7)
-            } else {
-                dir.to_string()
-            };
-            let ext = LAYER_EXTS[f % LAYER_EXTS.len()];
-            let size = if rng.u32(0..10) < 8 {
-                log_uniform(&mut rng, 512, 16 * KIB)
-            } else {
-                log_uniform(&mut rng, 64 * KIB, MIB)
-            };
-            push(
-                format!("{SNAPSHOT_ROOT}/{id}/fs/{dir}/f{f:05}.{ext}"),
-                size,
-                critical.then_some(PRIO_IMAGES),
-                Category::SnapshotFile,
-                ext == "so" || ext == "bin",
-            );
+        match spec.shape {
+            // Each layer is written whole, as one unit among the others.
+            Shape::BigTree => layers.push(big_tree_layer(&mut rng, id, lo, hi - lo, critical)),
+            Shape::Node => {
+                for f in lo..hi {
+                    let dir = LAYER_DIRS[f % LAYER_DIRS.len()];
+                    let dir = if dir.ends_with("pkg") || dir.ends_with("mod") {
+                        format!("{dir}{}", f % 7)
+                    } else {
+                        dir.to_string()
+                    };
+                    let ext = LAYER_EXTS[f % LAYER_EXTS.len()];
+                    let size = if rng.u32(0..10) < 8 {
+                        log_uniform(&mut rng, 512, 16 * KIB)
+                    } else {
+                        log_uniform(&mut rng, 64 * KIB, MIB)
+                    };
+                    push(
+                        format!("{}/{dir}/f{f:05}.{ext}", layer_dir(id)),
+                        size,
+                        critical.then_some(PRIO_IMAGES),
+                        Category::SnapshotFile,
+                        ext == "so" || ext == "bin",
+                    );
+                }
+            }
         }
     }
 
-    let planned: u64 = files.iter().map(|f| f.size).sum();
+    let planned: u64 = files
+        .iter()
+        .chain(layers.iter().flatten())
+        .map(|f| f.size)
+        .sum();
     let target = spec.image_size / 100 * u64::from(spec.fill_percent);
     if planned > target {
         return bad(format!(
@@ -438,12 +587,31 @@ pub fn plan(spec: &FixtureSpec) -> Result<Plan, FixtureError> {
         n += 1;
     }
 
-    // Interleave everything so critical files land between non-critical ones.
-    rng.shuffle(&mut files);
+    // Interleave everything so critical files land between non-critical ones
+    // (a big-tree layer moves as one unit).
+    let files = match spec.shape {
+        Shape::Node => {
+            rng.shuffle(&mut files);
+            files
+        }
+        Shape::BigTree => {
+            let mut units: Vec<Vec<PlannedFile>> = files.into_iter().map(|f| vec![f]).collect();
+            units.extend(layers);
+            rng.shuffle(&mut units);
+            units.into_iter().flatten().collect()
+        }
+    };
     Ok(Plan {
         spec: spec.clone(),
         files,
     })
+}
+
+/// The ids of the critical snapshots, spread over the id range.
+fn critical_snapshot_ids(spec: &FixtureSpec) -> Vec<usize> {
+    (0..spec.critical_snapshots)
+        .map(|i| 1 + i * spec.snapshots / spec.critical_snapshots.max(1))
+        .collect()
 }
 
 /// Count and bytes of a group of files.
@@ -473,6 +641,13 @@ pub struct PlanSummary {
     pub by_priority: BTreeMap<u32, Tally>,
     /// All files by category.
     pub by_category: BTreeMap<String, Tally>,
+    /// Directories holding critical files.
+    #[serde(default)]
+    pub critical_dirs: u64,
+    /// Entries of the critical list (files, or for a big tree also
+    /// directories).
+    #[serde(default)]
+    pub list_entries: u64,
 }
 
 impl Plan {
@@ -483,7 +658,10 @@ impl Plan {
             critical: Tally::default(),
             by_priority: BTreeMap::new(),
             by_category: BTreeMap::new(),
+            critical_dirs: 0,
+            list_entries: self.list_entries().len() as u64,
         };
+        let mut dirs = std::collections::BTreeSet::new();
         for f in &self.files {
             s.all.add(f.size);
             let cat = serde_json::to_value(f.category)
@@ -494,8 +672,10 @@ impl Plan {
             if let Some(p) = f.priority {
                 s.critical.add(f.size);
                 s.by_priority.entry(p).or_default().add(f.size);
+                dirs.insert(f.path.rsplit_once('/').map_or("", |(d, _)| d));
             }
         }
+        s.critical_dirs = dirs.len() as u64;
         s
     }
 
@@ -506,15 +686,63 @@ impl Plan {
         v
     }
 
-    /// The critical list: `PRIORITY /mount/prefix/path` per line, lower priority first.
+    /// The directories the critical list names instead of their files
+    /// (a big tree's critical layers), with their priority.
+    pub fn critical_dirs(&self) -> Vec<(u32, String)> {
+        match self.spec.shape {
+            Shape::Node => Vec::new(),
+            Shape::BigTree => critical_snapshot_ids(&self.spec)
+                .into_iter()
+                .map(|id| (PRIO_IMAGES, layer_dir(id)))
+                .collect(),
+        }
+    }
+
+    /// The critical list's entries (priority, path relative to the volume
+    /// root), lower priority first: each critical file, except that those
+    /// under a directory of [`Plan::critical_dirs`] are named by it.
+    pub fn list_entries(&self) -> Vec<(u32, String)> {
+        let dirs = self.critical_dirs();
+        let mut out: Vec<(u32, String)> = self
+            .critical_files()
+            .into_iter()
+            .filter(|f| {
+                !dirs.iter().any(|(_, d)| {
+                    f.path
+                        .strip_prefix(d.as_str())
+                        .is_some_and(|r| r.starts_with('/'))
+                })
+            })
+            .map(|f| (f.priority.unwrap_or(PRIO_IMAGES), f.path.clone()))
+            .collect();
+        out.extend(dirs);
+        out.sort_by_key(|e| e.0);
+        out
+    }
+
+    /// The critical list as a user writes it: `PRIORITY /mount/prefix/path`
+    /// per line ([`Plan::list_entries`]), lower priority first.
     pub fn critical_list(&self) -> String {
+        self.render_list(self.list_entries().into_iter())
+    }
+
+    /// The critical list with every file named (directories expanded):
+    /// what the methods that take file names read, in this order.
+    pub fn critical_files_list(&self) -> String {
+        self.render_list(
+            self.critical_files()
+                .into_iter()
+                .map(|f| (f.priority.unwrap_or(PRIO_IMAGES), f.path.clone())),
+        )
+    }
+
+    fn render_list(&self, entries: impl Iterator<Item = (u32, String)>) -> String {
         let prefix = self.spec.mount_prefix.trim_end_matches('/');
         let mut out = String::from(
             "# prewarm critical list: <priority> <absolute path>; lower priority is read first\n",
         );
-        for f in self.critical_files() {
-            let p = f.priority.unwrap_or(PRIO_IMAGES);
-            out.push_str(&format!("{p} {prefix}/{}\n", f.path));
+        for (p, path) in entries {
+            out.push_str(&format!("{p} {prefix}/{path}\n"));
         }
         out
     }
@@ -722,6 +950,107 @@ mod tests {
     }
 
     #[test]
+    fn node_list_names_every_critical_file() {
+        let p = plan(&FixtureSpec::default()).expect("plan");
+        let s = p.summary();
+        assert!(p.critical_dirs().is_empty());
+        assert_eq!(s.list_entries, s.critical.files);
+        assert_eq!(p.critical_list(), p.critical_files_list());
+    }
+
+    #[test]
+    fn big_tree_critical_set_is_unpacked_layers() {
+        let p = plan(&FixtureSpec::big_tree()).expect("plan");
+        let s = p.summary();
+        // The size: at least 10,000 files in at least 1,000 directories.
+        assert!(
+            s.critical.files >= 10_000,
+            "{} critical files",
+            s.critical.files
+        );
+        assert!(s.critical_dirs >= 1_000, "{} directories", s.critical_dirs);
+        let crit_mib = s.critical.bytes / MIB;
+        assert!((150..=320).contains(&crit_mib), "critical {crit_mib} MiB");
+        assert!(s.all.bytes <= 1024 * MIB * 75 / 100);
+
+        // Mostly few-KiB files, a few MiB-sized ones.
+        let layer: Vec<&PlannedFile> = p
+            .critical_files()
+            .into_iter()
+            .filter(|f| f.category == Category::SnapshotFile)
+            .collect();
+        let small = layer.iter().filter(|f| f.size <= 16 * KIB).count();
+        let mib_sized = layer.iter().filter(|f| f.size >= MIB).count();
+        assert!(
+            small * 100 >= layer.len() * 80,
+            "{small} of {}",
+            layer.len()
+        );
+        assert!(
+            (20..=150).contains(&mib_sized),
+            "{mib_sized} MiB-sized files"
+        );
+        // Deep trees.
+        let depth = layer
+            .iter()
+            .map(|f| f.path.matches('/').count() - layer_dir(1).matches('/').count())
+            .max()
+            .unwrap_or(0);
+        assert!(depth >= 8, "deepest file {depth} levels below its layer");
+
+        // The list names the critical layers by directory, the node files
+        // one by one, and covers every critical file exactly once.
+        let entries = p.list_entries();
+        let dirs = p.critical_dirs();
+        assert_eq!(dirs.len(), 6);
+        assert_eq!(s.list_entries as usize, entries.len());
+        assert!(dirs.iter().all(|d| entries.contains(d)));
+        for f in p.critical_files() {
+            let covering = entries
+                .iter()
+                .filter(|(_, e)| {
+                    *e == f.path
+                        || f.path
+                            .strip_prefix(e.as_str())
+                            .is_some_and(|r| r.starts_with('/'))
+                })
+                .count();
+            assert_eq!(covering, 1, "{}", f.path);
+        }
+        assert!(entries.len() < 200, "{} entries", entries.len());
+        let files_list = p.critical_files_list();
+        let lines = files_list.lines().filter(|l| !l.starts_with('#')).count();
+        assert_eq!(lines as u64, s.critical.files);
+        let prios: Vec<u32> = entries.iter().map(|e| e.0).collect();
+        assert!(prios.windows(2).all(|w| w[0] <= w[1]), "sorted by priority");
+
+        // Each layer is written in one go, in path order.
+        for id in 1..=p.spec.snapshots {
+            let root = format!("{}/", layer_dir(id));
+            let at: Vec<usize> = p
+                .files
+                .iter()
+                .enumerate()
+                .filter(|(_, f)| f.path.starts_with(&root))
+                .map(|(i, _)| i)
+                .collect();
+            assert!(!at.is_empty(), "layer {id}");
+            assert_eq!(
+                at[at.len() - 1] - at[0] + 1,
+                at.len(),
+                "layer {id} interleaved"
+            );
+            let paths: Vec<&str> = at.iter().map(|&i| p.files[i].path.as_str()).collect();
+            assert!(paths.windows(2).all(|w| w[0] < w[1]), "layer {id} order");
+        }
+        // Deterministic.
+        assert_eq!(
+            plan(&FixtureSpec::big_tree()).expect("again").files,
+            p.files
+        );
+    }
+
+    #[test]
     fn rejects_impossible_specs() {
         let too_small = FixtureSpec {
             image_size: 64 * MIB,
@@ -739,6 +1068,9 @@ mod tests {
         })
         .is_err());
         assert!("btrfs".parse::<FsType>().is_err());
+        assert_eq!("big-tree".parse::<Shape>().expect("shape"), Shape::BigTree);
+        assert_eq!(Shape::BigTree.to_string(), "big-tree");
+        assert!("tree".parse::<Shape>().is_err());
         assert_eq!("XFS".parse::<FsType>().expect("xfs"), FsType::Xfs);
     }
 

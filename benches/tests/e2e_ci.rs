@@ -1,7 +1,8 @@
-//! Runs `prewarm-e2e --ci` for real: the small fixture on the lazy-volume
-//! testbed, prewarm (built here from prewarm-cli unless PREWARM_BIN is set)
-//! with its metadata cached by a dry run, and the exact check that it
-//! hydrates every chunk of its plan and nothing else.
+//! Runs `prewarm-e2e --ci` for real: the small node fixture and the big tree
+//! on the lazy-volume testbed, prewarm (built here from prewarm-cli unless
+//! PREWARM_BIN is set) cold, with its metadata cached by a dry run and from
+//! a manifest, and the exact check that it hydrates every chunk of its plan
+//! and nothing else.
 //!
 //! Privileged (root, /dev/fuse, losetup, mkfs.ext4, ...): without that it
 //! prints `SKIP: <reason>` and passes, unless PREWARM_REQUIRE_PRIVILEGED=1,
@@ -36,4 +37,7 @@ fn ci_mode_hydrates_exactly_the_plan() {
     );
     assert!(stdout.contains("PASS"), "{stdout}");
     assert!(stdout.contains("[metadata cached]"), "{stdout}");
+    // Both fixtures: the small node volume and the big tree.
+    assert!(stdout.contains("(dio-c8: critical set"), "{stdout}");
+    assert!(stdout.contains("(big-tree-c8: critical set"), "{stdout}");
 }

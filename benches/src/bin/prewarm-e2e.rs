@@ -1,11 +1,13 @@
 //! `prewarm-e2e`: the end-to-end comparison of prewarm against cat, xargs
-//! cat, vmtouch, fio, a physical-order reader and doing nothing, on a fixture
-//! node volume served by the lazy-volume testbed (needs root).
+//! cat, vmtouch, fio, a physical-order reader and doing nothing, on fixture
+//! volumes (a node volume, and a big tree of unpacked container layers)
+//! served by the lazy-volume testbed (needs root).
 //!
 //! The binary owns argument parsing, locating the sibling binaries and the
 //! work directory; everything else is `prewarm_benches::e2e`. A full run
 //! writes `benches/RESULTS.md` and `benches/results.json` and prints a CSV
-//! on stdout; `--ci` runs the small fixture and fails (exit 1) unless
+//! on stdout; `--ci` runs the small node fixture and the big tree at
+//! concurrency 8 and fails (exit 1) unless
 //! prewarm hydrates exactly the chunks of its plan. `--render RESULTS_JSON
 //! --vm-boot-section FILE` measures nothing and rewrites RESULTS.md with
 //! the VM boot test's section (which that test writes outside the source
@@ -21,6 +23,7 @@ use clap::Parser;
 
 use prewarm_benches::e2e::sys::sibling;
 use prewarm_benches::e2e::{self, harness::Options, Outputs, WorkDir};
+use prewarm_benches::fixture::Shape;
 use prewarm_core::parse_size;
 
 #[derive(Parser, Debug)]
@@ -29,13 +32,20 @@ use prewarm_core::parse_size;
     about = "End-to-end comparison of prewarm with other warming methods on the lazy-volume testbed (needs root)"
 )]
 struct Cli {
-    /// CI mode: small fixture, concurrency 8 only, prewarm exactness check
-    /// (exit 1 if prewarm hydrates a chunk outside its plan or misses one).
+    /// CI mode: the small node fixture and the big tree, concurrency 8 only,
+    /// prewarm exactness check (exit 1 if prewarm hydrates a chunk outside
+    /// its plan or misses one).
     #[arg(long)]
     ci: bool,
-    /// Use the small fixture (implied by --ci).
+    /// Use the small preset of the node fixture (implied by --ci).
     #[arg(long)]
     small: bool,
+    /// The fixtures to run scenarios on (comma-separated): node (dio-c8,
+    /// dio-c32, buffered-c8) and big-tree (big-tree-c8, big-tree-c32: a
+    /// critical set of 10,500 files in ~1,300 directories, listed by layer
+    /// directory) [default: both; --ci runs the small node preset].
+    #[arg(long, value_delimiter = ',')]
+    shapes: Vec<Shape>,
     /// prewarm binary [default: $PREWARM_BIN, else `prewarm` next to this binary].
     #[arg(long)]
     prewarm: Option<PathBuf>,
@@ -134,6 +144,15 @@ fn main() -> ExitCode {
     let opts = Options {
         ci: cli.ci,
         small: cli.small || cli.ci,
+        shapes: match &cli.shapes[..] {
+            [] => vec![Shape::Node, Shape::BigTree],
+            given => given.iter().fold(Vec::new(), |mut v, s| {
+                if !v.contains(s) {
+                    v.push(*s);
+                }
+                v
+            }),
+        },
         work: work.path.clone(),
         prewarm,
         testbed: sibling("prewarm-testbed").unwrap_or_default(),

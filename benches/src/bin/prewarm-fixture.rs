@@ -22,6 +22,7 @@ use serde::Serialize;
 
 use prewarm_benches::fixture::{
     self, layout_stats, parse_filefrag, ContentPool, FixtureSpec, FsType, LayoutStats, PlanSummary,
+    Shape,
 };
 use prewarm_core::parse_size;
 
@@ -42,6 +43,12 @@ struct Cli {
     /// CI preset: 256 MiB image (384 MiB for xfs), 12 MiB binaries, fewer files.
     #[arg(long)]
     small: bool,
+    /// node: snapshot files scattered one by one, each listed; big-tree:
+    /// the critical set is unpacked container layers (deep trees, 10,500
+    /// files in ~1,300 directories), listed by layer directory (its own
+    /// preset; not with --small).
+    #[arg(long, default_value = "node")]
+    shape: Shape,
     /// Image size (default 1G, or the preset's).
     #[arg(long, value_parser = parse_size)]
     image_size: Option<u64>,
@@ -90,11 +97,12 @@ struct Cli {
 }
 
 impl Cli {
-    fn spec(&self) -> FixtureSpec {
-        let mut s = if self.small {
-            FixtureSpec::small()
-        } else {
-            FixtureSpec::default()
+    fn spec(&self) -> Result<FixtureSpec> {
+        let mut s = match (self.shape, self.small) {
+            (Shape::BigTree, true) => bail!("--small has no big-tree preset"),
+            (Shape::BigTree, false) => FixtureSpec::big_tree(),
+            (Shape::Node, true) => FixtureSpec::small(),
+            (Shape::Node, false) => FixtureSpec::default(),
         };
         s.fs = self.fs;
         if self.small && self.fs == FsType::Xfs {
@@ -117,7 +125,7 @@ impl Cli {
         s.fill_percent = self.fill_percent.unwrap_or(s.fill_percent);
         s.seed = self.seed.unwrap_or(s.seed);
         s.mount_prefix = self.mount_prefix.clone();
-        s
+        Ok(s)
     }
 }
 
@@ -125,6 +133,8 @@ impl Cli {
 struct Manifest<'a> {
     image: PathBuf,
     critical_list: PathBuf,
+    /// The critical list with every file named (directories expanded).
+    critical_files_list: PathBuf,
     spec: &'a FixtureSpec,
     summary: &'a PlanSummary,
     /// Physical layout of all critical files.
@@ -212,7 +222,7 @@ fn mib(b: u64) -> f64 {
 }
 
 fn build(cli: &Cli) -> Result<()> {
-    let spec = cli.spec();
+    let spec = cli.spec()?;
     let plan = fixture::plan(&spec)?;
     let summary = plan.summary();
     if cli.plan_only {
@@ -350,9 +360,13 @@ fn populate(
     let list_path = out.join("critical.list");
     fs::write(&list_path, plan.critical_list())
         .with_context(|| format!("writing {}", list_path.display()))?;
+    let files_path = out.join("critical-files.list");
+    fs::write(&files_path, plan.critical_files_list())
+        .with_context(|| format!("writing {}", files_path.display()))?;
     let manifest = Manifest {
         image: image.to_path_buf(),
         critical_list: list_path.clone(),
+        critical_files_list: files_path.clone(),
         spec,
         summary,
         critical_layout: critical_layout.clone(),
@@ -381,9 +395,11 @@ fn populate(
         mib(summary.all.bytes)
     );
     println!(
-        "critical:       {} files ({:.1} MiB)",
+        "critical:       {} files ({:.1} MiB) in {} directories, {} list entries",
         summary.critical.files,
-        mib(summary.critical.bytes)
+        mib(summary.critical.bytes),
+        summary.critical_dirs,
+        summary.list_entries
     );
     for (p, t) in &summary.by_priority {
         println!(

@@ -19,7 +19,9 @@
 //! 4. take the testbed's detailed stats and [`analyse`] them against the
 //!    critical chunk set;
 //! 5. the warm check: drop caches again (no reset) and time the application
-//!    reading the critical files, counting the fetches that causes.
+//!    reading the critical files, counting the fetches that causes;
+//! 6. for `prewarm run --manifest` (full mode), the transfer bound: caches
+//!    dropped once more, the same command again on the hydrated volume.
 //!
 //! The critical chunk set comes from `prewarm --dry-run --json` of the
 //! critical list on the mounted loop device ([`CriticalSet::from_dry_run`]);
@@ -36,17 +38,24 @@ use super::methods::{read_files, Method};
 use super::records::{
     progress_line, ExactCheck, RunRecord, Scenario, ScenarioResult, SweepRecord, WarmCheck,
 };
+use super::summary::LimitTargets;
 use super::sys::{self, check_interrupt, LoopDevice, Mount, TestbedProcess};
+use crate::fixture::Shape;
 
 const MIB: f64 = 1048576.0;
 
 /// How the harness runs.
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// CI mode: small fixture, one scenario, exactness check.
+    /// CI mode: the small node fixture (and the big tree, as `shapes` say),
+    /// the first concurrency only, exactness check.
     pub ci: bool,
-    /// Use the small fixture preset.
+    /// Use the small preset of the node fixture.
     pub small: bool,
+    /// The fixtures to run scenarios on, in this order: the node volume
+    /// (`dio-c8`, `dio-c32`, `buffered-c8`) and the big tree
+    /// (`big-tree-c8`, `big-tree-c32`).
+    pub shapes: Vec<Shape>,
     /// Working directory (fixture, mounts); must not be on tmpfs.
     pub work: PathBuf,
     pub prewarm: PathBuf,
@@ -72,14 +81,24 @@ pub struct Options {
     pub sweep: bool,
 }
 
-/// Shared state of a run.
+/// Shared state of the scenarios on one fixture.
 pub struct Harness {
     pub opts: Options,
+    /// The fixture's shape.
+    pub shape: Shape,
+    /// The fixture in words, for the report.
+    pub fixture: String,
     /// The testbed's backing image: a copy of the fixture on a private
     /// tmpfs (see [`Harness::prepare`]).
     pub image: PathBuf,
+    /// The critical list as a user writes it (prewarm reads it; for the
+    /// big tree it names the layer directories).
     pub list: PathBuf,
+    /// `files`, one per line, for `xargs`.
     pub paths_file: PathBuf,
+    /// Every critical file, in the list's order (the fixture's
+    /// `critical-files.list`): what the methods taking file names read,
+    /// and the warm re-read.
     pub files: Vec<PathBuf>,
     pub vol: PathBuf,
     /// Fixture manifest (`prewarm-fixture`'s JSON), for the report.
@@ -90,8 +109,8 @@ pub struct Harness {
 }
 
 impl Harness {
-    /// Build the fixture under `opts.work`, copy its image to a private
-    /// tmpfs and load its critical list.
+    /// Build the fixture of `shape` under `opts.work`, copy its image to a
+    /// private tmpfs and load its critical list.
     ///
     /// The copy matters: every method starts with a cache drop, which would
     /// also evict the testbed's backing image from the page cache if it
@@ -101,8 +120,8 @@ impl Harness {
     /// kept ~8 fetches in flight instead of ~25). tmpfs pages are not
     /// dropped, so serving a hydrated chunk costs memory copies only, as
     /// the model intends.
-    pub fn prepare(opts: Options) -> Result<Self> {
-        let fx = opts.work.join("fixture");
+    pub fn prepare(opts: Options, shape: Shape) -> Result<Self> {
+        let fx = opts.work.join(format!("fixture-{shape}"));
         let vol = opts.work.join("vol");
         std::fs::create_dir_all(&vol).with_context(|| format!("mkdir {}", vol.display()))?;
         let mut cmd = Command::new(&opts.fixture);
@@ -112,8 +131,11 @@ impl Harness {
             .arg(&vol)
             .arg("--chunk-size")
             .arg(opts.chunk_size.to_string())
-            .arg("--force");
-        if opts.small {
+            .arg("--force")
+            .arg("--shape")
+            .arg(shape.to_string());
+        let small = opts.small && shape == Shape::Node;
+        if small {
             cmd.arg("--small");
         }
         eprintln!("prewarm-e2e: building the fixture ({cmd:?})");
@@ -125,20 +147,24 @@ impl Harness {
         let size = std::fs::metadata(&built)
             .with_context(|| format!("stat {}", built.display()))?
             .len();
-        let backing = Mount::tmpfs(&opts.work.join("backing"), size + (16 << 20))?;
+        let backing = Mount::tmpfs(
+            &opts.work.join(format!("backing-{shape}")),
+            size + (16 << 20),
+        )?;
         let image = backing.dir.join("volume.img");
         std::fs::copy(&built, &image)
             .with_context(|| format!("copying {} to {}", built.display(), image.display()))?;
         let _ = std::fs::remove_file(&built);
         let list = fx.join("critical.list");
-        let text = std::fs::read_to_string(&list)
-            .with_context(|| format!("reading {}", list.display()))?;
-        let (entries, _) = prewarm_core::parse_list(text.as_bytes(), &list);
+        let expanded = fx.join("critical-files.list");
+        let text = std::fs::read_to_string(&expanded)
+            .with_context(|| format!("reading {}", expanded.display()))?;
+        let (entries, _) = prewarm_core::parse_list(text.as_bytes(), &expanded);
         let files: Vec<PathBuf> = entries.into_iter().map(|e| e.path).collect();
         if files.is_empty() {
-            bail!("{} lists no files", list.display());
+            bail!("{} lists no files", expanded.display());
         }
-        let paths_file = opts.work.join("paths.txt");
+        let paths_file = opts.work.join(format!("paths-{shape}.txt"));
         let mut plain = String::new();
         for p in &files {
             plain.push_str(&p.to_string_lossy());
@@ -151,6 +177,8 @@ impl Harness {
             .and_then(|t| serde_json::from_str(&t).ok())
             .unwrap_or(serde_json::Value::Null);
         Ok(Harness {
+            shape,
+            fixture: fixture_description(shape, small, &manifest),
             image,
             _backing: backing,
             list,
@@ -162,16 +190,26 @@ impl Harness {
         })
     }
 
-    /// The scenarios of this run, headline first.
+    /// The scenarios on this fixture, headline first: on the node volume
+    /// the direct-I/O ones at each concurrency (the first is the headline)
+    /// and the buffered one; on the big tree the direct-I/O ones.
     pub fn scenarios(&self) -> Vec<Scenario> {
         let o = &self.opts;
+        let shape = self.shape;
         let mk = |direct_io: bool, concurrency: usize, repeat: usize, headline: bool| Scenario {
-            id: format!(
-                "{}-c{concurrency}",
-                if direct_io { "dio" } else { "buffered" }
-            ),
+            id: match shape {
+                Shape::Node => format!(
+                    "{}-c{concurrency}",
+                    if direct_io { "dio" } else { "buffered" }
+                ),
+                Shape::BigTree => format!("big-tree-c{concurrency}"),
+            },
             title: format!(
-                "{} loop device, testbed concurrency {concurrency}",
+                "{}{} loop device, testbed concurrency {concurrency}",
+                match shape {
+                    Shape::Node => "",
+                    Shape::BigTree => "Big tree (unpacked container layers): ",
+                },
                 if direct_io {
                     "direct-I/O (--direct-io=on)"
                 } else {
@@ -185,14 +223,16 @@ impl Harness {
             max_mibps: o.max_mibps,
             repeat,
             headline,
+            shape,
+            targets: LimitTargets::for_scenario(shape, concurrency),
         };
         let mut out: Vec<Scenario> = o
             .concurrencies
             .iter()
             .enumerate()
-            .map(|(i, &c)| mk(true, c, o.repeat, i == 0))
+            .map(|(i, &c)| mk(true, c, o.repeat, i == 0 && shape == Shape::Node))
             .collect();
-        if o.buffered && !o.ci {
+        if o.buffered && !o.ci && shape == Shape::Node {
             if let Some(&c) = o.concurrencies.first() {
                 out.push(mk(false, c, o.repeat_buffered, false));
             }
@@ -243,6 +283,16 @@ impl Harness {
         let node = lo.path.to_string_lossy().into_owned();
         let mut critical = CriticalSet::from_dry_run(&dry, &node, o.chunk_size)?;
         critical.metadata = metadata;
+        // prewarm (walking the list's directories) and the file-taking
+        // methods (given every file) must read the same files.
+        if critical.files != self.files.len() as u64 {
+            bail!(
+                "prewarm's dry run of {} found {} files, but the fixture names {}",
+                self.list.display(),
+                critical.files,
+                self.files.len()
+            );
+        }
         let limit_ms = analysis::physical_limit_ms(
             critical.chunks.len() as u64,
             sc.concurrency as u64,
@@ -272,7 +322,8 @@ impl Harness {
                 eprintln!("prewarm-e2e:   {}", progress_line(&rec));
                 runs.push(rec);
             }
-            if o.sweep && !o.ci {
+            // The sweep reads the whole device: the big tree adds nothing to it.
+            if o.sweep && !o.ci && sc.shape == Shape::Node {
                 let tools = if rep % 2 == 0 {
                     ["prewarm", "fio"]
                 } else {
@@ -297,6 +348,7 @@ impl Harness {
         }
         Ok(ScenarioResult {
             scenario: sc.clone(),
+            fixture: self.fixture.clone(),
             loop_device: node,
             device_size,
             critical_chunks: critical.chunks.len() as u64,
@@ -404,9 +456,10 @@ impl Harness {
             fetches: after.fetches.saturating_sub(before.fetches),
             fetched_bytes: after.fetched_bytes.saturating_sub(before.fetched_bytes),
         });
-        // The transfer bound of a full read: the same command again, every
-        // chunk hydrated, caches dropped.
-        if m.is_prewarm() && !m.is_touch() && rec.error.is_none() {
+        // The transfer bound of a full read (summary::transfer_bound_ms):
+        // the plan's chunks read again from the manifest, every chunk
+        // hydrated, caches dropped.
+        if m == (Method::PrewarmManifest { touch: false }) && rec.error.is_none() {
             sys::drop_caches()?;
             let t = Instant::now();
             let again = self.execute(m, &lo.path);
@@ -486,6 +539,30 @@ impl Harness {
             testbed_cpu_ms: tcpu0.zip(tcpu1).map(|(a, b)| b - a),
         })
     }
+}
+
+/// The fixture in words, from its manifest (`prewarm-fixture`'s JSON).
+pub fn fixture_description(shape: Shape, small: bool, manifest: &serde_json::Value) -> String {
+    let g = |p: &str| manifest.pointer(p).and_then(serde_json::Value::as_u64);
+    format!(
+        "`prewarm-fixture{}{}`: {} {} MiB image, {} files ({} MiB); critical list {} entries naming {} files ({:.1} MiB) in {} directories",
+        if small { " --small" } else { "" },
+        match shape {
+            Shape::Node => String::new(),
+            s => format!(" --shape {s}"),
+        },
+        manifest
+            .pointer("/spec/fs")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("?"),
+        g("/spec/image_size").unwrap_or(0) >> 20,
+        g("/summary/all/files").unwrap_or(0),
+        g("/summary/all/bytes").unwrap_or(0) >> 20,
+        g("/summary/list_entries").unwrap_or(0),
+        g("/summary/critical/files").unwrap_or(0),
+        g("/summary/critical/bytes").unwrap_or(0) as f64 / 1048576.0,
+        g("/summary/critical_dirs").unwrap_or(0),
+    )
 }
 
 /// `elapsed_ms` of a prewarm JSON report.

@@ -130,7 +130,9 @@ pub fn measured_commit() -> (String, bool) {
     )
 }
 
-fn collect_meta(opts: &Options, manifest: &serde_json::Value) -> Meta {
+/// The run's setup; `fixtures` are the description and manifest of each
+/// fixture used, in run order.
+fn collect_meta(opts: &Options, fixtures: &[(String, serde_json::Value)]) -> Meta {
     let (commit, dirty) = measured_commit();
     let date = Command::new("date")
         .args(["-u", "+%Y-%m-%d %H:%M:%S UTC"])
@@ -148,20 +150,11 @@ fn collect_meta(opts: &Options, manifest: &serde_json::Value) -> Meta {
         .parse()
         .unwrap_or(0);
     let prewarm = opts.prewarm.to_string_lossy().into_owned();
-    let g = |p: &str| manifest.pointer(p).and_then(serde_json::Value::as_u64);
-    let fixture = format!(
-        "`prewarm-fixture{}`: {} {} MiB image, {} files ({} MiB); critical list {} files ({:.1} MiB)",
-        if opts.small { " --small" } else { "" },
-        manifest
-            .pointer("/spec/fs")
-            .and_then(serde_json::Value::as_str)
-            .unwrap_or("?"),
-        g("/spec/image_size").unwrap_or(0) >> 20,
-        g("/summary/all/files").unwrap_or(0),
-        g("/summary/all/bytes").unwrap_or(0) >> 20,
-        g("/summary/critical/files").unwrap_or(0),
-        g("/summary/critical/bytes").unwrap_or(0) as f64 / 1048576.0,
-    );
+    let fixture = fixtures
+        .iter()
+        .map(|(d, _)| d.as_str())
+        .collect::<Vec<_>>()
+        .join("; ");
     Meta {
         date,
         kernel,
@@ -175,7 +168,10 @@ fn collect_meta(opts: &Options, manifest: &serde_json::Value) -> Meta {
         command: std::env::args().collect::<Vec<_>>().join(" "),
         ci: opts.ci,
         fixture,
-        fixture_manifest: manifest.clone(),
+        fixture_manifest: fixtures
+            .first()
+            .map_or(serde_json::Value::Null, |(_, m)| m.clone()),
+        fixture_manifests: fixtures.iter().map(|(_, m)| m.clone()).collect(),
         chunk_size: opts.chunk_size,
         latency_ms: opts.latency_ms,
         max_mibps: opts.max_mibps,
@@ -252,18 +248,24 @@ pub fn run(opts: Options, out: &Outputs) -> Result<i32> {
     sys::install_interrupt_handler()?;
     let started = Instant::now();
     let load_start = loadavg();
-    let h = Harness::prepare(opts.clone())?;
     let methods = if opts.ci {
         methods::ci_methods()
     } else {
         methods::all_methods()
     };
     let mut scenarios = Vec::new();
-    for sc in h.scenarios() {
+    let mut fixtures = Vec::new();
+    for &shape in &opts.shapes {
         sys::check_interrupt()?;
-        scenarios.push(h.run_scenario(&sc, &methods)?);
+        // One fixture at a time: its tmpfs copy goes when the harness does.
+        let h = Harness::prepare(opts.clone(), shape)?;
+        for sc in h.scenarios() {
+            sys::check_interrupt()?;
+            scenarios.push(h.run_scenario(&sc, &methods)?);
+        }
+        fixtures.push((h.fixture.clone(), h.manifest.clone()));
     }
-    let mut meta = collect_meta(&opts, &h.manifest);
+    let mut meta = collect_meta(&opts, &fixtures);
     meta.duration_s = started.elapsed().as_secs_f64();
     meta.loadavg_start = load_start;
     let targets = summary::check_targets(&scenarios);

@@ -13,7 +13,8 @@ use serde::{Deserialize, Serialize};
 use super::analysis::Hydration;
 use super::criterion::CriterionRow;
 use super::methods::Method;
-use super::summary::TargetCheck;
+use super::summary::{LimitTargets, TargetCheck};
+use crate::fixture::Shape;
 
 /// One testbed + loop configuration.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -27,6 +28,13 @@ pub struct Scenario {
     pub max_mibps: Option<f64>,
     pub repeat: usize,
     pub headline: bool,
+    /// The fixture the scenario ran on (older results: the node volume).
+    #[serde(default)]
+    pub shape: Shape,
+    /// What its prewarm variants are judged against (older results: the
+    /// default every scenario had then).
+    #[serde(default)]
+    pub targets: LimitTargets,
 }
 /// The application reading the critical files again after caches were
 /// dropped, with the testbed not reset.
@@ -79,9 +87,11 @@ pub struct RunRecord {
     /// Bytes the tool says it read (prewarm's report).
     pub tool_bytes_read: Option<u64>,
     pub warm: Option<WarmCheck>,
-    /// A prewarm full read: the same command again straight after, caches
-    /// dropped and every chunk hydrated: the run's own transfer time, with
-    /// no fetch to wait for (the transfer bound of [`super::summary::limit_for`]).
+    /// `prewarm run --manifest` in full mode: the same command again
+    /// straight after, caches dropped and every chunk hydrated: the plan's
+    /// chunks moved with no fetch to wait for and no mapping (the transfer
+    /// bound, [`super::summary::transfer_bound_ms`]). Results written
+    /// before have it for every full prewarm read; only this one is used.
     #[serde(default)]
     pub warm_self_ms: Option<f64>,
     pub exact: Option<ExactCheck>,
@@ -112,6 +122,9 @@ pub struct SweepRecord {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ScenarioResult {
     pub scenario: Scenario,
+    /// The fixture it ran on, in words (older results: see [`Meta::fixture`]).
+    #[serde(default)]
+    pub fixture: String,
     pub loop_device: String,
     pub device_size: u64,
     pub critical_chunks: u64,
@@ -153,7 +166,11 @@ pub struct Meta {
     pub command: String,
     pub ci: bool,
     pub fixture: String,
+    /// The first fixture's manifest (`prewarm-fixture`'s JSON).
     pub fixture_manifest: serde_json::Value,
+    /// Every fixture's manifest, in run order (older results: none).
+    #[serde(default)]
+    pub fixture_manifests: Vec<serde_json::Value>,
     pub chunk_size: u64,
     pub latency_ms: f64,
     pub max_mibps: Option<f64>,
@@ -246,7 +263,10 @@ pub(crate) mod fixtures {
                 max_mibps: None,
                 repeat: 2,
                 headline: true,
+                shape: Shape::Node,
+                targets: LimitTargets::default(),
             },
+            fixture: String::new(),
             loop_device: "/dev/loop0".into(),
             device_size: 1 << 30,
             critical_chunks: 100,

@@ -14,6 +14,7 @@ use super::analysis::median;
 use super::methods::Method;
 use super::records::{Results, ScenarioResult, SweepRecord};
 use super::summary::{summarise, sweep_medians, MethodSummary};
+use crate::fixture::Shape;
 
 fn opt(v: Option<f64>, digits: usize) -> String {
     v.map_or("–".into(), |x| format!("{x:.digits$}"))
@@ -205,10 +206,21 @@ pub fn markdown(r: &Results) -> String {
         m.latency_ms,
         m.max_mibps.map_or("none".into(), |c| format!("{c} MiB/s"))
     );
-    if let Some(s) = r.scenarios.first() {
+    // The critical set of each fixture, from its first scenario.
+    let mut shapes = Vec::new();
+    for s in &r.scenarios {
+        if shapes.contains(&s.scenario.shape) {
+            continue;
+        }
+        shapes.push(s.scenario.shape);
         let _ = writeln!(
             out,
-            "- critical set: {} files, {:.1} MiB of file data, {} chunks ({}), {} ranges, {:.1} MiB planned (whole chunks)",
+            "- critical set{}: {} files, {:.1} MiB of file data, {} chunks ({}), {} ranges, {:.1} MiB planned (whole chunks)",
+            if s.scenario.shape == Shape::Node {
+                String::new()
+            } else {
+                format!(" of the {} fixture", s.scenario.shape)
+            },
             s.critical_files,
             s.critical_file_bytes as f64 / 1048576.0,
             s.critical_chunks,
@@ -247,6 +259,10 @@ reads, which planning at image build time (`prewarm run --manifest`) removes."
             if s.headline { "Headline: " } else { "" },
             s.title
         );
+        if !sc.fixture.is_empty() {
+            let _ = writeln!(out, "Fixture: {}.\n", sc.fixture);
+        }
+        let _ = writeln!(out, "Targets: {}.\n", s.targets.describe());
         let _ = writeln!(
             out,
             "Physical limit = ceil({} chunks / {}) × {} ms{} = **{:.1} ms**. Medians of {} run(s){}; `{}` on `{}`. Other processes on the host used {:.1} CPU-s during this scenario's {:.0} s (load average `{}` at its start, `{}` at its end; our own blocked readers count in it).\n",
@@ -355,7 +371,8 @@ const DEFINITIONS: &str = "\
 - **All-cold start** for every run: `sync; echo 3 > /proc/sys/vm/drop_caches`, *then* a testbed reset (every chunk cold, counters zeroed), then the method.
 - **Time to critical set**: from the method's start (just before it is spawned, or the in-process reader starts) to the hydration (testbed `end_us`) of the last chunk of the critical set; the testbed's timestamps are relative to its reset, whose local instant is the midpoint of the reset request's round trip (< 1 ms).
 - **Critical set**: the chunks of prewarm's plan for the critical list (`prewarm --dry-run --json --paths LIST`: file extents → `ReadPlan::build` → chunk indexes; checked against the dry run's own chunk count). The loop device has no partition offset and testbed chunks equal plan chunks.
-- **Physical limit**: `ceil(critical chunks / concurrency) × latency` (+ transfer time under a throughput cap): no reader can hydrate the set sooner.
+- **Physical limit**: `ceil(critical chunks / concurrency) × latency` (+ transfer time under a throughput cap): no reader can hydrate the set sooner (the latency bound). **Transfer bound**: `prewarm run --manifest` run again straight after its measured run, caches dropped and every chunk hydrated: the plan's chunks moved with no fetch to wait for and no mapping, in the same repetition; where a scenario's targets say so, a full read is judged against the larger of the two (touch mode always against the latency bound). Each scenario states its targets above its table.
+- **Big tree** (`big-tree-c*`): `prewarm-fixture --shape big-tree`, a critical set of unpacked container layers (six deep trees of mostly few-KiB files and a few MiB-sized ones, each written in one go as an unpack writes it) besides the node's own files; the critical list names each layer by its directory, as a user of `prewarm --paths` would, and the methods that take file names (cat, xargs, vmtouch, the application, the physical-order reader) get every file of it, in path order, without having to walk the tree.
 - **Chunks hydrated / outside set / fetched MiB**: testbed counters after the method (outside = hydrated chunks not in the critical set: filesystem metadata, or everything for fio).
 - **Testbed backing image**: a copy of the fixture on a private tmpfs, so the cache drops do not evict it and a hydrated chunk is served from memory (on a disk filesystem the testbed would read every hydrated byte back from the host's disk after each drop).
 - **Warm re-read**: after the method, caches dropped again (testbed *not* reset), the application reads every critical file in list order; the fetches it causes are chunks the method left cold (for the *metadata cached* variant, the inode tables and directories its dry run read before the reset).
@@ -452,8 +469,13 @@ pub fn ci_table(scenarios: &[ScenarioResult]) -> String {
             ));
         }
         s.push_str(&format!(
-            "(critical set {} chunks, limit {:.1} ms at concurrency {}, {} ms latency)\n",
-            sc.critical_chunks, sc.limit_ms, sc.scenario.concurrency, sc.scenario.latency_ms
+            "({}: critical set {} files, {} chunks, limit {:.1} ms at concurrency {}, {} ms latency)\n",
+            sc.scenario.id,
+            sc.critical_files,
+            sc.critical_chunks,
+            sc.limit_ms,
+            sc.scenario.concurrency,
+            sc.scenario.latency_ms
         ));
     }
     s
@@ -525,6 +547,10 @@ mod tests {
         let md = markdown(&res);
         assert!(md.contains("5.00 µs per I/O"), "{md}");
         assert!(md.contains("107.0 (105–109)"), "{md}");
+        assert!(
+            md.contains("Targets: prewarm default [cold] within 1.1×"),
+            "{md}"
+        );
         let c = csv(&res);
         assert_eq!(c.lines().count(), 1 + 4 + 2);
         let cols = c.lines().next().map_or(0, |l| l.split(',').count());

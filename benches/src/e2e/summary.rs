@@ -11,9 +11,92 @@ use serde::{Deserialize, Serialize};
 use super::analysis::{self, median};
 use super::methods::Method;
 use super::records::{RunRecord, ScenarioResult, SweepRecord};
+use crate::fixture::Shape;
 
-/// Ratio to the physical limit prewarm must stay within (default settings).
+/// Ratio to the physical limit prewarm must stay within (default settings),
+/// unless a scenario's [`LimitTargets`] say otherwise.
 pub const LIMIT_TARGET: f64 = 1.1;
+
+/// What a scenario's prewarm variants are judged against: the ratio to the
+/// limit each must stay within, and which limit a full read gets. A
+/// property of the scenario ([`super::records::Scenario::targets`]), chosen
+/// by [`LimitTargets::for_scenario`] and shown with the scenario's table.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct LimitTargets {
+    /// `prewarm --paths` as a user runs it, mapping cold metadata.
+    pub cold: f64,
+    /// `prewarm --paths` after a dry run cached the metadata.
+    pub cached: f64,
+    /// `prewarm run --manifest`, planned ahead.
+    pub manifest: f64,
+    /// A full read's limit is the larger of the latency bound and its
+    /// transfer bound measured in the same run ([`limit_for`]); otherwise
+    /// the latency bound.
+    pub transfer_bound: bool,
+}
+
+impl Default for LimitTargets {
+    /// Every variant within [`LIMIT_TARGET`] of the larger bound (what
+    /// results.json files written before per-scenario targets were judged by).
+    fn default() -> Self {
+        Self {
+            cold: LIMIT_TARGET,
+            cached: LIMIT_TARGET,
+            manifest: LIMIT_TARGET,
+            transfer_bound: true,
+        }
+    }
+}
+
+impl LimitTargets {
+    /// The targets of a scenario on the fixture of `shape` at `concurrency`
+    /// fetches in flight.
+    ///
+    /// The node volume: the default. The big tree (issue 12): at 8 fetches
+    /// in flight or fewer, the latency bound, `run --manifest` within 1.1×
+    /// and `prewarm --paths` within 1.2× (cold, and with the metadata
+    /// cached, which maps its 10,000 files at run time all the same); above
+    /// 8, where the testbed's own transfer capacity bounds full reads on
+    /// two CPUs (PROFILE.md), every variant within 1.1× of the larger of
+    /// the latency and the transfer bound.
+    pub fn for_scenario(shape: Shape, concurrency: usize) -> Self {
+        match shape {
+            Shape::Node => Self::default(),
+            Shape::BigTree if concurrency <= 8 => Self {
+                cold: 1.2,
+                cached: 1.2,
+                manifest: 1.1,
+                transfer_bound: false,
+            },
+            Shape::BigTree => Self::default(),
+        }
+    }
+
+    /// The ratio `method` must stay within, if it is a judged variant.
+    pub fn ratio_for(&self, method: Method) -> Option<f64> {
+        match method {
+            m if m == Method::prewarm_q32(false, false) => Some(self.cold),
+            m if m == Method::prewarm_q32(false, true) => Some(self.cached),
+            Method::PrewarmManifest { touch: false } => Some(self.manifest),
+            _ => None,
+        }
+    }
+
+    /// One line for the rendered scenario: the targets and the limit.
+    pub fn describe(&self) -> String {
+        format!(
+            "prewarm default [cold] within {}×, [metadata cached] within {}×, `run --manifest` [planned ahead] within {}× of {}; touch mode is shown against the latency bound",
+            self.cold,
+            self.cached,
+            self.manifest,
+            if self.transfer_bound {
+                "the limit: the latency bound, or for a full read the larger of it and the transfer bound (`run --manifest` re-run on the hydrated volume in the same repetition)"
+            } else {
+                "the latency bound"
+            }
+        )
+    }
+}
 
 /// A target and whether this run met it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -142,18 +225,39 @@ pub fn sweep_medians(sweeps: &[SweepRecord]) -> Vec<(String, Option<f64>, Option
         .collect()
 }
 
+/// The transfer bound of repetition `rep` of a scenario: the warm re-read
+/// of the plan's chunks, i.e. `prewarm run --manifest` (full mode) run
+/// again straight after its measured run, caches dropped and every chunk
+/// hydrated ([`RunRecord::warm_self_ms`]). Every full variant reads those
+/// same chunks (the exactness check holds them to it), so this is what
+/// moving their bytes costs on this host with no fetch to wait for and no
+/// mapping (a planning variant's own re-run would also time its mapping,
+/// with the metadata no longer cached). `None` without that run (results
+/// of `--only`, or older ones).
+pub fn transfer_bound_ms(sc: &ScenarioResult, rep: usize) -> Option<f64> {
+    sc.runs
+        .iter()
+        .find(|r| {
+            r.rep == rep
+                && r.method == Method::PrewarmManifest { touch: false }
+                && r.error.is_none()
+        })
+        .and_then(|r| r.warm_self_ms)
+}
+
 /// The limit a run is judged against: the latency bound (fetch rounds, or
-/// the throughput cap's transfer time), or for a full read the larger of
-/// that and its transfer bound measured in the same run, the same command
-/// re-run on the hydrated volume (at high concurrency the testbed's own
-/// transfer capacity on two CPUs bounds a full read, see PROFILE.md).
-/// Touch reads move one block per chunk: the latency bound. Records
-/// without the re-run (older results) get the latency bound.
+/// the throughput cap's transfer time), or, where the scenario's targets
+/// allow it ([`LimitTargets::transfer_bound`]), for a full read the larger
+/// of that and the transfer bound measured in the same repetition
+/// ([`transfer_bound_ms`]; at high concurrency the testbed's own transfer
+/// capacity on two CPUs bounds a full read, see PROFILE.md). Touch reads
+/// move one block per chunk: the latency bound. Without a transfer bound
+/// measured, the latency bound.
 pub fn limit_for(sc: &ScenarioResult, r: &RunRecord) -> f64 {
-    match r.warm_self_ms {
-        Some(ms) if !r.method.is_touch() => sc.limit_ms.max(ms),
-        _ => sc.limit_ms,
+    if r.method.is_touch() || !sc.scenario.targets.transfer_bound {
+        return sc.limit_ms;
     }
+    transfer_bound_ms(sc, r.rep).map_or(sc.limit_ms, |t| sc.limit_ms.max(t))
 }
 
 /// Runs out of `n` that must meet a target besides the median: 4 of 5.
@@ -163,9 +267,9 @@ pub fn runs_needed(n: usize) -> usize {
 
 /// Evaluate the targets on every scenario: per scenario and prewarm
 /// variant (cold, metadata cached, planned ahead), the critical set within
-/// [`LIMIT_TARGET`] of the limit ([`limit_for`]) and ahead of every other
-/// method. A target is met only if the median and at least 4 of 5 runs
-/// ([`runs_needed`]) meet it.
+/// the scenario's ratio ([`LimitTargets`]) of the limit ([`limit_for`]) and
+/// ahead of every other method. A target is met only if the median and at
+/// least 4 of 5 runs ([`runs_needed`]) meet it.
 pub fn check_targets(scenarios: &[ScenarioResult]) -> Vec<TargetCheck> {
     let mut out = Vec::new();
     let variants = [
@@ -183,7 +287,12 @@ pub fn check_targets(scenarios: &[ScenarioResult]) -> Vec<TargetCheck> {
                 continue;
             };
             let runs: Vec<&RunRecord> = sc.runs.iter().filter(|r| r.key == pw.key).collect();
-            out.push(limit_check(sc, variant, pw, &runs));
+            let ratio = sc
+                .scenario
+                .targets
+                .ratio_for(method)
+                .unwrap_or(LIMIT_TARGET);
+            out.push(limit_check(sc, variant, ratio, pw, &runs));
             out.push(rivals_check(sc, variant, pw, &sums, &runs));
         }
     }
@@ -191,10 +300,11 @@ pub fn check_targets(scenarios: &[ScenarioResult]) -> Vec<TargetCheck> {
     out
 }
 
-/// The critical set within [`LIMIT_TARGET`] of the limit.
+/// The critical set within `target` × the limit.
 fn limit_check(
     sc: &ScenarioResult,
     variant: &str,
+    target: f64,
     pw: &MethodSummary,
     runs: &[&RunRecord],
 ) -> TargetCheck {
@@ -215,25 +325,21 @@ fn limit_check(
     } else {
         None
     };
-    let within = ratios
-        .iter()
-        .flatten()
-        .filter(|&&r| r <= LIMIT_TARGET)
-        .count();
+    let within = ratios.iter().flatten().filter(|&&r| r <= target).count();
     let need = runs_needed(runs.len());
     let transfer_bound = limit > sc.limit_ms;
     TargetCheck {
         target: format!(
-            "[{}] prewarm default [{variant}]: critical set within {LIMIT_TARGET}× of the limit",
+            "[{}] prewarm default [{variant}]: critical set within {target}× of the limit",
             sc.scenario.id
         ),
-        met: med.map(|m| m <= LIMIT_TARGET && within >= need),
+        met: med.map(|m| m <= target && within >= need),
         detail: match (pw.ttc_ms, med) {
             (Some(t), Some(m)) => format!(
                 "median {t:.1} ms vs limit {limit:.1} ms ({}) = {m:.2}×; {within} of {} runs within (need {need}); per run: {}",
                 if transfer_bound {
                     format!(
-                        "the warm re-run's transfer, above the {:.1} ms latency bound",
+                        "the transfer bound: `run --manifest` re-run on the hydrated volume, above the {:.1} ms latency bound",
                         sc.limit_ms
                     )
                 } else {
@@ -415,16 +521,130 @@ mod tests {
     #[test]
     fn a_full_read_is_judged_against_the_warm_transfer_when_that_is_longer() {
         let pw = Method::prewarm_q32(false, false);
+        let manifest = Method::PrewarmManifest { touch: false };
         let mut runs: Vec<RunRecord> = (0..5).map(|i| run(pw, 160.0, i)).collect();
         for r in &mut runs {
-            r.warm_self_ms = Some(150.0);
+            // The cold run's own re-run times its mapping too: not used.
+            r.warm_self_ms = Some(400.0);
         }
+        runs.extend((0..5).map(|i| {
+            let mut r = run(manifest, 120.0, i);
+            r.warm_self_ms = Some(150.0 + i as f64);
+            r
+        }));
         let sc = scenario(runs, vec![]);
         // 160 ms against the latency bound (100 ms) would be 1.6×; against
-        // the 150 ms warm transfer it is 1.07×.
+        // the 150 ms warm re-read of the same chunks it is 1.07×.
+        assert_eq!(transfer_bound_ms(&sc, 0), Some(150.0));
         assert_eq!(limit_for(&sc, &sc.runs[0]), 150.0);
+        // Each repetition gets its own.
+        assert_eq!(limit_for(&sc, &sc.runs[3]), 153.0);
         let t = check_targets(std::slice::from_ref(&sc));
         assert_eq!(t[0].met, Some(true), "{}", t[0].detail);
-        assert!(t[0].detail.contains("warm re-run"), "{}", t[0].detail);
+        assert!(t[0].detail.contains("transfer bound"), "{}", t[0].detail);
+
+        // Without the manifest run: the latency bound.
+        let alone = scenario(sc.runs[..5].to_vec(), vec![]);
+        assert_eq!(transfer_bound_ms(&alone, 0), None);
+        assert_eq!(limit_for(&alone, &alone.runs[0]), 100.0);
+    }
+
+    #[test]
+    fn targets_are_chosen_per_fixture_and_concurrency() {
+        for c in [8, 32] {
+            assert_eq!(
+                LimitTargets::for_scenario(Shape::Node, c),
+                LimitTargets::default()
+            );
+        }
+        let c8 = LimitTargets::for_scenario(Shape::BigTree, 8);
+        assert_eq!((c8.cold, c8.cached, c8.manifest), (1.2, 1.2, 1.1));
+        assert!(!c8.transfer_bound);
+        let c32 = LimitTargets::for_scenario(Shape::BigTree, 32);
+        assert_eq!((c32.cold, c32.cached, c32.manifest), (1.1, 1.1, 1.1));
+        assert!(c32.transfer_bound);
+        assert_eq!(c8.ratio_for(Method::prewarm_q32(false, false)), Some(1.2));
+        assert_eq!(
+            c8.ratio_for(Method::PrewarmManifest { touch: false }),
+            Some(1.1)
+        );
+        assert_eq!(c8.ratio_for(Method::prewarm_q32(true, true)), None);
+        assert!(c8.describe().contains("within 1.2×"), "{}", c8.describe());
+        assert!(
+            c32.describe().contains("transfer bound"),
+            "{}",
+            c32.describe()
+        );
+    }
+
+    /// A big-tree scenario at `concurrency`: cold and manifest full reads
+    /// at 115 ms (latency bound 100 ms), a touch run at 115 ms, each with a
+    /// 110 ms re-run on the hydrated volume.
+    fn big_tree(concurrency: usize) -> ScenarioResult {
+        let methods = [
+            Method::prewarm_q32(false, false),
+            Method::PrewarmManifest { touch: false },
+            Method::PrewarmManifest { touch: true },
+        ];
+        let runs = methods
+            .iter()
+            .flat_map(|&m| {
+                (0..5).map(move |i| {
+                    let mut r = run(m, 115.0, i);
+                    r.warm_self_ms = Some(110.0);
+                    r
+                })
+            })
+            .collect();
+        let mut sc = scenario(runs, vec![]);
+        sc.scenario.id = format!("big-tree-c{concurrency}");
+        sc.scenario.concurrency = concurrency;
+        sc.scenario.shape = Shape::BigTree;
+        sc.scenario.targets = LimitTargets::for_scenario(Shape::BigTree, concurrency);
+        sc
+    }
+
+    #[test]
+    fn big_tree_targets_judge_cold_within_1_2_and_the_manifest_within_1_1_at_c8() {
+        let sc = big_tree(8);
+        // At 8 fetches in flight the latency bound, however long the re-run.
+        assert_eq!(limit_for(&sc, &sc.runs[0]), 100.0);
+        let t = check_targets(std::slice::from_ref(&sc));
+        let cold = t.iter().find(|t| t.target.contains("[cold]: critical set"));
+        let cold = cold.expect("cold target");
+        assert!(cold.target.contains("within 1.2×"), "{}", cold.target);
+        assert_eq!(cold.met, Some(true), "{}", cold.detail);
+        let manifest = t
+            .iter()
+            .find(|t| t.target.contains("run --manifest]: critical set"))
+            .expect("manifest target");
+        assert!(
+            manifest.target.contains("within 1.1×"),
+            "{}",
+            manifest.target
+        );
+        assert_eq!(manifest.met, Some(false), "{}", manifest.detail);
+        assert!(manifest.detail.contains("the latency bound"));
+    }
+
+    #[test]
+    fn big_tree_targets_take_the_transfer_bound_at_c32_but_not_for_touch() {
+        let sc = big_tree(32);
+        let touch = sc
+            .runs
+            .iter()
+            .find(|r| r.method.is_touch())
+            .expect("touch run");
+        assert_eq!(limit_for(&sc, &sc.runs[0]), 110.0);
+        assert_eq!(limit_for(&sc, touch), 100.0);
+        let t = check_targets(std::slice::from_ref(&sc));
+        let limits: Vec<&TargetCheck> = t
+            .iter()
+            .filter(|t| t.target.contains("critical set within"))
+            .collect();
+        assert_eq!(limits.len(), 2, "{t:?}");
+        // 115 / 110 = 1.05×.
+        assert!(limits.iter().all(|t| t.met == Some(true)), "{limits:?}");
+        assert!(limits.iter().all(|t| t.target.contains("within 1.1×")));
     }
 }
