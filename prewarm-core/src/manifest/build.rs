@@ -48,15 +48,15 @@ fn directories_of(files: &[ManifestFile], mount: &Path, id: DeviceId) -> Vec<Man
             if !meta.is_dir() || DeviceId::from_dev(meta.dev()) != id {
                 return None;
             }
-            let map = crate::map::extent::map_file(&file, meta.len(), None);
-            (!map.device_extents.is_empty()).then(|| ManifestFile {
+            let extents = crate::map::extent::map_directory(&file);
+            (!extents.is_empty()).then(|| ManifestFile {
                 path: rel.to_path_buf(),
                 ino: meta.ino(),
                 size: meta.len(),
                 mtime_sec: meta.mtime(),
                 mtime_nsec: meta.mtime_nsec() as u32,
                 priority,
-                extents: map.device_extents,
+                extents,
                 file_ranges: Vec::new(),
                 ranges: None,
                 directory: true,

@@ -45,10 +45,11 @@
 //! which lack the section, decode with no images; a version newer than
 //! [`FORMAT_VERSION`] is refused, naming both versions.
 //!
-//! Version 4 adds one field per entry, after its named ranges: its kind, 0
+//! Version 4 adds one field per entry, after its priority: its kind, 0
 //! for a file, 1 for a directory (which has no file ranges and no named
-//! ranges: its blocks are read from the device or not at all). Older
-//! manifests decode with files only.
+//! ranges: its blocks are read from the device or not at all; its extents
+//! may reach [`DIRECTORY_SPAN`], past its size, where XFS keeps a
+//! directory's leaf blocks). Older manifests decode with files only.
 //!
 //! # Bounds
 //!
@@ -64,7 +65,8 @@
 //! * a file's size fits `off_t`; its extents, file ranges and named ranges
 //!   are non-empty, do not overflow, and end within the file (its size rounded up to
 //!   [`FILE_END_ALIGN`], the largest filesystem block: FIEMAP reports whole
-//!   blocks); extents also end within the device;
+//!   blocks; a directory's extents within [`DIRECTORY_SPAN`]); extents also
+//!   end within the device;
 //! * a device has a non-nil UUID, a power-of-two block size of 512 B to
 //!   64 KiB, and a non-zero size that is a multiple of it and fits `off_t`;
 //! * the plan passes [`PlanConfig::validate`] (so `max_io` is at most
@@ -391,6 +393,8 @@ impl Manifest {
                 put(&mut p, zigzag(f.mtime_sec));
                 put(&mut p, u64::from(f.mtime_nsec));
                 put(&mut p, u64::from(f.priority));
+                // Version 4: the entry's kind.
+                put(&mut p, u64::from(f.directory));
                 put(&mut p, f.extents.len() as u64);
                 let (mut lend, mut pend) = (0u64, 0u64);
                 for e in &f.extents {
@@ -414,8 +418,6 @@ impl Manifest {
                     put(&mut p, r.len);
                     end = r.offset.wrapping_add(r.len);
                 }
-                // Version 4: the entry's kind.
-                put(&mut p, u64::from(f.directory));
             }
         }
         // Version 3: the images.
@@ -499,7 +501,7 @@ impl Manifest {
                             format!("{} overlaps the previous extent", e.logical),
                         )));
                     }
-                    check_extent(e, f.size, md.size)
+                    check_extent(e, logical_limit(f.directory, f.size), f.size, md.size)
                         .map_err(|(field, r)| within(oob(&format!("extents[{k}].{field}"), r)))?;
                     lend = e.logical.saturating_add(e.length);
                 }
@@ -804,6 +806,23 @@ fn decode_file(
     let mtime_nsec = r.u32("mtime_nsec")?;
     check_mtime_nsec(mtime_nsec).map_err(|reason| r.invalid_at("mtime_nsec", at, reason))?;
     let priority = r.u32("priority")?;
+    let directory = if r.version >= 4 {
+        let at = r.pos;
+        match r.varint("kind")? {
+            0 => false,
+            1 => true,
+            k => {
+                return Err(r.invalid_at(
+                    "kind",
+                    at,
+                    format!("{k} is neither 0 (file) nor 1 (directory)"),
+                ))
+            }
+        }
+    } else {
+        false
+    };
+    let logical_limit = logical_limit(directory, size);
     // An extent takes at least 3 bytes, a file range 2.
     let next = r.count("extents", 3, MAX_EXTENTS - r.extents)?;
     let mut extents = Vec::with_capacity(next.min(PREALLOCATE));
@@ -831,7 +850,7 @@ fn decode_file(
                 physical,
                 length,
             };
-            check_extent(&e, size, dev_size).map_err(|(field, reason)| {
+            check_extent(&e, logical_limit, size, dev_size).map_err(|(field, reason)| {
                 r.invalid_at(field, if field == "length" { at } else { r.pos }, reason)
             })?;
             // check_extent proved both ends fit.
@@ -865,29 +884,13 @@ fn decode_file(
     } else {
         None
     };
-    let directory = if r.version >= 4 {
-        let at = r.pos;
-        match r.varint("kind")? {
-            0 => false,
-            1 if file_ranges.is_empty() && ranges.is_none() => true,
-            1 => {
-                return Err(r.invalid_at(
-                    "kind",
-                    at,
-                    "a directory with file ranges or named ranges".into(),
-                ))
-            }
-            k => {
-                return Err(r.invalid_at(
-                    "kind",
-                    at,
-                    format!("{k} is neither 0 (file) nor 1 (directory)"),
-                ))
-            }
-        }
-    } else {
-        false
-    };
+    if directory && (!file_ranges.is_empty() || ranges.is_some()) {
+        return Err(r.invalid_at(
+            "kind",
+            r.pos,
+            "a directory with file ranges or named ranges".into(),
+        ));
+    }
     Ok(ManifestFile {
         path,
         ino,
@@ -1112,11 +1115,30 @@ fn file_end_limit(size: u64) -> u64 {
     size.div_ceil(FILE_END_ALIGN).saturating_mul(FILE_END_ALIGN)
 }
 
-fn check_extent(e: &Extent, file_size: u64, dev_size: u64) -> Result<(), (&'static str, String)> {
+/// How far into an entry its extents may reach: a file's size (rounded up
+/// to [`FILE_END_ALIGN`]); a directory's address space, which on XFS puts
+/// its leaf and free-space blocks at 32 and 64 GiB, past its size.
+fn logical_limit(directory: bool, size: u64) -> u64 {
+    if directory {
+        DIRECTORY_SPAN
+    } else {
+        file_end_limit(size)
+    }
+}
+
+/// The logical span of a directory's blocks: XFS's three 32 GiB spaces
+/// (data, leaf, free index).
+pub const DIRECTORY_SPAN: u64 = 3 << 35;
+
+fn check_extent(
+    e: &Extent,
+    limit: u64,
+    file_size: u64,
+    dev_size: u64,
+) -> Result<(), (&'static str, String)> {
     if e.length == 0 {
         return Err(("length", "an empty extent".into()));
     }
-    let limit = file_end_limit(file_size);
     match e.logical.checked_add(e.length) {
         Some(end) if end <= limit => {}
         Some(end) => {

@@ -127,8 +127,15 @@ pub fn plan_manifest(
     let (manifest, mut warnings) =
         build::build_manifest(&prepared, cfg.plan, tool, cfg.collect.root.as_deref());
     warnings.splice(0..0, prepared.warnings);
+    // What a boot will decode is checked now: a manifest the decoder would
+    // refuse is never written.
+    let encoded = manifest.encode();
+    Manifest::decode(&encoded).map_err(|source| Error::ManifestDecode {
+        path: PathBuf::from("(the manifest just planned)"),
+        source,
+    })?;
     Ok(PlannedManifest {
-        encoded: manifest.encode(),
+        encoded,
         manifest,
         warnings,
         images: prepared.images,

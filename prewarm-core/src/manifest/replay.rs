@@ -365,7 +365,20 @@ fn replay_file(
     if !same_kind {
         return (FileStatus::Missing, None);
     }
-    // Changed: map it again, now.
+    // Changed: map it again, now (a directory: its blocks, or nothing).
+    if f.directory {
+        let Ok((dir, _)) = open_file(&path, false) else {
+            return (FileStatus::Missing, None);
+        };
+        let map = ExtentMap {
+            device_extents: crate::map::extent::map_directory(&dir),
+            file_ranges: Vec::new(),
+            unwritten_bytes: 0,
+            fallback: None,
+        };
+        let file = TargetFile::from_metadata(path, &meta, f.priority, Origin::Manifest);
+        return (FileStatus::Changed, Some(MappedFile { file, map }));
+    }
     let map = match open_file(&path, false) {
         Ok((file, _)) => {
             let mut map = map_file(&file, meta.len(), f.ranges.as_deref());

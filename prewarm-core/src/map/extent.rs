@@ -192,6 +192,22 @@ pub fn open_file(path: &Path, direct: bool) -> std::io::Result<(File, bool)> {
     }
 }
 
+/// The device extents of the open directory `dir`: its blocks, which a
+/// path lookup through it reads. FIEMAP where the filesystem answers it for
+/// directories (ext4), else XFS's own block map; none when neither does, or
+/// when the entries live in the inode (inline or short-form directories):
+/// a directory is read from the device or not at all.
+pub(crate) fn map_directory(dir: &File) -> Vec<Extent> {
+    match fiemap::file_extents(dir) {
+        Ok(raw) => raw
+            .iter()
+            .filter(|e| e.flags & NEEDS_FILE_READ == 0)
+            .map(|e| e.extent)
+            .collect(),
+        Err(_) => fiemap::xfs_block_map(dir).unwrap_or_default(),
+    }
+}
+
 /// Map the open file `file` of `size` bytes, or only its byte `ranges`
 /// (sorted, disjoint; `None`: the whole file): the extents are cut to the
 /// ranges. Never fails: a filesystem without FIEMAP yields a fallback that

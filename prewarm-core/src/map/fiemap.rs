@@ -1,12 +1,13 @@
-//! Kernel ioctl FFI: `FS_IOC_FIEMAP` and the two block-device geometry
-//! queries (`BLKSSZGET`, `BLKGETSIZE64`).
+//! Kernel ioctl FFI: `FS_IOC_FIEMAP`, XFS's `XFS_IOC_GETBMAPX` (the block
+//! map of a directory, which XFS's FIEMAP does not answer) and the two
+//! block-device geometry queries (`BLKSSZGET`, `BLKGETSIZE64`).
 //!
 //! This is one of the two modules of the crate allowed to hold `unsafe` (the
 //! other is the io_uring backend), and it is private to [`crate::map`]: every
 //! raw ioctl the pipeline needs lives here, behind safe functions that take a
 //! borrowed file descriptor and return plain Rust values. The `unsafe fn`s
 //! nix's macros generate stay inside the private `ioctl` module below and
-//! are called only from the three functions of this file, each call with its
+//! are called only from the four functions of this file, each call with its
 //! `# Safety` reasoning. Everything above this module reasons about extents
 //! and never about kernel structure layouts.
 //!
@@ -74,15 +75,52 @@ struct FiemapRequest {
     extents: [RawExtent; EXTENTS_PER_CALL],
 }
 
+/// `struct getbmapx` from `<xfs/xfs_fs.h>`: the first element of the array
+/// is the request, the others receive the mappings. Offsets, blocks and
+/// lengths are in 512-byte units.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct RawBmapx {
+    bmv_offset: i64,
+    bmv_block: i64,
+    bmv_length: i64,
+    bmv_count: i32,
+    bmv_entries: i32,
+    bmv_iflags: i32,
+    bmv_oflags: i32,
+    bmv_unused1: i32,
+    bmv_unused2: i32,
+}
+
+/// `struct getbmap`: its size (32 bytes) is what `XFS_IOC_GETBMAPX`'s
+/// number encodes, although the call takes `getbmapx`es.
+#[repr(C)]
+struct RawBmap {
+    bmv_offset: i64,
+    bmv_block: i64,
+    bmv_length: i64,
+    bmv_count: i32,
+    bmv_entries: i32,
+}
+
+/// Mappings requested per `XFS_IOC_GETBMAPX` call (the request is one
+/// more element).
+const BMAPS_PER_CALL: usize = 128;
+/// `BMV_IF_NO_HOLES`: report only mapped ranges.
+const BMV_IF_NO_HOLES: i32 = 0x10;
+/// How far a block map is asked for, in 512-byte units (512 TiB).
+const MAP_END_BB: i64 = 1 << 40;
+
 /// The raw ioctl wrappers. nix's macros make them `pub unsafe fn`; this
 /// module keeps them private to the file.
 mod ioctl {
-    use super::RawFiemap;
+    use super::{RawBmap, RawFiemap};
 
-    // # Safety (for all three): the caller passes a valid open descriptor
+    // # Safety (for all four): the caller passes a valid open descriptor
     // and a pointer to a live, writable value of the type the request
     // encodes (see the call sites).
     nix::ioctl_readwrite!(fs_ioc_fiemap, b'f', 11, RawFiemap);
+    nix::ioctl_readwrite!(xfs_ioc_getbmapx, b'X', 56, RawBmap);
     nix::ioctl_read_bad!(blksszget, nix::request_code_none!(0x12, 104), libc::c_int);
     nix::ioctl_read!(blkgetsize64, 0x12, 114, u64);
 }
@@ -151,6 +189,59 @@ pub fn file_extents<F: AsFd>(fd: F) -> nix::Result<Vec<FlaggedExtent>> {
     Ok(out)
 }
 
+/// The data-fork block map of the file behind `fd` on XFS
+/// (`XFS_IOC_GETBMAPX`): what FIEMAP tells of a regular file, for the
+/// directories XFS's FIEMAP refuses. Holes and delayed allocations (no
+/// block yet) are left out. Any other filesystem answers `ENOTTY`.
+pub(crate) fn xfs_block_map<F: AsFd>(fd: F) -> nix::Result<Vec<Extent>> {
+    const BB: u64 = 512;
+    let raw = fd.as_fd().as_raw_fd();
+    let mut out = Vec::new();
+    let mut request = vec![RawBmapx::default(); BMAPS_PER_CALL + 1];
+    let mut offset = 0i64;
+    loop {
+        request[0] = RawBmapx {
+            bmv_offset: offset,
+            // Not -1, which stops at the size: a directory's leaf and
+            // free-space blocks live far beyond it (from 32 GiB on).
+            bmv_length: MAP_END_BB - offset,
+            bmv_count: (BMAPS_PER_CALL + 1) as i32,
+            bmv_iflags: BMV_IF_NO_HOLES,
+            ..RawBmapx::default()
+        };
+        // Safety: `request` is a live, exclusively borrowed array of
+        // `bmv_count` `repr(C)` `struct getbmapx`es (the header first),
+        // so the kernel writes only inside it; the ioctl's size field
+        // names `struct getbmap`, the prefix the kernel copies in first.
+        // `raw` is a valid open descriptor borrowed for the duration of
+        // the call.
+        unsafe {
+            ioctl::xfs_ioc_getbmapx(raw, request.as_mut_ptr().cast::<RawBmap>())?;
+        }
+        let n = usize::try_from(request[0].bmv_entries)
+            .unwrap_or(0)
+            .min(BMAPS_PER_CALL);
+        for m in &request[1..=n] {
+            if m.bmv_block >= 0 && m.bmv_length > 0 {
+                out.push(Extent {
+                    logical: m.bmv_offset as u64 * BB,
+                    physical: m.bmv_block as u64 * BB,
+                    length: m.bmv_length as u64 * BB,
+                });
+            }
+        }
+        let Some(last) = request[1..=n].last() else {
+            break;
+        };
+        let next = last.bmv_offset.saturating_add(last.bmv_length);
+        if n < BMAPS_PER_CALL || next <= offset || next >= MAP_END_BB {
+            break;
+        }
+        offset = next;
+    }
+    Ok(out)
+}
+
 /// The logical block size of the block device behind `fd` (`BLKSSZGET`):
 /// the alignment O_DIRECT reads on it need.
 pub(crate) fn logical_block_size<F: AsFd>(fd: F) -> nix::Result<u32> {
@@ -180,6 +271,8 @@ mod tests {
 
     #[test]
     fn struct_layout_matches_the_kernel() {
+        assert_eq!(std::mem::size_of::<RawBmap>(), 32);
+        assert_eq!(std::mem::size_of::<RawBmapx>(), 48);
         assert_eq!(std::mem::size_of::<RawFiemap>(), 32);
         assert_eq!(std::mem::size_of::<RawExtent>(), 56);
         assert_eq!(
