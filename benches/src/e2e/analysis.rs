@@ -73,9 +73,10 @@ pub struct CriticalSet {
     /// Bytes prewarm plans to read (whole chunks).
     pub planned_bytes: u64,
     pub ranges: u64,
-    /// Chunks outside the set that mapping the list reads (filesystem
-    /// metadata: inode tables, directories, extent trees), as hydrated by
-    /// a cold dry run; filled in by the harness.
+    /// Chunks outside the set that a run may read beside its plan: those
+    /// a cold dry run hydrated (filesystem metadata: inode tables,
+    /// directories, extent trees) and those holding no byte of any file
+    /// of the volume; filled in by the harness.
     pub metadata: Vec<u64>,
 }
 

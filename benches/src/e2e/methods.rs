@@ -243,6 +243,18 @@ impl Harness {
         Ok(f.stdout)
     }
 
+    /// `prewarm --dry-run --json` of every file of the mounted volume: where
+    /// file data lies, so that the chunks holding none are known.
+    pub(super) fn dry_run_of_volume(&self) -> Result<String> {
+        let mut c = self.prewarm_cmd();
+        c.args(["--dry-run", "--json"]).arg(&self.vol);
+        let f = sys::run_timed(&mut c, self.opts.timeout, false)?;
+        if !f.status.success() {
+            bail!("{}", f.failure("prewarm --dry-run of the volume"));
+        }
+        Ok(f.stdout)
+    }
+
     /// Where `prewarm plan` writes the manifest of the critical list.
     pub(super) fn manifest_path(&self) -> PathBuf {
         self.list.with_extension("manifest")
