@@ -58,7 +58,8 @@ impl Checks {
         }
         for b in boots {
             checks.check(&b.name, "powered off by itself", b.check_poweroff());
-            if b.kind == "warmwith" {
+            // Every boot with prewarm: both phases ran in order.
+            if matches!(b.kind.as_str(), "with" | "recorded" | "warmwith") {
                 checks.check(
                     &b.name,
                     "initrd unit ran before switch-root",
@@ -69,19 +70,10 @@ impl Checks {
                     "prewarm.service READY before kubelet started",
                     b.check_ready(),
                 );
-            } else if b.kind == "warmwithout" {
+            }
+            if b.kind == "warmwithout" {
                 checks.check(&b.name, "prewarm disabled", b.check_disabled());
             } else if b.kind == "with" || b.kind == "recorded" {
-                checks.check(
-                    &b.name,
-                    "initrd unit ran before switch-root",
-                    b.check_initrd(),
-                );
-                checks.check(
-                    &b.name,
-                    "prewarm.service READY before kubelet started",
-                    b.check_ready(),
-                );
                 checks.check(
                     &b.name,
                     "kubelet's file hydrated by prewarm",
@@ -314,26 +306,30 @@ fn median_of(
     kind: &str,
     f: impl Fn(&Boot) -> Option<f64>,
 ) -> Result<(f64, Vec<f64>), String> {
-    let mut v: Vec<f64> = boots
+    let v: Vec<f64> = boots
         .iter()
         .filter(|b| b.kind == kind)
         .filter_map(f)
         .collect();
-    if v.len() < MIN_BOOTS_PER_KIND {
-        return Err(format!(
+    match median(&v) {
+        Some(m) if v.len() >= MIN_BOOTS_PER_KIND => Ok((m, v)),
+        _ => Err(format!(
             "{} boots of kind {kind} reported, {MIN_BOOTS_PER_KIND} needed",
             v.len()
-        ));
+        )),
     }
-    let all = v.clone();
+}
+
+/// The median of `v` (the mean of the middle two for an even count).
+pub fn median(v: &[f64]) -> Option<f64> {
+    let mut v = v.to_vec();
     v.sort_by(f64::total_cmp);
     let n = v.len();
-    let median = if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    };
-    Ok((median, all))
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(v[n / 2]),
+        _ => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
+    }
 }
 
 fn seconds(v: &[f64]) -> String {

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::boot::{Boot, Layout};
-use super::checks::{pairs, Checks};
+use super::checks::{median, pairs, Checks};
 use super::recording::{coverage, RecordedRun};
 use crate::e2e::{VM_BOOT_END as END, VM_BOOT_START as START};
 
@@ -247,21 +247,16 @@ fn kind_label(kind: &str) -> &str {
 
 /// "median s (min–max)" of some seconds.
 fn summary(v: &[f64]) -> String {
-    if v.is_empty() {
+    let Some(median) = median(v) else {
         return "-".into();
-    }
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    let median = if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
     };
-    if n == 1 {
+    let (lo, hi) = v
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(l, h), &x| (l.min(x), h.max(x)));
+    if v.len() == 1 {
         format!("{median:.2} s")
     } else {
-        format!("{median:.2} s ({:.2}–{:.2})", v[0], v[n - 1])
+        format!("{median:.2} s ({lo:.2}–{hi:.2})")
     }
 }
 
