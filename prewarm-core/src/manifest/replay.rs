@@ -102,8 +102,16 @@ pub(crate) fn prepare_manifest(
     // that is absent or changed is reported and the others are still read.
     let uuids: Vec<[u8; 16]> = m.devices.iter().map(|d| d.uuid).collect();
     let found = fsid::find_by_uuids(&uuids, opts.wait_device, &opts.stop);
+    // A stop during the search leaves filesystems not found: not refused,
+    // only not reached (the run reports itself stopped).
+    let stopped = opts.stop.check();
+    let mut not_reached = 0u64;
     for (md, found) in m.devices.iter().zip(found) {
         let uuid = format_uuid(&md.uuid);
+        if found.is_none() && stopped.is_some() {
+            not_reached += md.files.iter().filter(|f| !f.directory).count() as u64;
+            continue;
+        }
         let dev = match usable_device(md, found, opts) {
             Ok(dev) => dev,
             Err(reason) => {
@@ -236,6 +244,8 @@ pub(crate) fn prepare_manifest(
         file_ios,
         prepare_time: start.elapsed(),
         images,
+        stopped,
+        entries_not_reached: not_reached,
         ..Prepared::empty(warnings)
     })
 }
