@@ -168,14 +168,12 @@ impl<'c> Planner<'c> {
                         // bites there too.
                         self.prepared.stopped.get_or_insert(reason);
                     }
-                    let mut added = pool
-                        .install(|| self.add_class(files, &std::mem::take(&mut sweeps), priority));
-                    added.piece = Some(ClassPiece {
+                    let piece = ClassPiece {
                         priority,
                         first: std::mem::take(&mut first),
                         last,
-                    });
-                    sink(self, &added);
+                    };
+                    self.push_piece(pool, sink, files, &std::mem::take(&mut sweeps), piece);
                     if !more {
                         break;
                     }
@@ -183,13 +181,12 @@ impl<'c> Planner<'c> {
             }
             if first {
                 // A class with no entries left to unpack (sweeps only).
-                let mut added = pool.install(|| self.add_class(Vec::new(), &sweeps, priority));
-                added.piece = Some(ClassPiece {
+                let piece = ClassPiece {
                     priority,
                     first: true,
                     last: true,
-                });
-                sink(self, &added);
+                };
+                self.push_piece(pool, sink, Vec::new(), &sweeps, piece);
             }
         }
         self.prepared.skipped_non_regular += collector.skipped_non_regular();
@@ -197,6 +194,21 @@ impl<'c> Planner<'c> {
             .warnings_omitted
             .extend(collector.warnings_omitted());
         self.prepared.entries_not_reached += collector.not_reached();
+    }
+
+    /// Map and plan `files` (and `sweeps`) as `piece` of its class, on
+    /// `pool`, and hand the result to `sink`.
+    fn push_piece(
+        &mut self,
+        pool: &MetadataPool,
+        sink: &mut dyn FnMut(&Planner<'_>, &Added),
+        files: Vec<TargetFile>,
+        sweeps: &[DeviceId],
+        piece: ClassPiece,
+    ) {
+        let mut added = pool.install(|| self.add_class(files, sweeps, piece.priority));
+        added.piece = Some(piece);
+        sink(self, &added);
     }
 
     /// Map `files` (on the current rayon pool) and plan them, with the
