@@ -81,6 +81,7 @@
 mod atomic_write;
 mod engine;
 mod error;
+mod heap;
 mod input_file;
 pub mod manifest;
 pub mod map;
@@ -97,6 +98,7 @@ pub use engine::{
     DEFAULT_QUEUE_DEPTH, STOP_GRACE,
 };
 pub use error::{Error, InputError, Origin, Warning, WarningKind};
+pub use heap::limit_malloc_arenas;
 pub use plan::{PlanConfig, ReadMode, DEFAULT_CHUNK_SIZE, DEFAULT_MAX_IO};
 pub use report::{Outcome, Report};
 pub use run::{hydrate, Config, ReadyPolicy, ReadyReason};

@@ -93,8 +93,7 @@ pub(crate) fn prepare_manifest(
         checksum: format!("{:08x}", opts.manifest_crc),
         ..Default::default()
     };
-    let mut warnings = Vec::new();
-    let mut files: Vec<MappedFile> = Vec::new();
+    let mut prepared = Prepared::empty(Vec::new());
     let mut devices = Vec::new();
     // Where each filesystem read is mounted (checked files only).
     let mut mounts: Vec<([u8; 16], PathBuf)> = Vec::new();
@@ -184,7 +183,7 @@ pub(crate) fn prepare_manifest(
                 FileStatus::Missing => {
                     report.missing += 1;
                     let shown = mount.as_deref().unwrap_or(Path::new("/")).join(&f.path);
-                    warnings.push(Warning::new(
+                    prepared.warnings.push(Warning::new(
                         WarningKind::Missing,
                         Some(&shown),
                         Some(&Origin::Manifest),
@@ -194,7 +193,7 @@ pub(crate) fn prepare_manifest(
                 FileStatus::OutsideMount(shown, why) => {
                     report.outside_mount += 1;
                     tracing::warn!("{}: {why}: refused", shown.display());
-                    warnings.push(Warning::new(
+                    prepared.warnings.push(Warning::new(
                         WarningKind::Unreadable,
                         Some(&shown),
                         Some(&Origin::Manifest),
@@ -211,7 +210,7 @@ pub(crate) fn prepare_manifest(
                     len: e.length,
                 }));
             }
-            files.push(mapped);
+            prepared.add_file(mapped);
         }
         let mut plan = ReadPlan::build(&extents, dev.size, &m.plan);
         if let Some(h) = handover {
@@ -230,7 +229,7 @@ pub(crate) fn prepare_manifest(
         let reasons: Vec<String> = report.refused.iter().map(|r| r.reason.clone()).collect();
         return Err(refuse(reasons.join("; ")));
     }
-    let file_ios = plan_file_ios(&files, 0, m.plan.max_io);
+    prepared.file_ios = plan_file_ios(&prepared.files, 0, m.plan.max_io);
     let images = m
         .images
         .iter()
@@ -239,14 +238,12 @@ pub(crate) fn prepare_manifest(
         .collect();
     Ok(Prepared {
         manifest: Some(report),
-        files,
         devices,
-        file_ios,
         prepare_time: start.elapsed(),
         images,
         stopped,
         entries_not_reached: not_reached,
-        ..Prepared::empty(warnings)
+        ..prepared
     })
 }
 

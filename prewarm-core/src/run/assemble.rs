@@ -9,7 +9,7 @@ use super::file_reads::FileReads;
 use super::{cache, Config, Prepared};
 use crate::engine::{EngineStats, OpQueue};
 use crate::error::Error;
-use crate::map::{DeviceId, FileReadReason};
+use crate::map::DeviceId;
 use crate::plan::spans::{self, Span};
 use crate::plan::PlanStats;
 use crate::report::{
@@ -148,38 +148,23 @@ impl Prepared {
                 error: None,
             });
         }
-        let file_level_files = self
-            .files
-            .iter()
-            .filter(|f| !f.map.file_ranges.is_empty())
-            .count() as u64;
+        let tally = &self.tally;
         // Sizes and ranges may come from an untrusted manifest: every total
         // saturates rather than wraps (or panics).
         let file_level_planned = saturating_sum(self.file_ios.iter().map(|io| u64::from(io.len)));
         ios_planned = ios_planned.saturating_add(self.file_ios.len() as u64);
-        let file_level_bytes = saturating_sum(
-            self.files
-                .iter()
-                .flat_map(|f| &f.map.file_ranges)
-                .map(|r| r.len),
-        );
         Report {
             dry_run,
             mode: cfg.mode,
             queue_depth: cfg.queue_depth,
             rate_limit: cfg.rate_limit.is_limited().then_some(cfg.rate_limit),
             plan_config: cfg.plan,
-            files: self.files.len() as u64,
+            files: tally.files,
             skipped_non_regular: self.skipped_non_regular,
-            file_bytes: saturating_sum(self.files.iter().map(|f| f.file.size)),
-            mapped_bytes: saturating_sum(
-                self.files
-                    .iter()
-                    .flat_map(|f| &f.map.device_extents)
-                    .map(|e| e.length),
-            ),
-            file_level_bytes,
-            unwritten_bytes: saturating_sum(self.files.iter().map(|f| f.map.unwritten_bytes)),
+            file_bytes: tally.file_bytes,
+            mapped_bytes: tally.mapped_bytes,
+            file_level_bytes: tally.file_level_bytes,
+            unwritten_bytes: tally.unwritten_bytes,
             extents: totals.extents,
             ranges: totals.ranges,
             chunks: totals.chunks,
@@ -193,8 +178,8 @@ impl Prepared {
             warnings_omitted: self.warnings_omitted.clone(),
             devices,
             file_level: FileLevelReport {
-                files: file_level_files,
-                bytes: file_level_bytes,
+                files: tally.file_level_files,
+                bytes: tally.file_level_bytes,
                 read: ReadStats {
                     ios_planned: self.file_ios.len() as u64,
                     ..Default::default()
@@ -242,23 +227,14 @@ impl Prepared {
     /// The plan's fallbacks: devices read buffered, and one line per reason
     /// some files are read through the files, with how many.
     fn fallbacks(&self) -> impl Iterator<Item = Fallback> + '_ {
-        let mut reasons: BTreeMap<&FileReadReason, u64> = BTreeMap::new();
-        for f in &self.files {
-            if let Some(why) = &f.map.fallback {
-                *reasons.entry(why).or_default() += 1;
-            }
-        }
+        let reasons = self.tally.fallbacks.iter();
         self.fallbacks
             .iter()
             .cloned()
-            .chain(
-                reasons
-                    .into_iter()
-                    .map(|(reason, files)| Fallback::FileReads {
-                        files,
-                        reason: reason.clone(),
-                    }),
-            )
+            .chain(reasons.map(|(reason, &files)| Fallback::FileReads {
+                files,
+                reason: reason.clone(),
+            }))
     }
 }
 

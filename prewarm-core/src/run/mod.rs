@@ -31,6 +31,7 @@ pub(crate) use self::file_reads::plan_file_ios;
 mod planner;
 pub(crate) mod ready;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -40,7 +41,7 @@ use crate::engine::{self, BackendChoice, Progress, RateLimit, StopSignal};
 use crate::error::{Error, Warning};
 use crate::map::device::BlockDevice;
 use crate::map::pool::MetadataPool;
-use crate::map::{DeviceId, ExtentMap};
+use crate::map::{DeviceId, ExtentMap, FileReadReason};
 use crate::plan::{FileIo, PlanConfig, ReadMode, ReadPlan};
 use crate::report::{Fallback, ImageReport, ManifestReport, Report, WarningsOmitted};
 use crate::source::{CollectOptions, Sources, TargetFile};
@@ -137,12 +138,63 @@ impl DevicePlan {
     }
 }
 
+/// Which planned files a [`Prepared`] keeps once they are in the plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FileRetention {
+    /// Every file: a dry run reports each, `--cache` reads each through the
+    /// page cache, `plan` writes each into the manifest.
+    All,
+    /// Only files read through the file (their reads name them): a run
+    /// needs nothing else of a file once its extents are in the device's
+    /// plan, so a million files cost their counts, not their paths.
+    FileReadsOnly,
+}
+
+/// What the planned files add up to, counted as each enters the plan
+/// (whether it is kept or not): the report's file figures.
+#[derive(Debug, Default)]
+pub(crate) struct FileTally {
+    pub files: u64,
+    pub file_bytes: u64,
+    pub mapped_bytes: u64,
+    pub unwritten_bytes: u64,
+    /// Files with bytes read through the file, and those bytes.
+    pub file_level_files: u64,
+    pub file_level_bytes: u64,
+    /// Why files are read through the file, with how many.
+    pub fallbacks: BTreeMap<FileReadReason, u64>,
+}
+
+impl FileTally {
+    /// Count `m`. Sizes and ranges may come from an untrusted manifest:
+    /// every total saturates rather than wraps.
+    fn add(&mut self, m: &MappedFile) {
+        self.files += 1;
+        self.file_bytes = self.file_bytes.saturating_add(m.file.size);
+        let mapped = m.map.device_extents.iter().map(|e| e.length);
+        self.mapped_bytes = mapped.fold(self.mapped_bytes, u64::saturating_add);
+        self.unwritten_bytes = self.unwritten_bytes.saturating_add(m.map.unwritten_bytes);
+        if !m.map.file_ranges.is_empty() {
+            self.file_level_files += 1;
+            let ranges = m.map.file_ranges.iter().map(|r| r.len);
+            self.file_level_bytes = ranges.fold(self.file_level_bytes, u64::saturating_add);
+        }
+        if let Some(why) = &m.map.fallback {
+            *self.fallbacks.entry(why.clone()).or_default() += 1;
+        }
+    }
+}
+
 /// A plan, nothing read yet: what [`prepare`] and a manifest replay make.
 #[derive(Debug)]
 pub(crate) struct Prepared {
     /// Set when planned from a manifest.
     pub manifest: Option<ManifestReport>,
+    /// The files kept ([`Prepared::retention`]); file-level reads index it.
     pub files: Vec<MappedFile>,
+    pub retention: FileRetention,
+    /// Every file planned, kept or not.
+    pub tally: FileTally,
     pub devices: Vec<DevicePlan>,
     /// Reads through files; `FileIo::file` indexes `files`.
     pub file_ios: Vec<FileIo>,
@@ -168,6 +220,8 @@ impl Prepared {
         Prepared {
             manifest: None,
             files: Vec::new(),
+            retention: FileRetention::All,
+            tally: FileTally::default(),
             devices: Vec::new(),
             file_ios: Vec::new(),
             warnings,
@@ -183,6 +237,15 @@ impl Prepared {
     }
 
     /// The plan of device `id`.
+    /// Count `m` into the plan, and keep it if it is read through the file
+    /// or [`Prepared::retention`] keeps every file.
+    pub fn add_file(&mut self, m: MappedFile) {
+        self.tally.add(&m);
+        if self.retention == FileRetention::All || !m.map.file_ranges.is_empty() {
+            self.files.push(m);
+        }
+    }
+
     pub fn device(&self, id: DeviceId) -> Option<&DevicePlan> {
         self.devices.iter().find(|d| d.id() == id)
     }
@@ -239,7 +302,11 @@ pub fn hydrate(sources: &Sources, cfg: &Config) -> Result<Report, Error> {
     cfg.validate()?;
     let start = Instant::now();
     let pool = MetadataPool::new(cfg.queue_depth as usize);
-    let mut planner = Planner::new(Prepared::empty(sources.warnings.clone()), cfg);
+    let mut prepared = Prepared::empty(sources.warnings.clone());
+    if !cfg.cache {
+        prepared.retention = FileRetention::FileReadsOnly;
+    }
+    let mut planner = Planner::new(prepared, cfg);
     planner.open_sweeps(&sources.devices)?;
     let mut report = execute::run_engines(planner, cfg, |planner, feed| {
         planner.plan_classes(sources, &pool, &mut |planner, added| {

@@ -157,7 +157,7 @@ impl<'c> Planner<'c> {
                 loop {
                     let more = pool.install(|| collector.walk_some(piece_files));
                     let last = !more && batches.peek().is_none();
-                    let files = pool.install(|| collector.take_new().to_vec());
+                    let files = pool.install(|| collector.take_new());
                     if files.is_empty() && !first && !last {
                         break;
                     }
@@ -278,7 +278,7 @@ impl<'c> Planner<'c> {
                     Err(why) => m.map.demote_to_file_reads(why),
                 }
             }
-            self.prepared.files.push(m);
+            self.prepared.add_file(m);
         }
         let classes = extents
             .into_iter()

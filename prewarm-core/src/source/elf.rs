@@ -1344,18 +1344,17 @@ mod tests {
         };
         // As the planner does, one priority class after the other.
         let mut collector = Collector::new(&opts, StopSignal::default());
-        let first = collector.add(&[SourceEntry::argument(&ls, 10)]).to_vec();
-        assert!(first.iter().any(|f| f.path == libc_host), "{first:?}");
+        let first = collector.add(&[SourceEntry::argument(&ls, 10)]);
+        let libc: Vec<_> = first.iter().filter(|f| f.path == libc_host).collect();
+        assert_eq!(libc.len(), 1, "{first:?}");
+        assert_eq!(libc[0].priority, 10);
+        assert_eq!(libc[0].origin, Origin::LibraryOf { path: ls.clone() });
         // Named again in a later, less urgent class: kept once, quietly.
         assert!(collector
             .add(&[SourceEntry::argument(&libc_host, 50)])
             .is_empty());
-        let set = collector.finish();
-        let libc: Vec<_> = set.files.iter().filter(|f| f.path == libc_host).collect();
-        assert_eq!(libc.len(), 1);
-        assert_eq!(libc[0].priority, 10);
-        assert_eq!(libc[0].origin, Origin::LibraryOf { path: ls.clone() });
-        assert!(set.warnings.is_empty(), "{:?}", set.warnings);
+        let warnings = collector.take_warnings();
+        assert!(warnings.is_empty(), "{warnings:?}");
 
         // Both in one batch: the library takes the file's priority.
         let set = collect(
@@ -1386,11 +1385,11 @@ mod tests {
             ..SourceEntry::argument(path, prio)
         };
         let mut collector = Collector::new(&opts, StopSignal::default());
-        let first = collector.add(&[ranged(&libc_host, 5)]).to_vec();
+        let first = collector.add(&[ranged(&libc_host, 5)]);
         assert!(first
             .iter()
             .any(|f| f.path == libc_host && f.ranges.is_some()));
-        let second = collector.add(&[ranged(&ls, 10)]).to_vec();
+        let second = collector.add(&[ranged(&ls, 10)]);
         let ls_file = second.iter().find(|f| f.path == ls).unwrap();
         assert!(ls_file.ranges.is_some(), "the executable keeps its ranges");
         let libs: Vec<_> = second.iter().filter(|f| f.path != ls).collect();

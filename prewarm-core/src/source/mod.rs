@@ -31,9 +31,11 @@ use crate::error::{Origin, Warning, WarningKind};
 use crate::map::ByteRange;
 use crate::plan::spans::{self, Span};
 use crate::report::{WarningCap, WarningsOmitted};
+use handed_out::{HandedOut, InodeKey, Planned};
 
 pub mod containerd;
 mod elf;
+mod handed_out;
 mod ld_cache;
 pub mod list;
 mod walk;
@@ -342,26 +344,32 @@ fn is_glob(path: &Path) -> bool {
 #[cfg(test)]
 fn collect(entries: &[SourceEntry], opts: &CollectOptions) -> FileSet {
     let mut c = Collector::new(opts, StopSignal::default());
-    c.add(entries);
-    c.finish()
+    let files = c.add(entries);
+    FileSet {
+        files,
+        warnings: c.take_warnings(),
+        skipped_non_regular: c.skipped_non_regular(),
+    }
 }
 
 /// Collects files from entries in batches (the pipeline collects one
-/// priority class at a time, most urgent first), remembering every file it
-/// has met, so that a file named again in a later batch is still a
-/// duplicate of the first.
+/// priority class at a time, most urgent first, and hands a class out in
+/// pieces), remembering every file it has met, so that a file named again
+/// in a later batch is still a duplicate of the first. The files of the
+/// current batch are kept whole; those handed out are remembered only by
+/// inode ([`handed_out`]), so that a million files do not stay in memory.
 pub struct Collector<'a> {
     opts: &'a CollectOptions,
+    /// The current batch: its files, and the warnings not yet taken.
     set: FileSet,
-    /// (dev, ino) → index in `set.files`.
-    by_inode: HashMap<(u64, u64), usize>,
+    /// (dev, ino) → index in `set.files`, for the current batch.
+    by_inode: HashMap<InodeKey, usize>,
+    /// The files of earlier batches.
+    handed_out: HandedOut,
     stop: StopSignal,
     not_reached: u64,
     /// Keeps the first warnings of each kind; the rest are only counted.
     warning_cap: WarningCap,
-    /// Where the files of the current [`Collector::add`] start in
-    /// `set.files` (those before it were handed out already).
-    batch_start: usize,
     /// Finds shared-library closures (`opts.with_libs`).
     libs: Option<elf::LibraryResolver>,
     /// Directories queued by walks, read a group at a time
@@ -380,10 +388,10 @@ impl<'a> Collector<'a> {
             opts,
             set: FileSet::default(),
             by_inode: HashMap::new(),
+            handed_out: HandedOut::default(),
             stop,
             not_reached: 0,
             warning_cap: WarningCap::default(),
-            batch_start: 0,
             libs: opts
                 .with_libs
                 .then(|| elf::LibraryResolver::new(opts.root.clone())),
@@ -403,7 +411,7 @@ impl<'a> Collector<'a> {
     /// [`Collector::walk_some`] until nothing is queued, then
     /// [`Collector::take_new`]).
     #[cfg(test)]
-    pub fn add(&mut self, entries: &[SourceEntry]) -> &[TargetFile] {
+    pub fn add(&mut self, entries: &[SourceEntry]) -> Vec<TargetFile> {
         self.push_entries(entries);
         while self.walk_some(usize::MAX) {}
         self.take_new()
@@ -412,11 +420,20 @@ impl<'a> Collector<'a> {
     /// The files collected since the last call, with their shared-library
     /// closures (`opts.with_libs`): handed out, so a file named again later
     /// with more byte ranges adds only what it did not cover yet.
-    pub fn take_new(&mut self) -> &[TargetFile] {
-        let first = self.batch_start;
-        self.add_libraries(first);
-        self.batch_start = self.set.files.len();
-        &self.set.files[first..]
+    pub fn take_new(&mut self) -> Vec<TargetFile> {
+        self.add_libraries();
+        let files = std::mem::take(&mut self.set.files);
+        for f in &files {
+            let key = (f.dev, f.ino);
+            // A file adding ranges to one handed out earlier is already
+            // remembered, for the union of both.
+            if self.handed_out.get(key).is_none() {
+                let library = matches!(f.origin, Origin::LibraryOf { .. });
+                self.handed_out.insert(key, f.ranges.as_deref(), library);
+            }
+        }
+        self.by_inode.clear();
+        files
     }
 
     /// Walk queued directories, a group at a time, until at least `want`
@@ -426,7 +443,7 @@ impl<'a> Collector<'a> {
     /// (`walk.rs`). A stop drops what is queued.
     pub fn walk_some(&mut self, want: usize) -> bool {
         let follow_links = self.opts.root.is_none();
-        while self.set.files.len() - self.batch_start < want && !self.pending.is_empty() {
+        while self.set.files.len() < want && !self.pending.is_empty() {
             if self.stop.check().is_some() {
                 self.pending.clear();
                 break;
@@ -495,14 +512,16 @@ impl<'a> Collector<'a> {
     }
 
     /// With `opts.with_libs`: add the shared-library closure of every file
-    /// collected since `set.files[first]`, at that file's priority. The
-    /// closures are found in parallel (each reads a few headers, on a cold
-    /// volume a fetch each), then added in order.
-    fn add_libraries(&mut self, first: usize) {
+    /// of the current batch, at that file's priority. The closures are found
+    /// in parallel (each reads a few headers, on a cold volume a fetch
+    /// each), then added in order.
+    fn add_libraries(&mut self) {
         let Some(resolver) = &self.libs else {
             return;
         };
-        let named: Vec<SourceEntry> = self.set.files[first..]
+        let named: Vec<SourceEntry> = self
+            .set
+            .files
             .iter()
             .map(|f| SourceEntry {
                 path: f.path.clone(),
@@ -538,13 +557,19 @@ impl<'a> Collector<'a> {
                     // Met before (named, or another file's library): kept
                     // once, at the most urgent priority, without a warning.
                     Some(&idx) if self.set.files[idx].ranges.is_some() => {
-                        self.add_ranges(idx, &library);
+                        self.widen_in_batch(idx, &library);
                     }
                     Some(&idx) => {
                         let f = &mut self.set.files[idx];
                         f.priority = f.priority.min(library.priority);
                     }
-                    None => self.add_file(needed.path, &needed.meta, &library, None),
+                    None => match self.handed_out.get(key) {
+                        Some(Planned::Ranges(_)) => {
+                            self.add_missing_ranges(key, needed.path, &needed.meta, &library);
+                        }
+                        Some(Planned::Whole { .. }) => {}
+                        None => self.add_file(needed.path, &needed.meta, &library, None),
+                    },
                 }
             }
         }
@@ -563,12 +588,6 @@ impl<'a> Collector<'a> {
     /// Non-regular files met inside walked directories so far.
     pub fn skipped_non_regular(&self) -> u64 {
         self.set.skipped_non_regular
-    }
-
-    /// Everything collected.
-    #[cfg(test)]
-    fn finish(self) -> FileSet {
-        self.set
     }
 
     fn warn(
@@ -819,9 +838,36 @@ impl<'a> Collector<'a> {
         named: Option<&Path>,
     ) {
         let key = (meta.dev(), meta.ino());
+        match self.handed_out.get(key) {
+            Some(Planned::Ranges(_)) if !self.by_inode.contains_key(&key) => {
+                self.add_missing_ranges(key, path, meta, entry);
+                return;
+            }
+            Some(Planned::Whole { library }) => {
+                // Planned whole in an earlier batch (a more urgent class,
+                // or an earlier piece of this one), by a name no longer
+                // kept: named again, that is worth a warning; met again by
+                // a walk (a hard link in the tree), as a library, or for
+                // some of its bytes (a recording's line), it is expected.
+                if named.is_some() && !library && entry.ranges.is_none() {
+                    let shown = named.unwrap_or(&path);
+                    let msg = if shown != path {
+                        format!(
+                            "symlink to {}, a file planned already: counted once",
+                            path.display()
+                        )
+                    } else {
+                        "planned already (named before, or the same file by another name): counted once".to_string()
+                    };
+                    self.warn(WarningKind::Duplicate, shown, entry, msg);
+                }
+                return;
+            }
+            _ => {}
+        }
         if let Some(&idx) = self.by_inode.get(&key) {
             if self.set.files[idx].ranges.is_some() || entry.ranges.is_some() {
-                self.add_ranges(idx, entry);
+                self.widen_in_batch(idx, entry);
                 return;
             }
             let first = &mut self.set.files[idx];
@@ -857,33 +903,54 @@ impl<'a> Collector<'a> {
         self.set.files.push(file);
     }
 
-    /// File `idx` named again by `entry`, one of them with byte ranges: the
-    /// file is read for the union. While the file is still in the current
-    /// batch it is widened in place; once handed out (planned in a more
-    /// urgent class) only the bytes it did not cover yet are added, as a
-    /// file of their own at `entry`'s priority.
-    fn add_ranges(&mut self, idx: usize, entry: &SourceEntry) {
+    /// File `idx` of the current batch named again by `entry`, one of them
+    /// with byte ranges: it is widened in place to the union (whole if
+    /// either is), at the more urgent priority.
+    fn widen_in_batch(&mut self, idx: usize, entry: &SourceEntry) {
         let first = &mut self.set.files[idx];
-        let had = spans_of(first.ranges.as_deref(), first.size);
-        let asked = spans_of(entry.ranges.as_deref(), first.size);
-        let union = match (&first.ranges, &entry.ranges) {
-            (None, _) | (_, None) => None,
-            _ => Some(ranges_of(&spans::union(&had, &asked))),
+        first.ranges = match (&first.ranges, &entry.ranges) {
+            (Some(had), Some(asked)) => {
+                let union = spans::union(
+                    &spans_of(Some(had), first.size),
+                    &spans_of(Some(asked), first.size),
+                );
+                Some(ranges_of(&union))
+            }
+            _ => None,
         };
-        if idx >= self.batch_start {
-            first.ranges = union;
-            first.priority = first.priority.min(entry.priority);
+        first.priority = first.priority.min(entry.priority);
+    }
+
+    /// File `key`, handed out earlier for some byte ranges, reached again at
+    /// `path` by `entry`: only the bytes it did not cover yet are added, as
+    /// a file of their own at `entry`'s priority, and what is covered grows
+    /// to the union.
+    fn add_missing_ranges(
+        &mut self,
+        key: InodeKey,
+        path: PathBuf,
+        meta: &std::fs::Metadata,
+        entry: &SourceEntry,
+    ) {
+        let Some(Planned::Ranges(covered)) = self.handed_out.get(key) else {
             return;
-        }
+        };
+        let size = meta.len();
+        let had = spans_of(Some(covered), size);
+        let asked = spans_of(entry.ranges.as_deref(), size);
         let extra = spans::subtract(&asked, &had);
         if extra.is_empty() {
             return;
         }
-        let mut more = first.clone();
-        first.ranges = union;
+        match &entry.ranges {
+            Some(_) => *covered = ranges_of(&spans::union(&had, &asked)),
+            None => {
+                let library = matches!(entry.origin, Origin::LibraryOf { .. });
+                self.handed_out.widen(key, library);
+            }
+        }
+        let mut more = TargetFile::from_metadata(path, meta, entry.priority, entry.origin.clone());
         more.ranges = Some(ranges_of(&extra));
-        more.priority = entry.priority;
-        more.origin = entry.origin.clone();
         self.set.files.push(more);
     }
 }
@@ -1017,7 +1084,7 @@ mod tests {
             later,
             [(a.clone(), 40, Some(vec![r(15, 35), r(55, 100_000 - 55)]))]
         );
-        assert!(c.finish().warnings.is_empty());
+        assert!(c.take_warnings().is_empty());
     }
 
     #[test]
