@@ -132,6 +132,17 @@ pub(crate) fn prepare_manifest(
         if let Some(mount) = &mount {
             mounts.push((md.uuid, mount.clone()));
         }
+        // Opened once for every file's check; a mount that cannot be opened
+        // leaves its files unverified (their recorded blocks still read).
+        let mount_dir = mount
+            .as_ref()
+            .and_then(|m| match MountDir::open(m.clone()) {
+                Ok(dir) => Some(dir),
+                Err(e) => {
+                    tracing::warn!("opening {}: {e}: its files are not checked", m.display());
+                    None
+                }
+            });
         let dev_num = libc::makedev(id.major, id.minor);
         let wanted: Vec<&ManifestFile> = md
             .files
@@ -144,14 +155,14 @@ pub(crate) fn prepare_manifest(
         let replay = || -> Vec<(FileStatus, Option<MappedFile>)> {
             wanted
                 .par_iter()
-                .map(|f| replay_file(f, mount.as_deref(), dev_num))
+                .map(|f| replay_file(f, mount_dir.as_ref(), dev_num))
                 .collect()
         };
         // Checking a file stats it (and re-maps it when changed): metadata
         // reads on a cold volume, made as wide as the data reads
         // (`blocking`). Without a mount nothing is checked, and no pool is
         // worth starting.
-        let replayed = if mount.is_some() {
+        let replayed = if mount_dir.is_some() {
             pool::with_width(queue_depth as usize, replay)
         } else {
             replay()
@@ -310,7 +321,7 @@ fn usable_device(
 /// demoted to reads through the file.
 fn replay_file(
     f: &ManifestFile,
-    mount: Option<&Path>,
+    mount: Option<&MountDir>,
     dev_num: u64,
 ) -> (FileStatus, Option<MappedFile>) {
     let recorded = |path: PathBuf, with_file_ranges: bool| MappedFile {
@@ -341,37 +352,37 @@ fn replay_file(
             Some(recorded(Path::new("/").join(&f.path), false)),
         );
     };
-    let path = match resolve_beneath(mount, &f.path) {
-        Ok(Some(path)) => path,
+    let (path, stat) = match resolve_beneath(mount, &f.path) {
+        Ok(Some(found)) => found,
         Ok(None) => return (FileStatus::Missing, None),
         Err(why) => {
             // Shown under the mount even when absolute (joining would drop
             // the mount).
-            let shown = mount.join(f.path.strip_prefix("/").unwrap_or(&f.path));
+            let shown = mount.path.join(f.path.strip_prefix("/").unwrap_or(&f.path));
             return (FileStatus::OutsideMount(shown, why), None);
         }
     };
-    let Ok(meta) = std::fs::metadata(&path) else {
+    let Ok(seen) = stat.map_or_else(|| std::fs::metadata(&path).map(|m| Seen::of(&m)), Ok) else {
         return (FileStatus::Missing, None);
     };
     // A directory entry must still be a directory, a file a file.
     let same_kind = if f.directory {
-        meta.is_dir()
+        seen.is_dir
     } else {
-        meta.is_file()
+        seen.is_file
     };
     let unchanged = same_kind
-        && meta.dev() == dev_num
-        && meta.ino() == f.ino
-        && meta.len() == f.size
-        && meta.mtime() == f.mtime_sec
-        && meta.mtime_nsec() == i64::from(f.mtime_nsec);
+        && seen.dev == dev_num
+        && seen.ino == f.ino
+        && seen.size == f.size
+        && seen.mtime == (f.mtime_sec, i64::from(f.mtime_nsec));
     if unchanged {
         return (FileStatus::Unchanged, Some(recorded(path, true)));
     }
-    if !same_kind {
-        return (FileStatus::Missing, None);
-    }
+    let meta = match std::fs::metadata(&path) {
+        Ok(meta) if same_kind => meta,
+        _ => return (FileStatus::Missing, None),
+    };
     // Changed: map it again, now (a directory: its blocks, or nothing).
     if f.directory {
         let Ok((dir, _)) = open_file(&path, false) else {
@@ -407,11 +418,68 @@ fn replay_file(
     (FileStatus::Changed, Some(MappedFile { file, map }))
 }
 
+/// The directory a manifest filesystem is mounted at, opened once: every
+/// manifest path of it is resolved beneath this descriptor.
+pub(super) struct MountDir {
+    path: PathBuf,
+    dir: std::fs::File,
+}
+
+impl MountDir {
+    /// Open the mount directory `path`.
+    pub fn open(path: PathBuf) -> std::io::Result<Self> {
+        let dir = std::fs::File::open(&path)?;
+        Ok(MountDir { path, dir })
+    }
+}
+
+/// What a replay compares of a file with what the manifest recorded.
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    is_dir: bool,
+    is_file: bool,
+}
+
+impl Seen {
+    fn of(m: &std::fs::Metadata) -> Self {
+        Seen {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.len(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            is_dir: m.is_dir(),
+            is_file: m.is_file(),
+        }
+    }
+
+    fn of_stat(st: &nix::sys::stat::FileStat) -> Self {
+        let kind = st.st_mode & libc::S_IFMT;
+        Seen {
+            dev: st.st_dev,
+            ino: st.st_ino,
+            size: u64::try_from(st.st_size).unwrap_or(0),
+            mtime: (st.st_mtime, st.st_mtime_nsec),
+            is_dir: kind == libc::S_IFDIR,
+            is_file: kind == libc::S_IFREG,
+        }
+    }
+}
+
 /// The path to open for the manifest path `rel` of the filesystem mounted at
-/// `mount`: `Ok(None)` when nothing is there, `Err(why)` when the path leads
-/// outside the mount (see the module doc). The path returned resolves, with
-/// the host's rules, to a file under the mount.
-fn resolve_beneath(mount: &Path, rel: &Path) -> Result<Option<PathBuf>, String> {
+/// `mount`, with what the file is when resolving it told it already:
+/// `Ok(None)` when nothing is there, `Err(why)` when the path leads outside
+/// the mount (see the module doc). The path returned resolves, with the
+/// host's rules, to a file under the mount. One `openat2` beneath the
+/// mount's descriptor and an `fstat` of what it found do for a file that is
+/// where it was: that is every file of a replay, made before the first read.
+fn resolve_beneath(
+    mount: &MountDir,
+    rel: &Path,
+) -> Result<Option<(PathBuf, Option<Seen>)>, String> {
     use nix::errno::Errno;
     use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
     use std::os::fd::AsRawFd;
@@ -428,19 +496,15 @@ fn resolve_beneath(mount: &Path, rel: &Path) -> Result<Option<PathBuf>, String> 
             rel
         ));
     }
-    let joined = mount.join(rel);
-    let beneath = std::fs::File::open(mount)
-        .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(0)))
-        .and_then(|dir| {
-            let how = OpenHow::new()
-                .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
-                .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_MAGICLINKS);
-            openat2(dir.as_raw_fd(), rel, how)
-        });
-    match beneath {
+    let joined = mount.path.join(rel);
+    let how = OpenHow::new()
+        .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
+        .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    match openat2(mount.dir.as_raw_fd(), rel, how) {
         Ok(fd) => {
+            let stat = nix::sys::stat::fstat(fd).ok().map(|st| Seen::of_stat(&st));
             let _ = nix::unistd::close(fd);
-            return Ok(Some(joined));
+            return Ok(Some((joined, stat)));
         }
         Err(Errno::ENOENT | Errno::ENOTDIR | Errno::EACCES) => return Ok(None),
         // EXDEV: the resolution left the mount's directory (an absolute
@@ -451,14 +515,14 @@ fn resolve_beneath(mount: &Path, rel: &Path) -> Result<Option<PathBuf>, String> 
     let Ok(resolved) = std::fs::canonicalize(&joined) else {
         return Ok(None);
     };
-    let root = std::fs::canonicalize(mount).unwrap_or_else(|_| mount.to_path_buf());
+    let root = std::fs::canonicalize(&mount.path).unwrap_or_else(|_| mount.path.clone());
     if resolved.starts_with(&root) {
-        Ok(Some(resolved))
+        Ok(Some((resolved, None)))
     } else {
         Err(format!(
             "resolves to {}, outside the filesystem mounted at {}",
             resolved.display(),
-            mount.display()
+            mount.path.display()
         ))
     }
 }
@@ -519,13 +583,21 @@ mod tests {
     #[test]
     fn paths_resolve_beneath_the_mount_or_are_refused() {
         let (_top, mount) = mount_with_symlinks();
-        let ok = |rel: &str| resolve_beneath(&mount, Path::new(rel));
+        let dir = MountDir::open(mount.clone()).unwrap();
+        let ok = |rel: &str| {
+            resolve_beneath(&dir, Path::new(rel)).map(|found| found.map(|(path, _)| path))
+        };
         assert_eq!(ok("a/b"), Ok(Some(mount.join("a/b"))));
         assert_eq!(ok("lib/b"), Ok(Some(mount.join("lib/b"))));
         assert_eq!(ok("a/none"), Ok(None));
         // An absolute symlink landing inside the mount is followed.
         let inside = std::fs::canonicalize(mount.join("a/b")).unwrap();
         assert_eq!(ok("abs-in"), Ok(Some(inside)));
+        // What resolving found is the file, seen through its descriptor.
+        let (_, seen) = resolve_beneath(&dir, Path::new("lib/b")).unwrap().unwrap();
+        let meta = std::fs::metadata(mount.join("a/b")).unwrap();
+        let seen = seen.expect("openat2 found it");
+        assert_eq!((seen.ino, seen.size, seen.is_file), (meta.ino(), 6, true));
         for rel in [
             "abs-out",
             "rel-out",
@@ -546,6 +618,7 @@ mod tests {
     #[test]
     fn a_manifest_file_leading_outside_the_mount_is_never_opened() {
         let (_top, mount) = mount_with_symlinks();
+        let dir = MountDir::open(mount.clone()).unwrap();
         for rel in ["abs-out", "rel-out", "../secret", "/etc/hostname"] {
             let f = ManifestFile {
                 path: PathBuf::from(rel),
@@ -559,7 +632,7 @@ mod tests {
                 ranges: None,
                 directory: false,
             };
-            let (status, mapped) = replay_file(&f, Some(&mount), 0);
+            let (status, mapped) = replay_file(&f, Some(&dir), 0);
             assert!(mapped.is_none(), "{rel}: nothing to read");
             match status {
                 FileStatus::OutsideMount(shown, why) => {
@@ -582,7 +655,7 @@ mod tests {
             ranges: None,
             directory: false,
         };
-        let (status, mapped) = replay_file(&f, Some(&mount), 0);
+        let (status, mapped) = replay_file(&f, Some(&dir), 0);
         assert!(matches!(status, FileStatus::Changed));
         assert_eq!(mapped.unwrap().file.path, mount.join("lib/b"));
     }
