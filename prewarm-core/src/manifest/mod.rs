@@ -232,8 +232,11 @@ pub fn run_manifest(req: &ManifestRun, mut cfg: Config) -> Result<ManifestOutcom
         allow_grown: req.allow_grown,
         stop: cfg.stop.clone(),
     };
-    let prepared = replay::prepare_manifest(m, &opts, handover.as_ref(), cfg.queue_depth)?;
-    let report = prepared.execute(&cfg)?;
+    let (prepared, checks) = replay::prepare_manifest(m, &opts, handover.as_ref())?;
+    let queue_depth = cfg.queue_depth;
+    let report = prepared.execute_with(&cfg, |planner, sink| {
+        replay::check_files(planner, sink, checks, queue_depth)
+    })?;
     if let (Some(state), Some(state_path)) = (handover.as_mut(), &req.state) {
         if !cfg.dry_run {
             state.record_report(&report);

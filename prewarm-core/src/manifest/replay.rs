@@ -2,13 +2,17 @@
 //! without walking or mapping files.
 //!
 //! The device is found by filesystem UUID (waiting for it to appear) and
-//! refused if its size or block size differ from what was planned. When
+//! refused if its size or block size differ from what was planned. The
+//! recorded extents are the plan, read at once ([`prepare_manifest`]). When
 //! the filesystem is mounted (the root phase), every file is checked against
-//! the inode, size and mtime recorded at planning time: unchanged files use
-//! the recorded extents, changed files are re-mapped live, missing files are
-//! dropped. In the initrd nothing is mounted yet, so the recorded extents are
-//! replayed as they are (reading a stale range costs a read, never harm) and
-//! reads that need the files themselves wait for the root phase.
+//! the inode, size and mtime recorded at planning time while that plan is
+//! read ([`check_files`]): unchanged files are as recorded, changed files
+//! are re-mapped live and their new extents added, missing files are
+//! dropped; the classes are complete only once their checks are. The old
+//! extents of a changed file are read all the same: reading a stale range
+//! costs a read, never harm. In the initrd nothing is mounted yet, so the
+//! recorded extents are all there is, and reads that need the files
+//! themselves wait for the root phase.
 //!
 //! A manifest is untrusted: its paths are checked by the decoder (relative,
 //! no `..`), and again here, after joining, against the filesystem itself:
@@ -38,7 +42,7 @@ use crate::map::fsid::{self, format_uuid};
 use crate::map::{device, pool, DeviceId, ExtentMap, FileReadReason};
 use crate::plan::{PrioritizedExtent, ReadPlan};
 use crate::report::{ImageReport, ManifestReport, RefusedFilesystem};
-use crate::run::{plan_file_ios, DevicePlan, MappedFile, Prepared};
+use crate::run::{plan_file_ios, Added, DevicePlan, MappedFile, Planner, Prepared};
 use crate::source::TargetFile;
 
 /// How to replay a manifest.
@@ -74,15 +78,27 @@ enum FileStatus {
     OutsideMount(PathBuf, String),
 }
 
-/// Turn a manifest into a prepared plan (see the module doc). `cfg.plan` is
-/// ignored: the manifest's own plan configuration is used. Chunks recorded
-/// in `handover` as already read are left out.
-pub(crate) fn prepare_manifest(
-    m: &Manifest,
+/// A filesystem whose files are checked while its recorded plan is read.
+pub(crate) struct PendingCheck<'m> {
+    id: DeviceId,
+    /// `st_dev` of its files.
+    dev_num: u64,
+    mount: MountDir,
+    files: Vec<&'m ManifestFile>,
+}
+
+/// Turn a manifest into a prepared plan (see the module doc): for every
+/// filesystem found, the extents the manifest recorded (of the files and
+/// directories of the classes this run takes), less the chunks `handover`
+/// records as read already. Where the filesystem is mounted its files are
+/// checked too, but not here: [`check_files`] does it while the plan is
+/// read, and the classes stay incomplete until it is done. `cfg.plan` is
+/// ignored: the manifest's own plan configuration is used.
+pub(crate) fn prepare_manifest<'m>(
+    m: &'m Manifest,
     opts: &ReplayOptions,
     handover: Option<&HandoverState>,
-    queue_depth: u32,
-) -> Result<Prepared, Error> {
+) -> Result<(Prepared, Vec<PendingCheck<'m>>), Error> {
     m.plan.validate(512)?;
     let start = Instant::now();
     let refuse = |reason: String| Error::ManifestRefused {
@@ -94,6 +110,7 @@ pub(crate) fn prepare_manifest(
         ..Default::default()
     };
     let mut prepared = Prepared::empty(Vec::new());
+    let mut checks = Vec::new();
     let mut devices = Vec::new();
     // Where each filesystem read is mounted (checked files only).
     let mut mounts: Vec<([u8; 16], PathBuf)> = Vec::new();
@@ -134,15 +151,13 @@ pub(crate) fn prepare_manifest(
         }
         // Opened once for every file's check; a mount that cannot be opened
         // leaves its files unverified (their recorded blocks still read).
-        let mount_dir = mount
-            .as_ref()
-            .and_then(|m| match MountDir::open(m.clone()) {
-                Ok(dir) => Some(dir),
-                Err(e) => {
-                    tracing::warn!("opening {}: {e}: its files are not checked", m.display());
-                    None
-                }
-            });
+        let mount_dir = mount.and_then(|m| match MountDir::open(m.clone()) {
+            Ok(dir) => Some(dir),
+            Err(e) => {
+                tracing::warn!("opening {}: {e}: its files are not checked", m.display());
+                None
+            }
+        });
         let dev_num = libc::makedev(id.major, id.minor);
         let wanted: Vec<&ManifestFile> = md
             .files
@@ -152,80 +167,50 @@ pub(crate) fn prepare_manifest(
         let total = md.files.iter().filter(|f| !f.directory).count() as u64;
         report.files += total;
         report.deferred += total - wanted.iter().filter(|f| !f.directory).count() as u64;
-        let replay = || -> Vec<(FileStatus, Option<MappedFile>)> {
-            wanted
-                .par_iter()
-                .map(|f| replay_file(f, mount_dir.as_ref(), dev_num))
-                .collect()
-        };
-        // Checking a file stats it (and re-maps it when changed): metadata
-        // reads on a cold volume, made as wide as the data reads
-        // (`blocking`). Without a mount nothing is checked, and no pool is
-        // worth starting.
-        let replayed = if mount_dir.is_some() {
-            pool::with_width(queue_depth as usize, replay)
-        } else {
-            replay()
-        };
-        let mut extents = Vec::new();
-        let mut on_device = 0u64;
-        for ((status, mapped), f) in replayed.into_iter().zip(&wanted) {
-            // A directory's blocks join the plan; it is no file to count,
-            // check or warn about (a directory gone or changed in kind is
-            // simply not read).
-            if f.directory {
-                if let Some(mapped) = mapped.filter(|m| m.file.dev == dev_num) {
-                    report.directories += 1;
-                    extents.extend(mapped.map.device_extents.iter().map(|e| PrioritizedExtent {
-                        priority: mapped.file.priority,
-                        offset: e.physical,
-                        len: e.length,
-                    }));
-                }
-                continue;
-            }
-            match status {
-                FileStatus::Unchanged => report.unchanged += 1,
-                FileStatus::Changed => report.changed += 1,
-                FileStatus::Unverified => {
-                    report.unverified += 1;
-                    report.file_ranges_deferred += f.file_ranges.len() as u64;
-                }
-                FileStatus::Missing => {
-                    report.missing += 1;
-                    let shown = mount.as_deref().unwrap_or(Path::new("/")).join(&f.path);
-                    prepared.warnings.push(Warning::new(
-                        WarningKind::Missing,
-                        Some(&shown),
-                        Some(&Origin::Manifest),
-                        "in the manifest but gone: skipped",
-                    ));
-                }
-                FileStatus::OutsideMount(shown, why) => {
-                    report.outside_mount += 1;
-                    tracing::warn!("{}: {why}: refused", shown.display());
-                    prepared.warnings.push(Warning::new(
-                        WarningKind::Unreadable,
-                        Some(&shown),
-                        Some(&Origin::Manifest),
-                        format!("{why}: refused, not read"),
-                    ));
-                }
-            }
-            let Some(mapped) = mapped else { continue };
-            if mapped.file.dev == dev_num && !mapped.map.device_extents.is_empty() {
-                on_device += 1;
-                extents.extend(mapped.map.device_extents.iter().map(|e| PrioritizedExtent {
-                    priority: mapped.file.priority,
+        // The recorded plan, read at once: a file found changed later adds
+        // its new extents, and its old ones cost a read, never harm.
+        let extents: Vec<PrioritizedExtent> = wanted
+            .iter()
+            .flat_map(|f| {
+                f.extents.iter().map(|e| PrioritizedExtent {
+                    priority: f.priority,
                     offset: e.physical,
                     len: e.length,
-                }));
-            }
-            prepared.add_file(mapped);
-        }
+                })
+            })
+            .collect();
         let mut plan = ReadPlan::build(&extents, dev.size, &m.plan);
         if let Some(h) = handover {
             report.handover_chunks += plan.subtract_done(h.done(&uuid));
+        }
+        let mut on_device = 0u64;
+        match mount_dir {
+            Some(mount) => {
+                prepared
+                    .held_classes
+                    .extend(wanted.iter().map(|f| f.priority));
+                checks.push(PendingCheck {
+                    id,
+                    dev_num,
+                    mount,
+                    files: wanted,
+                });
+            }
+            // Nothing to check against (the initrd): the files are as
+            // recorded, and their reads through the file wait for a run
+            // that can check them.
+            None => {
+                for f in wanted {
+                    if f.directory {
+                        report.directories += 1;
+                        continue;
+                    }
+                    report.unverified += 1;
+                    report.file_ranges_deferred += f.file_ranges.len() as u64;
+                    on_device += u64::from(!f.extents.is_empty());
+                    prepared.add_file(recorded(f, Path::new("/").join(&f.path), dev_num, false));
+                }
+            }
         }
         devices.push(DevicePlan {
             device: dev,
@@ -240,6 +225,8 @@ pub(crate) fn prepare_manifest(
         let reasons: Vec<String> = report.refused.iter().map(|r| r.reason.clone()).collect();
         return Err(refuse(reasons.join("; ")));
     }
+    prepared.held_classes.sort_unstable();
+    prepared.held_classes.dedup();
     prepared.file_ios = plan_file_ios(&prepared.files, 0, m.plan.max_io);
     let images = m
         .images
@@ -247,7 +234,7 @@ pub(crate) fn prepare_manifest(
         .filter(|i| opts.max_priority.is_none_or(|max| i.priority <= max))
         .map(|i| image_report(i, &mounts))
         .collect();
-    Ok(Prepared {
+    let prepared = Prepared {
         manifest: Some(report),
         devices,
         prepare_time: start.elapsed(),
@@ -255,6 +242,109 @@ pub(crate) fn prepare_manifest(
         stopped,
         entries_not_reached: not_reached,
         ..prepared
+    };
+    Ok((prepared, checks))
+}
+
+/// Check the files of `checks` against the filesystem (see the module
+/// doc), in parallel on `queue_depth` threads (each check may wait for a
+/// cold inode or directory block), while the engines read the recorded
+/// plan: what changed is mapped again and its new extents handed to `sink`
+/// with the file-level reads; the counts go into the plan's manifest
+/// report. The last addition completes the classes held meanwhile. After a
+/// stop, files not checked yet are not reached.
+pub(crate) fn check_files(
+    planner: &mut Planner<'_>,
+    sink: &mut dyn FnMut(&Planner<'_>, &Added),
+    checks: Vec<PendingCheck<'_>>,
+    queue_depth: u32,
+) {
+    let stop = planner.cfg.stop.clone();
+    let count = checks.len();
+    for (i, check) in checks.into_iter().enumerate() {
+        let replayed: Vec<Option<(FileStatus, Option<MappedFile>)>> =
+            pool::with_width(queue_depth as usize, || {
+                check
+                    .files
+                    .par_iter()
+                    .map(|f| {
+                        stop.check()
+                            .is_none()
+                            .then(|| replay_file(f, Some(&check.mount), check.dev_num))
+                    })
+                    .collect()
+            });
+        let mut files = Vec::new();
+        let mut extents = Vec::new();
+        let mut warnings = Vec::new();
+        let mut not_reached = 0u64;
+        let prepared = &mut planner.prepared;
+        let Some(report) = prepared.manifest.as_mut() else {
+            return;
+        };
+        for (replayed, f) in replayed.into_iter().zip(&check.files) {
+            let Some((status, mapped)) = replayed else {
+                not_reached += u64::from(!f.directory);
+                continue;
+            };
+            let changed = matches!(status, FileStatus::Changed);
+            // A directory's blocks are in the plan (again, when it changed);
+            // it is no file to count, check or warn about (a directory gone
+            // or changed in kind is simply not read again).
+            if f.directory {
+                if let Some(mapped) = mapped.filter(|m| m.file.dev == check.dev_num) {
+                    report.directories += 1;
+                    if changed {
+                        extents.extend(device_extents_of(&mapped));
+                    }
+                }
+                continue;
+            }
+            match status {
+                FileStatus::Unchanged => report.unchanged += 1,
+                FileStatus::Changed => report.changed += 1,
+                FileStatus::Unverified => report.unverified += 1,
+                FileStatus::Missing => {
+                    report.missing += 1;
+                    let shown = check.mount.path.join(&f.path);
+                    warnings.push(Warning::new(
+                        WarningKind::Missing,
+                        Some(&shown),
+                        Some(&Origin::Manifest),
+                        "in the manifest but gone: skipped",
+                    ));
+                }
+                FileStatus::OutsideMount(shown, why) => {
+                    report.outside_mount += 1;
+                    tracing::warn!("{}: {why}: refused", shown.display());
+                    warnings.push(Warning::new(
+                        WarningKind::Unreadable,
+                        Some(&shown),
+                        Some(&Origin::Manifest),
+                        format!("{why}: refused, not read"),
+                    ));
+                }
+            }
+            let Some(mapped) = mapped else { continue };
+            if changed && mapped.file.dev == check.dev_num {
+                extents.extend(device_extents_of(&mapped));
+            }
+            files.push(mapped);
+        }
+        prepared.warnings.extend(warnings);
+        prepared.entries_not_reached += not_reached;
+        let last = i + 1 == count;
+        let added = planner.add_checked(check.id, check.dev_num, files, &extents, last);
+        sink(planner, &added);
+    }
+}
+
+/// The device extents of `m`, at its priority.
+fn device_extents_of(m: &MappedFile) -> impl Iterator<Item = PrioritizedExtent> + '_ {
+    m.map.device_extents.iter().map(|e| PrioritizedExtent {
+        priority: m.file.priority,
+        offset: e.physical,
+        len: e.length,
     })
 }
 
@@ -324,32 +414,11 @@ fn replay_file(
     mount: Option<&MountDir>,
     dev_num: u64,
 ) -> (FileStatus, Option<MappedFile>) {
-    let recorded = |path: PathBuf, with_file_ranges: bool| MappedFile {
-        file: TargetFile {
-            path,
-            priority: f.priority,
-            origin: Origin::Manifest,
-            dev: dev_num,
-            ino: f.ino,
-            size: f.size,
-            mtime: (f.mtime_sec, i64::from(f.mtime_nsec)),
-            ranges: f.ranges.clone(),
-        },
-        map: ExtentMap {
-            device_extents: f.extents.clone(),
-            file_ranges: if with_file_ranges {
-                f.file_ranges.clone()
-            } else {
-                Vec::new()
-            },
-            unwritten_bytes: 0,
-            fallback: None,
-        },
-    };
     let Some(mount) = mount else {
+        let path = Path::new("/").join(&f.path);
         return (
             FileStatus::Unverified,
-            Some(recorded(Path::new("/").join(&f.path), false)),
+            Some(recorded(f, path, dev_num, false)),
         );
     };
     let (path, stat) = match resolve_beneath(mount, &f.path) {
@@ -377,7 +446,10 @@ fn replay_file(
         && seen.size == f.size
         && seen.mtime == (f.mtime_sec, i64::from(f.mtime_nsec));
     if unchanged {
-        return (FileStatus::Unchanged, Some(recorded(path, true)));
+        return (
+            FileStatus::Unchanged,
+            Some(recorded(f, path, dev_num, true)),
+        );
     }
     let meta = match std::fs::metadata(&path) {
         Ok(meta) if same_kind => meta,
@@ -466,6 +538,34 @@ impl Seen {
             is_dir: kind == libc::S_IFDIR,
             is_file: kind == libc::S_IFREG,
         }
+    }
+}
+
+/// Manifest file `f` as it was recorded, at `path` on device `dev_num`;
+/// its reads through the file only `with_file_ranges` (they need it
+/// checked first).
+fn recorded(f: &ManifestFile, path: PathBuf, dev_num: u64, with_file_ranges: bool) -> MappedFile {
+    MappedFile {
+        file: TargetFile {
+            path,
+            priority: f.priority,
+            origin: Origin::Manifest,
+            dev: dev_num,
+            ino: f.ino,
+            size: f.size,
+            mtime: (f.mtime_sec, i64::from(f.mtime_nsec)),
+            ranges: f.ranges.clone(),
+        },
+        map: ExtentMap {
+            device_extents: f.extents.clone(),
+            file_ranges: if with_file_ranges {
+                f.file_ranges.clone()
+            } else {
+                Vec::new()
+            },
+            unwritten_bytes: 0,
+            fallback: None,
+        },
     }
 }
 

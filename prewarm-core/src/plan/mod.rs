@@ -169,7 +169,9 @@ pub struct ReadPlan {
     pub device_size: u64,
     /// Extents the plan was built from.
     pub extents: u64,
-    /// Classes in priority order; no chunk appears in two ranges.
+    /// Classes in the order added (priority order, but for what a manifest
+    /// replay adds late: see [`ReadPlan::extend`]); no chunk appears in two
+    /// ranges.
     pub classes: Vec<PlanClass>,
     /// Chunks claimed by a class or dropped as already read: never planned
     /// again.
@@ -196,11 +198,14 @@ impl ReadPlan {
         plan
     }
 
-    /// Add the classes of `extents`, none more urgent than a class already
-    /// in the plan (the pipeline adds classes in priority order, each in
-    /// pieces as its files are mapped, so a class may come in several
-    /// [`PlanClass`]es of the same priority). Chunks already claimed are
-    /// cut out. Returns the indexes of the classes added.
+    /// Add the classes of `extents`. The pipeline adds classes in priority
+    /// order, each in pieces as its files are mapped, so a class may come in
+    /// several [`PlanClass`]es of the same priority; a manifest replay adds
+    /// what it found changed after the whole recorded plan, so a class added
+    /// late may be more urgent than earlier ones (it is read after them:
+    /// the engines take classes in the order they are added). Chunks
+    /// already claimed are cut out. Returns the indexes of the classes
+    /// added.
     pub fn extend(&mut self, extents: &[PrioritizedExtent]) -> std::ops::Range<usize> {
         let chunk = self.config.chunk_size.max(1);
         let limit_chunks = if self.device_size == 0 {
@@ -225,12 +230,6 @@ impl ReadPlan {
             })
             .collect();
         spans.sort_unstable();
-        debug_assert!(
-            spans
-                .first()
-                .is_none_or(|(p, _)| self.classes.last().is_none_or(|c| c.priority <= *p)),
-            "classes must be added in priority order"
-        );
 
         let first_new = self.classes.len();
         self.extents += extents.len() as u64;

@@ -74,7 +74,7 @@ impl<'scope> EngineFeed<'scope, '_> {
             .collect();
         let file_ios = &prepared.file_ios[added.file_ios.clone()];
         if let Some(p) = &self.progress {
-            if let Some(piece) = added.piece.filter(|p| p.first) {
+            for piece in added.pieces.iter().filter(|p| p.first) {
                 p.hold(piece.priority);
             }
             for op in ops.iter().flat_map(|(_, ops)| ops) {
@@ -113,8 +113,10 @@ impl<'scope> EngineFeed<'scope, '_> {
         }
         // Its reads are all queued: the class may now be announced once
         // they are done (at once if it has none left).
-        if let (Some(p), Some(piece)) = (&self.progress, added.piece.filter(|p| p.last)) {
-            p.release(piece.priority);
+        if let Some(p) = &self.progress {
+            for piece in added.pieces.iter().filter(|p| p.last) {
+                p.release(piece.priority);
+            }
         }
     }
 

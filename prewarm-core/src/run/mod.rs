@@ -35,7 +35,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use self::planner::Planner;
+pub(crate) use self::planner::{Added, Planner};
 pub use self::ready::{ReadyPolicy, ReadyReason};
 use crate::engine::{self, BackendChoice, Progress, RateLimit, StopSignal};
 use crate::error::{Error, Warning};
@@ -195,6 +195,10 @@ pub(crate) struct Prepared {
     pub retention: FileRetention,
     /// Every file planned, kept or not.
     pub tally: FileTally,
+    /// Classes not complete with their planned reads: a manifest replay
+    /// still checks their files while the recorded plan is read, and may
+    /// add to them ([`Planner::add_checked`]).
+    pub held_classes: Vec<u32>,
     pub devices: Vec<DevicePlan>,
     /// Reads through files; `FileIo::file` indexes `files`.
     pub file_ios: Vec<FileIo>,
@@ -222,6 +226,7 @@ impl Prepared {
             files: Vec::new(),
             retention: FileRetention::All,
             tally: FileTally::default(),
+            held_classes: Vec::new(),
             devices: Vec::new(),
             file_ios: Vec::new(),
             warnings,
@@ -261,13 +266,27 @@ impl Prepared {
 
     /// Issue every planned read and report (or, in a dry run, report the
     /// plan).
+    #[cfg(test)]
     pub fn execute(self, cfg: &Config) -> Result<Report, Error> {
+        self.execute_with(cfg, |_, _| {})
+    }
+
+    /// Read the plan, while `more` adds to it (handing each addition to
+    /// its sink); in a dry run `more` runs before the report.
+    pub fn execute_with(
+        self,
+        cfg: &Config,
+        more: impl FnOnce(&mut Planner<'_>, &mut dyn FnMut(&Planner<'_>, &Added)),
+    ) -> Result<Report, Error> {
         let start = Instant::now();
-        let planner = Planner::new(self, cfg);
+        let mut planner = Planner::new(self, cfg);
         if cfg.dry_run {
+            more(&mut planner, &mut |_, _| {});
             return Ok(planner.into_prepared().dry_run_report(cfg));
         }
-        let mut report = execute::run_engines(planner, cfg, |_, _| {})?;
+        let mut report = execute::run_engines(planner, cfg, |planner, feed| {
+            more(planner, &mut |planner, added| feed.push(planner, added))
+        })?;
         report.finish(start.elapsed());
         Ok(report)
     }

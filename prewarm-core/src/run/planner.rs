@@ -27,9 +27,10 @@ pub(crate) struct Added {
     pub classes: Vec<(DeviceId, Range<usize>)>,
     pub new_devices: Vec<DeviceId>,
     pub file_ios: Range<usize>,
-    /// Which part of which class this is (none: what was planned before
-    /// the classes, e.g. a manifest's plan).
-    pub piece: Option<ClassPiece>,
+    /// Which part of which classes this is (none: what was planned before
+    /// the classes, e.g. a manifest's plan, or an addition to classes
+    /// already complete).
+    pub pieces: Vec<ClassPiece>,
 }
 
 /// A class reaches the engines in pieces; it is complete (and may be
@@ -207,7 +208,7 @@ impl<'c> Planner<'c> {
         piece: ClassPiece,
     ) {
         let mut added = pool.install(|| self.add_class(files, sweeps, piece.priority));
-        added.piece = Some(piece);
+        added.pieces = vec![piece];
         sink(self, &added);
     }
 
@@ -306,7 +307,71 @@ impl<'c> Planner<'c> {
             .map(|d| (d.id(), 0..d.plan.classes.len()))
             .collect();
         let file_ios = 0..self.prepared.file_ios.len();
-        self.take_added(classes, file_ios)
+        let mut added = self.take_added(classes, file_ios);
+        added.pieces = self
+            .prepared
+            .held_classes
+            .iter()
+            .map(|&priority| ClassPiece {
+                priority,
+                first: true,
+                last: false,
+            })
+            .collect();
+        added
+    }
+
+    /// Files a manifest replay checked on device `id` (whose files have
+    /// `st_dev` `dev_num`) while its recorded plan was being read: each is
+    /// counted, and kept if read through the file; `extents` (of what was
+    /// mapped again, having changed since the manifest was planned) join the
+    /// device's plan, less the chunks it holds already. With `last`, the
+    /// classes held since [`Planner::seeded`] are complete once their reads
+    /// are.
+    pub fn add_checked(
+        &mut self,
+        id: DeviceId,
+        dev_num: u64,
+        files: Vec<MappedFile>,
+        extents: &[PrioritizedExtent],
+        last: bool,
+    ) -> Added {
+        let first_file = self.prepared.files.len();
+        let mut on_device = 0;
+        for m in files {
+            if m.file.dev == dev_num && !m.map.device_extents.is_empty() {
+                on_device += 1;
+            }
+            self.prepared.add_file(m);
+        }
+        let mut classes = Vec::new();
+        if let Some(d) = self.prepared.devices.iter_mut().find(|d| d.id() == id) {
+            d.files += on_device;
+            if !extents.is_empty() {
+                classes.push((id, d.plan.extend(extents)));
+            }
+        }
+        let first_io = self.prepared.file_ios.len();
+        let new_ios = plan_file_ios(
+            &self.prepared.files[first_file..],
+            first_file,
+            self.cfg.plan.max_io,
+        );
+        self.prepared.file_ios.extend(new_ios);
+        let mut added = self.take_added(classes, first_io..self.prepared.file_ios.len());
+        if last {
+            added.pieces = self
+                .prepared
+                .held_classes
+                .iter()
+                .map(|&priority| ClassPiece {
+                    priority,
+                    first: false,
+                    last: true,
+                })
+                .collect();
+        }
+        added
     }
 
     /// An [`Added`] for `classes` and `file_ios`, announcing the devices
@@ -320,7 +385,7 @@ impl<'c> Planner<'c> {
             classes,
             new_devices: std::mem::take(&mut self.unannounced),
             file_ios,
-            piece: None,
+            pieces: Vec::new(),
         }
     }
 
@@ -446,6 +511,34 @@ mod tests {
         assert!(!report.devices[0].direct);
     }
 
+    /// A manifest replay's classes are held from the seeded plan until the
+    /// last addition of its checks: announced only once what the checks
+    /// found changed is read too.
+    #[test]
+    fn held_classes_open_with_the_seeded_plan_and_close_with_the_last_check() {
+        let cfg = Config::default();
+        let mut prepared = Prepared::empty(Vec::new());
+        prepared.held_classes = vec![10, 20];
+        let mut planner = Planner::new(prepared, &cfg);
+        let flags = |added: &Added| -> Vec<(u32, bool, bool)> {
+            added
+                .pieces
+                .iter()
+                .map(|p| (p.priority, p.first, p.last))
+                .collect()
+        };
+        let seeded = planner.seeded();
+        assert_eq!(flags(&seeded), [(10, true, false), (20, true, false)]);
+        let id = DeviceId {
+            major: 7,
+            minor: 99,
+        };
+        let middle = planner.add_checked(id, 0, Vec::new(), &[], false);
+        assert!(middle.pieces.is_empty());
+        let last = planner.add_checked(id, 0, Vec::new(), &[], true);
+        assert_eq!(flags(&last), [(10, false, true), (20, false, true)]);
+    }
+
     /// A class of many files reaches the sink in pieces, the first marked
     /// first and only the last marked last, every file once; a small class
     /// is one piece.
@@ -473,7 +566,7 @@ mod tests {
         let pool = MetadataPool::new(4);
         let mut pieces = Vec::new();
         planner.plan_classes(&sources, &pool, &mut |_, added| {
-            pieces.push(added.piece.unwrap());
+            pieces.extend(added.pieces.iter().copied());
         });
         let prepared = planner.into_prepared();
         assert_eq!(prepared.files.len(), 301);
