@@ -53,6 +53,13 @@ fn piece_size(queue_depth: u32) -> usize {
     (queue_depth as usize * 4).clamp(64, 1024)
 }
 
+/// The first piece of a class: small, so that its first data reads start
+/// after the first directories of a walk rather than after a full piece's;
+/// each next piece doubles, up to [`piece_size`].
+fn first_piece_size(queue_depth: u32) -> usize {
+    (queue_depth as usize / 4).clamp(4, piece_size(queue_depth))
+}
+
 /// Builds a [`Prepared`] class by class.
 pub(crate) struct Planner<'c> {
     pub cfg: &'c Config,
@@ -145,7 +152,7 @@ impl<'c> Planner<'c> {
             // mapped), so metadata and data fetches share the volume's
             // slots. Entries are unpacked a batch at a time: a class of a
             // million list lines is never a million `SourceEntry`s at once.
-            let piece_files = piece_size(self.cfg.queue_depth);
+            let mut piece_files = first_piece_size(self.cfg.queue_depth);
             let mut sweeps = self.sweeps.get(&priority).cloned().unwrap_or_default();
             let mut first = true;
             let mut batches = entries.chunks(COLLECT_BATCH).peekable();
@@ -157,6 +164,7 @@ impl<'c> Planner<'c> {
                 pool.install(|| collector.push_entries(&batch));
                 loop {
                     let more = pool.install(|| collector.walk_some(piece_files));
+                    piece_files = (piece_files * 2).min(piece_size(self.cfg.queue_depth));
                     let last = !more && batches.peek().is_none();
                     let files = pool.install(|| collector.take_new());
                     if files.is_empty() && !first && !last {
