@@ -39,7 +39,7 @@ use crate::error::{Error, Origin, Warning, WarningKind};
 use crate::map::device::BlockDevice;
 use crate::map::extent::{map_file, open_file};
 use crate::map::fsid::{self, format_uuid};
-use crate::map::{device, pool, DeviceId, ExtentMap, FileReadReason};
+use crate::map::{device, pool, DeviceId, Extent, ExtentMap, FileReadReason};
 use crate::plan::{PrioritizedExtent, ReadPlan};
 use crate::report::{ImageReport, ManifestReport, RefusedFilesystem};
 use crate::run::{plan_file_ios, Added, DevicePlan, MappedFile, Planner, Prepared};
@@ -171,13 +171,7 @@ pub(crate) fn prepare_manifest<'m>(
         // its new extents, and its old ones cost a read, never harm.
         let extents: Vec<PrioritizedExtent> = wanted
             .iter()
-            .flat_map(|f| {
-                f.extents.iter().map(|e| PrioritizedExtent {
-                    priority: f.priority,
-                    offset: e.physical,
-                    len: e.length,
-                })
-            })
+            .flat_map(|f| at_priority(f.priority, &f.extents))
             .collect();
         let mut plan = ReadPlan::build(&extents, dev.size, &m.plan);
         if let Some(h) = handover {
@@ -341,8 +335,13 @@ pub(crate) fn check_files(
 
 /// The device extents of `m`, at its priority.
 fn device_extents_of(m: &MappedFile) -> impl Iterator<Item = PrioritizedExtent> + '_ {
-    m.map.device_extents.iter().map(|e| PrioritizedExtent {
-        priority: m.file.priority,
+    at_priority(m.file.priority, &m.map.device_extents)
+}
+
+/// Device `extents` to read at `priority`.
+fn at_priority(priority: u32, extents: &[Extent]) -> impl Iterator<Item = PrioritizedExtent> + '_ {
+    extents.iter().map(move |e| PrioritizedExtent {
+        priority,
         offset: e.physical,
         len: e.length,
     })

@@ -293,6 +293,14 @@ impl<'c> Planner<'c> {
             .into_iter()
             .map(|(id, ext)| (id, self.device_mut(id).plan.extend(&ext)))
             .collect();
+        let file_ios = self.plan_file_ios_from(first_file);
+        self.take_added(classes, file_ios)
+    }
+
+    /// Plan the reads through the file of the files kept since
+    /// `prepared.files[first_file]`; returns them (a range of
+    /// `prepared.file_ios`).
+    fn plan_file_ios_from(&mut self, first_file: usize) -> Range<usize> {
         let first_io = self.prepared.file_ios.len();
         let new_ios = plan_file_ios(
             &self.prepared.files[first_file..],
@@ -300,8 +308,19 @@ impl<'c> Planner<'c> {
             self.cfg.plan.max_io,
         );
         self.prepared.file_ios.extend(new_ios);
-        let file_ios = first_io..self.prepared.file_ios.len();
-        self.take_added(classes, file_ios)
+        first_io..self.prepared.file_ios.len()
+    }
+
+    /// The classes held for a manifest replay's checks, as the first
+    /// (`first`) or the last pieces of their classes.
+    fn held_pieces(&self, first: bool) -> Vec<ClassPiece> {
+        let held = self.prepared.held_classes.iter();
+        held.map(|&priority| ClassPiece {
+            priority,
+            first,
+            last: !first,
+        })
+        .collect()
     }
 
     /// What is planned already (a manifest's plan, devices opened for
@@ -316,16 +335,7 @@ impl<'c> Planner<'c> {
             .collect();
         let file_ios = 0..self.prepared.file_ios.len();
         let mut added = self.take_added(classes, file_ios);
-        added.pieces = self
-            .prepared
-            .held_classes
-            .iter()
-            .map(|&priority| ClassPiece {
-                priority,
-                first: true,
-                last: false,
-            })
-            .collect();
+        added.pieces = self.held_pieces(true);
         added
     }
 
@@ -359,25 +369,10 @@ impl<'c> Planner<'c> {
                 classes.push((id, d.plan.extend(extents)));
             }
         }
-        let first_io = self.prepared.file_ios.len();
-        let new_ios = plan_file_ios(
-            &self.prepared.files[first_file..],
-            first_file,
-            self.cfg.plan.max_io,
-        );
-        self.prepared.file_ios.extend(new_ios);
-        let mut added = self.take_added(classes, first_io..self.prepared.file_ios.len());
+        let file_ios = self.plan_file_ios_from(first_file);
+        let mut added = self.take_added(classes, file_ios);
         if last {
-            added.pieces = self
-                .prepared
-                .held_classes
-                .iter()
-                .map(|&priority| ClassPiece {
-                    priority,
-                    first: false,
-                    last: true,
-                })
-                .collect();
+            added.pieces = self.held_pieces(false);
         }
         added
     }
