@@ -28,9 +28,8 @@
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-use rayon::prelude::*;
 
 use super::codec::{Manifest, ManifestDevice, ManifestFile, ManifestImage};
 use super::handover::HandoverState;
@@ -39,7 +38,8 @@ use crate::error::{Error, Origin, Warning, WarningKind};
 use crate::map::device::BlockDevice;
 use crate::map::extent::{map_file, open_file};
 use crate::map::fsid::{self, format_uuid};
-use crate::map::{device, pool, DeviceId, Extent, ExtentMap, FileReadReason};
+use crate::map::pool::MetadataPool;
+use crate::map::{device, DeviceId, Extent, ExtentMap, FileReadReason};
 use crate::plan::{PrioritizedExtent, ReadPlan};
 use crate::report::{ImageReport, ManifestReport, RefusedFilesystem};
 use crate::run::{plan_file_ios, Added, DevicePlan, MappedFile, Planner, Prepared};
@@ -83,7 +83,7 @@ pub(crate) struct PendingCheck<'m> {
     id: DeviceId,
     /// `st_dev` of its files.
     dev_num: u64,
-    mount: MountDir,
+    mount: Arc<MountDir>,
     files: Vec<&'m ManifestFile>,
 }
 
@@ -186,7 +186,7 @@ pub(crate) fn prepare_manifest<'m>(
                 checks.push(PendingCheck {
                     id,
                     dev_num,
-                    mount,
+                    mount: Arc::new(mount),
                     files: wanted,
                 });
             }
@@ -255,19 +255,16 @@ pub(crate) fn check_files(
 ) {
     let stop = planner.cfg.stop.clone();
     let count = checks.len();
+    let pool = MetadataPool::new(queue_depth as usize);
     for (i, check) in checks.into_iter().enumerate() {
-        let replayed: Vec<Option<(FileStatus, Option<MappedFile>)>> =
-            pool::with_width(queue_depth as usize, || {
-                check
-                    .files
-                    .par_iter()
-                    .map(|f| {
-                        stop.check()
-                            .is_none()
-                            .then(|| replay_file(f, Some(&check.mount), check.dev_num))
-                    })
-                    .collect()
-            });
+        // The pool's threads outlive this call: they get their own copies.
+        let (stop, mount, dev_num) = (stop.clone(), Arc::clone(&check.mount), check.dev_num);
+        let files: Vec<ManifestFile> = check.files.iter().map(|&f| f.clone()).collect();
+        let replayed: Vec<Option<(FileStatus, Option<MappedFile>)>> = pool.map(files, move |f| {
+            stop.check()
+                .is_none()
+                .then(|| replay_file(&f, Some(&mount), dev_num))
+        });
         let mut files = Vec::new();
         let mut extents = Vec::new();
         let mut warnings = Vec::new();

@@ -1,69 +1,227 @@
-//! A thread pool for blocking filesystem calls (stat, open, FIEMAP), sized
-//! to the run's queue depth rather than to the CPUs.
+//! Parallel blocking filesystem calls (stat, open, FIEMAP, readdir), as
+//! many at once as the run's queue depth rather than the CPUs.
 //!
 //! On a lazily loaded volume a cold `stat` or FIEMAP waits, inside the
 //! kernel, for the fetch of the inode table or extent tree block it needs:
-//! milliseconds, with no asynchronous form. rayon's global pool has one
-//! thread per CPU (two on a small node), so mapping a thousand files with it
-//! keeps two metadata fetches in flight while the volume could serve many
-//! more. Running the mapping stage in a pool as wide as the queue depth gives
-//! metadata lookups the same parallelism as the data reads; the threads
-//! spend their time asleep in the kernel, not on a CPU.
+//! milliseconds, with no asynchronous form. One thread per CPU (two on a
+//! small node) keeps two metadata fetches in flight while the volume could
+//! serve many more, so the mapping stage runs as many threads as the queue
+//! depth, and they spend their time asleep in the kernel.
+//!
+//! These threads are not a rayon pool. rayon's idle workers spin on
+//! `sched_yield` before they sleep, and a pool of 32 of them, waking at
+//! every split of work that blocks for milliseconds, spent a fifth of the
+//! run's CPU yielding (perf, a cold big-tree run): CPU the lazy volume's own
+//! data path needs on a two-CPU node. Starting threads per call instead
+//! costs as much again (2,700 `clone3`s and their stacks for one run). So
+//! the pool's threads live as long as the pool, sleep on a condition
+//! variable between calls, and a call hands them one shared queue of its
+//! items: nothing spins, nothing is started twice.
+
+use std::collections::VecDeque;
+use std::sync::{mpsc, Arc, Condvar, Mutex};
 
 /// Most threads a pool gets, whatever the queue depth.
 pub const MAX_WIDTH: usize = 64;
 
-/// A pool for metadata calls; `install` runs rayon's parallel iterators on
-/// it.
-pub struct MetadataPool(Option<rayon::ThreadPool>);
+/// Stack of each thread: the calls made on it (path lookups, FIEMAP, ELF
+/// headers) keep their buffers on the heap.
+const STACK_SIZE: usize = 256 * 1024;
 
-impl MetadataPool {
-    /// A pool of `width` threads (clamped to 1..=[`MAX_WIDTH`]). If the
-    /// threads are refused, the pool falls back to rayon's global pool:
-    /// slower, never fatal.
-    pub fn new(width: usize) -> Self {
-        let width = width.clamp(1, MAX_WIDTH);
-        match rayon::ThreadPoolBuilder::new()
-            .num_threads(width)
-            .thread_name(|i| format!("prewarm-map-{i}"))
-            .build()
-        {
-            Ok(pool) => MetadataPool(Some(pool)),
-            Err(e) => {
-                tracing::debug!(
-                    "mapping pool of {width} threads refused ({e}); using the global pool"
-                );
-                MetadataPool(None)
-            }
-        }
-    }
+type Job = Box<dyn FnOnce() + Send>;
 
-    /// Run `f`, its parallel iterators on this pool.
-    pub fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
-        match &self.0 {
-            Some(pool) => pool.install(f),
-            None => f(),
+/// Jobs waiting for a thread, and whether the pool is gone.
+#[derive(Default)]
+struct Jobs {
+    queue: VecDeque<Job>,
+    closed: bool,
+}
+
+#[derive(Default)]
+struct Shared {
+    jobs: Mutex<Jobs>,
+    ready: Condvar,
+}
+
+impl Shared {
+    /// A thread's life: run jobs until the pool is dropped.
+    fn serve(&self) {
+        loop {
+            let job = {
+                let Ok(mut jobs) = self.jobs.lock() else {
+                    return;
+                };
+                loop {
+                    if let Some(job) = jobs.queue.pop_front() {
+                        break job;
+                    }
+                    if jobs.closed {
+                        return;
+                    }
+                    jobs = match self.ready.wait(jobs) {
+                        Ok(j) => j,
+                        Err(_) => return,
+                    };
+                }
+            };
+            job();
         }
     }
 }
 
-/// Run `f` on a [`MetadataPool`] of `width` threads made for it.
-pub fn with_width<R: Send>(width: usize, f: impl FnOnce() -> R + Send) -> R {
-    MetadataPool::new(width).install(f)
+/// Threads for metadata calls, as many as the queue depth, started as
+/// calls need them.
+pub struct MetadataPool {
+    width: usize,
+    shared: Arc<Shared>,
+    /// Threads started so far.
+    started: Mutex<usize>,
+}
+
+impl MetadataPool {
+    /// A pool of `width` threads (clamped to 1..=[`MAX_WIDTH`]).
+    pub fn new(width: usize) -> Self {
+        MetadataPool {
+            width: width.clamp(1, MAX_WIDTH),
+            shared: Arc::default(),
+            started: Mutex::new(0),
+        }
+    }
+
+    /// How many calls run at once.
+    pub fn width(&self) -> usize {
+        self.width
+    }
+
+    /// Start threads until `n` run (at most `width - 1`: the caller is
+    /// one more); how many there are. Threads the system refuses leave
+    /// the work to the others (at worst the caller alone): slower, never
+    /// fatal.
+    fn threads(&self, n: usize) -> usize {
+        let Ok(mut started) = self.started.lock() else {
+            return 0;
+        };
+        while *started < n.min(self.width - 1) {
+            let shared = Arc::clone(&self.shared);
+            let spawned = std::thread::Builder::new()
+                .name(format!("prewarm-map-{started}"))
+                .stack_size(STACK_SIZE)
+                .spawn(move || shared.serve());
+            if spawned.is_err() {
+                break;
+            }
+            *started += 1;
+        }
+        *started
+    }
+
+    /// `f` applied to every item, `width` at a time (the caller's thread
+    /// among them); the results in the items' order. A panic in `f` is
+    /// the caller's.
+    pub fn map<T, R, F>(&self, items: Vec<T>, f: F) -> Vec<R>
+    where
+        T: Send + 'static,
+        R: Send + 'static,
+        F: Fn(T) -> R + Send + Sync + 'static,
+    {
+        let n = items.len();
+        let helpers = self.threads(n.saturating_sub(1));
+        if helpers == 0 || n <= 1 {
+            return items.into_iter().map(f).collect();
+        }
+        let items = Arc::new(Mutex::new(items.into_iter().enumerate()));
+        let f = Arc::new(f);
+        // Every taker, helper or caller, takes items from the one queue
+        // until it is empty. The lock is held only to take an item, never
+        // while `f` runs.
+        let take = move || {
+            let mut done = Vec::new();
+            while let Some((i, item)) = items.lock().ok().and_then(|mut q| q.next()) {
+                done.push((i, f(item)));
+            }
+            done
+        };
+        let (tx, rx) = mpsc::channel();
+        let helpers = helpers.min(n - 1);
+        if let Ok(mut jobs) = self.shared.jobs.lock() {
+            for _ in 0..helpers {
+                let take = take.clone();
+                let tx = tx.clone();
+                jobs.queue.push_back(Box::new(move || {
+                    let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(take));
+                    let _ = tx.send(done);
+                }));
+            }
+        }
+        drop(tx);
+        self.shared.ready.notify_all();
+        let mut results = take();
+        // Each helper's share, or its panic; the channel closes once every
+        // job ran (or was dropped with the pool).
+        for done in rx {
+            match done {
+                Ok(done) => results.extend(done),
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }
+        results.sort_unstable_by_key(|&(i, _)| i);
+        results.into_iter().map(|(_, r)| r).collect()
+    }
+}
+
+impl Drop for MetadataPool {
+    /// The threads end once idle. They are not waited for: one blocked in
+    /// a device that never answers must not hold up the run's end.
+    fn drop(&mut self) {
+        if let Ok(mut jobs) = self.shared.jobs.lock() {
+            jobs.closed = true;
+        }
+        self.shared.ready.notify_all();
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rayon::prelude::*;
+    use std::collections::HashSet;
 
     #[test]
-    fn runs_on_a_pool_of_the_given_width() {
-        assert_eq!(with_width(5, rayon::current_num_threads), 5);
-        assert_eq!(with_width(0, rayon::current_num_threads), 1);
-        assert_eq!(with_width(1000, rayon::current_num_threads), MAX_WIDTH);
+    fn maps_every_item_in_order_on_the_given_width() {
+        assert_eq!(MetadataPool::new(0).width(), 1);
+        assert_eq!(MetadataPool::new(1000).width(), MAX_WIDTH);
         let pool = MetadataPool::new(8);
-        let sum: u64 = pool.install(|| (0..100u64).into_par_iter().sum());
-        assert_eq!(sum, 4950);
+        let items: Vec<u64> = (0..1000).collect();
+        let squares = pool.map(items.clone(), |x| x * x);
+        assert_eq!(squares, items.iter().map(|x| x * x).collect::<Vec<_>>());
+        // Owned items, and more than one thread at work.
+        let names = pool.map(items.clone(), |_| {
+            std::thread::sleep(std::time::Duration::from_micros(200));
+            std::thread::current().id()
+        });
+        assert_eq!(names.len(), 1000);
+        let first: HashSet<_> = names.into_iter().collect();
+        assert!(first.len() > 1);
+        assert!(pool.map(Vec::<u8>::new(), |x| x).is_empty());
+        // The next call runs on the same threads: none is started again.
+        let again: HashSet<_> = pool
+            .map(items, |_| {
+                std::thread::sleep(std::time::Duration::from_micros(200));
+                std::thread::current().id()
+            })
+            .into_iter()
+            .collect();
+        assert!(again.is_subset(&first), "{again:?} not in {first:?}");
+        assert!(first.len() <= 8);
+    }
+
+    #[test]
+    #[should_panic(expected = "item 7")]
+    fn a_panic_in_the_function_reaches_the_caller() {
+        MetadataPool::new(4).map((0..100).collect(), |i| {
+            if i == 7 {
+                panic!("item 7");
+            }
+            std::thread::sleep(std::time::Duration::from_micros(100));
+        });
     }
 }

@@ -6,8 +6,6 @@
 use std::collections::BTreeMap;
 use std::ops::Range;
 
-use rayon::prelude::*;
-
 use super::file_reads::plan_file_ios;
 use super::{Config, DevicePlan, MappedFile, Prepared};
 use crate::error::{Error, Warning, WarningKind};
@@ -136,7 +134,7 @@ impl<'c> Planner<'c> {
         self.prepared
             .warnings_omitted
             .extend(sources.warnings_omitted.iter().copied());
-        let mut collector = Collector::new(&self.cfg.collect, self.cfg.stop.clone());
+        let mut collector = Collector::new(&self.cfg.collect, self.cfg.stop.clone(), pool);
         for (priority, entries) in classes {
             if let Some(reason) = self.prepared.stopped.or_else(|| self.cfg.stop.check()) {
                 if self.prepared.stopped.is_none() {
@@ -161,12 +159,12 @@ impl<'c> Planner<'c> {
                     .iter()
                     .filter_map(|&at| sources.entry_with(at, &extra))
                     .collect();
-                pool.install(|| collector.push_entries(&batch));
+                collector.push_entries(&batch);
                 loop {
-                    let more = pool.install(|| collector.walk_some(piece_files));
+                    let more = collector.walk_some(piece_files);
                     piece_files = (piece_files * 2).min(piece_size(self.cfg.queue_depth));
                     let last = !more && batches.peek().is_none();
-                    let files = pool.install(|| collector.take_new());
+                    let files = collector.take_new();
                     if files.is_empty() && !first && !last {
                         break;
                     }
@@ -215,38 +213,41 @@ impl<'c> Planner<'c> {
         sweeps: &[DeviceId],
         piece: ClassPiece,
     ) {
-        let mut added = pool.install(|| self.add_class(files, sweeps, piece.priority));
+        let mut added = self.add_class(pool, files, sweeps, piece.priority);
         added.pieces = vec![piece];
         sink(self, &added);
     }
 
-    /// Map `files` (on the current rayon pool) and plan them, with the
-    /// sweeps of `sweeps` at `priority`. Every class of the batch must be
-    /// less urgent than those of earlier batches.
-    fn add_class(&mut self, files: Vec<TargetFile>, sweeps: &[DeviceId], priority: u32) -> Added {
+    /// Map `files` (on `pool`) and plan them, with the sweeps of `sweeps`
+    /// at `priority`. Every class of the batch must be less urgent than
+    /// those of earlier batches.
+    fn add_class(
+        &mut self,
+        pool: &MetadataPool,
+        files: Vec<TargetFile>,
+        sweeps: &[DeviceId],
+        priority: u32,
+    ) -> Added {
         // A file that cannot be opened is named and dropped; after a stop
         // the rest is not mapped (each FIEMAP may wait for cold metadata).
-        let stop = &self.cfg.stop;
-        let mapped: Vec<Option<Result<MappedFile, Warning>>> = files
-            .into_par_iter()
-            .map(|file| {
-                if stop.check().is_some() {
-                    return None;
-                }
-                Some(match open_file(&file.path, false) {
-                    Ok((f, _)) => Ok(MappedFile {
-                        map: map_file(&f, file.size, file.ranges.as_deref()),
-                        file,
-                    }),
-                    Err(e) => Err(Warning::new(
-                        WarningKind::Unreadable,
-                        Some(&file.path),
-                        Some(&file.origin),
-                        format!("opening: {e}"),
-                    )),
-                })
+        let stop = self.cfg.stop.clone();
+        let mapped: Vec<Option<Result<MappedFile, Warning>>> = pool.map(files, move |file| {
+            if stop.check().is_some() {
+                return None;
+            }
+            Some(match open_file(&file.path, false) {
+                Ok((f, _)) => Ok(MappedFile {
+                    map: map_file(&f, file.size, file.ranges.as_deref()),
+                    file,
+                }),
+                Err(e) => Err(Warning::new(
+                    WarningKind::Unreadable,
+                    Some(&file.path),
+                    Some(&file.origin),
+                    format!("opening: {e}"),
+                )),
             })
-            .collect();
+        });
         let not_mapped = mapped.iter().filter(|m| m.is_none()).count() as u64;
         self.prepared.files_not_mapped += not_mapped;
         let first_file = self.prepared.files.len();

@@ -917,6 +917,7 @@ mod tests {
     use super::*;
     use crate::engine::StopSignal;
     use crate::error::Origin;
+    use crate::map::pool::MetadataPool;
     use crate::source::{collect, CollectOptions, Collector, SourceEntry};
 
     /// What `ldd` says `path` loads (real paths; the vDSO, which has no
@@ -1343,7 +1344,8 @@ mod tests {
             ..Default::default()
         };
         // As the planner does, one priority class after the other.
-        let mut collector = Collector::new(&opts, StopSignal::default());
+        let pool = MetadataPool::new(4);
+        let mut collector = Collector::new(&opts, StopSignal::default(), &pool);
         let first = collector.add(&[SourceEntry::argument(&ls, 10)]);
         let libc: Vec<_> = first.iter().filter(|f| f.path == libc_host).collect();
         assert_eq!(libc.len(), 1, "{first:?}");
@@ -1384,7 +1386,8 @@ mod tests {
             }]),
             ..SourceEntry::argument(path, prio)
         };
-        let mut collector = Collector::new(&opts, StopSignal::default());
+        let pool = MetadataPool::new(4);
+        let mut collector = Collector::new(&opts, StopSignal::default(), &pool);
         let first = collector.add(&[ranged(&libc_host, 5)]);
         assert!(first
             .iter()

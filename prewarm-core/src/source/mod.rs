@@ -24,10 +24,9 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rayon::prelude::*;
-
 use crate::engine::StopSignal;
 use crate::error::{Origin, Warning, WarningKind};
+use crate::map::pool::MetadataPool;
 use crate::map::ByteRange;
 use crate::plan::spans::{self, Span};
 use crate::report::{WarningCap, WarningsOmitted};
@@ -343,7 +342,8 @@ fn is_glob(path: &Path) -> bool {
 /// Resolve entries to the set of regular files they name.
 #[cfg(test)]
 fn collect(entries: &[SourceEntry], opts: &CollectOptions) -> FileSet {
-    let mut c = Collector::new(opts, StopSignal::default());
+    let pool = MetadataPool::new(4);
+    let mut c = Collector::new(opts, StopSignal::default(), &pool);
     let files = c.add(entries);
     FileSet {
         files,
@@ -371,19 +371,22 @@ pub struct Collector<'a> {
     /// Keeps the first warnings of each kind; the rest are only counted.
     warning_cap: WarningCap,
     /// Finds shared-library closures (`opts.with_libs`).
-    libs: Option<elf::LibraryResolver>,
+    libs: Option<Arc<elf::LibraryResolver>>,
     /// Directories queued by walks, read a group at a time
     /// ([`Collector::walk_some`]).
     pending: VecDeque<walk::PendingDir>,
     /// Directories queued once already, by `(dev, ino)`: each is read once
     /// however many walks reach it.
     walked: HashSet<(u64, u64)>,
+    /// Runs the `lstat`s, directory reads and library lookups, many at
+    /// once.
+    pool: &'a MetadataPool,
 }
 
 impl<'a> Collector<'a> {
-    /// A collector that stops taking entries (and walking) once `stop`
-    /// says so.
-    pub fn new(opts: &'a CollectOptions, stop: StopSignal) -> Self {
+    /// A collector that looks at files on `pool` and stops taking entries
+    /// (and walking) once `stop` says so.
+    pub fn new(opts: &'a CollectOptions, stop: StopSignal, pool: &'a MetadataPool) -> Self {
         Collector {
             opts,
             set: FileSet::default(),
@@ -394,9 +397,10 @@ impl<'a> Collector<'a> {
             warning_cap: WarningCap::default(),
             libs: opts
                 .with_libs
-                .then(|| elf::LibraryResolver::new(opts.root.clone())),
+                .then(|| Arc::new(elf::LibraryResolver::new(opts.root.clone()))),
             pending: VecDeque::new(),
             walked: HashSet::new(),
+            pool,
         }
     }
 
@@ -439,7 +443,7 @@ impl<'a> Collector<'a> {
     /// Walk queued directories, a group at a time, until at least `want`
     /// files were collected since the last [`Collector::take_new`] or none
     /// is queued; returns whether some still are. A group is as many
-    /// directories as the current rayon pool has threads, read at once
+    /// directories as the pool has threads, read at once
     /// (`walk.rs`). A stop drops what is queued.
     pub fn walk_some(&mut self, want: usize) -> bool {
         let follow_links = self.opts.root.is_none();
@@ -448,11 +452,10 @@ impl<'a> Collector<'a> {
                 self.pending.clear();
                 break;
             }
-            let n = rayon::current_num_threads().max(1).min(self.pending.len());
+            let n = self.pool.width().min(self.pending.len());
             let group: Vec<walk::PendingDir> = self.pending.drain(..n).collect();
-            let listings = walk::read_dirs(&group, follow_links, &self.stop);
-            for (dir, listing) in group.iter().zip(listings) {
-                self.take_listing(dir, listing);
+            for (dir, listing) in walk::read_dirs(self.pool, group, follow_links, &self.stop) {
+                self.take_listing(&dir, listing);
             }
         }
         !self.pending.is_empty()
@@ -480,24 +483,22 @@ impl<'a> Collector<'a> {
         };
         // lstat every named path in parallel first: on a cold volume each
         // waits for a metadata fetch (directory and inode table blocks), and
-        // the caller's pool (see `blocking`) keeps many of them in flight.
+        // the pool keeps many of them in flight.
         // The serial pass below, which dedupes in list order, uses the
         // results.
         // Under an image root the host's lstat could pass through a
         // directory symlink out of the image: every path is resolved inside
         // the root instead (`resolve`).
         let in_root = self.opts.root.is_some();
-        let stop = &self.stop;
-        let lstats: Vec<Option<std::fs::Metadata>> = entries
-            .par_iter()
-            .map(|e| {
-                if is_glob(&e.path) || in_root || stop.check().is_some() {
-                    None
-                } else {
-                    std::fs::symlink_metadata(&e.path).ok()
-                }
-            })
-            .collect();
+        let stop = self.stop.clone();
+        let paths: Vec<PathBuf> = entries.iter().map(|e| e.path.clone()).collect();
+        let lstats: Vec<Option<std::fs::Metadata>> = self.pool.map(paths, move |path| {
+            if is_glob(&path) || in_root || stop.check().is_some() {
+                None
+            } else {
+                std::fs::symlink_metadata(&path).ok()
+            }
+        });
         for (i, (entry, lstat)) in entries.iter().zip(lstats).enumerate() {
             if self.stop.check().is_some() {
                 self.not_reached += (entries.len() - i) as u64;
@@ -530,14 +531,13 @@ impl<'a> Collector<'a> {
                 ranges: None,
             })
             .collect();
-        let stop = &self.stop;
-        let closures: Vec<elf::Closure> = named
-            .par_iter()
-            .map(|e| match stop.check() {
-                Some(_) => elf::Closure::default(),
-                None => resolver.closure(&e.path),
-            })
-            .collect();
+        let stop = self.stop.clone();
+        let resolver = Arc::clone(resolver);
+        let paths: Vec<PathBuf> = named.iter().map(|e| e.path.clone()).collect();
+        let closures: Vec<elf::Closure> = self.pool.map(paths, move |path| match stop.check() {
+            Some(_) => elf::Closure::default(),
+            None => resolver.closure(&path),
+        });
         for (named, closure) in named.into_iter().zip(closures) {
             for p in closure.problems {
                 self.warn(WarningKind::Library, &p.path, &named, p.message);
@@ -1061,7 +1061,8 @@ mod tests {
             ..SourceEntry::argument(p, prio)
         };
         let opts = CollectOptions::default();
-        let mut c = Collector::new(&opts, StopSignal::default());
+        let pool = MetadataPool::new(4);
+        let mut c = Collector::new(&opts, StopSignal::default(), &pool);
         // One batch: ranges unite in place, and whole wins.
         let first: Vec<_> = c
             .add(&[
@@ -1155,7 +1156,8 @@ mod tests {
             })
             .collect();
         let opts = CollectOptions::default();
-        let mut c = Collector::new(&opts, StopSignal::default());
+        let pool = MetadataPool::new(4);
+        let mut c = Collector::new(&opts, StopSignal::default(), &pool);
         c.push_entries(&[SourceEntry::argument(&top, 10)]);
         let mut got = Vec::new();
         loop {

@@ -16,13 +16,12 @@
 //! walk's filesystem and never descending into an ancestor, so a symlink
 //! loop ends), resolve symlinks inside an image root, and warn.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
-
-use rayon::prelude::*;
 
 use super::SourceEntry;
 use crate::engine::StopSignal;
+use crate::map::pool::MetadataPool;
 
 /// A directory queued for reading.
 pub(super) struct PendingDir {
@@ -81,58 +80,64 @@ pub(super) enum ChildKind {
 /// The children of a directory, by name, or why it could not be read.
 pub(super) type Listing = std::io::Result<Vec<Child>>;
 
-/// Read `dirs` in parallel on the current rayon pool, each one's children
-/// sorted by name and looked at (`lstat`, or `stat` through a symlink when
-/// `follow_links`). After a stop no more directories are read (their
-/// listing is empty).
+/// Read `dirs` in parallel on `pool`, each one's children sorted by name
+/// and looked at (`lstat`, or `stat` through a symlink when
+/// `follow_links`); each directory with its listing, in order. After a stop
+/// no more directories are read (their listing is empty).
 pub(super) fn read_dirs(
-    dirs: &[PendingDir],
+    pool: &MetadataPool,
+    dirs: Vec<PendingDir>,
     follow_links: bool,
     stop: &StopSignal,
-) -> Vec<Listing> {
-    dirs.par_iter()
-        .map(|dir| {
-            if stop.check().is_some() {
-                return Ok(Vec::new());
-            }
-            read_dir(dir, follow_links, stop)
-        })
-        .collect()
+) -> Vec<(PendingDir, Listing)> {
+    let stop = stop.clone();
+    pool.map(dirs, move |dir| {
+        let listing = match stop.check() {
+            Some(_) => Ok(Vec::new()),
+            None => read_dir(&dir, follow_links, &stop),
+        };
+        (dir, listing)
+    })
 }
 
+/// One directory's children, looked at one after another: a directory's
+/// inodes mostly share an inode table block, so the first look waits for
+/// its fetch and the rest find it cached. Each look is relative to the
+/// open directory (`fstatat`), not a walk of the whole path again.
 fn read_dir(dir: &PendingDir, follow_links: bool, stop: &StopSignal) -> Listing {
-    let mut names: Vec<(PathBuf, Option<std::fs::FileType>)> = std::fs::read_dir(&dir.path)?
-        .map(|e| e.map(|e| (e.path(), e.file_type().ok())))
-        .collect::<std::io::Result<_>>()?;
-    names.sort_unstable_by(|a, b| a.0.file_name().cmp(&b.0.file_name()));
-    // Each look may wait for an inode table fetch: in parallel too.
-    Ok(names
-        .into_par_iter()
-        .map(|(path, ft)| {
-            if stop.check().is_some() {
-                let kind = ChildKind::Error(std::io::Error::from(std::io::ErrorKind::Interrupted));
-                return Child { path, kind };
-            }
-            let kind = look(&path, ft, follow_links);
-            Child { path, kind }
-        })
-        .collect())
+    let mut entries: Vec<std::fs::DirEntry> =
+        std::fs::read_dir(&dir.path)?.collect::<std::io::Result<_>>()?;
+    entries.sort_unstable_by_key(|e| e.file_name());
+    let mut children = Vec::with_capacity(entries.len());
+    for e in entries {
+        let kind = match stop.check() {
+            Some(_) => ChildKind::Error(std::io::Error::from(std::io::ErrorKind::Interrupted)),
+            None => look(&e, follow_links),
+        };
+        children.push(Child {
+            path: e.path(),
+            kind,
+        });
+    }
+    Ok(children)
 }
 
-/// What `path` is; `ft` is its type from the directory entry, when known.
-fn look(path: &Path, ft: Option<std::fs::FileType>, follow_links: bool) -> ChildKind {
-    let is_link = match ft {
-        Some(t) => t.is_symlink(),
-        // No type in the directory entry: `lstat` says.
-        None => match std::fs::symlink_metadata(path) {
+/// What the child `e` is.
+fn look(e: &std::fs::DirEntry, follow_links: bool) -> ChildKind {
+    // The directory entry's type when it has one, else `lstat` says.
+    let is_link = match e.file_type() {
+        Ok(t) => t.is_symlink(),
+        Err(_) => match e.metadata() {
             Ok(m) if m.file_type().is_symlink() => true,
             meta => return kind_of(meta),
         },
     };
     match (is_link, follow_links) {
         (true, false) => ChildKind::Symlink,
-        (true, true) => kind_of(std::fs::metadata(path)),
-        (false, _) => kind_of(std::fs::symlink_metadata(path)),
+        (true, true) => kind_of(std::fs::metadata(e.path())),
+        // `DirEntry::metadata` does not follow a symlink (an `lstat`
+        // relative to the directory).
+        (false, _) => kind_of(e.metadata()),
     }
 }
 
