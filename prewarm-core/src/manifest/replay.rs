@@ -240,6 +240,9 @@ pub(crate) fn prepare_manifest<'m>(
     Ok((prepared, checks))
 }
 
+/// Manifest entries copied for the metadata pool at a time.
+const CHECK_BATCH: usize = 4096;
+
 /// Check the files of `checks` against the filesystem (see the module
 /// doc), in parallel on `queue_depth` threads (each check may wait for a
 /// cold inode or directory block), while the engines read the recorded
@@ -257,14 +260,18 @@ pub(crate) fn check_files(
     let count = checks.len();
     let pool = MetadataPool::new(queue_depth as usize);
     for (i, check) in checks.into_iter().enumerate() {
-        // The pool's threads outlive this call: they get their own copies.
-        let (stop, mount, dev_num) = (stop.clone(), Arc::clone(&check.mount), check.dev_num);
-        let files: Vec<ManifestFile> = check.files.iter().map(|&f| f.clone()).collect();
-        let replayed: Vec<Option<(FileStatus, Option<MappedFile>)>> = pool.map(files, move |f| {
-            stop.check()
-                .is_none()
-                .then(|| replay_file(&f, Some(&mount), dev_num))
-        });
+        // The pool's threads outlive a call, so they get their own copies
+        // of the entries: a batch at a time, not the whole manifest twice.
+        let mut replayed: Vec<Option<(FileStatus, Option<MappedFile>)>> = Vec::new();
+        for batch in check.files.chunks(CHECK_BATCH) {
+            let (stop, mount, dev_num) = (stop.clone(), Arc::clone(&check.mount), check.dev_num);
+            let batch: Vec<ManifestFile> = batch.iter().map(|&f| f.clone()).collect();
+            replayed.extend(pool.map(batch, move |f| {
+                stop.check()
+                    .is_none()
+                    .then(|| replay_file(&f, Some(&mount), dev_num))
+            }));
+        }
         let mut files = Vec::new();
         let mut extents = Vec::new();
         let mut warnings = Vec::new();
