@@ -569,3 +569,49 @@ fn run_waits_for_a_device_that_appears_late() {
     assert_eq!(u(&report["bytes_read"]), u(&report["planned_bytes"]));
     assert!(u(&report["bytes_read"]) > 0);
 }
+
+/// Whether the running kernel is at least `major.minor`.
+fn kernel_at_least(major: u32, minor: u32) -> bool {
+    let release = cmd("uname", &["-r"]);
+    let mut parts = release.trim().split(['.', '-']);
+    let mut next = || parts.next().and_then(|p| p.parse::<u32>().ok()).unwrap_or(0);
+    (next(), next()) >= (major, minor)
+}
+
+#[test]
+fn a_mounted_filesystem_is_found_without_reading_its_device() {
+    if !privileged(
+        "a_mounted_filesystem_is_found_without_reading_its_device",
+        &["losetup", "mkfs.ext4", "mkfs.xfs"],
+    ) {
+        return;
+    }
+    if !kernel_at_least(6, 5) {
+        skip(
+            "a_mounted_filesystem_is_found_without_reading_its_device",
+            "FS_IOC_GETFSUUID needs Linux 6.5",
+        );
+        return;
+    }
+    let _serial = serial();
+    for fs_name in ["ext4", "xfs"] {
+        let img = planned_image(fs_name);
+        let lo = LoopDev::attach(&img.image, true);
+        let mnt = img.dir.join("mnt");
+        let _m = Mounted::mount(lo.path(), &mnt, fs_name, ro_options(fs_name));
+        // Nothing of the device cached: a superblock probe would read it.
+        cmd("sync", &[]);
+        fs::write("/proc/sys/vm/drop_caches", "3\n").unwrap();
+        let before = lo.sectors_read();
+        // No class is taken (all are above priority 5), so the run only
+        // finds the filesystem: the kernel says the mounted one's UUID.
+        let report = run_json(&["-m", &img.manifest(), "--max-priority", "5"]);
+        assert_eq!(lo.sectors_read(), before, "{fs_name}: the device was read");
+        let manifest = &report["manifest"];
+        assert!(
+            manifest["refused"].as_array().is_none_or(|r| r.is_empty()),
+            "{fs_name}: {manifest}"
+        );
+        assert!(u(&manifest["deferred"]) > 0, "{fs_name}: {manifest}");
+    }
+}

@@ -219,14 +219,39 @@ fn mounted_fs_type(id: DeviceId) -> Option<String> {
     mounts_of(id).into_iter().next().map(|m| m.fs_type)
 }
 
-/// The mounts of the filesystem on `id`, from `/proc/self/mountinfo` (the one
-/// place that file is read).
+/// The mounts of the filesystem on `id`.
 fn mounts_of(id: DeviceId) -> Vec<procfs::process::MountInfo> {
-    let Ok(infos) = procfs::process::Process::myself().and_then(|p| p.mountinfo()) else {
-        return Vec::new();
-    };
     let majmin = id.to_string();
-    infos.into_iter().filter(|m| m.majmin == majmin).collect()
+    mountinfo()
+        .into_iter()
+        .filter(|m| m.majmin == majmin)
+        .collect()
+}
+
+/// Every filesystem on a block device mounted at its root directory, once
+/// each: its device and a mount point.
+pub fn mounted_filesystems() -> Vec<(DeviceId, PathBuf)> {
+    let mut seen = std::collections::HashSet::new();
+    mountinfo()
+        .into_iter()
+        .filter(|m| m.root == "/")
+        .filter_map(|m| {
+            let (major, minor) = m.majmin.split_once(':')?;
+            let id = DeviceId {
+                major: major.parse().ok()?,
+                minor: minor.parse().ok()?,
+            };
+            (id.major != 0 && seen.insert(id)).then_some((id, m.mount_point))
+        })
+        .collect()
+}
+
+/// `/proc/self/mountinfo` (the one place that file is read).
+fn mountinfo() -> Vec<procfs::process::MountInfo> {
+    procfs::process::Process::myself()
+        .and_then(|p| p.mountinfo())
+        .map(|infos| infos.into_iter().collect())
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

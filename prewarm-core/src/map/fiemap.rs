@@ -1,13 +1,14 @@
 //! Kernel ioctl FFI: `FS_IOC_FIEMAP`, XFS's `XFS_IOC_GETBMAPX` (the block
-//! map of a directory, which XFS's FIEMAP does not answer) and the two
-//! block-device geometry queries (`BLKSSZGET`, `BLKGETSIZE64`).
+//! map of a directory, which XFS's FIEMAP does not answer), the two
+//! block-device geometry queries (`BLKSSZGET`, `BLKGETSIZE64`) and a mounted
+//! filesystem's UUID (`FS_IOC_GETFSUUID`).
 //!
 //! This is one of the two modules of the crate allowed to hold `unsafe` (the
 //! other is the io_uring backend), and it is private to [`crate::map`]: every
 //! raw ioctl the pipeline needs lives here, behind safe functions that take a
 //! borrowed file descriptor and return plain Rust values. The `unsafe fn`s
 //! nix's macros generate stay inside the private `ioctl` module below and
-//! are called only from the four functions of this file, each call with its
+//! are called only from the five functions of this file, each call with its
 //! `# Safety` reasoning. Everything above this module reasons about extents
 //! and never about kernel structure layouts.
 //!
@@ -114,15 +115,40 @@ const MAP_END_BB: i64 = 1 << 40;
 /// The raw ioctl wrappers. nix's macros make them `pub unsafe fn`; this
 /// module keeps them private to the file.
 mod ioctl {
-    use super::{RawBmap, RawFiemap};
+    use super::{RawBmap, RawFiemap, RawFsUuid};
 
-    // # Safety (for all four): the caller passes a valid open descriptor
+    // # Safety (for all five): the caller passes a valid open descriptor
     // and a pointer to a live, writable value of the type the request
     // encodes (see the call sites).
     nix::ioctl_readwrite!(fs_ioc_fiemap, b'f', 11, RawFiemap);
     nix::ioctl_readwrite!(xfs_ioc_getbmapx, b'X', 56, RawBmap);
     nix::ioctl_read_bad!(blksszget, nix::request_code_none!(0x12, 104), libc::c_int);
     nix::ioctl_read!(blkgetsize64, 0x12, 114, u64);
+    nix::ioctl_read!(fs_ioc_getfsuuid, 0x15, 0, RawFsUuid);
+}
+
+/// `struct fsuuid2` of `FS_IOC_GETFSUUID` (Linux 6.5): the UUID's length
+/// and up to 16 bytes of it. 17 bytes, the size the request encodes.
+#[repr(C)]
+#[derive(Default)]
+struct RawFsUuid {
+    len: u8,
+    uuid: [u8; 16],
+}
+
+/// The UUID of the filesystem `fd` is on, as the kernel holds it in the
+/// mounted superblock (`FS_IOC_GETFSUUID`): no read of the device. `None`
+/// when the filesystem has no 16-byte UUID; an error (`ENOTTY`) on kernels
+/// before 6.5 or filesystems that do not say.
+pub(crate) fn mounted_fs_uuid<F: AsFd>(fd: F) -> nix::Result<Option<[u8; 16]>> {
+    let mut raw = RawFsUuid::default();
+    // Safety: FS_IOC_GETFSUUID writes one `struct fsuuid2` (17 bytes)
+    // through the pointer, which points at a live local of that layout;
+    // `fd` is a valid descriptor borrowed for the call.
+    unsafe {
+        ioctl::fs_ioc_getfsuuid(fd.as_fd().as_raw_fd(), &mut raw)?;
+    }
+    Ok((usize::from(raw.len) == raw.uuid.len()).then_some(raw.uuid))
 }
 
 /// One extent as FIEMAP reports it, with its flags.

@@ -7,13 +7,20 @@
 //! superblock is read directly (ext2/3/4: magic 0xEF53 at 1024+56, UUID at
 //! 1024+104; XFS: magic "XFSB" at 0, UUID at 32), so no `blkid` is needed in
 //! the initrd.
+//!
+//! A filesystem already mounted (the root phase) is found without reading
+//! its device: the kernel says each mounted filesystem's UUID
+//! (`FS_IOC_GETFSUUID`, Linux 6.5). On a lazy volume whose superblock chunk
+//! is not hydrated, that read is a fetch the whole run would wait for
+//! before its first planned read.
 
 use std::fs::File;
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::device::{open_read_only, DeviceId};
+use super::device::{self, open_read_only, DeviceId};
+use super::fiemap;
 use crate::engine::StopSignal;
 
 /// Filesystem types whose superblock we can read.
@@ -118,8 +125,11 @@ pub fn find_by_uuids(
     stop: &StopSignal,
 ) -> Vec<Option<(DeviceId, PathBuf)>> {
     let deadline = Instant::now() + wait.max(PROBE_WINDOW);
+    let mut found = find_mounted(uuids);
+    if found.iter().all(Option::is_some) {
+        return found;
+    }
     let mut prober = Prober::default();
-    let mut found: Vec<Option<(DeviceId, PathBuf)>> = vec![None; uuids.len()];
     loop {
         prober.probe_new_candidates(uuids);
         let left = deadline.saturating_duration_since(Instant::now());
@@ -137,6 +147,39 @@ pub fn find_by_uuids(
             return found;
         }
     }
+}
+
+/// The filesystems `uuids` (one answer per UUID, in order) that are
+/// mounted, by the UUID the kernel holds for each mounted filesystem: no
+/// device is read. A mount point that cannot be opened, is covered by
+/// another mount, or whose kernel does not say its UUID, is left to the
+/// superblock probe.
+fn find_mounted(uuids: &[[u8; 16]]) -> Vec<Option<(DeviceId, PathBuf)>> {
+    let mut found: Vec<Option<(DeviceId, PathBuf)>> = vec![None; uuids.len()];
+    for (id, mount_point) in device::mounted_filesystems() {
+        if found.iter().all(Option::is_some) {
+            break;
+        }
+        let Ok(dir) = File::open(&mount_point) else {
+            continue;
+        };
+        // Another filesystem mounted over this mount point hides it.
+        if !dir
+            .metadata()
+            .is_ok_and(|m| DeviceId::from_dev(m.dev()) == id)
+        {
+            continue;
+        }
+        let Ok(Some(uuid)) = fiemap::mounted_fs_uuid(&dir) else {
+            continue;
+        };
+        for (slot, wanted) in found.iter_mut().zip(uuids) {
+            if slot.is_none() && *wanted == uuid {
+                *slot = device::resolve_node(id).ok().map(|node| (id, node));
+            }
+        }
+    }
+    found
 }
 
 /// Superblock reads of candidate devices, each on its own thread.
