@@ -10,9 +10,10 @@
 //!
 //! A filesystem already mounted (the root phase) is found without reading
 //! its device: the kernel says each mounted filesystem's UUID
-//! (`FS_IOC_GETFSUUID`, Linux 6.5). On a lazy volume whose superblock chunk
-//! is not hydrated, that read is a fetch the whole run would wait for
-//! before its first planned read.
+//! (`FS_IOC_GETFSUUID`, Linux 6.5). A mounted ext4 keeps its superblock's
+//! block in the device's page cache, but XFS keeps its own copy: probing a
+//! mounted XFS root (Amazon Linux's) reads the device, on a lazy volume a
+//! fetch the whole run would wait for before its first planned read.
 
 use std::fs::File;
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
