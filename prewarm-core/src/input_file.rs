@@ -44,15 +44,26 @@ pub enum InputError {
 
 /// Read the regular file `path`, at most `cap` bytes (see the module doc).
 pub(crate) fn read_untrusted(path: &Path, cap: u64) -> Result<Vec<u8>, InputError> {
-    read_capped(open_untrusted(path, cap)?, cap)
+    let (file, len) = open_checked(path, cap)?;
+    // Room for the whole file at once (and the byte that would say it
+    // grew): no buffer doubled and copied, page by page, as it fills.
+    let room = usize::try_from(len).unwrap_or(0).saturating_add(1);
+    read_capped_into(file, cap, Vec::with_capacity(room))
 }
 
 /// Open the regular file `path` for streaming, with the checks of
 /// [`read_untrusted`]: not a FIFO or device, not larger than `cap`, safe
 /// to read as root. The reader stops one byte past `cap`, so a file that
 /// grows after the check still cannot feed more than that; the caller
-/// refuses it if it reads more than `cap` bytes (as [`read_capped`] does).
+/// refuses it if it reads more than `cap` bytes (as [`read_untrusted`] does).
 pub(crate) fn open_untrusted(path: &Path, cap: u64) -> Result<Take<File>, InputError> {
+    let (file, _) = open_checked(path, cap)?;
+    Ok(file.take(cap.saturating_add(1)))
+}
+
+/// Open `path` with the checks of [`open_untrusted`]; the file and its
+/// length when opened.
+fn open_checked(path: &Path, cap: u64) -> Result<(File, u64), InputError> {
     let file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY)
@@ -67,13 +78,15 @@ pub(crate) fn open_untrusted(path: &Path, cap: u64) -> Result<Take<File>, InputE
     if meta.len() > cap {
         return Err(InputError::TooLarge { cap });
     }
-    Ok(file.take(cap.saturating_add(1)))
+    Ok((file, meta.len()))
 }
 
-/// Read from `reader` (standard input, say) up to `cap` bytes; more is an
-/// error.
-pub(crate) fn read_capped(reader: impl Read, cap: u64) -> Result<Vec<u8>, InputError> {
-    let mut bytes = Vec::new();
+/// Read from `reader` into `bytes` up to `cap` bytes; more is an error.
+fn read_capped_into(
+    reader: impl Read,
+    cap: u64,
+    mut bytes: Vec<u8>,
+) -> Result<Vec<u8>, InputError> {
     reader.take(cap.saturating_add(1)).read_to_end(&mut bytes)?;
     if bytes.len() as u64 > cap {
         return Err(InputError::TooLarge { cap });
@@ -151,7 +164,7 @@ mod tests {
         let err = open_untrusted(&fifo, 1 << 20).unwrap_err();
         assert!(err.to_string().contains("FIFO"), "{err}");
         assert!(matches!(
-            read_capped(std::io::repeat(0), 1000),
+            read_capped_into(std::io::repeat(0), 1000, Vec::new()),
             Err(InputError::TooLarge { .. })
         ));
     }
