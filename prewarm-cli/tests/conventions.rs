@@ -53,7 +53,7 @@ fn completions_and_man_page_cover_the_commands() {
 /// so that it can be mapped and planned.
 fn data_file(dir: &std::path::Path) -> std::path::PathBuf {
     let path = dir.join("data");
-    std::fs::write(&path, vec![7u8; 4 << 20]).unwrap();
+    write_synced(&path, &vec![7u8; 4 << 20]);
     path
 }
 

@@ -38,10 +38,10 @@ impl BadList {
     fn new() -> BadList {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().to_path_buf();
-        fs::write(dir.join("good1"), vec![1u8; 100_000]).unwrap();
-        fs::write(dir.join("good2"), vec![2u8; 5_000]).unwrap();
+        write_synced(&dir.join("good1"), &[1u8; 100_000]);
+        write_synced(&dir.join("good2"), &[2u8; 5_000]);
         fs::create_dir(dir.join("loopdir")).unwrap();
-        fs::write(dir.join("loopdir/inner"), vec![3u8; 7_000]).unwrap();
+        write_synced(&dir.join("loopdir/inner"), &[3u8; 7_000]);
         std::os::unix::fs::symlink(dir.join("loopdir"), dir.join("loopdir/self")).unwrap();
         fs::write(dir.join("secret"), b"top secret").unwrap();
         fs::set_permissions(dir.join("secret"), fs::Permissions::from_mode(0o000)).unwrap();

@@ -8,7 +8,7 @@
 #![allow(dead_code)]
 
 use std::fs::File;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -222,6 +222,17 @@ pub fn read_at(dev: &File, offset: u64, len: usize) -> Vec<u8> {
     let mut buf = vec![0u8; len];
     dev.read_exact_at(&mut buf, offset).unwrap();
     buf
+}
+
+/// Write `bytes` to a new file at `path` and wait for them to reach the
+/// disk. A file left to background writeback can be mapped while its
+/// blocks are allocated but not yet written (UNWRITTEN extents, which
+/// prewarm rightly does not read), so a test that counts the bytes read
+/// must not race the flusher.
+pub fn write_synced(path: &Path, bytes: &[u8]) {
+    let mut f = File::create(path).unwrap_or_else(|e| panic!("creating {}: {e}", path.display()));
+    f.write_all(bytes).unwrap();
+    f.sync_all().unwrap();
 }
 
 pub fn read_file(path: &Path) -> Vec<u8> {

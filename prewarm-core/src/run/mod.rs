@@ -348,13 +348,21 @@ mod tests {
     use super::*;
     use crate::report::Outcome;
 
+    /// A file on disk, not left to the flusher: mapped mid-writeback its
+    /// blocks are UNWRITTEN extents, which a run rightly does not read.
+    fn write_synced(path: &std::path::Path, bytes: &[u8]) {
+        let mut f = std::fs::File::create(path).unwrap();
+        std::io::Write::write_all(&mut f, bytes).unwrap();
+        f.sync_all().unwrap();
+    }
+
     fn tree(dir: &std::path::Path) -> Vec<(PathBuf, u32)> {
         let mut out = Vec::new();
         for (i, size) in [10_000usize, 300_000, 1, 2 << 20].iter().enumerate() {
             let sub = dir.join(format!("d{}", i % 2));
             std::fs::create_dir_all(&sub).unwrap();
             let p = sub.join(format!("f{i}"));
-            std::fs::write(&p, vec![i as u8; *size]).unwrap();
+            write_synced(&p, &vec![i as u8; *size]);
             out.push((p, if i % 2 == 0 { 10 } else { 20 }));
         }
         out
@@ -452,8 +460,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let urgent = dir.path().join("urgent");
         let background = dir.path().join("background");
-        std::fs::write(&urgent, vec![1u8; 4 << 20]).unwrap();
-        std::fs::write(&background, vec![2u8; 4 << 20]).unwrap();
+        write_synced(&urgent, &vec![1u8; 4 << 20]);
+        write_synced(&background, &vec![2u8; 4 << 20]);
         let mut sources = Sources::default();
         sources.add_path(&urgent, 10);
         sources.add_path(&background, 50);
