@@ -161,6 +161,14 @@ fn manifest_end_to_end(fs_name: &'static str) {
     let full = run_json(&["--phase", "initrd", "-m", &img.manifest()]);
     let all_chunks = chunk_set(&full);
     assert_eq!(all_chunks.len() as u64, u(&full["chunks"]));
+    // A run only counts the files it reads by their recorded extents; a
+    // dry run keeps (and lists) every one: the same totals.
+    let dry = run_json(&["--phase", "initrd", "-m", &img.manifest(), "--dry-run"]);
+    assert_eq!(u(&full["files"]), 34);
+    for field in ["files", "file_bytes", "mapped_bytes", "chunks"] {
+        assert_eq!(full[field], dry[field], "{field}");
+    }
+    assert_eq!(dry["file_maps"].as_array().unwrap().len(), 34);
     // The directories on the way to the files are in the manifest (not
     // counted as files) and their blocks are read with the files'.
     let (listed, _) = prewarm_json(&["show", &img.manifest(), "--files"]);

@@ -30,7 +30,7 @@ use self::replay::ReplayOptions;
 use crate::error::{Error, Warning};
 use crate::input_file::read_untrusted;
 use crate::report::Report;
-use crate::run::{self, Config};
+use crate::run::{self, Config, FileRetention};
 use crate::source::Sources;
 
 /// Largest manifest file read (100,000 extents take under 1 MB).
@@ -231,6 +231,11 @@ pub fn run_manifest(req: &ManifestRun, mut cfg: Config) -> Result<ManifestOutcom
         verify: req.verify,
         allow_grown: req.allow_grown,
         stop: cfg.stop.clone(),
+        retention: if cfg.dry_run || cfg.cache {
+            FileRetention::All
+        } else {
+            FileRetention::FileReadsOnly
+        },
     };
     let (prepared, checks) = replay::prepare_manifest(m, &opts, handover.as_ref())?;
     let queue_depth = cfg.queue_depth;

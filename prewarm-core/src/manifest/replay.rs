@@ -42,7 +42,7 @@ use crate::map::pool::MetadataPool;
 use crate::map::{device, DeviceId, Extent, ExtentMap, FileReadReason};
 use crate::plan::{PrioritizedExtent, ReadPlan};
 use crate::report::{ImageReport, ManifestReport, RefusedFilesystem};
-use crate::run::{plan_file_ios, Added, DevicePlan, MappedFile, Planner, Prepared};
+use crate::run::{plan_file_ios, Added, DevicePlan, FileRetention, MappedFile, Planner, Prepared};
 use crate::source::TargetFile;
 
 /// How to replay a manifest.
@@ -65,6 +65,9 @@ pub(crate) struct ReplayOptions {
     pub allow_grown: bool,
     /// Ends the wait for devices early.
     pub stop: StopSignal,
+    /// Which files the plan keeps: a run that reads only the recorded
+    /// extents needs a file's counts, not the file (see [`FileRetention`]).
+    pub retention: FileRetention,
 }
 
 /// What became of one manifest file.
@@ -110,6 +113,7 @@ pub(crate) fn prepare_manifest<'m>(
         ..Default::default()
     };
     let mut prepared = Prepared::empty(Vec::new());
+    prepared.retention = opts.retention;
     let mut checks = Vec::new();
     let mut devices = Vec::new();
     // Where each filesystem read is mounted (checked files only).
@@ -202,7 +206,19 @@ pub(crate) fn prepare_manifest<'m>(
                     report.unverified += 1;
                     report.file_ranges_deferred += f.file_ranges.len() as u64;
                     on_device += u64::from(!f.extents.is_empty());
-                    prepared.add_file(recorded(f, Path::new("/").join(&f.path), dev_num, false));
+                    // Its reads through the file are deferred, so unless
+                    // every file is kept it is only counted: no path
+                    // joined, no extents copied for twelve thousand files.
+                    if prepared.retention == FileRetention::All {
+                        prepared.add_file(recorded(
+                            f,
+                            Path::new("/").join(&f.path),
+                            dev_num,
+                            false,
+                        ));
+                    } else {
+                        prepared.tally.count(f.size, &f.extents, &[], None);
+                    }
                 }
             }
         }

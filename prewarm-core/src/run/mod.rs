@@ -41,7 +41,7 @@ use crate::engine::{self, BackendChoice, Progress, RateLimit, StopSignal};
 use crate::error::{Error, Warning};
 use crate::map::device::BlockDevice;
 use crate::map::pool::MetadataPool;
-use crate::map::{DeviceId, ExtentMap, FileReadReason};
+use crate::map::{ByteRange, DeviceId, Extent, ExtentMap, FileReadReason};
 use crate::plan::{FileIo, PlanConfig, ReadMode, ReadPlan};
 use crate::report::{Fallback, ImageReport, ManifestReport, Report, WarningsOmitted};
 use crate::source::{CollectOptions, Sources, TargetFile};
@@ -169,17 +169,35 @@ impl FileTally {
     /// Count `m`. Sizes and ranges may come from an untrusted manifest:
     /// every total saturates rather than wraps.
     fn add(&mut self, m: &MappedFile) {
-        self.files += 1;
-        self.file_bytes = self.file_bytes.saturating_add(m.file.size);
-        let mapped = m.map.device_extents.iter().map(|e| e.length);
-        self.mapped_bytes = mapped.fold(self.mapped_bytes, u64::saturating_add);
+        self.count(
+            m.file.size,
+            &m.map.device_extents,
+            &m.map.file_ranges,
+            m.map.fallback.as_ref(),
+        );
         self.unwritten_bytes = self.unwritten_bytes.saturating_add(m.map.unwritten_bytes);
-        if !m.map.file_ranges.is_empty() {
+    }
+
+    /// Count a file of `size` bytes mapped to `device_extents` and
+    /// `file_ranges` (read through the file because of `fallback`), from
+    /// its parts: a file the plan does not keep need not be built first.
+    pub fn count(
+        &mut self,
+        size: u64,
+        device_extents: &[Extent],
+        file_ranges: &[ByteRange],
+        fallback: Option<&FileReadReason>,
+    ) {
+        self.files += 1;
+        self.file_bytes = self.file_bytes.saturating_add(size);
+        let mapped = device_extents.iter().map(|e| e.length);
+        self.mapped_bytes = mapped.fold(self.mapped_bytes, u64::saturating_add);
+        if !file_ranges.is_empty() {
             self.file_level_files += 1;
-            let ranges = m.map.file_ranges.iter().map(|r| r.len);
+            let ranges = file_ranges.iter().map(|r| r.len);
             self.file_level_bytes = ranges.fold(self.file_level_bytes, u64::saturating_add);
         }
-        if let Some(why) = &m.map.fallback {
+        if let Some(why) = fallback {
             *self.fallbacks.entry(why.clone()).or_default() += 1;
         }
     }
