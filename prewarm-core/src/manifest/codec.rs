@@ -555,6 +555,45 @@ impl Manifest {
 
     /// Parse and verify an encoded manifest.
     pub fn decode(bytes: &[u8]) -> Result<Manifest, ManifestError> {
+        let mut files: Vec<Vec<ManifestFile>> = Vec::new();
+        let outline = Manifest::visit(bytes, &mut |device, f| {
+            if files.len() <= device {
+                files.resize_with(device + 1, Vec::new);
+            }
+            files[device].push(f.to_file());
+        })?;
+        files.resize_with(outline.devices.len(), Vec::new);
+        let devices = outline
+            .devices
+            .into_iter()
+            .zip(files)
+            .map(|(d, files)| ManifestDevice {
+                fs_type: d.fs_type,
+                uuid: d.uuid,
+                size: d.size,
+                logical_block_size: d.logical_block_size,
+                node_hint: d.node_hint,
+                files,
+            })
+            .collect();
+        Ok(Manifest {
+            created_unix: outline.created_unix,
+            tool: outline.tool,
+            plan: outline.plan,
+            devices,
+            images: outline.images,
+        })
+    }
+
+    /// Parse and verify an encoded manifest as [`Manifest::decode`] does
+    /// (the same checks, the same errors), handing each file to `on_file`
+    /// with the index of its device instead of keeping it: a replay keeps
+    /// of twelve thousand files only their extents, and starts reading
+    /// sooner for not building them.
+    pub(crate) fn visit(
+        bytes: &[u8],
+        on_file: &mut dyn FnMut(usize, &FileRecord),
+    ) -> Result<ManifestOutline, ManifestError> {
         let len = bytes.len();
         let magic = bytes.get(..8).unwrap_or(bytes);
         if magic != MAGIC {
@@ -595,7 +634,7 @@ impl Manifest {
         }
         let mut r = Reader::new(&bytes[..end], HEADER);
         r.version = version;
-        let m = decode_payload(&mut r)?;
+        let outline = decode_payload(&mut r, on_file)?;
         if r.pos != end {
             return Err(ManifestError::Invalid {
                 field: "payload".into(),
@@ -603,11 +642,70 @@ impl Manifest {
                 reason: format!("{} bytes left over", end - r.pos),
             });
         }
-        Ok(m)
+        Ok(outline)
     }
 }
 
-fn decode_payload(r: &mut Reader<'_>) -> Result<Manifest, ManifestError> {
+/// A manifest without its files ([`Manifest::visit`]).
+#[derive(Debug)]
+pub(crate) struct ManifestOutline {
+    pub created_unix: u64,
+    pub tool: String,
+    pub plan: PlanConfig,
+    pub devices: Vec<DeviceHeader>,
+    pub images: Vec<ManifestImage>,
+}
+
+/// A filesystem of a manifest, without its files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct DeviceHeader {
+    pub fs_type: String,
+    pub uuid: [u8; 16],
+    pub size: u64,
+    pub logical_block_size: u32,
+    pub node_hint: String,
+}
+
+/// One entry as the decoder reads it: its path and extents live in buffers
+/// reused from entry to entry (the path is front-coded on the previous
+/// one), so a pass that keeps only some of it allocates nothing per entry.
+/// The fields are those of [`ManifestFile`].
+#[derive(Debug, Default)]
+pub(crate) struct FileRecord {
+    pub path: Vec<u8>,
+    pub ino: u64,
+    pub size: u64,
+    pub mtime_sec: i64,
+    pub mtime_nsec: u32,
+    pub priority: u32,
+    pub directory: bool,
+    pub extents: Vec<Extent>,
+    pub file_ranges: Vec<ByteRange>,
+    pub ranges: Option<Vec<ByteRange>>,
+}
+
+impl FileRecord {
+    /// The entry, kept.
+    pub fn to_file(&self) -> ManifestFile {
+        ManifestFile {
+            path: PathBuf::from(OsStr::from_bytes(&self.path)),
+            ino: self.ino,
+            size: self.size,
+            mtime_sec: self.mtime_sec,
+            mtime_nsec: self.mtime_nsec,
+            priority: self.priority,
+            extents: self.extents.clone(),
+            file_ranges: self.file_ranges.clone(),
+            ranges: self.ranges.clone(),
+            directory: self.directory,
+        }
+    }
+}
+
+fn decode_payload(
+    r: &mut Reader<'_>,
+    on_file: &mut dyn FnMut(usize, &FileRecord),
+) -> Result<ManifestOutline, ManifestError> {
     let at = r.pos;
     let created_unix = r.varint("created_unix")?;
     check_created(created_unix).map_err(|reason| r.invalid_at("created_unix", at, reason))?;
@@ -625,15 +723,19 @@ fn decode_payload(r: &mut Reader<'_>) -> Result<Manifest, ManifestError> {
     // A device takes at least 21 bytes: five one-byte fields and the UUID.
     let ndev = r.count("devices", 21, MAX_DEVICES)?;
     let mut devices = Vec::with_capacity(ndev);
+    let mut record = FileRecord::default();
     for d in 0..ndev {
-        devices.push(decode_device(r).map_err(|e| e.within(format_args!("devices[{d}]")))?);
+        let device = decode_device(r, &mut record, &mut |f| on_file(d, f))
+            .map_err(|e| e.within(format_args!("devices[{d}]")))?;
+        devices.push(device);
     }
+    let uuids: Vec<[u8; 16]> = devices.iter().map(|d| d.uuid).collect();
     let images = if r.version >= 3 {
-        decode_images(r, &devices)?
+        decode_images(r, &uuids)?
     } else {
         Vec::new()
     };
-    Ok(Manifest {
+    Ok(ManifestOutline {
         created_unix,
         tool,
         plan,
@@ -645,7 +747,7 @@ fn decode_payload(r: &mut Reader<'_>) -> Result<Manifest, ManifestError> {
 /// The images section (version 3), after the devices it refers to.
 fn decode_images(
     r: &mut Reader<'_>,
-    devices: &[ManifestDevice],
+    devices: &[[u8; 16]],
 ) -> Result<Vec<ManifestImage>, ManifestError> {
     // An image takes at least 41 bytes: two one-byte strings (two bytes
     // each), a digest (its length and at least `a:` and 32 hex digits), a
@@ -659,10 +761,7 @@ fn decode_images(
     Ok(images)
 }
 
-fn decode_image(
-    r: &mut Reader<'_>,
-    devices: &[ManifestDevice],
-) -> Result<ManifestImage, ManifestError> {
+fn decode_image(r: &mut Reader<'_>, devices: &[[u8; 16]]) -> Result<ManifestImage, ManifestError> {
     let at = r.pos;
     let reference = r.string("reference", MAX_REFERENCE_BYTES)?;
     check_reference(&reference).map_err(|reason| r.invalid_at("reference", at, reason))?;
@@ -725,8 +824,9 @@ impl ManifestImage {
                 too_many(self.directories.len(), MAX_IMAGE_DIRECTORIES),
             ));
         }
+        let uuids: Vec<[u8; 16]> = devices.iter().map(|d| d.uuid).collect();
         for (k, dir) in self.directories.iter().enumerate() {
-            check_filesystem(&dir.uuid, devices)
+            check_filesystem(&dir.uuid, &uuids)
                 .map_err(|r| oob(&format!("directories[{k}].filesystem"), r))?;
             check_path(dir.path.as_os_str().as_bytes())
                 .map_err(|r| oob(&format!("directories[{k}].path"), r))?;
@@ -735,7 +835,13 @@ impl ManifestImage {
     }
 }
 
-fn decode_device(r: &mut Reader<'_>) -> Result<ManifestDevice, ManifestError> {
+/// A device's header, then each of its entries read into `record` and
+/// handed to `on_file`.
+fn decode_device(
+    r: &mut Reader<'_>,
+    record: &mut FileRecord,
+    on_file: &mut dyn FnMut(&FileRecord),
+) -> Result<DeviceHeader, ManifestError> {
     let at = r.pos;
     let fs_type = r.string("fs_type", MAX_FS_TYPE_BYTES)?;
     check_fs_type(&fs_type).map_err(|reason| r.invalid_at("fs_type", at, reason))?;
@@ -756,21 +862,19 @@ fn decode_device(r: &mut Reader<'_>) -> Result<ManifestDevice, ManifestError> {
         .map_err(|reason| r.invalid_at("node_hint", at, reason))?;
     // A file takes at least 9 bytes: nine one-byte fields.
     let nfiles = r.count("files", 9, MAX_FILES - r.files)?;
-    let mut files = Vec::with_capacity(nfiles.min(PREALLOCATE));
-    let mut prev: Vec<u8> = Vec::new();
+    // Front coding starts afresh on each device.
+    record.path.clear();
     for i in 0..nfiles {
-        let f =
-            decode_file(r, &mut prev, size).map_err(|e| e.within(format_args!("files[{i}]")))?;
+        decode_file(r, record, size).map_err(|e| e.within(format_args!("files[{i}]")))?;
         r.files += 1;
-        files.push(f);
+        on_file(record);
     }
-    Ok(ManifestDevice {
+    Ok(DeviceHeader {
         fs_type,
         uuid,
         size,
         logical_block_size,
         node_hint,
-        files,
     })
 }
 
@@ -778,11 +882,10 @@ fn decode_device(r: &mut Reader<'_>) -> Result<ManifestDevice, ManifestError> {
 /// with what is actually decoded.
 const PREALLOCATE: usize = 4096;
 
-fn decode_file(
-    r: &mut Reader<'_>,
-    prev: &mut Vec<u8>,
-    dev_size: u64,
-) -> Result<ManifestFile, ManifestError> {
+/// Read one entry into `f`, over the previous one (whose path the new one
+/// is front-coded on).
+fn decode_file(r: &mut Reader<'_>, f: &mut FileRecord, dev_size: u64) -> Result<(), ManifestError> {
+    let prev = &mut f.path;
     let at = r.pos;
     let shared = r.varint("path.shared_prefix")?;
     let Some(shared) = usize::try_from(shared).ok().filter(|&n| n <= prev.len()) else {
@@ -796,7 +899,6 @@ fn decode_file(
     let at = r.pos;
     prev.extend_from_slice(r.bytes("path.suffix", MAX_PATH_BYTES)?);
     check_path(prev).map_err(|reason| r.invalid_at("path", at, reason))?;
-    let path = PathBuf::from(OsStr::from_bytes(prev));
     let ino = r.varint("ino")?;
     let at = r.pos;
     let size = r.varint("size")?;
@@ -825,7 +927,8 @@ fn decode_file(
     let logical_limit = logical_limit(directory, size);
     // An extent takes at least 3 bytes, a file range 2.
     let next = r.count("extents", 3, MAX_EXTENTS - r.extents)?;
-    let mut extents = Vec::with_capacity(next.min(PREALLOCATE));
+    let extents = &mut f.extents;
+    extents.clear();
     let (mut lend, mut pend) = (0u64, 0u64);
     for k in 0..next {
         let e = (|| {
@@ -863,7 +966,8 @@ fn decode_file(
     }
     r.extents += next;
     let nranges = r.count("file_ranges", 2, MAX_FILE_RANGES - r.ranges)?;
-    let mut file_ranges = Vec::with_capacity(nranges.min(PREALLOCATE));
+    let file_ranges = &mut f.file_ranges;
+    file_ranges.clear();
     for k in 0..nranges {
         let range = (|| {
             let at = r.pos;
@@ -891,18 +995,14 @@ fn decode_file(
             "a directory with file ranges or named ranges".into(),
         ));
     }
-    Ok(ManifestFile {
-        path,
-        ino,
-        size,
-        mtime_sec,
-        mtime_nsec,
-        priority,
-        extents,
-        file_ranges,
-        ranges,
-        directory,
-    })
+    f.ino = ino;
+    f.size = size;
+    f.mtime_sec = mtime_sec;
+    f.mtime_nsec = mtime_nsec;
+    f.priority = priority;
+    f.directory = directory;
+    f.ranges = ranges;
+    Ok(())
 }
 
 /// A file's named ranges (version 2): `None` for the whole file.
@@ -1012,8 +1112,8 @@ fn check_digest(s: &str) -> Result<(), String> {
 }
 
 /// A directory's filesystem: one of the manifest's devices.
-fn check_filesystem(uuid: &[u8; 16], devices: &[ManifestDevice]) -> Result<(), String> {
-    if devices.iter().any(|d| &d.uuid == uuid) {
+fn check_filesystem(uuid: &[u8; 16], devices: &[[u8; 16]]) -> Result<(), String> {
+    if devices.contains(uuid) {
         return Ok(());
     }
     Err(format!(

@@ -15,6 +15,7 @@ mod build;
 pub mod codec;
 pub mod handover;
 mod replay;
+mod scan;
 mod text;
 
 use std::path::{Path, PathBuf};
@@ -27,6 +28,7 @@ pub use self::codec::{
 };
 pub use self::handover::HandoverState;
 use self::replay::ReplayOptions;
+use self::scan::ManifestScan;
 use crate::error::{Error, Warning};
 use crate::input_file::read_untrusted;
 use crate::report::Report;
@@ -53,10 +55,7 @@ pub struct LoadedManifest {
 /// file of at most [`MAX_MANIFEST_BYTES`] that, read as root, only its
 /// owner can write (a FIFO is refused at once, never waited on).
 pub fn load(path: &Path) -> Result<LoadedManifest, Error> {
-    let bytes = read_untrusted(path, MAX_MANIFEST_BYTES).map_err(|source| Error::ManifestRead {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let bytes = read_manifest(path)?;
     let manifest = Manifest::decode(&bytes).map_err(|source| Error::ManifestDecode {
         path: path.to_path_buf(),
         source,
@@ -66,6 +65,14 @@ pub fn load(path: &Path) -> Result<LoadedManifest, Error> {
         manifest,
         bytes: bytes.len(),
         checksum: Manifest::checksum_of(&bytes).unwrap_or(0),
+    })
+}
+
+/// The bytes of the manifest file at `path`, read as [`load`] reads them.
+fn read_manifest(path: &Path) -> Result<Vec<u8>, Error> {
+    read_untrusted(path, MAX_MANIFEST_BYTES).map_err(|source| Error::ManifestRead {
+        path: path.to_path_buf(),
+        source,
     })
 }
 
@@ -196,23 +203,23 @@ pub fn run_manifest(req: &ManifestRun, mut cfg: Config) -> Result<ManifestOutcom
             BootDecision::Run(None) => {}
         }
     }
-    let loaded = load(&path)?;
-    let m = &loaded.manifest;
-    cfg.plan = m.plan;
+    // The manifest is scanned, not decoded: its entries are built again
+    // only if they are checked or listed, once the first reads are out.
+    let bytes = read_manifest(&path)?;
+    let scan = ManifestScan::of(&bytes).map_err(|source| Error::ManifestDecode {
+        path: path.clone(),
+        source,
+    })?;
+    let checksum = Manifest::checksum_of(&bytes).unwrap_or(0);
+    cfg.plan = scan.plan;
     cfg.validate()?;
     if let Some(ready) = &mut cfg.ready {
-        let most_urgent = m
-            .devices
-            .iter()
-            .flat_map(|d| &d.files)
-            .map(|f| f.priority)
-            .min();
-        ready.priority = ready.priority.or(most_urgent).or(Some(0));
+        ready.priority = ready.priority.or(scan.most_urgent()).or(Some(0));
     }
     let mut handover = req
         .state
         .as_ref()
-        .map(|p| HandoverState::load_or_new(p, loaded.checksum));
+        .map(|p| HandoverState::load_or_new(p, checksum));
     // The initrd's run read the urgent classes of this very manifest: the
     // services need not wait for this run to find the devices and check
     // the files (it still does both, and re-reads what changed, after).
@@ -225,7 +232,7 @@ pub fn run_manifest(req: &ManifestRun, mut cfg: Config) -> Result<ManifestOutcom
     }
     let opts = ReplayOptions {
         manifest_path: path.clone(),
-        manifest_crc: loaded.checksum,
+        manifest_crc: checksum,
         wait_device: req.wait_device,
         max_priority: req.max_priority,
         verify: req.verify,
@@ -237,10 +244,11 @@ pub fn run_manifest(req: &ManifestRun, mut cfg: Config) -> Result<ManifestOutcom
             FileRetention::FileReadsOnly
         },
     };
-    let (prepared, checks) = replay::prepare_manifest(m, &opts, handover.as_ref())?;
+    let (prepared, deferred) = replay::prepare_manifest(&scan, &opts, handover.as_ref())?;
+    drop(scan);
     let queue_depth = cfg.queue_depth;
     let report = prepared.execute_with(&cfg, |planner, sink| {
-        replay::check_files(planner, sink, checks, queue_depth)
+        replay::complete(planner, sink, &bytes, deferred, queue_depth)
     })?;
     if let (Some(state), Some(state_path)) = (handover.as_mut(), &req.state) {
         if !cfg.dry_run {

@@ -3,10 +3,12 @@
 //!
 //! The device is found by filesystem UUID (waiting for it to appear) and
 //! refused if its size or block size differ from what was planned. The
-//! recorded extents are the plan, read at once ([`prepare_manifest`]). When
-//! the filesystem is mounted (the root phase), every file is checked against
-//! the inode, size and mtime recorded at planning time while that plan is
-//! read ([`check_files`]): unchanged files are as recorded, changed files
+//! recorded extents are the plan, read at once ([`prepare_manifest`], from
+//! a [`ManifestScan`]: the entries are counted, not built). When the
+//! filesystem is mounted (the root phase), the entries are decoded again
+//! and every file is checked against the inode, size and mtime recorded at
+//! planning time while that plan is read ([`complete`]): unchanged files
+//! are as recorded, changed files
 //! are re-mapped live and their new extents added, missing files are
 //! dropped; the classes are complete only once their checks are. The old
 //! extents of a changed file are read all the same: reading a stale range
@@ -31,18 +33,19 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::codec::{Manifest, ManifestDevice, ManifestFile, ManifestImage};
+use super::codec::{DeviceHeader, Manifest, ManifestFile, ManifestImage};
 use super::handover::HandoverState;
+use super::scan::{at_priority, ClassCount, ManifestScan};
 use crate::engine::StopSignal;
 use crate::error::{Error, Origin, Warning, WarningKind};
 use crate::map::device::BlockDevice;
 use crate::map::extent::{map_file, open_file};
 use crate::map::fsid::{self, format_uuid};
 use crate::map::pool::MetadataPool;
-use crate::map::{device, DeviceId, Extent, ExtentMap, FileReadReason};
+use crate::map::{device, DeviceId, ExtentMap, FileReadReason};
 use crate::plan::{PrioritizedExtent, ReadPlan};
 use crate::report::{ImageReport, ManifestReport, RefusedFilesystem};
-use crate::run::{plan_file_ios, Added, DevicePlan, FileRetention, MappedFile, Planner, Prepared};
+use crate::run::{Added, DevicePlan, FileRetention, MappedFile, Planner, Prepared};
 use crate::source::TargetFile;
 
 /// How to replay a manifest.
@@ -90,19 +93,39 @@ pub(crate) struct PendingCheck<'m> {
     files: Vec<&'m ManifestFile>,
 }
 
-/// Turn a manifest into a prepared plan (see the module doc): for every
-/// filesystem found, the extents the manifest recorded (of the files and
-/// directories of the classes this run takes), less the chunks `handover`
-/// records as read already. Where the filesystem is mounted its files are
-/// checked too, but not here: [`check_files`] does it while the plan is
-/// read, and the classes stay incomplete until it is done. `cfg.plan` is
-/// ignored: the manifest's own plan configuration is used.
-pub(crate) fn prepare_manifest<'m>(
-    m: &'m Manifest,
+/// A filesystem of the manifest whose entries a run needs after its
+/// first read: to check them (it is mounted), or to list them (every file
+/// is kept: a dry run, `--cache`).
+pub(crate) struct DeferredDevice {
+    /// Its index among the manifest's devices.
+    index: usize,
+    id: DeviceId,
+    /// `st_dev` of its files.
+    dev_num: u64,
+    /// Where its files are checked; `None`: only listed, as recorded.
+    mount: Option<Arc<MountDir>>,
+}
+
+/// What a replay does once its recorded plan is being read.
+pub(crate) struct Deferred {
+    devices: Vec<DeferredDevice>,
+    max_priority: Option<u32>,
+}
+
+/// Turn a scanned manifest into a prepared plan (see the module doc): for
+/// every filesystem found, the extents the manifest recorded (of the files
+/// and directories of the classes this run takes), less the chunks
+/// `handover` records as read already, and the entries counted. Where the
+/// filesystem is mounted its files are checked too, but not here:
+/// [`complete`] does it while the plan is read, and the classes stay
+/// incomplete until it is done. `cfg.plan` is ignored: the manifest's own
+/// plan configuration is used.
+pub(crate) fn prepare_manifest(
+    scan: &ManifestScan,
     opts: &ReplayOptions,
     handover: Option<&HandoverState>,
-) -> Result<(Prepared, Vec<PendingCheck<'m>>), Error> {
-    m.plan.validate(512)?;
+) -> Result<(Prepared, Deferred), Error> {
+    scan.plan.validate(512)?;
     let start = Instant::now();
     let refuse = |reason: String| Error::ManifestRefused {
         path: opts.manifest_path.clone(),
@@ -114,22 +137,25 @@ pub(crate) fn prepare_manifest<'m>(
     };
     let mut prepared = Prepared::empty(Vec::new());
     prepared.retention = opts.retention;
-    let mut checks = Vec::new();
+    let mut deferred = Vec::new();
     let mut devices = Vec::new();
     // Where each filesystem read is mounted (checked files only).
     let mut mounts: Vec<([u8; 16], PathBuf)> = Vec::new();
+    let wanted = |priority: u32| opts.max_priority.is_none_or(|max| priority <= max);
     // Every filesystem is looked for at once, and each stands on its own: one
     // that is absent or changed is reported and the others are still read.
-    let uuids: Vec<[u8; 16]> = m.devices.iter().map(|d| d.uuid).collect();
+    let uuids: Vec<[u8; 16]> = scan.devices.iter().map(|d| d.header.uuid).collect();
     let found = fsid::find_by_uuids(&uuids, opts.wait_device, &opts.stop);
     // A stop during the search leaves filesystems not found: not refused,
     // only not reached (the run reports itself stopped).
     let stopped = opts.stop.check();
     let mut not_reached = 0u64;
-    for (md, found) in m.devices.iter().zip(found) {
+    for (index, (sd, found)) in scan.devices.iter().zip(found).enumerate() {
+        let md = &sd.header;
         let uuid = format_uuid(&md.uuid);
+        let total: u64 = sd.classes.values().map(|c| c.files).sum();
         if found.is_none() && stopped.is_some() {
-            not_reached += md.files.iter().filter(|f| !f.directory).count() as u64;
+            not_reached += total;
             continue;
         }
         let dev = match usable_device(md, found, opts) {
@@ -163,21 +189,23 @@ pub(crate) fn prepare_manifest<'m>(
             }
         });
         let dev_num = libc::makedev(id.major, id.minor);
-        let wanted: Vec<&ManifestFile> = md
-            .files
+        let classes: Vec<(u32, ClassCount)> = sd
+            .classes
             .iter()
-            .filter(|f| opts.max_priority.is_none_or(|max| f.priority <= max))
+            .filter(|(p, _)| wanted(**p))
+            .map(|(p, c)| (*p, *c))
             .collect();
-        let total = md.files.iter().filter(|f| !f.directory).count() as u64;
         report.files += total;
-        report.deferred += total - wanted.iter().filter(|f| !f.directory).count() as u64;
+        report.deferred += total - classes.iter().map(|(_, c)| c.files).sum::<u64>();
         // The recorded plan, read at once: a file found changed later adds
         // its new extents, and its old ones cost a read, never harm.
-        let extents: Vec<PrioritizedExtent> = wanted
+        let extents: Vec<PrioritizedExtent> = sd
+            .extents
             .iter()
-            .flat_map(|f| at_priority(f.priority, &f.extents))
+            .filter(|e| wanted(e.priority))
+            .copied()
             .collect();
-        let mut plan = ReadPlan::build(&extents, dev.size, &m.plan);
+        let mut plan = ReadPlan::build(&extents, dev.size, &scan.plan);
         if let Some(h) = handover {
             report.handover_chunks += plan.subtract_done(h.done(&uuid));
         }
@@ -186,39 +214,35 @@ pub(crate) fn prepare_manifest<'m>(
             Some(mount) => {
                 prepared
                     .held_classes
-                    .extend(wanted.iter().map(|f| f.priority));
-                checks.push(PendingCheck {
+                    .extend(classes.iter().map(|(p, _)| *p));
+                deferred.push(DeferredDevice {
+                    index,
                     id,
                     dev_num,
-                    mount: Arc::new(mount),
-                    files: wanted,
+                    mount: Some(Arc::new(mount)),
                 });
             }
             // Nothing to check against (the initrd): the files are as
             // recorded, and their reads through the file wait for a run
-            // that can check them.
+            // that can check them. They are counted, not built, unless
+            // every file is kept.
             None => {
-                for f in wanted {
-                    if f.directory {
-                        report.directories += 1;
-                        continue;
-                    }
-                    report.unverified += 1;
-                    report.file_ranges_deferred += f.file_ranges.len() as u64;
-                    on_device += u64::from(!f.extents.is_empty());
-                    // Its reads through the file are deferred, so unless
-                    // every file is kept it is only counted: no path
-                    // joined, no extents copied for twelve thousand files.
-                    if prepared.retention == FileRetention::All {
-                        prepared.add_file(recorded(
-                            f,
-                            Path::new("/").join(&f.path),
-                            dev_num,
-                            false,
-                        ));
-                    } else {
-                        prepared.tally.count(f.size, &f.extents, &[], None);
-                    }
+                for (_, c) in &classes {
+                    report.directories += c.directories;
+                    report.unverified += c.files;
+                    report.file_ranges_deferred += c.file_ranges;
+                    on_device += c.on_device;
+                    prepared
+                        .tally
+                        .add_counts(c.files, c.file_bytes, c.mapped_bytes);
+                }
+                if prepared.retention == FileRetention::All {
+                    deferred.push(DeferredDevice {
+                        index,
+                        id,
+                        dev_num,
+                        mount: None,
+                    });
                 }
             }
         }
@@ -237,11 +261,10 @@ pub(crate) fn prepare_manifest<'m>(
     }
     prepared.held_classes.sort_unstable();
     prepared.held_classes.dedup();
-    prepared.file_ios = plan_file_ios(&prepared.files, 0, m.plan.max_io);
-    let images = m
+    let images = scan
         .images
         .iter()
-        .filter(|i| opts.max_priority.is_none_or(|max| i.priority <= max))
+        .filter(|i| wanted(i.priority))
         .map(|i| image_report(i, &mounts))
         .collect();
     let prepared = Prepared {
@@ -253,7 +276,68 @@ pub(crate) fn prepare_manifest<'m>(
         entries_not_reached: not_reached,
         ..prepared
     };
-    Ok((prepared, checks))
+    let deferred = Deferred {
+        devices: deferred,
+        max_priority: opts.max_priority,
+    };
+    Ok((prepared, deferred))
+}
+
+/// Finish a replay while its recorded plan is read (see the module doc):
+/// decode the manifest's entries again (`bytes`, scanned already) if some
+/// filesystem's files are to be checked or listed, list those, and check
+/// those ([`check_files`]).
+pub(crate) fn complete(
+    planner: &mut Planner<'_>,
+    sink: &mut dyn FnMut(&Planner<'_>, &Added),
+    bytes: &[u8],
+    deferred: Deferred,
+    queue_depth: u32,
+) {
+    if deferred.devices.is_empty() {
+        return;
+    }
+    let wanted = |f: &&ManifestFile| deferred.max_priority.is_none_or(|max| f.priority <= max);
+    let manifest = match Manifest::decode(bytes) {
+        Ok(m) => m,
+        Err(e) => {
+            // The scan accepted these very bytes: not expected. The files
+            // stay unchecked; the held classes are released.
+            tracing::error!("decoding the manifest again: {e}: its files are not checked");
+            let checks = deferred.devices.iter().filter(|d| d.mount.is_some());
+            let count = checks.clone().count();
+            for (i, d) in checks.enumerate() {
+                let added = planner.add_checked(d.id, d.dev_num, Vec::new(), &[], i + 1 == count);
+                sink(planner, &added);
+            }
+            return;
+        }
+    };
+    let mut checks = Vec::new();
+    for d in deferred.devices {
+        let Some(md) = manifest.devices.get(d.index) else {
+            continue;
+        };
+        let files = md.files.iter().filter(wanted);
+        match d.mount {
+            Some(mount) => checks.push(PendingCheck {
+                id: d.id,
+                dev_num: d.dev_num,
+                mount,
+                files: files.collect(),
+            }),
+            // Counted when the plan was prepared: only kept now.
+            None => {
+                for f in files.filter(|f| !f.directory) {
+                    let path = Path::new("/").join(&f.path);
+                    planner
+                        .prepared
+                        .keep_file(recorded(f, path, d.dev_num, false));
+                }
+            }
+        }
+    }
+    check_files(planner, sink, checks, queue_depth);
 }
 
 /// Manifest entries copied for the metadata pool at a time.
@@ -266,7 +350,7 @@ const CHECK_BATCH: usize = 4096;
 /// with the file-level reads; the counts go into the plan's manifest
 /// report. The last addition completes the classes held meanwhile. After a
 /// stop, files not checked yet are not reached.
-pub(crate) fn check_files(
+fn check_files(
     planner: &mut Planner<'_>,
     sink: &mut dyn FnMut(&Planner<'_>, &Added),
     checks: Vec<PendingCheck<'_>>,
@@ -358,15 +442,6 @@ fn device_extents_of(m: &MappedFile) -> impl Iterator<Item = PrioritizedExtent> 
     at_priority(m.file.priority, &m.map.device_extents)
 }
 
-/// Device `extents` to read at `priority`.
-fn at_priority(priority: u32, extents: &[Extent]) -> impl Iterator<Item = PrioritizedExtent> + '_ {
-    extents.iter().map(move |e| PrioritizedExtent {
-        priority,
-        offset: e.physical,
-        len: e.length,
-    })
-}
-
 /// A manifest image as the report names images (see the module doc);
 /// those of a class the run defers are left to the run that reads them.
 fn image_report(image: &ManifestImage, mounts: &[([u8; 16], PathBuf)]) -> ImageReport {
@@ -395,7 +470,7 @@ fn image_report(image: &ManifestImage, mounts: &[([u8; 16], PathBuf)]) -> ImageR
 /// why it cannot be read: absent, unopenable, or of another size or block
 /// size than planned.
 fn usable_device(
-    md: &ManifestDevice,
+    md: &DeviceHeader,
     found: Option<(DeviceId, PathBuf)>,
     opts: &ReplayOptions,
 ) -> Result<BlockDevice, String> {

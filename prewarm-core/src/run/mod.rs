@@ -27,7 +27,6 @@ mod assemble;
 pub(crate) mod cache;
 mod execute;
 mod file_reads;
-pub(crate) use self::file_reads::plan_file_ios;
 mod planner;
 pub(crate) mod ready;
 
@@ -41,7 +40,7 @@ use crate::engine::{self, BackendChoice, Progress, RateLimit, StopSignal};
 use crate::error::{Error, Warning};
 use crate::map::device::BlockDevice;
 use crate::map::pool::MetadataPool;
-use crate::map::{ByteRange, DeviceId, Extent, ExtentMap, FileReadReason};
+use crate::map::{DeviceId, ExtentMap, FileReadReason};
 use crate::plan::{FileIo, PlanConfig, ReadMode, ReadPlan};
 use crate::report::{Fallback, ImageReport, ManifestReport, Report, WarningsOmitted};
 use crate::source::{CollectOptions, Sources, TargetFile};
@@ -169,37 +168,28 @@ impl FileTally {
     /// Count `m`. Sizes and ranges may come from an untrusted manifest:
     /// every total saturates rather than wraps.
     fn add(&mut self, m: &MappedFile) {
-        self.count(
-            m.file.size,
-            &m.map.device_extents,
-            &m.map.file_ranges,
-            m.map.fallback.as_ref(),
-        );
-        self.unwritten_bytes = self.unwritten_bytes.saturating_add(m.map.unwritten_bytes);
-    }
-
-    /// Count a file of `size` bytes mapped to `device_extents` and
-    /// `file_ranges` (read through the file because of `fallback`), from
-    /// its parts: a file the plan does not keep need not be built first.
-    pub fn count(
-        &mut self,
-        size: u64,
-        device_extents: &[Extent],
-        file_ranges: &[ByteRange],
-        fallback: Option<&FileReadReason>,
-    ) {
         self.files += 1;
-        self.file_bytes = self.file_bytes.saturating_add(size);
-        let mapped = device_extents.iter().map(|e| e.length);
+        self.file_bytes = self.file_bytes.saturating_add(m.file.size);
+        let mapped = m.map.device_extents.iter().map(|e| e.length);
         self.mapped_bytes = mapped.fold(self.mapped_bytes, u64::saturating_add);
-        if !file_ranges.is_empty() {
+        self.unwritten_bytes = self.unwritten_bytes.saturating_add(m.map.unwritten_bytes);
+        if !m.map.file_ranges.is_empty() {
             self.file_level_files += 1;
-            let ranges = file_ranges.iter().map(|r| r.len);
+            let ranges = m.map.file_ranges.iter().map(|r| r.len);
             self.file_level_bytes = ranges.fold(self.file_level_bytes, u64::saturating_add);
         }
-        if let Some(why) = fallback {
+        if let Some(why) = &m.map.fallback {
             *self.fallbacks.entry(why.clone()).or_default() += 1;
         }
+    }
+
+    /// Count `files` files of `file_bytes` bytes in all, `mapped_bytes` of
+    /// them in device extents and none read through the file: files
+    /// counted by the class (a manifest's) rather than one by one.
+    pub fn add_counts(&mut self, files: u64, file_bytes: u64, mapped_bytes: u64) {
+        self.files += files;
+        self.file_bytes = self.file_bytes.saturating_add(file_bytes);
+        self.mapped_bytes = self.mapped_bytes.saturating_add(mapped_bytes);
     }
 }
 
@@ -259,7 +249,14 @@ impl Prepared {
         }
     }
 
-    /// The plan of device `id`.
+    /// Keep `m`, counted already ([`FileTally::add_counts`]), where
+    /// [`Prepared::retention`] keeps every file.
+    pub fn keep_file(&mut self, m: MappedFile) {
+        if self.retention == FileRetention::All {
+            self.files.push(m);
+        }
+    }
+
     /// Count `m` into the plan, and keep it if it is read through the file
     /// or [`Prepared::retention`] keeps every file.
     pub fn add_file(&mut self, m: MappedFile) {
@@ -269,6 +266,7 @@ impl Prepared {
         }
     }
 
+    /// The plan of device `id`.
     pub fn device(&self, id: DeviceId) -> Option<&DevicePlan> {
         self.devices.iter().find(|d| d.id() == id)
     }
