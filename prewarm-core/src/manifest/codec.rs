@@ -555,14 +555,9 @@ impl Manifest {
 
     /// Parse and verify an encoded manifest.
     pub fn decode(bytes: &[u8]) -> Result<Manifest, ManifestError> {
-        let mut files: Vec<Vec<ManifestFile>> = Vec::new();
-        let outline = Manifest::visit(bytes, &mut |device, f| {
-            if files.len() <= device {
-                files.resize_with(device + 1, Vec::new);
-            }
-            files[device].push(f.to_file());
+        let (outline, files) = Manifest::visit(bytes, |files: &mut Vec<ManifestFile>, f| {
+            files.push(f.to_file())
         })?;
-        files.resize_with(outline.devices.len(), Vec::new);
         let devices = outline
             .devices
             .into_iter()
@@ -586,14 +581,15 @@ impl Manifest {
     }
 
     /// Parse and verify an encoded manifest as [`Manifest::decode`] does
-    /// (the same checks, the same errors), handing each file to `on_file`
-    /// with the index of its device instead of keeping it: a replay keeps
-    /// of twelve thousand files only their extents, and starts reading
-    /// sooner for not building them.
-    pub(crate) fn visit(
+    /// (the same checks, the same errors), handing each entry to `on_file`
+    /// with what its device has gathered so far instead of keeping it:
+    /// the outline, and per device (in order) what `on_file` gathered. A
+    /// replay keeps of twelve thousand files only their extents, and starts
+    /// reading sooner for not building them.
+    pub(crate) fn visit<T: Default>(
         bytes: &[u8],
-        on_file: &mut dyn FnMut(usize, &FileRecord),
-    ) -> Result<ManifestOutline, ManifestError> {
+        mut on_file: impl FnMut(&mut T, &FileRecord),
+    ) -> Result<(ManifestOutline, Vec<T>), ManifestError> {
         let len = bytes.len();
         let magic = bytes.get(..8).unwrap_or(bytes);
         if magic != MAGIC {
@@ -634,7 +630,13 @@ impl Manifest {
         }
         let mut r = Reader::new(&bytes[..end], HEADER);
         r.version = version;
-        let outline = decode_payload(&mut r, on_file)?;
+        let mut gathered: Vec<T> = Vec::new();
+        let outline = decode_payload(&mut r, &mut |device, f| {
+            if gathered.len() <= device {
+                gathered.resize_with(device + 1, T::default);
+            }
+            on_file(&mut gathered[device], f);
+        })?;
         if r.pos != end {
             return Err(ManifestError::Invalid {
                 field: "payload".into(),
@@ -642,7 +644,9 @@ impl Manifest {
                 reason: format!("{} bytes left over", end - r.pos),
             });
         }
-        Ok(outline)
+        // Devices without entries gathered nothing.
+        gathered.resize_with(outline.devices.len(), T::default);
+        Ok((outline, gathered))
     }
 }
 

@@ -78,16 +78,11 @@ impl ManifestScan {
     /// Scan the encoded manifest `bytes`: refused exactly when
     /// [`Manifest::decode`] refuses it.
     pub fn of(bytes: &[u8]) -> Result<ManifestScan, ManifestError> {
-        let mut scanned: Vec<(Vec<PrioritizedExtent>, BTreeMap<u32, ClassCount>)> = Vec::new();
-        let outline = Manifest::visit(bytes, &mut |device, f| {
-            if scanned.len() <= device {
-                scanned.resize_with(device + 1, Default::default);
-            }
-            let (extents, classes) = &mut scanned[device];
+        type Gathered = (Vec<PrioritizedExtent>, BTreeMap<u32, ClassCount>);
+        let (outline, scanned) = Manifest::visit(bytes, |(extents, classes): &mut Gathered, f| {
             extents.extend(at_priority(f.priority, &f.extents));
             classes.entry(f.priority).or_default().add(f);
         })?;
-        scanned.resize_with(outline.devices.len(), Default::default);
         let devices = outline
             .devices
             .into_iter()
