@@ -87,8 +87,8 @@
 //! [`Manifest::check_bounds`] checks the same bounds on a manifest in
 //! memory (what the fuzz tests assert of everything that decodes).
 
-use std::ffi::OsStr;
-use std::os::unix::ffi::OsStrExt;
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::PathBuf;
 
 use serde::Serialize;
@@ -225,7 +225,7 @@ impl ManifestError {
 }
 
 /// One file of a manifest.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
 pub struct ManifestFile {
     /// Relative to the filesystem's root (no leading `/`).
     #[serde(serialize_with = "crate::error::serialize_path")]
@@ -556,7 +556,7 @@ impl Manifest {
     /// Parse and verify an encoded manifest.
     pub fn decode(bytes: &[u8]) -> Result<Manifest, ManifestError> {
         let (outline, files) = Manifest::visit(bytes, |files: &mut Vec<ManifestFile>, f| {
-            files.push(f.to_file())
+            files.push(f.clone())
         })?;
         let devices = outline
             .devices
@@ -582,13 +582,16 @@ impl Manifest {
 
     /// Parse and verify an encoded manifest as [`Manifest::decode`] does
     /// (the same checks, the same errors), handing each entry to `on_file`
-    /// with what its device has gathered so far instead of keeping it:
+    /// with what its device has gathered so far instead of keeping it (the
+    /// entry is one value reused from entry to entry, its path front-coded
+    /// on the previous one's, so a pass that keeps only some of it
+    /// allocates nothing per entry):
     /// the outline, and per device (in order) what `on_file` gathered. A
     /// replay keeps of twelve thousand files only their extents, and starts
     /// reading sooner for not building them.
     pub(crate) fn visit<T: Default>(
         bytes: &[u8],
-        mut on_file: impl FnMut(&mut T, &FileRecord),
+        mut on_file: impl FnMut(&mut T, &ManifestFile),
     ) -> Result<(ManifestOutline, Vec<T>), ManifestError> {
         let len = bytes.len();
         let magic = bytes.get(..8).unwrap_or(bytes);
@@ -670,45 +673,9 @@ pub(crate) struct DeviceHeader {
     pub node_hint: String,
 }
 
-/// One entry as the decoder reads it: its path and extents live in buffers
-/// reused from entry to entry (the path is front-coded on the previous
-/// one), so a pass that keeps only some of it allocates nothing per entry.
-/// The fields are those of [`ManifestFile`].
-#[derive(Debug, Default)]
-pub(crate) struct FileRecord {
-    pub path: Vec<u8>,
-    pub ino: u64,
-    pub size: u64,
-    pub mtime_sec: i64,
-    pub mtime_nsec: u32,
-    pub priority: u32,
-    pub directory: bool,
-    pub extents: Vec<Extent>,
-    pub file_ranges: Vec<ByteRange>,
-    pub ranges: Option<Vec<ByteRange>>,
-}
-
-impl FileRecord {
-    /// The entry, kept.
-    pub fn to_file(&self) -> ManifestFile {
-        ManifestFile {
-            path: PathBuf::from(OsStr::from_bytes(&self.path)),
-            ino: self.ino,
-            size: self.size,
-            mtime_sec: self.mtime_sec,
-            mtime_nsec: self.mtime_nsec,
-            priority: self.priority,
-            extents: self.extents.clone(),
-            file_ranges: self.file_ranges.clone(),
-            ranges: self.ranges.clone(),
-            directory: self.directory,
-        }
-    }
-}
-
 fn decode_payload(
     r: &mut Reader<'_>,
-    on_file: &mut dyn FnMut(usize, &FileRecord),
+    on_file: &mut dyn FnMut(usize, &ManifestFile),
 ) -> Result<ManifestOutline, ManifestError> {
     let at = r.pos;
     let created_unix = r.varint("created_unix")?;
@@ -727,7 +694,7 @@ fn decode_payload(
     // A device takes at least 21 bytes: five one-byte fields and the UUID.
     let ndev = r.count("devices", 21, MAX_DEVICES)?;
     let mut devices = Vec::with_capacity(ndev);
-    let mut record = FileRecord::default();
+    let mut record = ManifestFile::default();
     for d in 0..ndev {
         let device = decode_device(r, &mut record, &mut |f| on_file(d, f))
             .map_err(|e| e.within(format_args!("devices[{d}]")))?;
@@ -843,8 +810,8 @@ impl ManifestImage {
 /// handed to `on_file`.
 fn decode_device(
     r: &mut Reader<'_>,
-    record: &mut FileRecord,
-    on_file: &mut dyn FnMut(&FileRecord),
+    record: &mut ManifestFile,
+    on_file: &mut dyn FnMut(&ManifestFile),
 ) -> Result<DeviceHeader, ManifestError> {
     let at = r.pos;
     let fs_type = r.string("fs_type", MAX_FS_TYPE_BYTES)?;
@@ -888,8 +855,14 @@ const PREALLOCATE: usize = 4096;
 
 /// Read one entry into `f`, over the previous one (whose path the new one
 /// is front-coded on).
-fn decode_file(r: &mut Reader<'_>, f: &mut FileRecord, dev_size: u64) -> Result<(), ManifestError> {
-    let prev = &mut f.path;
+fn decode_file(
+    r: &mut Reader<'_>,
+    f: &mut ManifestFile,
+    dev_size: u64,
+) -> Result<(), ManifestError> {
+    // The previous path's buffer, taken to be edited in place (an error
+    // ends the decode, so it need not be put back then).
+    let mut prev = std::mem::take(&mut f.path).into_os_string().into_vec();
     let at = r.pos;
     let shared = r.varint("path.shared_prefix")?;
     let Some(shared) = usize::try_from(shared).ok().filter(|&n| n <= prev.len()) else {
@@ -902,7 +875,8 @@ fn decode_file(r: &mut Reader<'_>, f: &mut FileRecord, dev_size: u64) -> Result<
     prev.truncate(shared);
     let at = r.pos;
     prev.extend_from_slice(r.bytes("path.suffix", MAX_PATH_BYTES)?);
-    check_path(prev).map_err(|reason| r.invalid_at("path", at, reason))?;
+    check_path(&prev).map_err(|reason| r.invalid_at("path", at, reason))?;
+    f.path = PathBuf::from(OsString::from_vec(prev));
     let ino = r.varint("ino")?;
     let at = r.pos;
     let size = r.varint("size")?;

@@ -13,7 +13,7 @@
 
 use std::collections::BTreeMap;
 
-use super::codec::{DeviceHeader, FileRecord, Manifest, ManifestError, ManifestImage};
+use super::codec::{DeviceHeader, Manifest, ManifestError, ManifestFile, ManifestImage};
 use crate::map::Extent;
 use crate::plan::{PlanConfig, PrioritizedExtent};
 
@@ -58,7 +58,7 @@ pub(crate) struct ClassCount {
 impl ClassCount {
     /// Count `f`. The sizes come from an untrusted manifest: the sums
     /// saturate.
-    fn add(&mut self, f: &FileRecord) {
+    fn add(&mut self, f: &ManifestFile) {
         if f.directory {
             self.directories += 1;
             return;
@@ -121,7 +121,7 @@ pub(crate) fn at_priority(
 
 #[cfg(test)]
 mod tests {
-    use super::super::codec::{ManifestDevice, ManifestFile};
+    use super::super::codec::ManifestDevice;
     use super::*;
 
     fn file(path: &str, priority: u32, extents: &[(u64, u64)], directory: bool) -> ManifestFile {
