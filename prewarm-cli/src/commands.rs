@@ -379,6 +379,7 @@ fn config(plan: PlanConfig, engine: &EngineArgs) -> Result<Config> {
             bytes_per_sec: engine.max_rate,
             reads_per_sec: engine.max_iops,
         },
+        metadata_readahead: engine.metadata_readahead,
         stop: StopSignal::new(cancel, deadline),
         on_class_done: Some(Arc::new(|prio| {
             tracing::info!("priority class {prio} hydrated")

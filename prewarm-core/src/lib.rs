@@ -101,7 +101,7 @@ pub use error::{Error, InputError, Origin, Warning, WarningKind};
 pub use heap::limit_malloc_arenas;
 pub use plan::{PlanConfig, ReadMode, DEFAULT_CHUNK_SIZE, DEFAULT_MAX_IO};
 pub use report::{Outcome, Report};
-pub use run::{hydrate, Config, ReadyPolicy, ReadyReason};
+pub use run::{hydrate, Config, ReadyPolicy, ReadyReason, DEFAULT_METADATA_READAHEAD};
 pub use size::{format_bytes, parse_size};
 pub use source::containerd::{ContainerdStore, ImageReport, ImageRequest, ImageSource};
 pub use source::{

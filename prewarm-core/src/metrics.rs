@@ -120,6 +120,15 @@ pub fn prometheus_text(report: &Report) -> String {
                 .map(|name| (name.to_string(), flag(reason.as_deref() == Some(name)))),
         );
     }
+    out.labelled(
+        "metadata_readahead_chunks",
+        "Chunks the metadata read-ahead made the volume fetch, per device walked (major:minor).",
+        "device",
+        report
+            .metadata_readahead
+            .iter()
+            .map(|m| (m.device.clone(), m.chunks as f64)),
+    );
     out.gauge(
         "max_rss_bytes",
         "Peak resident memory of the process.",
@@ -222,8 +231,24 @@ mod tests {
             reason: crate::ReadyReason::Timeout { after_ms: 30_000 },
             at_ms: 30_000.0,
         });
+        r.metadata_readahead = vec![crate::report::MetadataReadaheadReport {
+            device: "259:1".into(),
+            node: None,
+            state: crate::report::ReadaheadState::Done,
+            reason: None,
+            inode_table_bytes: 1 << 20,
+            directory_bytes: 1 << 19,
+            extent_blocks: 0,
+            reads: 3,
+            chunks: 3,
+            errors: 0,
+            budget_reached: false,
+            started_ms: 2.0,
+            elapsed_ms: 9.0,
+        }];
         let text = prometheus_text(&r);
         assert!(text.contains("prewarm_max_rss_bytes 2097152\n"), "{text}");
+        assert!(text.contains("prewarm_metadata_readahead_chunks{device=\"259:1\"} 3\n"));
         assert!(text.contains("prewarm_ready_reason{reason=\"timeout\"} 1\n"));
         assert!(text.contains("prewarm_ready_reason{reason=\"class_done\"} 0\n"));
         // Every sample's metric was introduced by HELP and TYPE lines.

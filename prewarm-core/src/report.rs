@@ -15,6 +15,7 @@ use crate::engine::RateLimit;
 use crate::engine::{Backend, StopReason};
 use crate::error::{Warning, WarningKind};
 use crate::map::{DeviceId, ExtentMap, FileReadReason};
+pub use crate::map::{MetadataReadaheadReport, ReadaheadState};
 use crate::plan::{PlanConfig, PlanStats, ReadMode};
 pub use crate::run::cache::CacheStats;
 pub use crate::run::ready::ReadyReport;
@@ -457,6 +458,10 @@ pub struct Report {
     /// directories.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub images: Vec<ImageReport>,
+    /// Per filesystem walked, the metadata read ahead of the walk (not
+    /// counted in `bytes_read`, which is the plan's).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub metadata_readahead: Vec<MetadataReadaheadReport>,
     /// How the run ended.
     pub outcome: Outcome,
 }
@@ -506,6 +511,7 @@ impl Report {
             ready: None,
             file_maps: Vec::new(),
             images: Vec::new(),
+            metadata_readahead: Vec::new(),
             outcome: Outcome::Success,
         }
     }
@@ -649,6 +655,38 @@ impl Report {
                 self.iops,
                 self.errors,
             );
+        }
+        for m in &self.metadata_readahead {
+            let node = m
+                .node
+                .as_ref()
+                .map_or(m.device.clone(), |n| n.display().to_string());
+            if m.state == ReadaheadState::Skipped {
+                let reason = m.reason.as_deref().unwrap_or("?");
+                let _ = writeln!(s, "  metadata not read ahead on {node}: {reason}");
+                continue;
+            }
+            let _ = write!(
+                s,
+                "  metadata read ahead on {node}: {} of inode tables, {} of directories, {} in {} chunks, {:.0} ms{}",
+                mib(m.inode_table_bytes),
+                mib(m.directory_bytes),
+                plural(m.reads, "request"),
+                m.chunks,
+                m.elapsed_ms,
+                match m.state {
+                    ReadaheadState::Unfinished => ", cut short at the run's end",
+                    ReadaheadState::Stopped => ", stopped",
+                    _ => "",
+                },
+            );
+            if m.budget_reached {
+                s.push_str(", budget reached");
+            }
+            if m.errors > 0 {
+                let _ = write!(s, ", {} failed", m.errors);
+            }
+            s.push('\n');
         }
         if let Some(m) = &self.manifest {
             let _ = writeln!(

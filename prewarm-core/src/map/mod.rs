@@ -12,12 +12,17 @@
 //!   device that holds a UUID (how a manifest names its device);
 //! * `pool`: the thread pool that makes metadata calls as wide as the
 //!   reads, since on a lazy volume a cold `stat` or FIEMAP waits for fetches
-//!   too.
+//!   too;
+//! * `ext4` and `readahead`: a filesystem's metadata (inode tables,
+//!   directory blocks) found from its superblock and read many at a time
+//!   before a walk needs it, instead of one dependent fetch after another.
 //!
-//! Everything here only reads. Nothing in this stage decides what to read
-//! or in which order (that is [`crate::plan`]).
+//! Everything here only reads. Nothing in this stage decides which data to
+//! read or in which order (that is [`crate::plan`]); the read-ahead reads
+//! only the metadata this stage's own walk and lookups are about to fetch.
 
 pub(crate) mod device;
+pub(crate) mod ext4;
 pub(crate) mod extent;
 // `unsafe` is denied everywhere but here, `engine::uring` and
 // `record::residency`.
@@ -25,9 +30,11 @@ pub(crate) mod extent;
 mod fiemap;
 pub(crate) mod fsid;
 pub(crate) mod pool;
+pub(crate) mod readahead;
 
 pub use device::{DeviceError, DeviceId};
 pub use extent::{ByteRange, Extent, ExtentMap, FileReadReason};
+pub use readahead::{MetadataReadaheadReport, ReadaheadState};
 
 #[cfg(feature = "internals")]
 pub use fiemap::{file_extents, FlaggedExtent};

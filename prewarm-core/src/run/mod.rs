@@ -40,6 +40,7 @@ use crate::engine::{self, BackendChoice, Progress, RateLimit, StopSignal};
 use crate::error::{Error, Warning};
 use crate::map::device::BlockDevice;
 use crate::map::pool::MetadataPool;
+use crate::map::readahead::MetadataReadahead;
 use crate::map::{DeviceId, ExtentMap, FileReadReason};
 use crate::plan::{FileIo, PlanConfig, ReadMode, ReadPlan};
 use crate::report::{Fallback, ImageReport, ManifestReport, Report, WarningsOmitted};
@@ -75,7 +76,17 @@ pub struct Config {
     pub rate_limit: RateLimit,
     /// Live counters, for a progress display.
     pub progress: Option<Arc<Progress>>,
+    /// Most bytes of filesystem metadata (ext4 inode tables and directory
+    /// blocks) read ahead of a walk, per filesystem walked, charged by the
+    /// chunks the reads touch; 0: none (see `map/readahead.rs`). Only runs
+    /// that walk directories and read (not dry runs) use it.
+    pub metadata_readahead: u64,
 }
+
+/// [`Config::metadata_readahead`] by default: the used inode tables and the
+/// directories of a filesystem of a few hundred thousand files, 128 chunks
+/// at most (at 4 ms a fetch and 8 at once, 64 ms of the volume's time).
+pub const DEFAULT_METADATA_READAHEAD: u64 = 64 << 20;
 
 impl Default for Config {
     fn default() -> Self {
@@ -92,6 +103,7 @@ impl Default for Config {
             ready: None,
             rate_limit: RateLimit::default(),
             progress: None,
+            metadata_readahead: DEFAULT_METADATA_READAHEAD,
         }
     }
 }
@@ -343,14 +355,39 @@ pub fn hydrate(sources: &Sources, cfg: &Config) -> Result<Report, Error> {
     }
     let mut planner = Planner::new(prepared, cfg);
     planner.open_sweeps(&sources.devices)?;
+    // The metadata a walk is about to fetch, read wide beside the data: the
+    // scout looks at the entries ahead of the collector, so that a walk in
+    // a later class has its filesystem's metadata read while the first
+    // classes are mapped (map/readahead.rs).
+    if cfg.metadata_readahead > 0 {
+        let readahead = MetadataReadahead::new(
+            cfg.metadata_readahead,
+            cfg.plan.chunk_size,
+            cfg.queue_depth as usize,
+            cfg.stop.clone(),
+        );
+        if cfg.collect.root.is_none() {
+            readahead.scout(sources.first_paths(SCOUT_ENTRIES));
+        }
+        planner.readahead = Some(readahead);
+    }
+    let readahead = planner.readahead.clone();
     let mut report = execute::run_engines(planner, cfg, |planner, feed| {
         planner.plan_classes(sources, &pool, &mut |planner, added| {
             feed.push(planner, added)
         });
     })?;
+    if let Some(readahead) = readahead {
+        report.metadata_readahead = readahead.finish();
+    }
     report.finish(start.elapsed());
     Ok(report)
 }
+
+/// Entries the metadata read-ahead's scout looks at, at most: enough to
+/// meet the directories of a list, few enough that a list of a million
+/// files costs it nothing noticeable.
+const SCOUT_ENTRIES: usize = 1024;
 
 #[cfg(test)]
 mod tests {

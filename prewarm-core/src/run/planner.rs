@@ -12,6 +12,7 @@ use crate::error::{Error, Warning, WarningKind};
 use crate::map::device::{self, DeviceError};
 use crate::map::extent::{map_file, open_file};
 use crate::map::pool::MetadataPool;
+use crate::map::readahead::MetadataReadahead;
 use crate::map::{DeviceId, FileReadReason};
 use crate::plan::{PrioritizedExtent, ReadPlan};
 use crate::report::Fallback;
@@ -69,6 +70,8 @@ pub(crate) struct Planner<'c> {
     unannounced: Vec<DeviceId>,
     /// Whole-device sweeps, by priority, added when their class comes up.
     sweeps: BTreeMap<u32, Vec<DeviceId>>,
+    /// Reads each walked filesystem's metadata ahead (a reading run only).
+    pub readahead: Option<MetadataReadahead>,
 }
 
 impl<'c> Planner<'c> {
@@ -81,6 +84,7 @@ impl<'c> Planner<'c> {
             prepared,
             devices,
             sweeps: BTreeMap::new(),
+            readahead: None,
         }
     }
 
@@ -135,6 +139,7 @@ impl<'c> Planner<'c> {
             .warnings_omitted
             .extend(sources.warnings_omitted.iter().copied());
         let mut collector = Collector::new(&self.cfg.collect, self.cfg.stop.clone(), pool);
+        collector.set_readahead(self.readahead.clone());
         for (priority, entries) in classes {
             if let Some(reason) = self.prepared.stopped.or_else(|| self.cfg.stop.check()) {
                 if self.prepared.stopped.is_none() {

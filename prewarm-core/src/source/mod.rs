@@ -268,6 +268,22 @@ impl Sources {
         self.entry_with(at, &[])
     }
 
+    /// The paths of the first `limit` entries, most urgent class first,
+    /// globs left out: what a look ahead (the metadata read-ahead's scout)
+    /// may `lstat` before the collector comes to them.
+    pub fn first_paths(&self, limit: usize) -> Vec<PathBuf> {
+        let mut paths = Vec::new();
+        for at in self.classes_with(&[]).into_values().flatten() {
+            if paths.len() >= limit {
+                break;
+            }
+            if let Some(e) = self.entry_with(at, &[]).filter(|e| !is_glob(&e.path)) {
+                paths.push(e.path);
+            }
+        }
+        paths
+    }
+
     /// The entry at `at` (from [`Sources::classes_with`] and `extra`).
     pub fn entry_with(&self, at: EntryIndex, extra: &[SourceEntry]) -> Option<SourceEntry> {
         let args = self.lists.len();
@@ -381,6 +397,8 @@ pub struct Collector<'a> {
     /// Runs the `lstat`s, directory reads and library lookups, many at
     /// once.
     pool: &'a MetadataPool,
+    /// Told of each filesystem a walk starts on, to read its metadata ahead.
+    readahead: Option<crate::map::readahead::MetadataReadahead>,
 }
 
 impl<'a> Collector<'a> {
@@ -401,7 +419,13 @@ impl<'a> Collector<'a> {
             pending: VecDeque::new(),
             walked: HashSet::new(),
             pool,
+            readahead: None,
         }
+    }
+
+    /// Start `readahead` on the filesystem of each walk, as it is queued.
+    pub fn set_readahead(&mut self, readahead: Option<crate::map::readahead::MetadataReadahead>) {
+        self.readahead = readahead;
     }
 
     /// Entries given to [`Collector::add`] but never looked at: a stop came
@@ -727,6 +751,9 @@ impl<'a> Collector<'a> {
         let id = (meta.dev(), meta.ino());
         if !self.walked.insert(id) {
             return;
+        }
+        if let Some(readahead) = &self.readahead {
+            readahead.walk_on(meta.dev(), meta.ino());
         }
         self.pending.push_back(walk::PendingDir {
             path: dir.to_path_buf(),

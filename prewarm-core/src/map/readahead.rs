@@ -1,0 +1,540 @@
+//! Reading a filesystem's metadata ahead of a walk, wide.
+//!
+//! On a cold lazy volume, walking a tree is a chain of fetches: a
+//! directory's inode, then its blocks, then its children's inodes, each
+//! waiting for the one before and, once data reads are queued, each waiting
+//! behind them for a fetch slot (benches/PROFILE.md, section 4: the walk of
+//! a big tree ended 5 ms before its last read, the reads starved
+//! meanwhile). For ext4 most of that chain is known without walking: the
+//! group descriptors say where the used inodes are, and the inodes of the
+//! directories say where their blocks are (`ext4`). So when a run is about
+//! to walk a directory, this module asks for the used part of every inode
+//! table at once, reads each as it arrives, and asks for the blocks and
+//! extent tree nodes of every directory it names: the walk that follows
+//! finds them hydrated and cached.
+//!
+//! The requests are `POSIX_FADV_WILLNEED` on the block device, buffered,
+//! on purpose (unlike the engine's reads): the kernel starts each fetch
+//! without a thread per read or a copy (at most the queue depth of them on
+//! their way, so the device's queue is never filled by hints), and ext4
+//! reads its metadata
+//! through that same page cache of the device, so what arrives is exactly
+//! what the walk then finds cached (design fact 1: for metadata the
+//! device's cache *is* the filesystem's). Only the inode tables are read
+//! back, to find the directories; `POSIX_FADV_RANDOM` keeps the kernel from
+//! reading around those reads.
+//!
+//! When to start: the collector starts it when it queues a walk, but a
+//! walk in a later class is queued only once the earlier classes are
+//! mapped and their data queued ahead of everything; so a scout also
+//! `lstat`s the first entries of every class, as wide as the reads, and
+//! starts it at the first directory it meets. A list of files only starts
+//! nothing: its lookups are few and need no tables read whole.
+//!
+//! It is a hint, bounded every way: a budget of bytes per filesystem
+//! (charged by the chunks its requests touch, so a volume fetches at most
+//! that much for it), the run's stop signal, and an end: when the run's
+//! own reads are done it is told to stop, and the run does not wait for
+//! it. It never writes, and a failure (a device it cannot open, a layout it
+//! does not follow, a read error) only ends it, reported, never the run.
+//! Only ext4 (and ext2/3) is read ahead; XFS keeps its inodes in chunks
+//! found through a B+tree per allocation group, not followed yet.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::fs::File;
+use std::ops::Range;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use serde::Serialize;
+
+use super::device::{self, DeviceId};
+use super::ext4::{Ext4Layout, MetadataBlocks};
+use crate::engine::StopSignal;
+
+/// How one filesystem's metadata read-ahead went (in [`crate::Report`]).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct MetadataReadaheadReport {
+    /// The device, `major:minor`.
+    pub device: String,
+    /// Its `/dev` node, once found.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<PathBuf>,
+    /// How it ended.
+    pub state: ReadaheadState,
+    /// Why it read nothing or ended early (a layout it does not follow, a
+    /// device it could not open, a read error).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Bytes of used inode tables read.
+    pub inode_table_bytes: u64,
+    /// Bytes of directory blocks asked for (per chunk, the span from its
+    /// first directory block to its last).
+    pub directory_bytes: u64,
+    /// Extent tree blocks of directories read.
+    pub extent_blocks: u64,
+    /// Ranges asked of the kernel.
+    pub reads: u64,
+    /// Distinct chunks the reads fell in: what they cost the volume.
+    pub chunks: u64,
+    /// Requests and reads that failed.
+    pub errors: u64,
+    /// Stopped adding reads at the budget.
+    pub budget_reached: bool,
+    /// When it started, from the start of the run.
+    pub started_ms: f64,
+    /// From its start until the last range arrived (or the run's end, if
+    /// it was still reading).
+    pub elapsed_ms: f64,
+}
+
+/// How a read-ahead ended.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ReadaheadState {
+    /// Everything found (within the budget) was read.
+    Done,
+    /// Still reading when the run's own reads were done: told to stop.
+    Unfinished,
+    /// The run was stopped (deadline, signal).
+    Stopped,
+    /// Nothing read: see `reason`.
+    Skipped,
+}
+
+/// What a run's read-aheads share: the settings, and one entry per
+/// filesystem started.
+struct Shared {
+    budget: u64,
+    chunk: u64,
+    width: usize,
+    stop: StopSignal,
+    /// Set when the run is done with them.
+    done: AtomicBool,
+    /// When the run started.
+    created: Instant,
+    started: Mutex<BTreeMap<u64, Arc<Progress>>>,
+}
+
+impl Shared {
+    fn stopping(&self) -> bool {
+        self.done.load(Ordering::Relaxed) || self.stop.check().is_some()
+    }
+}
+
+/// One filesystem's read-ahead as it goes: counters the workers bump, and
+/// the end state once there is one.
+struct Progress {
+    device: DeviceId,
+    start: Instant,
+    inode_table_bytes: AtomicU64,
+    directory_bytes: AtomicU64,
+    extent_blocks: AtomicU64,
+    reads: AtomicU64,
+    chunks: AtomicU64,
+    errors: AtomicU64,
+    budget_reached: AtomicBool,
+    /// Set once, at the end.
+    end: Mutex<Option<(ReadaheadState, Option<String>, f64)>>,
+    node: Mutex<Option<PathBuf>>,
+}
+
+impl Progress {
+    fn report(&self, run_start: Instant) -> MetadataReadaheadReport {
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let end = self.end.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let (state, reason, elapsed_ms) = end.unwrap_or((
+            ReadaheadState::Unfinished,
+            None,
+            self.start.elapsed().as_secs_f64() * 1e3,
+        ));
+        MetadataReadaheadReport {
+            device: self.device.to_string(),
+            node: self.node.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            state,
+            reason,
+            inode_table_bytes: load(&self.inode_table_bytes),
+            directory_bytes: load(&self.directory_bytes),
+            extent_blocks: load(&self.extent_blocks),
+            reads: load(&self.reads),
+            chunks: load(&self.chunks),
+            errors: load(&self.errors),
+            budget_reached: self.budget_reached.load(Ordering::Relaxed),
+            started_ms: self.start.duration_since(run_start).as_secs_f64() * 1e3,
+            elapsed_ms,
+        }
+    }
+
+    fn end(&self, state: ReadaheadState, reason: Option<String>) {
+        let elapsed = self.start.elapsed().as_secs_f64() * 1e3;
+        self.end
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert((state, reason, elapsed));
+    }
+}
+
+/// A run's metadata read-aheads: started per filesystem the first time a
+/// walk (or a look ahead at the entries) meets a directory on it.
+#[derive(Clone)]
+pub struct MetadataReadahead {
+    shared: Arc<Shared>,
+}
+
+impl MetadataReadahead {
+    /// Read-aheads of at most `budget` bytes each (charged by the chunks of
+    /// `chunk` bytes they touch), the scout `lstat`ing `width` entries at a
+    /// time, until `stop`.
+    pub fn new(budget: u64, chunk: u64, width: usize, stop: StopSignal) -> Self {
+        MetadataReadahead {
+            shared: Arc::new(Shared {
+                budget,
+                chunk: chunk.max(4096),
+                width: width.clamp(1, super::pool::MAX_WIDTH),
+                stop,
+                done: AtomicBool::new(false),
+                created: Instant::now(),
+                started: Mutex::new(BTreeMap::new()),
+            }),
+        }
+    }
+
+    /// A directory `(dev, ino)` is about to be walked: read its
+    /// filesystem's metadata ahead, unless that has started already. Returns
+    /// at once; the reads run on their own threads.
+    pub fn walk_on(&self, dev: u64, ino: u64) {
+        if self.shared.stopping() {
+            return;
+        }
+        let progress = {
+            let mut started = self
+                .shared
+                .started
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if started.contains_key(&dev) {
+                return;
+            }
+            let p = Arc::new(Progress {
+                device: DeviceId::from_dev(dev),
+                start: Instant::now(),
+                inode_table_bytes: AtomicU64::new(0),
+                directory_bytes: AtomicU64::new(0),
+                extent_blocks: AtomicU64::new(0),
+                reads: AtomicU64::new(0),
+                chunks: AtomicU64::new(0),
+                errors: AtomicU64::new(0),
+                budget_reached: AtomicBool::new(false),
+                end: Mutex::new(None),
+                node: Mutex::new(None),
+            });
+            started.insert(dev, p.clone());
+            p
+        };
+        let shared = self.shared.clone();
+        let spawned = std::thread::Builder::new()
+            .name("prewarm-readahead".into())
+            .stack_size(256 * 1024)
+            .spawn(move || {
+                let (state, reason) = match read_ahead(&shared, &progress, ino) {
+                    Ok(()) if shared.stop.check().is_some() => (ReadaheadState::Stopped, None),
+                    Ok(()) if shared.done.load(Ordering::Relaxed) => {
+                        (ReadaheadState::Unfinished, None)
+                    }
+                    Ok(()) => (ReadaheadState::Done, None),
+                    Err(reason) => (ReadaheadState::Skipped, Some(reason)),
+                };
+                progress.end(state, reason);
+            });
+        if let Err(e) = spawned {
+            tracing::debug!("metadata read-ahead not started: {e}");
+        }
+    }
+
+    /// Look at `paths` (most urgent first), on threads of their own, and
+    /// start the read-ahead of each filesystem where one is a directory: a
+    /// walk in a later class then finds its metadata read while the first
+    /// classes are mapped, instead of starting it only when its class comes.
+    /// The `lstat`s run as wide as the reads (each may wait for a fetch),
+    /// so the first directory is met within a fetch or two.
+    pub fn scout(&self, paths: Vec<PathBuf>) {
+        let this = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("prewarm-scout".into())
+            .stack_size(256 * 1024)
+            .spawn(move || {
+                let next = AtomicUsize::new(0);
+                let look = || {
+                    use std::os::unix::fs::MetadataExt;
+                    while let Some(path) = paths.get(next.fetch_add(1, Ordering::Relaxed)) {
+                        if this.shared.stopping() {
+                            return;
+                        }
+                        if let Ok(meta) = std::fs::symlink_metadata(path) {
+                            if meta.is_dir() {
+                                this.walk_on(meta.dev(), meta.ino());
+                            }
+                        }
+                    }
+                };
+                std::thread::scope(|s| {
+                    for _ in 1..this.shared.width.min(paths.len()) {
+                        let spawned = std::thread::Builder::new()
+                            .stack_size(256 * 1024)
+                            .spawn_scoped(s, look);
+                        if spawned.is_err() {
+                            break;
+                        }
+                    }
+                    look();
+                });
+            });
+        if let Err(e) = spawned {
+            tracing::debug!("metadata read-ahead scout not started: {e}");
+        }
+    }
+
+    /// The run's own reads are done: tell every read-ahead to stop, and
+    /// report each as it stands (one still reading is `unfinished`; the run
+    /// does not wait for it).
+    pub fn finish(&self) -> Vec<MetadataReadaheadReport> {
+        self.shared.done.store(true, Ordering::Relaxed);
+        let started = self
+            .shared
+            .started
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        started
+            .values()
+            .map(|p| p.report(self.shared.created))
+            .collect()
+    }
+}
+
+/// What the read-ahead of one filesystem has asked for, charged against the
+/// budget by the chunks it touches.
+struct Asked<'a> {
+    shared: &'a Shared,
+    progress: &'a Progress,
+    file: &'a File,
+    /// Per chunk touched, the hull of the bytes asked for in it: a later
+    /// directory in the same chunk is asked for only if it adds to it.
+    covered: HashMap<u64, Range<u64>>,
+    spent: u64,
+    /// Where each request still on its way starts, oldest first: at most
+    /// `shared.width` are, so the read-ahead never holds more of the
+    /// device's queue than the run's own reads do.
+    on_the_way: VecDeque<u64>,
+}
+
+impl Asked<'_> {
+    /// Charge the chunks of `r` not charged yet; false (nothing charged, the
+    /// budget reached) if they do not fit.
+    fn charge(&mut self, r: &Range<u64>) -> bool {
+        let chunk = self.shared.chunk;
+        let chunks = r.start / chunk..r.end.div_ceil(chunk);
+        let new = chunks
+            .clone()
+            .filter(|c| !self.covered.contains_key(c))
+            .count() as u64;
+        if self.spent + new * chunk > self.shared.budget {
+            self.progress.budget_reached.store(true, Ordering::Relaxed);
+            return false;
+        }
+        self.spent += new * chunk;
+        self.progress.chunks.fetch_add(new, Ordering::Relaxed);
+        for c in chunks {
+            let piece = r.start.max(c * chunk)..r.end.min((c + 1) * chunk);
+            self.covered
+                .entry(c)
+                .and_modify(|h| *h = h.start.min(piece.start)..h.end.max(piece.end))
+                .or_insert(piece);
+        }
+        true
+    }
+
+    /// Ask the kernel to read `r` into the device's page cache, without
+    /// waiting: the fetch runs beside everything else, and a read of it
+    /// later waits only for what is still on its way.
+    fn ask(&mut self, r: &Range<u64>) {
+        while self.on_the_way.len() >= self.shared.width {
+            self.wait_oldest();
+        }
+        self.on_the_way.push_back(r.start);
+        self.progress.reads.fetch_add(1, Ordering::Relaxed);
+        let asked = nix::fcntl::posix_fadvise(
+            self.file.as_raw_fd(),
+            r.start as libc::off_t,
+            (r.end - r.start) as libc::off_t,
+            nix::fcntl::PosixFadviseAdvice::POSIX_FADV_WILLNEED,
+        );
+        if let Err(e) = asked {
+            self.progress.errors.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!("metadata read-ahead at {}: {e}", r.start);
+        }
+    }
+
+    /// Wait until the oldest request has arrived, by reading its first byte
+    /// (a read of a page under way waits for it).
+    fn wait_oldest(&mut self) {
+        if let Some(at) = self.on_the_way.pop_front() {
+            let mut byte = [0u8; 1];
+            if let Err(e) = self.file.read_exact_at(&mut byte, at) {
+                self.progress.errors.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!("metadata read-ahead at {at}: {e}");
+            }
+        }
+    }
+
+    /// Read `r` (asked for already) into `buf`; a failure is counted.
+    fn read(&self, r: &Range<u64>, buf: &mut Vec<u8>) -> bool {
+        buf.resize((r.end - r.start) as usize, 0);
+        match self.file.read_exact_at(buf, r.start) {
+            Ok(()) => true,
+            Err(e) => {
+                self.progress.errors.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!("metadata read-ahead at {}: {e}", r.start);
+                false
+            }
+        }
+    }
+
+    /// Ask for what an inode table or tree node named: directory blocks as
+    /// one range per chunk (the hull of its blocks), and tree nodes, which
+    /// are returned to be read in turn.
+    fn ask_found(&mut self, bs: u64, found: &[MetadataBlocks], nodes: &mut Vec<(Range<u64>, u16)>) {
+        let chunk = self.shared.chunk;
+        let mut by_chunk: BTreeMap<u64, Range<u64>> = BTreeMap::new();
+        for m in found {
+            match m {
+                MetadataBlocks::Directory(blocks) => {
+                    let (mut at, end) = (blocks.start * bs, blocks.end * bs);
+                    while at < end {
+                        let c = at / chunk;
+                        let piece = at..end.min((c + 1) * chunk);
+                        by_chunk
+                            .entry(c)
+                            .and_modify(|h| *h = h.start.min(piece.start)..h.end.max(piece.end))
+                            .or_insert(piece.clone());
+                        at = piece.end;
+                    }
+                }
+                &MetadataBlocks::ExtentNode { block, depth } => {
+                    let r = block * bs..(block + 1) * bs;
+                    if self.charge(&r) {
+                        self.ask(&r);
+                        nodes.push((r, depth));
+                    }
+                }
+            }
+        }
+        for (c, r) in by_chunk {
+            let known = self.covered.get(&c);
+            if known.is_some_and(|h| h.start <= r.start && r.end <= h.end) {
+                continue;
+            }
+            if self.charge(&r) {
+                self.progress
+                    .directory_bytes
+                    .fetch_add(r.end - r.start, Ordering::Relaxed);
+                self.ask(&r);
+            }
+        }
+    }
+}
+
+/// Read `progress.device`'s metadata ahead: the superblock and descriptors,
+/// then ask for every used inode table and read them in turn (each waits
+/// only for its own fetch, already under way), asking for the directory
+/// blocks each names as it comes; then the tree nodes of directories with
+/// deep extent trees, level by level; then wait for what is still on its
+/// way. One thread: the kernel keeps the fetches in flight. An error says
+/// why nothing (more) was read.
+fn read_ahead(shared: &Shared, progress: &Progress, ino: u64) -> Result<(), String> {
+    let node = device::resolve_node(progress.device).map_err(|e| e.to_string())?;
+    *progress.node.lock().unwrap_or_else(|e| e.into_inner()) = Some(node.clone());
+    let (file, _) = device::open_read_only(&node, false, 0)
+        .map_err(|e| format!("opening {}: {e}", node.display()))?;
+    // No read-ahead around each read: the reads name exactly what is needed.
+    let _ = nix::fcntl::posix_fadvise(
+        file.as_raw_fd(),
+        0,
+        0,
+        nix::fcntl::PosixFadviseAdvice::POSIX_FADV_RANDOM,
+    );
+    let mut asked = Asked {
+        shared,
+        progress,
+        file: &file,
+        covered: HashMap::new(),
+        spent: 0,
+        on_the_way: VecDeque::new(),
+    };
+    let mut buf = Vec::new();
+    let fail = |what: &str| format!("reading the {what} of {}", node.display());
+    if !asked.read(&Ext4Layout::SUPERBLOCK, &mut buf) {
+        return Err(fail("superblock"));
+    }
+    let layout = Ext4Layout::from_superblock(&buf).map_err(|e| e.to_string())?;
+    let descriptors = layout.descriptors();
+    if !asked.read(&descriptors, &mut buf) {
+        return Err(fail("group descriptors"));
+    }
+    asked.charge(&(Ext4Layout::SUPERBLOCK.start..descriptors.end));
+    let mut tables = layout.inode_tables(&buf).map_err(|e| e.to_string())?;
+    // The walked directory's group first, then the ones after it: its
+    // subdirectories are allocated near it (ext4's Orlov allocator).
+    let first = layout.group_of(ino);
+    tables.sort_by_key(|t| (u64::from(t.group) < first, t.group));
+    let mut pieces = Vec::new();
+    'tables: for t in &tables {
+        let (mut at, end) = (t.offset, t.offset + t.len);
+        while at < end {
+            let piece = at..end.min((at / shared.chunk + 1) * shared.chunk);
+            if !asked.charge(&piece) {
+                break 'tables;
+            }
+            asked.ask(&piece);
+            at = piece.end;
+            pieces.push(piece);
+        }
+    }
+    let bs = layout.block_size;
+    let mut found = Vec::new();
+    let mut nodes = Vec::new();
+    for piece in &pieces {
+        if shared.stopping() {
+            return Ok(());
+        }
+        if asked.read(piece, &mut buf) {
+            progress
+                .inode_table_bytes
+                .fetch_add(piece.end - piece.start, Ordering::Relaxed);
+            found.clear();
+            layout.directory_blocks(&buf, &mut found);
+            asked.ask_found(bs, &found, &mut nodes);
+        }
+    }
+    while !nodes.is_empty() {
+        for (r, depth) in std::mem::take(&mut nodes) {
+            if shared.stopping() {
+                return Ok(());
+            }
+            if asked.read(&r, &mut buf) {
+                progress.extent_blocks.fetch_add(1, Ordering::Relaxed);
+                found.clear();
+                layout.extent_node(&buf, depth, &mut found);
+                asked.ask_found(bs, &found, &mut nodes);
+            }
+        }
+    }
+    // Done means arrived: the last requests are waited for too.
+    while !asked.on_the_way.is_empty() && !shared.stopping() {
+        asked.wait_oldest();
+    }
+    Ok(())
+}
