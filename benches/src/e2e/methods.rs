@@ -39,6 +39,10 @@ pub enum Method {
     /// `prewarm run --manifest`: the plan made ahead by `prewarm plan` (as at
     /// image build time), replayed without mapping anything.
     PrewarmManifest { touch: bool },
+    /// The prewarm CLI cold at the defaults but with
+    /// `--metadata-readahead 0`: what reading the metadata ahead of the walk
+    /// is worth, measured beside the default in the same run.
+    PrewarmNoReadahead,
 }
 
 impl Method {
@@ -68,6 +72,7 @@ impl Method {
             Method::PrewarmManifest { touch } => {
                 format!("prewarm-manifest-{}", if *touch { "touch" } else { "full" })
             }
+            Method::PrewarmNoReadahead => "prewarm-full-q32-cold-no-readahead".into(),
         }
     }
 
@@ -101,13 +106,14 @@ impl Method {
             Method::PrewarmManifest { touch: true } => {
                 "prewarm run --manifest --mode touch [planned ahead]".into()
             }
+            Method::PrewarmNoReadahead => "prewarm --metadata-readahead 0 [cold]".into(),
         }
     }
 
     pub fn is_prewarm(&self) -> bool {
         matches!(
             self,
-            Method::Prewarm { .. } | Method::PrewarmManifest { .. }
+            Method::Prewarm { .. } | Method::PrewarmManifest { .. } | Method::PrewarmNoReadahead
         )
     }
 
@@ -154,6 +160,9 @@ pub fn all_methods() -> Vec<Method> {
     ];
     for cached in [false, true] {
         m.push(Method::prewarm_q32(false, cached));
+        if !cached {
+            m.push(Method::PrewarmNoReadahead);
+        }
         m.push(Method::prewarm_q32(true, cached));
         for qd in [1, 8, 128] {
             m.push(Method::Prewarm {
@@ -339,11 +348,18 @@ impl Harness {
             Method::Fio => {
                 external(Self::fio_cmd(dev), "fio")?;
             }
-            Method::Prewarm { touch, qd, .. } => {
+            Method::Prewarm { .. } | Method::PrewarmNoReadahead => {
+                let (touch, qd) = match m {
+                    Method::Prewarm { touch, qd, .. } => (touch, qd),
+                    _ => (false, 32),
+                };
                 let mut c = self.prewarm_cmd();
                 c.args(["--json", "--queue-depth"]).arg(qd.to_string());
                 if touch {
                     c.args(["--mode", "touch"]);
+                }
+                if m == Method::PrewarmNoReadahead {
+                    c.args(["--metadata-readahead", "0"]);
                 }
                 c.arg("--paths").arg(&self.list);
                 let f = external(c, "prewarm")?;
