@@ -236,6 +236,7 @@ impl MetadataReadahead {
             p
         };
         let shared = self.shared.clone();
+        let mine = progress.clone();
         let spawned = std::thread::Builder::new()
             .name("prewarm-readahead".into())
             .stack_size(256 * 1024)
@@ -251,7 +252,7 @@ impl MetadataReadahead {
                 progress.end(state, reason);
             });
         if let Err(e) = spawned {
-            tracing::debug!("metadata read-ahead not started: {e}");
+            mine.end(ReadaheadState::Skipped, Some(format!("no thread: {e}")));
         }
     }
 
