@@ -355,21 +355,15 @@ pub fn hydrate(sources: &Sources, cfg: &Config) -> Result<Report, Error> {
     }
     let mut planner = Planner::new(prepared, cfg);
     planner.open_sweeps(&sources.devices)?;
-    // The metadata a walk is about to fetch, read wide beside the data: the
-    // scout looks at the entries ahead of the collector, so that a walk in
-    // a later class has its filesystem's metadata read while the first
-    // classes are mapped (map/readahead.rs).
+    // The metadata a walk is about to fetch, read wide beside the data
+    // (map/readahead.rs; the planner starts its scout).
     if cfg.metadata_readahead > 0 {
-        let readahead = MetadataReadahead::new(
+        planner.readahead = Some(MetadataReadahead::new(
             cfg.metadata_readahead,
             cfg.plan.chunk_size,
             cfg.queue_depth as usize,
             cfg.stop.clone(),
-        );
-        if cfg.collect.root.is_none() {
-            readahead.scout(sources.first_paths(SCOUT_ENTRIES));
-        }
-        planner.readahead = Some(readahead);
+        ));
     }
     let readahead = planner.readahead.clone();
     let mut report = execute::run_engines(planner, cfg, |planner, feed| {
@@ -383,11 +377,6 @@ pub fn hydrate(sources: &Sources, cfg: &Config) -> Result<Report, Error> {
     report.finish(start.elapsed());
     Ok(report)
 }
-
-/// Entries the metadata read-ahead's scout looks at, at most: enough to
-/// meet the directories of a list, few enough that a list of a million
-/// files costs it nothing noticeable.
-const SCOUT_ENTRIES: usize = 1024;
 
 #[cfg(test)]
 mod tests {

@@ -41,6 +41,11 @@ pub(crate) struct ClassPiece {
     pub last: bool,
 }
 
+/// Entries the metadata read-ahead's scout looks at, at most: enough to
+/// meet the directories of a list, few enough that a list of a million
+/// files costs it nothing noticeable.
+const SCOUT_ENTRIES: usize = 1024;
+
 /// Entries of a class collected at once (each batch's `lstat`s run in
 /// parallel; the batch bounds what is unpacked and held meanwhile).
 const COLLECT_BATCH: usize = 4096;
@@ -132,6 +137,15 @@ impl<'c> Planner<'c> {
         self.prepared.images.extend(images.images);
         let extra = images.entries;
         let mut classes = sources.classes_with(&extra);
+        // The read-ahead's scout looks at the first entries of every class
+        // (images' directories included) ahead of the collector, so that a
+        // walk in a later class has its filesystem's metadata read while
+        // the first classes are mapped.
+        if let Some(readahead) = &self.readahead {
+            if self.cfg.collect.root.is_none() {
+                readahead.scout(sources.first_paths(&classes, &extra, SCOUT_ENTRIES));
+            }
+        }
         for &priority in self.sweeps.keys() {
             classes.entry(priority).or_default();
         }

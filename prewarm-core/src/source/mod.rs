@@ -268,16 +268,22 @@ impl Sources {
         self.entry_with(at, &[])
     }
 
-    /// The paths of the first `limit` entries, most urgent class first,
+    /// The paths of the first `limit` entries of `classes` (from
+    /// [`Sources::classes_with`] and `extra`), most urgent class first,
     /// globs left out: what a look ahead (the metadata read-ahead's scout)
     /// may `lstat` before the collector comes to them.
-    pub fn first_paths(&self, limit: usize) -> Vec<PathBuf> {
+    pub fn first_paths(
+        &self,
+        classes: &std::collections::BTreeMap<u32, Vec<EntryIndex>>,
+        extra: &[SourceEntry],
+        limit: usize,
+    ) -> Vec<PathBuf> {
         let mut paths = Vec::new();
-        for at in self.classes_with(&[]).into_values().flatten() {
+        for &at in classes.values().flatten() {
             if paths.len() >= limit {
                 break;
             }
-            if let Some(e) = self.entry_with(at, &[]).filter(|e| !is_glob(&e.path)) {
+            if let Some(e) = self.entry_with(at, extra).filter(|e| !is_glob(&e.path)) {
                 paths.push(e.path);
             }
         }
