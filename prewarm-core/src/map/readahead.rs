@@ -337,10 +337,8 @@ impl Asked<'_> {
     /// budget reached) if they do not fit.
     fn charge(&mut self, r: &Range<u64>) -> bool {
         let chunk = self.shared.chunk;
-        let chunks = r.start / chunk..r.end.div_ceil(chunk);
-        let new = chunks
-            .clone()
-            .filter(|c| !self.covered.contains_key(c))
+        let new = by_chunk(r, chunk)
+            .filter(|(c, _)| !self.covered.contains_key(c))
             .count() as u64;
         if self.spent + new * chunk > self.shared.budget {
             self.progress.budget_reached.store(true, Ordering::Relaxed);
@@ -348,12 +346,8 @@ impl Asked<'_> {
         }
         self.spent += new * chunk;
         self.progress.chunks.fetch_add(new, Ordering::Relaxed);
-        for c in chunks {
-            let piece = r.start.max(c * chunk)..r.end.min((c + 1) * chunk);
-            self.covered
-                .entry(c)
-                .and_modify(|h| *h = h.start.min(piece.start)..h.end.max(piece.end))
-                .or_insert(piece);
+        for (c, piece) in by_chunk(r, chunk) {
+            widen(self.covered.entry(c).or_insert(piece.clone()), piece);
         }
         true
     }
@@ -392,16 +386,14 @@ impl Asked<'_> {
     }
 
     /// Read `r` (asked for already) into `buf`; a failure is counted.
-    fn read(&self, r: &Range<u64>, buf: &mut Vec<u8>) -> bool {
+    fn read(&self, r: &Range<u64>, buf: &mut Vec<u8>) -> std::io::Result<()> {
         buf.resize((r.end - r.start) as usize, 0);
-        match self.file.read_exact_at(buf, r.start) {
-            Ok(()) => true,
-            Err(e) => {
-                self.progress.errors.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!("metadata read-ahead at {}: {e}", r.start);
-                false
-            }
+        let read = self.file.read_exact_at(buf, r.start);
+        if let Err(e) = &read {
+            self.progress.errors.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!("metadata read-ahead at {}: {e}", r.start);
         }
+        read
     }
 
     /// Ask for what an inode table or tree node named: directory blocks as
@@ -409,19 +401,12 @@ impl Asked<'_> {
     /// are returned to be read in turn.
     fn ask_found(&mut self, bs: u64, found: &[MetadataBlocks], nodes: &mut Vec<(Range<u64>, u16)>) {
         let chunk = self.shared.chunk;
-        let mut by_chunk: BTreeMap<u64, Range<u64>> = BTreeMap::new();
+        let mut hulls: BTreeMap<u64, Range<u64>> = BTreeMap::new();
         for m in found {
             match m {
                 MetadataBlocks::Directory(blocks) => {
-                    let (mut at, end) = (blocks.start * bs, blocks.end * bs);
-                    while at < end {
-                        let c = at / chunk;
-                        let piece = at..end.min((c + 1) * chunk);
-                        by_chunk
-                            .entry(c)
-                            .and_modify(|h| *h = h.start.min(piece.start)..h.end.max(piece.end))
-                            .or_insert(piece.clone());
-                        at = piece.end;
+                    for (c, piece) in by_chunk(&(blocks.start * bs..blocks.end * bs), chunk) {
+                        widen(hulls.entry(c).or_insert(piece.clone()), piece);
                     }
                 }
                 &MetadataBlocks::ExtentNode { block, depth } => {
@@ -433,7 +418,7 @@ impl Asked<'_> {
                 }
             }
         }
-        for (c, r) in by_chunk {
+        for (c, r) in hulls {
             let known = self.covered.get(&c);
             if known.is_some_and(|h| h.start <= r.start && r.end <= h.end) {
                 continue;
@@ -446,6 +431,19 @@ impl Asked<'_> {
             }
         }
     }
+}
+
+/// `r` cut at chunk boundaries: each non-empty piece, with its chunk.
+fn by_chunk(r: &Range<u64>, chunk: u64) -> impl Iterator<Item = (u64, Range<u64>)> {
+    let r = r.clone();
+    (r.start / chunk..r.end.div_ceil(chunk))
+        .map(move |c| (c, r.start.max(c * chunk)..r.end.min((c + 1) * chunk)))
+        .filter(|(_, piece)| !piece.is_empty())
+}
+
+/// Widen `hull` to cover `piece` too.
+fn widen(hull: &mut Range<u64>, piece: Range<u64>) {
+    *hull = hull.start.min(piece.start)..hull.end.max(piece.end);
 }
 
 /// Read `progress.device`'s metadata ahead: the superblock and descriptors,
@@ -476,15 +474,15 @@ fn read_ahead(shared: &Shared, progress: &Progress, ino: u64) -> Result<(), Stri
         on_the_way: VecDeque::new(),
     };
     let mut buf = Vec::new();
-    let fail = |what: &str| format!("reading the {what} of {}", node.display());
-    if !asked.read(&Ext4Layout::SUPERBLOCK, &mut buf) {
-        return Err(fail("superblock"));
-    }
+    let fail = |what: &str, e| format!("reading the {what} of {}: {e}", node.display());
+    asked
+        .read(&Ext4Layout::SUPERBLOCK, &mut buf)
+        .map_err(|e| fail("superblock", e))?;
     let layout = Ext4Layout::from_superblock(&buf).map_err(|e| e.to_string())?;
     let descriptors = layout.descriptors();
-    if !asked.read(&descriptors, &mut buf) {
-        return Err(fail("group descriptors"));
-    }
+    asked
+        .read(&descriptors, &mut buf)
+        .map_err(|e| fail("group descriptors", e))?;
     asked.charge(&(Ext4Layout::SUPERBLOCK.start..descriptors.end));
     let mut tables = layout.inode_tables(&buf).map_err(|e| e.to_string())?;
     // The walked directory's group first, then the ones after it: its
@@ -493,14 +491,11 @@ fn read_ahead(shared: &Shared, progress: &Progress, ino: u64) -> Result<(), Stri
     tables.sort_by_key(|t| (u64::from(t.group) < first, t.group));
     let mut pieces = Vec::new();
     'tables: for t in &tables {
-        let (mut at, end) = (t.offset, t.offset + t.len);
-        while at < end {
-            let piece = at..end.min((at / shared.chunk + 1) * shared.chunk);
+        for (_, piece) in by_chunk(&(t.offset..t.offset + t.len), shared.chunk) {
             if !asked.charge(&piece) {
                 break 'tables;
             }
             asked.ask(&piece);
-            at = piece.end;
             pieces.push(piece);
         }
     }
@@ -511,7 +506,7 @@ fn read_ahead(shared: &Shared, progress: &Progress, ino: u64) -> Result<(), Stri
         if shared.stopping() {
             return Ok(());
         }
-        if asked.read(piece, &mut buf) {
+        if asked.read(piece, &mut buf).is_ok() {
             progress
                 .inode_table_bytes
                 .fetch_add(piece.end - piece.start, Ordering::Relaxed);
@@ -525,7 +520,7 @@ fn read_ahead(shared: &Shared, progress: &Progress, ino: u64) -> Result<(), Stri
             if shared.stopping() {
                 return Ok(());
             }
-            if asked.read(&r, &mut buf) {
+            if asked.read(&r, &mut buf).is_ok() {
                 progress.extent_blocks.fetch_add(1, Ordering::Relaxed);
                 found.clear();
                 layout.extent_node(&buf, depth, &mut found);
