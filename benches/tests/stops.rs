@@ -351,6 +351,22 @@ fn assert_stopped(phase: &str, s: &Stopped) {
     assert_eq!(s.code, Some(1), "{phase}: partial\n{}", s.stderr);
 }
 
+/// Assert that no read was issued after a stop that came while the volume
+/// held every read: only those already on their way (at most the queue
+/// depth) were done. The stop reaches the run at once, however many of its
+/// threads are asleep in reads of the volume: before SIGTERM had a thread
+/// of its own, it could wait for one of them to return, while the engine
+/// went on issuing (one run in six read its whole plan).
+fn assert_nothing_issued_after(phase: &str, s: &Stopped) {
+    let report = s.report.as_ref().expect("a report");
+    let (done, depth) = (&report["ios_done"], &report["queue_depth"]);
+    assert!(
+        done.as_u64() <= depth.as_u64(),
+        "{phase}: {done} reads done after a stop with a queue depth of {depth}\n{}",
+        s.stderr
+    );
+}
+
 /// Hold the volume, start `args`, signal once a read is waiting in the
 /// phase, release the volume one fetch round later.
 fn stop_while_blocked(vol: &LazyVolume, phase: &str, args: &[&str]) -> Stopped {
@@ -409,6 +425,7 @@ fn manifest_run_stops(vol: &LazyVolume, phase: &str, manifest: &std::path::Path)
         ],
     );
     assert_stopped(phase, &s);
+    assert_nothing_issued_after(phase, &s);
     assert!(state.is_file(), "no handover state written\n{}", s.stderr);
 }
 
@@ -425,6 +442,7 @@ fn a_stop_while_mapping() {
         &["--paths", list.to_str().expect("utf-8"), "--json"],
     );
     assert_stopped("mapping", &s);
+    assert_nothing_issued_after("mapping", &s);
 }
 
 #[test]
@@ -445,6 +463,10 @@ fn a_stop_while_reading() {
             "reading --device, pread".into(),
             vec!["--engine", "pread", "--device", &dev, "--json"],
         ),
+        // The manifest's 105 chunks are 54 reads: at the default depth of
+        // 32, by the 24th fetch nearly all are on their way and the rest may
+        // be issued before the signal lands. At depth 4 most are still to
+        // issue.
         (
             "reading run --state".into(),
             vec![
@@ -453,6 +475,8 @@ fn a_stop_while_reading() {
                 manifest.to_str().expect("utf-8"),
                 "--state",
                 state.to_str().expect("utf-8"),
+                "--queue-depth",
+                "4",
                 "--json",
             ],
         ),
@@ -473,6 +497,14 @@ fn a_stop_while_reading() {
         let latency = p.wait_exit(signalled, Duration::from_secs(20));
         let s = p.finish(latency);
         assert_stopped(&phase, &s);
+        // What it read is less than its plan: the stop came while reads
+        // were still to issue, and none was issued after it.
+        let report = s.report.as_ref().expect("a report");
+        let (read, planned) = (&report["bytes_read"], &report["planned_bytes"]);
+        assert!(
+            read.as_u64() < planned.as_u64(),
+            "{phase}: read {read} of {planned} planned bytes"
+        );
         let fetched = vol.tb.stats(false).expect("stats").hydrated_chunks;
         assert!(
             fetched < 512,

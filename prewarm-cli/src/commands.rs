@@ -480,15 +480,50 @@ fn write_stdout(
     }
 }
 
-/// SIGTERM/SIGINT stop issuing reads; a second one exits at once.
+/// The flag SIGTERM and SIGINT set, for the run's stop signal; a second
+/// signal exits at once.
+///
+/// One thread of its own takes them, waiting in `sigwait`, and every
+/// thread started after this call has them blocked. Otherwise the kernel
+/// hands a process-wide signal to any thread that does not block it, and
+/// if that thread is asleep in a read of the lazy volume it is taken only
+/// when the read returns: a stop sent while one metadata read waited
+/// behind a queue of data reads was seen 65 reads later, and one sent while
+/// a read of a device that never answers waited would never have been. The
+/// handlers stay installed for threads started before this call.
 fn install_signals() -> Result<Arc<AtomicBool>> {
+    use nix::sys::signal::{SigSet, Signal};
+    static CANCEL: std::sync::OnceLock<Arc<AtomicBool>> = std::sync::OnceLock::new();
+    if let Some(cancel) = CANCEL.get() {
+        return Ok(cancel.clone());
+    }
     let cancel = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register_conditional_shutdown(sig, 1, cancel.clone())
             .context("installing signal handlers")?;
         signal_hook::flag::register(sig, cancel.clone()).context("installing signal handlers")?;
     }
-    Ok(cancel)
+    let mut stops = SigSet::empty();
+    stops.add(Signal::SIGTERM);
+    stops.add(Signal::SIGINT);
+    // Blocked in this thread first, so that the waiting thread starts with
+    // them blocked too, as `sigwait` wants.
+    if stops.thread_block().is_ok() {
+        let flag = cancel.clone();
+        let waiter = std::thread::Builder::new()
+            .name("prewarm-signals".into())
+            .spawn(move || loop {
+                if stops.wait().is_ok() && flag.swap(true, Ordering::SeqCst) {
+                    std::process::exit(1);
+                }
+            });
+        // Without the thread, the handlers take them, as before.
+        if let Err(e) = waiter {
+            tracing::warn!("no thread for signals ({e}): a stop may wait for a read to return");
+            let _ = stops.thread_unblock();
+        }
+    }
+    Ok(CANCEL.get_or_init(|| cancel).clone())
 }
 
 /// The last resort. Every phase looks at the stop signal and ends within
