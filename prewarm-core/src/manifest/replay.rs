@@ -649,6 +649,7 @@ fn recorded(f: &ManifestFile, path: PathBuf, dev_num: u64, with_file_ranges: boo
             size: f.size,
             mtime: (f.mtime_sec, i64::from(f.mtime_nsec)),
             ranges: f.ranges.clone(),
+            mapped: None,
         },
         map: ExtentMap {
             device_extents: f.extents.clone(),

@@ -111,7 +111,7 @@ impl fmt::Display for FileReadReason {
 }
 
 /// How a file's bytes will be read.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct ExtentMap {
     /// Extents read from the raw block device.
     pub device_extents: Vec<Extent>,
@@ -190,6 +190,22 @@ pub fn open_file(path: &Path, direct: bool) -> std::io::Result<(File, bool)> {
         Err(e) if e.raw_os_error() == Some(libc::EPERM) => open_read_only(path, direct, 0),
         other => other,
     }
+}
+
+/// Open the regular file `name` of the open directory `dir` for mapping,
+/// as [`open_file`] does, but by that one name: the directory's path is not
+/// looked up again, and a symlink at `name` is not followed (`ELOOP`). A
+/// walk opens what it lists this way. `O_NONBLOCK`: should `name` have
+/// become a FIFO since it was listed, opening it does not wait for a
+/// writer.
+pub(crate) fn open_file_in(dir: &File, name: &std::ffi::OsStr) -> std::io::Result<File> {
+    use nix::fcntl::OFlag;
+    let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_NOCTTY;
+    match fiemap::open_in_dir(dir, name, flags | OFlag::O_NOATIME) {
+        Err(nix::errno::Errno::EPERM) => fiemap::open_in_dir(dir, name, flags),
+        other => other,
+    }
+    .map_err(std::io::Error::from)
 }
 
 /// The device extents of the open directory `dir`: its blocks, which a

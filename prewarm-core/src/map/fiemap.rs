@@ -1,7 +1,10 @@
 //! Kernel ioctl FFI: `FS_IOC_FIEMAP`, XFS's `XFS_IOC_GETBMAPX` (the block
 //! map of a directory, which XFS's FIEMAP does not answer), the two
 //! block-device geometry queries (`BLKSSZGET`, `BLKGETSIZE64`) and a mounted
-//! filesystem's UUID (`FS_IOC_GETFSUUID`).
+//! filesystem's UUID (`FS_IOC_GETFSUUID`); and `openat`, whose descriptor
+//! (a bare integer in nix 0.29) is taken into ownership here, so that a walk
+//! opens each file by its name in the open directory rather than by its
+//! whole path again.
 //!
 //! This is one of the two modules of the crate allowed to hold `unsafe` (the
 //! other is the io_uring backend), and it is private to [`crate::map`]: every
@@ -17,7 +20,9 @@
 //! of the last extent returned and stops at the extent flagged
 //! `FIEMAP_EXTENT_LAST` (or when the kernel returns none).
 
-use std::os::fd::{AsFd, AsRawFd};
+use std::ffi::OsStr;
+use std::fs::File;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd};
 
 use super::Extent;
 
@@ -289,6 +294,21 @@ pub(crate) fn device_size<F: AsFd>(fd: F) -> nix::Result<u64> {
         ioctl::blkgetsize64(fd.as_fd().as_raw_fd(), &mut size)?;
     }
     Ok(size)
+}
+
+/// Open `name` in the open directory `dir` with `flags` (`O_CLOEXEC` is
+/// added): one lookup of one name, not a walk of a whole path.
+pub(crate) fn open_in_dir(dir: &File, name: &OsStr, flags: nix::fcntl::OFlag) -> nix::Result<File> {
+    let fd = nix::fcntl::openat(
+        Some(dir.as_raw_fd()),
+        name,
+        flags | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )?;
+    // Safety: `openat` succeeded, so `fd` is a descriptor it has just
+    // opened for this call; nothing else holds or will close it, and the
+    // `File` becomes its only owner.
+    Ok(unsafe { File::from_raw_fd(fd) })
 }
 
 #[cfg(test)]

@@ -250,9 +250,13 @@ impl<'c> Planner<'c> {
         // A file that cannot be opened is named and dropped; after a stop
         // the rest is not mapped (each FIEMAP may wait for cold metadata).
         let stop = self.cfg.stop.clone();
-        let mapped: Vec<Option<Result<MappedFile, Warning>>> = pool.map(files, move |file| {
+        let mapped: Vec<Option<Result<MappedFile, Warning>>> = pool.map(files, move |mut file| {
             if stop.check().is_some() {
                 return None;
+            }
+            // Mapped already by the walk that found it, in its directory.
+            if let Some(map) = file.mapped.take().filter(|_| file.ranges.is_none()) {
+                return Some(Ok(MappedFile { map, file }));
             }
             Some(match open_file(&file.path, false) {
                 Ok((f, _)) => Ok(MappedFile {

@@ -27,7 +27,7 @@ use std::sync::Arc;
 use crate::engine::StopSignal;
 use crate::error::{Origin, Warning, WarningKind};
 use crate::map::pool::MetadataPool;
-use crate::map::ByteRange;
+use crate::map::{ByteRange, ExtentMap};
 use crate::plan::spans::{self, Span};
 use crate::report::{WarningCap, WarningsOmitted};
 use handed_out::{HandedOut, InodeKey, Planned};
@@ -84,6 +84,10 @@ pub struct TargetFile {
     /// Only these byte ranges (sorted, disjoint; they may run past the
     /// end); `None`: the whole file.
     pub ranges: Option<Vec<ByteRange>>,
+    /// Where the whole file lies, when whoever found it mapped it then (a
+    /// walk maps each regular file it opens in its directory); `None`: the
+    /// planner opens the file by its path and maps it.
+    pub mapped: Option<ExtentMap>,
 }
 
 impl TargetFile {
@@ -103,6 +107,7 @@ impl TargetFile {
             size: meta.len(),
             mtime: (meta.mtime(), meta.mtime_nsec()),
             ranges: None,
+            mapped: None,
         }
     }
 }
@@ -598,7 +603,9 @@ impl<'a> Collector<'a> {
                             self.add_missing_ranges(key, needed.path, &needed.meta, &library);
                         }
                         Some(Planned::Whole { .. }) => {}
-                        None => self.add_file(needed.path, &needed.meta, &library, None),
+                        None => {
+                            self.add_file(needed.path, &needed.meta, &library, None);
+                        }
                     },
                 }
             }
@@ -787,7 +794,15 @@ impl<'a> Collector<'a> {
         };
         for child in children {
             match child.kind {
-                walk::ChildKind::File(meta) => self.add_file(child.path, &meta, entry, None),
+                walk::ChildKind::File { meta, map } => {
+                    // The walk's map is of the whole file: kept for a file
+                    // collected whole.
+                    if let Some(file) = self.add_file(child.path, &meta, entry, None) {
+                        if file.ranges.is_none() {
+                            file.mapped = map;
+                        }
+                    }
+                }
                 walk::ChildKind::Dir(meta) => {
                     let id = (meta.dev(), meta.ino());
                     if let Some(ancestor) = dir.ancestry.find(id) {
@@ -821,7 +836,7 @@ impl<'a> Collector<'a> {
                     .and_then(|p| Ok((std::fs::metadata(&p)?, p)))
                 {
                     Ok((meta, target)) if meta.is_file() => {
-                        self.add_file(target, &meta, entry, None)
+                        self.add_file(target, &meta, entry, None);
                     }
                     Ok(_) => tracing::debug!(
                         path = %child.path.display(),
@@ -863,18 +878,19 @@ impl<'a> Collector<'a> {
 
     /// Add a regular file reached at `path`; `named` is the path as the
     /// entry wrote it when the file was named directly (not found by a walk).
+    /// Returns the file when it is new to this batch.
     fn add_file(
         &mut self,
         path: PathBuf,
         meta: &std::fs::Metadata,
         entry: &SourceEntry,
         named: Option<&Path>,
-    ) {
+    ) -> Option<&mut TargetFile> {
         let key = (meta.dev(), meta.ino());
         match self.handed_out.get(key) {
             Some(Planned::Ranges(_)) if !self.by_inode.contains_key(&key) => {
                 self.add_missing_ranges(key, path, meta, entry);
-                return;
+                return None;
             }
             Some(Planned::Whole { library }) => {
                 // Planned whole in an earlier batch (a more urgent class,
@@ -894,14 +910,14 @@ impl<'a> Collector<'a> {
                     };
                     self.warn(WarningKind::Duplicate, shown, entry, msg);
                 }
-                return;
+                return None;
             }
             _ => {}
         }
         if let Some(&idx) = self.by_inode.get(&key) {
             if self.set.files[idx].ranges.is_some() || entry.ranges.is_some() {
                 self.widen_in_batch(idx, entry);
-                return;
+                return None;
             }
             let first = &mut self.set.files[idx];
             first.priority = first.priority.min(entry.priority);
@@ -928,12 +944,13 @@ impl<'a> Collector<'a> {
             if (named.is_some() || first.path != path) && !was_library {
                 self.warn(WarningKind::Duplicate, &shown, entry, msg);
             }
-            return;
+            return None;
         }
         self.by_inode.insert(key, self.set.files.len());
         let mut file = TargetFile::from_metadata(path, meta, entry.priority, entry.origin.clone());
         file.ranges = entry.ranges.clone();
         self.set.files.push(file);
+        self.set.files.last_mut()
     }
 
     /// File `idx` of the current batch named again by `entry`, one of them
@@ -1178,6 +1195,8 @@ mod tests {
         std::fs::write(top.join("a/b/big"), vec![1u8; 1 << 20]).unwrap();
         std::os::unix::fs::symlink(top.join("f/g"), top.join("e/to-g")).unwrap();
         std::os::unix::fs::symlink(top.join("a"), top.join("a/d/up")).unwrap();
+        std::fs::write(dir.path().join("outside"), b"linked to").unwrap();
+        std::os::unix::fs::symlink(dir.path().join("outside"), top.join("e/outside")).unwrap();
         let want: std::collections::BTreeSet<(u64, u64)> = walkdir::WalkDir::new(&top)
             .follow_links(true)
             .into_iter()
@@ -1195,7 +1214,20 @@ mod tests {
         let mut got = Vec::new();
         loop {
             let more = c.walk_some(2);
-            got.extend(c.take_new().iter().map(|f| (f.dev, f.ino)));
+            for f in c.take_new() {
+                // Each file is mapped by the walk, in its directory, as
+                // opening it by path would map it; but for e/outside, met
+                // as a symlink, which is looked at (and later opened) by
+                // path.
+                let by_path = crate::map::extent::open_file(&f.path, false).unwrap();
+                let by_path = crate::map::extent::map_file(&by_path.0, f.size, None);
+                if f.path == top.join("e/outside") {
+                    assert_eq!(f.mapped, None, "{}", f.path.display());
+                } else {
+                    assert_eq!(f.mapped.as_ref(), Some(&by_path), "{}", f.path.display());
+                }
+                got.push((f.dev, f.ino));
+            }
             if !more {
                 break;
             }
