@@ -217,6 +217,18 @@ impl LazyStore {
     /// which would evict an image on a disk filesystem, and the testbed
     /// would then read every hydrated chunk from the host's disk.
     pub fn open(testbed_bin: &Path, image: &Path, work: &Path, args: &[String]) -> Result<Self> {
+        Self::open_with(testbed_bin, image, work, args, "ro,noload")
+    }
+
+    /// As [`LazyStore::open`], mounted with `options` (XFS wants
+    /// `ro,norecovery`, not ext4's `noload`).
+    pub fn open_with(
+        testbed_bin: &Path,
+        image: &Path,
+        work: &Path,
+        args: &[String],
+        options: &str,
+    ) -> Result<Self> {
         let testbed = TestbedProcess::start(
             testbed_bin,
             image,
@@ -225,7 +237,7 @@ impl LazyStore {
             &work.join("testbed.log"),
         )?;
         let loop_device = LoopDevice::attach(&testbed.disk(), true)?;
-        let mount = Mount::new(&loop_device.path, &work.join("vol"), "ro,noload")?;
+        let mount = Mount::new(&loop_device.path, &work.join("vol"), options)?;
         Ok(LazyStore {
             mount,
             loop_device,

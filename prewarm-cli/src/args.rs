@@ -275,13 +275,15 @@ pub struct EngineArgs {
     #[arg(long, value_parser = humantime::parse_duration)]
     pub deadline: Option<Duration>,
 
-    /// Before walking a directory on ext4, read up to this much of its
-    /// filesystem's metadata (the used inode tables, then every directory's
-    /// blocks) many at a time, so the walk does not fetch it one lookup
-    /// after another; `0` turns it off. Counted by the chunks it touches.
-    /// Manifest runs walk nothing and read none.
-    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "64M")]
-    pub metadata_readahead: u64,
+    /// Before walking a directory, read up to this much of its
+    /// filesystem's metadata (the used inode tables or chunks, then every
+    /// directory's blocks) many at a time, so the walk does not fetch it one
+    /// lookup after another; `0` turns it off. Counted by the chunks it
+    /// touches. By default 64M on ext4 and none on XFS (measured no faster
+    /// there); given, it applies to both. Manifest runs walk nothing and
+    /// read none.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub metadata_readahead: Option<u64>,
 }
 
 /// What is printed.

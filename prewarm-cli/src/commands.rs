@@ -379,7 +379,10 @@ fn config(plan: PlanConfig, engine: &EngineArgs) -> Result<Config> {
             bytes_per_sec: engine.max_rate,
             reads_per_sec: engine.max_iops,
         },
-        metadata_readahead: engine.metadata_readahead,
+        metadata_readahead: engine
+            .metadata_readahead
+            .unwrap_or(prewarm_core::DEFAULT_METADATA_READAHEAD),
+        metadata_readahead_xfs: engine.metadata_readahead.is_some(),
         stop: StopSignal::new(cancel, deadline),
         on_class_done: Some(Arc::new(|prio| {
             tracing::info!("priority class {prio} hydrated")

@@ -239,6 +239,7 @@ mod tests {
             inode_table_bytes: 1 << 20,
             directory_bytes: 1 << 19,
             extent_blocks: 0,
+            index_blocks: 0,
             reads: 3,
             chunks: 3,
             errors: 0,

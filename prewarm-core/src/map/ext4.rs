@@ -15,6 +15,8 @@
 
 use std::ops::Range;
 
+use super::readahead::MetadataBlocks;
+
 /// Why a superblock or descriptor table is not read ahead.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Ext4Refusal {
@@ -91,21 +93,6 @@ pub struct InodeTable {
     pub offset: u64,
     /// Length in bytes (whole inodes).
     pub len: u64,
-}
-
-/// Blocks a directory walk reads, found in an inode or an extent tree node.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum MetadataBlocks {
-    /// A run of a directory's blocks.
-    Directory(Range<u64>),
-    /// An extent tree node (index or leaf) of a directory with a deep tree,
-    /// and how many levels it may still have below it.
-    ExtentNode {
-        /// Its block.
-        block: u64,
-        /// Levels allowed below it (the parent's depth minus one).
-        depth: u16,
-    },
 }
 
 fn u16_at(b: &[u8], at: usize) -> u16 {

@@ -31,6 +31,7 @@ mod fiemap;
 pub(crate) mod fsid;
 pub(crate) mod pool;
 pub(crate) mod readahead;
+pub(crate) mod xfs;
 
 pub use device::{DeviceError, DeviceId};
 pub use extent::{ByteRange, Extent, ExtentMap, FileReadReason};

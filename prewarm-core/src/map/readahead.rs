@@ -5,13 +5,13 @@
 //! waiting for the one before and, once data reads are queued, each waiting
 //! behind them for a fetch slot (benches/PROFILE.md, section 4: the walk of
 //! a big tree ended 5 ms before its last read, the reads starved
-//! meanwhile). For ext4 most of that chain is known without walking: the
-//! group descriptors say where the used inodes are, and the inodes of the
-//! directories say where their blocks are (`ext4`). So when a run is about
-//! to walk a directory, this module asks for the used part of every inode
-//! table at once, reads each as it arrives, and asks for the blocks and
-//! extent tree nodes of every directory it names: the walk that follows
-//! finds them hydrated and cached.
+//! meanwhile). Most of that chain is known without walking: on ext4 the
+//! group descriptors say where the used inodes are (`ext4`), on XFS each
+//! allocation group's inode B+tree does (`xfs`), and the inodes of the
+//! directories say where their blocks are. So when a run is about to walk
+//! a directory, this module asks for every used inode table (or chunk) at
+//! once, reads each as it arrives, and asks for the blocks and tree nodes of
+//! every directory it names: the walk that follows finds them hydrated.
 //!
 //! The requests are `POSIX_FADV_WILLNEED` on the block device, buffered,
 //! on purpose (unlike the engine's reads): the kernel starts each fetch
@@ -19,10 +19,13 @@
 //! their way, so the device's queue is never filled by hints), and ext4
 //! reads its metadata
 //! through that same page cache of the device, so what arrives is exactly
-//! what the walk then finds cached (design fact 1: for metadata the
-//! device's cache *is* the filesystem's). Only the inode tables are read
-//! back, to find the directories; `POSIX_FADV_RANDOM` keeps the kernel from
-//! reading around those reads.
+//! what the walk then finds cached (design fact 1: for ext4's metadata the
+//! device's cache *is* the filesystem's). XFS keeps its metadata in a
+//! buffer cache of its own, so there the read-ahead hydrates (the slow
+//! part on a lazy volume) and the walk still reads each block once more,
+//! at the device's speed. Only the inode tables (and XFS's AGIs and inode
+//! B+tree) are read back, to find the directories; `POSIX_FADV_RANDOM`
+//! keeps the kernel from reading around those reads.
 //!
 //! When to start: the collector starts it when it queues a walk, but a
 //! walk in a later class is queued only once the earlier classes are
@@ -37,10 +40,10 @@
 //! own reads are done it is told to stop, and the run does not wait for
 //! it. It never writes, and a failure (a device it cannot open, a layout it
 //! does not follow, a read error) only ends it, reported, never the run.
-//! Only ext4 (and ext2/3) is read ahead; XFS keeps its inodes in chunks
-//! found through a B+tree per allocation group, not followed yet.
+//! ext4 (and ext2/3) and XFS are read ahead; other filesystems are
+//! reported skipped.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fs::File;
 use std::ops::Range;
 use std::os::fd::AsRawFd;
@@ -53,8 +56,27 @@ use std::time::Instant;
 use serde::Serialize;
 
 use super::device::{self, DeviceId};
-use super::ext4::{Ext4Layout, MetadataBlocks};
+use super::ext4::Ext4Layout;
+use super::xfs::{InobtNode, XfsLayout};
 use crate::engine::StopSignal;
+
+/// Blocks a directory walk reads, as a filesystem's layout (`ext4`, `xfs`)
+/// finds them in an inode or a tree node: linear block numbers (the byte
+/// offset over the block size).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum MetadataBlocks {
+    /// A run of a directory's blocks.
+    Directory(Range<u64>),
+    /// A tree node (index or leaf) of a directory whose extents did not fit
+    /// in its inode (ext4's extent tree, XFS's block-map B+tree), and how
+    /// many levels it may (ext4) or must (XFS) have below it.
+    ExtentNode {
+        /// Its block.
+        block: u64,
+        /// Levels allowed below it (the parent's depth minus one).
+        depth: u16,
+    },
+}
 
 /// How one filesystem's metadata read-ahead went (in [`crate::Report`]).
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -70,13 +92,19 @@ pub struct MetadataReadaheadReport {
     /// device it could not open, a read error).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
-    /// Bytes of used inode tables read.
+    /// Bytes of used inode tables (ext4) or allocated inode chunks (XFS)
+    /// read.
     pub inode_table_bytes: u64,
     /// Bytes of directory blocks asked for (per chunk, the span from its
     /// first directory block to its last).
     pub directory_bytes: u64,
-    /// Extent tree blocks of directories read.
+    /// Tree nodes of directories read: ext4's extent tree blocks, XFS's
+    /// block-map B+tree blocks.
     pub extent_blocks: u64,
+    /// Blocks read to find the inodes, beyond the superblock and ext4's
+    /// group descriptors: on XFS, each group's AGI and its inode B+tree
+    /// nodes.
+    pub index_blocks: u64,
     /// Ranges asked of the kernel.
     pub reads: u64,
     /// Distinct chunks the reads fell in: what they cost the volume.
@@ -110,6 +138,8 @@ pub enum ReadaheadState {
 /// filesystem started.
 struct Shared {
     budget: u64,
+    /// XFS is read ahead too.
+    xfs: bool,
     chunk: u64,
     width: usize,
     stop: StopSignal,
@@ -134,6 +164,7 @@ struct Progress {
     inode_table_bytes: AtomicU64,
     directory_bytes: AtomicU64,
     extent_blocks: AtomicU64,
+    index_blocks: AtomicU64,
     reads: AtomicU64,
     chunks: AtomicU64,
     errors: AtomicU64,
@@ -160,6 +191,7 @@ impl Progress {
             inode_table_bytes: load(&self.inode_table_bytes),
             directory_bytes: load(&self.directory_bytes),
             extent_blocks: load(&self.extent_blocks),
+            index_blocks: load(&self.index_blocks),
             reads: load(&self.reads),
             chunks: load(&self.chunks),
             errors: load(&self.errors),
@@ -187,12 +219,13 @@ pub struct MetadataReadahead {
 
 impl MetadataReadahead {
     /// Read-aheads of at most `budget` bytes each (charged by the chunks of
-    /// `chunk` bytes they touch), the scout `lstat`ing `width` entries at a
-    /// time, until `stop`.
-    pub fn new(budget: u64, chunk: u64, width: usize, stop: StopSignal) -> Self {
+    /// `chunk` bytes they touch), of XFS too if `xfs`, the scout `lstat`ing
+    /// `width` entries at a time, until `stop`.
+    pub fn new(budget: u64, xfs: bool, chunk: u64, width: usize, stop: StopSignal) -> Self {
         MetadataReadahead {
             shared: Arc::new(Shared {
                 budget,
+                xfs,
                 chunk: chunk.max(4096),
                 width: width.clamp(1, super::pool::MAX_WIDTH),
                 stop,
@@ -225,6 +258,7 @@ impl MetadataReadahead {
                 inode_table_bytes: AtomicU64::new(0),
                 directory_bytes: AtomicU64::new(0),
                 extent_blocks: AtomicU64::new(0),
+                index_blocks: AtomicU64::new(0),
                 reads: AtomicU64::new(0),
                 chunks: AtomicU64::new(0),
                 errors: AtomicU64::new(0),
@@ -330,6 +364,11 @@ struct Asked<'a> {
     /// `shared.width` are, so the read-ahead never holds more of the
     /// device's queue than the run's own reads do.
     on_the_way: VecDeque<u64>,
+    /// Where each tree node asked for starts: a node is read once, however
+    /// many parents name it (a damaged tree naming one block from every
+    /// entry of every level would otherwise be read exponentially often,
+    /// and nodes within chunks already charged cost no budget).
+    nodes_asked: HashSet<u64>,
 }
 
 impl Asked<'_> {
@@ -396,6 +435,17 @@ impl Asked<'_> {
         read
     }
 
+    /// Ask for tree node `r` unless it was asked for already or does not
+    /// fit the budget; whether it was.
+    fn ask_node(&mut self, r: &Range<u64>) -> bool {
+        if self.nodes_asked.contains(&r.start) || !self.charge(r) {
+            return false;
+        }
+        self.nodes_asked.insert(r.start);
+        self.ask(r);
+        true
+    }
+
     /// Ask for what an inode table or tree node named: directory blocks as
     /// one range per chunk (the hull of its blocks), and tree nodes, which
     /// are returned to be read in turn.
@@ -411,8 +461,7 @@ impl Asked<'_> {
                 }
                 &MetadataBlocks::ExtentNode { block, depth } => {
                     let r = block * bs..(block + 1) * bs;
-                    if self.charge(&r) {
-                        self.ask(&r);
+                    if self.ask_node(&r) {
                         nodes.push((r, depth));
                     }
                 }
@@ -446,13 +495,80 @@ fn widen(hull: &mut Range<u64>, piece: Range<u64>) {
     *hull = hull.start.min(piece.start)..hull.end.max(piece.end);
 }
 
-/// Read `progress.device`'s metadata ahead: the superblock and descriptors,
-/// then ask for every used inode table and read them in turn (each waits
-/// only for its own fetch, already under way), asking for the directory
-/// blocks each names as it comes; then the tree nodes of directories with
-/// deep extent trees, level by level; then wait for what is still on its
-/// way. One thread: the kernel keeps the fetches in flight. An error says
-/// why nothing (more) was read.
+/// Inodes asked for in one request: the bytes read, and the inodes in
+/// them (the whole of it for an ext4 table; on XFS the chunks in one chunk
+/// of the volume, with whatever lies between them).
+struct InodePiece {
+    read: Range<u64>,
+    inodes: Vec<Range<u64>>,
+}
+
+/// A filesystem whose metadata is read ahead, as its superblock says.
+enum Layout {
+    Ext4(Ext4Layout),
+    Xfs(XfsLayout),
+}
+
+impl Layout {
+    /// The first 4 KiB of a device hold both superblocks: XFS's at 0,
+    /// ext4's at 1024.
+    const HEAD: Range<u64> = 0..4096;
+
+    fn from_head(head: &[u8]) -> Result<Layout, String> {
+        if let Ok(xfs) = XfsLayout::from_superblock(head) {
+            return Ok(Layout::Xfs(xfs));
+        }
+        let sb = head
+            .get(Ext4Layout::SUPERBLOCK.start as usize..)
+            .unwrap_or_default();
+        match (
+            Ext4Layout::from_superblock(sb),
+            XfsLayout::from_superblock(head),
+        ) {
+            (Ok(ext4), _) => Ok(Layout::Ext4(ext4)),
+            // Neither: say what the XFS magic's superblock got wrong, if
+            // it has the magic.
+            (Err(super::ext4::Ext4Refusal::NotExt4), Err(xfs)) => Err(match xfs {
+                super::xfs::XfsRefusal::NotXfs => "neither ext4 nor XFS".to_string(),
+                other => other.to_string(),
+            }),
+            (Err(e), _) => Err(e.to_string()),
+        }
+    }
+
+    fn block_size(&self) -> u64 {
+        match self {
+            Layout::Ext4(l) => l.block_size,
+            Layout::Xfs(l) => l.block_size,
+        }
+    }
+
+    /// The directories among whole inodes read from a table or chunk.
+    fn directory_blocks(&self, inodes: &[u8], out: &mut Vec<MetadataBlocks>) {
+        match self {
+            Layout::Ext4(l) => l.directory_blocks(inodes, out),
+            Layout::Xfs(l) => l.directory_blocks(inodes, out),
+        }
+    }
+
+    /// What a directory's tree node, read for `depth`, names.
+    fn tree_node(&self, node: &[u8], depth: u16, out: &mut Vec<MetadataBlocks>) {
+        match self {
+            Layout::Ext4(l) => l.extent_node(node, depth, out),
+            Layout::Xfs(l) => l.bmbt_node(node, depth, out),
+        }
+    }
+}
+
+/// Read `progress.device`'s metadata ahead: the superblock, then what
+/// finds the inodes (ext4: the group descriptors; XFS: every group's AGI and
+/// inode B+tree, level by level), then ask for every used inode table or
+/// chunk and read them in turn (each waits only for its own fetch, already
+/// under way), asking for the directory blocks each names as it comes;
+/// then the tree nodes of directories whose extents did not fit in their
+/// inodes, level by level; then wait for what is still on its way. One
+/// thread: the kernel keeps the fetches in flight. An error says why
+/// nothing (more) was read.
 fn read_ahead(shared: &Shared, progress: &Progress, ino: u64) -> Result<(), String> {
     let node = device::resolve_node(progress.device).map_err(|e| e.to_string())?;
     *progress.node.lock().unwrap_or_else(|e| e.into_inner()) = Some(node.clone());
@@ -472,46 +588,48 @@ fn read_ahead(shared: &Shared, progress: &Progress, ino: u64) -> Result<(), Stri
         covered: HashMap::new(),
         spent: 0,
         on_the_way: VecDeque::new(),
+        nodes_asked: HashSet::new(),
     };
     let mut buf = Vec::new();
     let fail = |what: &str, e| format!("reading the {what} of {}: {e}", node.display());
     asked
-        .read(&Ext4Layout::SUPERBLOCK, &mut buf)
+        .read(&Layout::HEAD, &mut buf)
         .map_err(|e| fail("superblock", e))?;
-    let layout = Ext4Layout::from_superblock(&buf).map_err(|e| e.to_string())?;
-    let descriptors = layout.descriptors();
-    asked
-        .read(&descriptors, &mut buf)
-        .map_err(|e| fail("group descriptors", e))?;
-    asked.charge(&(Ext4Layout::SUPERBLOCK.start..descriptors.end));
-    let mut tables = layout.inode_tables(&buf).map_err(|e| e.to_string())?;
-    // The walked directory's group first, then the ones after it: its
-    // subdirectories are allocated near it (ext4's Orlov allocator).
-    let first = layout.group_of(ino);
-    tables.sort_by_key(|t| (u64::from(t.group) < first, t.group));
-    let mut pieces = Vec::new();
-    'tables: for t in &tables {
-        for (_, piece) in by_chunk(&(t.offset..t.offset + t.len), shared.chunk) {
-            if !asked.charge(&piece) {
-                break 'tables;
-            }
-            asked.ask(&piece);
-            pieces.push(piece);
-        }
+    asked.charge(&Layout::HEAD);
+    let layout = Layout::from_head(&buf)?;
+    if matches!(layout, Layout::Xfs(_)) && !shared.xfs {
+        return Err("XFS is read ahead only when asked (--metadata-readahead SIZE)".into());
     }
-    let bs = layout.block_size;
+    let pieces = match &layout {
+        Layout::Ext4(ext4) => {
+            let descriptors = ext4.descriptors();
+            asked
+                .read(&descriptors, &mut buf)
+                .map_err(|e| fail("group descriptors", e))?;
+            asked.charge(&descriptors);
+            ext4_table_pieces(&mut asked, ext4, &buf, ino)?
+        }
+        Layout::Xfs(xfs) => xfs_chunk_pieces(&mut asked, xfs, ino, &mut buf),
+    };
+    let bs = layout.block_size();
     let mut found = Vec::new();
     let mut nodes = Vec::new();
     for piece in &pieces {
         if shared.stopping() {
             return Ok(());
         }
-        if asked.read(piece, &mut buf).is_ok() {
-            progress
-                .inode_table_bytes
-                .fetch_add(piece.end - piece.start, Ordering::Relaxed);
+        if asked.read(&piece.read, &mut buf).is_ok() {
             found.clear();
-            layout.directory_blocks(&buf, &mut found);
+            for inodes in &piece.inodes {
+                let at = (inodes.start - piece.read.start) as usize;
+                let len = (inodes.end - inodes.start) as usize;
+                if let Some(inodes) = buf.get(at..at + len) {
+                    layout.directory_blocks(inodes, &mut found);
+                }
+                progress
+                    .inode_table_bytes
+                    .fetch_add(len as u64, Ordering::Relaxed);
+            }
             asked.ask_found(bs, &found, &mut nodes);
         }
     }
@@ -523,7 +641,7 @@ fn read_ahead(shared: &Shared, progress: &Progress, ino: u64) -> Result<(), Stri
             if asked.read(&r, &mut buf).is_ok() {
                 progress.extent_blocks.fetch_add(1, Ordering::Relaxed);
                 found.clear();
-                layout.extent_node(&buf, depth, &mut found);
+                layout.tree_node(&buf, depth, &mut found);
                 asked.ask_found(bs, &found, &mut nodes);
             }
         }
@@ -533,4 +651,107 @@ fn read_ahead(shared: &Shared, progress: &Progress, ino: u64) -> Result<(), Stri
         asked.wait_oldest();
     }
     Ok(())
+}
+
+/// ext4: ask for the used part of every inode table the descriptors `gdt`
+/// name, the walked directory's group (`ino`'s) first and then the ones
+/// after it, since its subdirectories are allocated near it (the Orlov
+/// allocator); returns the pieces asked for, cut at chunk boundaries.
+fn ext4_table_pieces(
+    asked: &mut Asked<'_>,
+    layout: &Ext4Layout,
+    gdt: &[u8],
+    ino: u64,
+) -> Result<Vec<InodePiece>, String> {
+    let mut tables = layout.inode_tables(gdt).map_err(|e| e.to_string())?;
+    let first = layout.group_of(ino);
+    tables.sort_by_key(|t| (u64::from(t.group) < first, t.group));
+    let mut pieces = Vec::new();
+    for t in &tables {
+        for (_, piece) in by_chunk(&(t.offset..t.offset + t.len), asked.shared.chunk) {
+            if !asked.charge(&piece) {
+                return Ok(pieces);
+            }
+            asked.ask(&piece);
+            pieces.push(InodePiece {
+                read: piece.clone(),
+                inodes: vec![piece],
+            });
+        }
+    }
+    Ok(pieces)
+}
+
+/// XFS: find the allocated inode chunks of every allocation group and ask
+/// for them; returns the pieces asked for (one per chunk of the volume),
+/// the walked directory's group (`ino`'s) and the ones after it first. Each level is asked for whole before any of it is read:
+/// every group's AGI, then every inode B+tree root, then the level below.
+fn xfs_chunk_pieces(
+    asked: &mut Asked<'_>,
+    layout: &XfsLayout,
+    ino: u64,
+    buf: &mut Vec<u8>,
+) -> Vec<InodePiece> {
+    let first = layout.ag_of(ino);
+    let groups: Vec<u32> = (first..layout.ag_count()).chain(0..first).collect();
+    let agis: Vec<u32> = groups
+        .into_iter()
+        .take_while(|&ag| asked.charge(&layout.agi(ag)))
+        .collect();
+    for &ag in &agis {
+        asked.ask(&layout.agi(ag));
+    }
+    let mut level: Vec<InobtNode> = Vec::new();
+    for &ag in &agis {
+        if asked.shared.stopping() {
+            return Vec::new();
+        }
+        if asked.read(&layout.agi(ag), buf).is_ok() {
+            asked.progress.index_blocks.fetch_add(1, Ordering::Relaxed);
+            level.extend(layout.inobt_root(ag, buf));
+        }
+    }
+    let mut chunks = Vec::new();
+    while !level.is_empty() {
+        let wanted: Vec<InobtNode> = level
+            .drain(..)
+            .filter(|n| asked.ask_node(&layout.block(n.block)))
+            .collect();
+        for n in wanted {
+            if asked.shared.stopping() {
+                return Vec::new();
+            }
+            if asked.read(&layout.block(n.block), buf).is_ok() {
+                asked.progress.index_blocks.fetch_add(1, Ordering::Relaxed);
+                layout.inobt_node(n, buf, &mut level, &mut chunks);
+            }
+        }
+    }
+    // One request per chunk of the volume, for the hull of the inodes in
+    // it: XFS puts inode chunks between other blocks, and separate
+    // requests in one chunk would each hold a place on the way for the
+    // same fetch. Only the inodes are parsed once read.
+    let mut by_volume_chunk: BTreeMap<u64, InodePiece> = BTreeMap::new();
+    for c in chunks {
+        for (n, piece) in by_chunk(&c, asked.shared.chunk) {
+            let p = by_volume_chunk.entry(n).or_insert(InodePiece {
+                read: piece.clone(),
+                inodes: Vec::new(),
+            });
+            widen(&mut p.read, piece.clone());
+            p.inodes.push(piece);
+        }
+    }
+    let first_byte = layout.agi(first).start;
+    let mut pieces: Vec<InodePiece> = by_volume_chunk.into_values().collect();
+    pieces.sort_by_key(|p| (p.read.start < first_byte, p.read.start));
+    let mut asked_for = Vec::new();
+    for p in pieces {
+        if !asked.charge(&p.read) {
+            break;
+        }
+        asked.ask(&p.read);
+        asked_for.push(p);
+    }
+    asked_for
 }

@@ -76,11 +76,17 @@ pub struct Config {
     pub rate_limit: RateLimit,
     /// Live counters, for a progress display.
     pub progress: Option<Arc<Progress>>,
-    /// Most bytes of filesystem metadata (ext4 inode tables and directory
-    /// blocks) read ahead of a walk, per filesystem walked, charged by the
-    /// chunks the reads touch; 0: none (see `map/readahead.rs`). Only runs
-    /// that walk directories and read (not dry runs) use it.
+    /// Most bytes of filesystem metadata (inode tables or chunks, and
+    /// directory blocks) read ahead of a walk, per filesystem walked,
+    /// charged by the chunks the reads touch; 0: none (see
+    /// `map/readahead.rs`). Only runs that walk directories and read (not
+    /// dry runs) use it.
     pub metadata_readahead: u64,
+    /// Read XFS's metadata ahead too. Off by default: XFS scatters its
+    /// inode chunks over the volume and caches its metadata apart from the
+    /// device's cache, and on the big-tree fixture the read-ahead cost 5%
+    /// at 8 fetches in flight and gained nothing at 32.
+    pub metadata_readahead_xfs: bool,
 }
 
 /// [`Config::metadata_readahead`] by default: the used inode tables and the
@@ -104,6 +110,7 @@ impl Default for Config {
             rate_limit: RateLimit::default(),
             progress: None,
             metadata_readahead: DEFAULT_METADATA_READAHEAD,
+            metadata_readahead_xfs: false,
         }
     }
 }
@@ -360,6 +367,7 @@ pub fn hydrate(sources: &Sources, cfg: &Config) -> Result<Report, Error> {
     if cfg.metadata_readahead > 0 {
         planner.readahead = Some(MetadataReadahead::new(
             cfg.metadata_readahead,
+            cfg.metadata_readahead_xfs,
             cfg.plan.chunk_size,
             cfg.queue_depth as usize,
             cfg.stop.clone(),
