@@ -37,6 +37,25 @@ fn ranges(set: &BTreeSet<u64>) -> String {
     chunk_ranges(&set.iter().copied().collect::<Vec<_>>())
 }
 
+/// An empty image of `size` bytes on a tmpfs mounted under `work` (kept
+/// mounted while the `Mount` lives): dropping caches must not evict it.
+fn image_on_tmpfs(work: &Path, size: u64) -> (Mount, std::path::PathBuf) {
+    let backing = Mount::tmpfs(&work.join("backing"), size + (32 << 20)).unwrap();
+    let image = backing.dir.join("volume.img");
+    std::fs::File::create(&image)
+        .unwrap()
+        .set_len(size)
+        .unwrap();
+    (backing, image)
+}
+
+/// The testbed's settings: chunks of [`CHUNK`], 10 ms fetches.
+fn testbed_args() -> Vec<String> {
+    ["--chunk-size", &CHUNK.to_string(), "--latency-ms", "10"]
+        .map(String::from)
+        .to_vec()
+}
+
 /// The chunks holding the blocks `debugfs` lists for `path` in `image`.
 fn chunks_of(image: &Path, path: &str, block_size: u64) -> BTreeSet<u64> {
     run(Command::new("debugfs")
@@ -132,6 +151,42 @@ fn cold_run(lazy: &LazyStore, dir: &Path, depth: &str, args: &[&str]) -> (Value,
     )
 }
 
+/// Assert that the run `with` the read-ahead (its report, and the chunks
+/// hydrated) read ahead all of `untouched` (the chunks of `what` the walk
+/// alone left cold), reported it done with `fields` non-zero and no error,
+/// and planned what the run `without` it did; its read-ahead report.
+fn read_ahead_all<'a>(
+    what: &str,
+    (with, cold_with): (&'a Value, &BTreeSet<u64>),
+    (without, cold_without): (&Value, &BTreeSet<u64>),
+    untouched: &BTreeSet<u64>,
+    fields: &[&str],
+) -> &'a Value {
+    let ra = &with["metadata_readahead"][0];
+    assert_eq!(ra["state"], "done", "{with}");
+    for field in fields {
+        assert!(ra[field].as_u64().unwrap() > 0, "{field}: {ra}");
+    }
+    assert_eq!(ra["errors"], 0, "{ra}");
+    println!(
+        "{what}: {} chunks left cold by the walk alone; hydrated {} without, {} with the read-ahead: {ra}",
+        untouched.len(),
+        cold_without.len(),
+        cold_with.len()
+    );
+    let missed: BTreeSet<u64> = untouched.difference(cold_with).copied().collect();
+    assert!(
+        missed.is_empty(),
+        "chunks of {what} left cold by the read-ahead: {}",
+        ranges(&missed)
+    );
+    // The plan is the walk's either way; the read-ahead is counted apart.
+    for field in ["files", "chunks", "bytes_read", "errors"] {
+        assert_eq!(with[field], without[field], "{field}: {with} / {without}");
+    }
+    ra
+}
+
 #[test]
 fn a_walk_reads_its_filesystems_metadata_ahead() {
     if !privileged_with(true, &["mkfs.ext4", "debugfs"]) {
@@ -151,13 +206,7 @@ fn a_walk_reads_its_filesystems_metadata_ahead() {
     for i in 0..300 {
         std::fs::create_dir_all(src.join(format!("elsewhere/d{i:03}/inner"))).unwrap();
     }
-    // The image on a tmpfs: dropping caches must not evict it.
-    let backing = Mount::tmpfs(&work.join("backing"), 128 << 20).unwrap();
-    let image = backing.dir.join("volume.img");
-    std::fs::File::create(&image)
-        .unwrap()
-        .set_len(96 << 20)
-        .unwrap();
+    let (_backing, image) = image_on_tmpfs(work, 96 << 20);
     run(Command::new("mkfs.ext4")
         .args(["-q", "-F", "-b", "4096", "-d"])
         .arg(&src)
@@ -172,18 +221,7 @@ fn a_walk_reads_its_filesystems_metadata_ahead() {
         }
     }
 
-    let lazy = LazyStore::open(
-        Path::new(TESTBED),
-        &image,
-        work,
-        &[
-            "--chunk-size".into(),
-            CHUNK.to_string(),
-            "--latency-ms".into(),
-            "10".into(),
-        ],
-    )
-    .unwrap();
+    let lazy = LazyStore::open(Path::new(TESTBED), &image, work, &testbed_args()).unwrap();
     let dir = lazy.mount.dir.join("walked");
 
     let (without, cold_without) = cold_run(&lazy, &dir, DEPTH, &["--metadata-readahead", "0"]);
@@ -198,29 +236,14 @@ fn a_walk_reads_its_filesystems_metadata_ahead() {
     );
 
     let (with, cold_with) = cold_run(&lazy, &dir, DEPTH, &[]);
-    let ra = &with["metadata_readahead"][0];
-    assert_eq!(ra["state"], "done", "{with}");
-    assert!(ra["inode_table_bytes"].as_u64().unwrap() > 0, "{ra}");
-    assert!(ra["directory_bytes"].as_u64().unwrap() > 0, "{ra}");
+    let ra = read_ahead_all(
+        "elsewhere/'s directories",
+        (&with, &cold_with),
+        (&without, &cold_without),
+        &untouched,
+        &["inode_table_bytes", "directory_bytes"],
+    );
     assert_eq!(ra["budget_reached"], false, "{ra}");
-    assert_eq!(ra["errors"], 0, "{ra}");
-    println!(
-        "elsewhere/: {} chunks, {} left cold by the walk alone; hydrated {} without, {} with the read-ahead: {ra}",
-        elsewhere.len(),
-        untouched.len(),
-        cold_without.len(),
-        cold_with.len()
-    );
-    let missed: BTreeSet<u64> = untouched.difference(&cold_with).copied().collect();
-    assert!(
-        missed.is_empty(),
-        "directory chunks of elsewhere/ left cold by the read-ahead: {}",
-        ranges(&missed)
-    );
-    // The plan is the walk's either way; the read-ahead is counted apart.
-    for field in ["files", "chunks", "bytes_read", "errors"] {
-        assert_eq!(with[field], without[field], "{field}: {with} / {without}");
-    }
 
     let (small, _) = cold_run(&lazy, &dir, DEPTH, &["--metadata-readahead", "512K"]);
     let ra = &small["metadata_readahead"][0];
@@ -278,13 +301,7 @@ fn an_xfs_walk_reads_its_filesystems_metadata_ahead() {
     proto.extend(["$".into(), "$".into()]);
     let proto_file = work.join("proto");
     std::fs::write(&proto_file, proto.join("\n") + "\n").unwrap();
-    // The image on a tmpfs: dropping caches must not evict it.
-    let backing = Mount::tmpfs(&work.join("backing"), 400 << 20).unwrap();
-    let image = backing.dir.join("volume.img");
-    std::fs::File::create(&image)
-        .unwrap()
-        .set_len(320 << 20)
-        .unwrap();
+    let (_backing, image) = image_on_tmpfs(work, 320 << 20);
     run(Command::new("mkfs.xfs")
         .args(["-q", "-f", "-p"])
         .arg(&proto_file)
@@ -295,12 +312,7 @@ fn an_xfs_walk_reads_its_filesystems_metadata_ahead() {
         Path::new(TESTBED),
         &image,
         work,
-        &[
-            "--chunk-size".into(),
-            CHUNK.to_string(),
-            "--latency-ms".into(),
-            "10".into(),
-        ],
+        &testbed_args(),
         "ro,norecovery",
     )
     .unwrap();
@@ -326,28 +338,13 @@ fn an_xfs_walk_reads_its_filesystems_metadata_ahead() {
         DEPTH,
         &["--max-rate", RATE, "--metadata-readahead", "64M"],
     );
-    let ra = &with["metadata_readahead"][0];
-    assert_eq!(ra["state"], "done", "{with}");
-    for field in ["inode_table_bytes", "directory_bytes", "index_blocks"] {
-        assert!(ra[field].as_u64().unwrap() > 0, "{field}: {ra}");
-    }
-    assert_eq!(ra["errors"], 0, "{ra}");
-    println!(
-        "XFS elsewhere/: {} chunks, {} left cold by the walk alone; hydrated {} without, {} with the read-ahead: {ra}",
-        elsewhere.len(),
-        untouched.len(),
-        cold_without.len(),
-        cold_with.len()
+    read_ahead_all(
+        "elsewhere/'s inodes and directories (XFS)",
+        (&with, &cold_with),
+        (&without, &cold_without),
+        &untouched,
+        &["inode_table_bytes", "directory_bytes", "index_blocks"],
     );
-    let missed: BTreeSet<u64> = untouched.difference(&cold_with).copied().collect();
-    assert!(
-        missed.is_empty(),
-        "chunks of elsewhere/'s inodes and directories left cold by the read-ahead: {}",
-        ranges(&missed)
-    );
-    for field in ["files", "chunks", "bytes_read", "errors"] {
-        assert_eq!(with[field], without[field], "{field}: {with} / {without}");
-    }
 
     // Not asked for, XFS is not read ahead, and the report says why.
     let (default, _) = cold_run(&lazy, &dir, DEPTH, &["--max-rate", RATE]);

@@ -328,25 +328,10 @@ mod tests {
     //! against `debugfs`, which reads the same structures its own way.
 
     use super::*;
+    use crate::map::test_images::{follow, read, tool};
     use std::collections::BTreeSet;
-    use std::os::unix::fs::FileExt;
     use std::path::{Path, PathBuf};
     use std::process::Command;
-
-    fn tool(name: &str) -> bool {
-        let found = Command::new("sh")
-            .args(["-c", &format!("command -v {name}")])
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !found {
-            assert!(
-                std::env::var_os("PREWARM_REQUIRE_PRIVILEGED").is_none(),
-                "{name} is required"
-            );
-            eprintln!("SKIP: {name} not found");
-        }
-        found
-    }
 
     /// A tree of `dirs` nested and side-by-side directories, one big
     /// directory (an htree of several blocks) and a few files.
@@ -389,12 +374,6 @@ mod tests {
         );
     }
 
-    fn read(f: &std::fs::File, r: Range<u64>) -> Vec<u8> {
-        let mut b = vec![0; (r.end - r.start) as usize];
-        f.read_exact_at(&mut b, r.start).unwrap();
-        b
-    }
-
     /// Every directory block and directory extent tree block of the image,
     /// as this module finds them.
     fn found_blocks(image: &Path) -> (Ext4Layout, Vec<InodeTable>, BTreeSet<u64>, usize) {
@@ -407,19 +386,10 @@ mod tests {
         for t in &tables {
             layout.directory_blocks(&read(&f, t.offset..t.offset + t.len), &mut todo);
         }
-        let mut blocks = BTreeSet::new();
-        let mut nodes = 0;
-        while let Some(m) = todo.pop() {
-            match m {
-                MetadataBlocks::Directory(r) => blocks.extend(r),
-                MetadataBlocks::ExtentNode { block, depth } => {
-                    blocks.insert(block);
-                    nodes += 1;
-                    let bs = layout.block_size;
-                    layout.extent_node(&read(&f, block * bs..(block + 1) * bs), depth, &mut todo);
-                }
-            }
-        }
+        let bs = layout.block_size;
+        let (blocks, nodes) = follow(todo, |block, depth, todo| {
+            layout.extent_node(&read(&f, block * bs..(block + 1) * bs), depth, todo)
+        });
         (layout, tables, blocks, nodes)
     }
 

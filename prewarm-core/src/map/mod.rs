@@ -31,6 +31,8 @@ mod fiemap;
 pub(crate) mod fsid;
 pub(crate) mod pool;
 pub(crate) mod readahead;
+#[cfg(test)]
+mod test_images;
 pub(crate) mod xfs;
 
 pub use device::{DeviceError, DeviceId};

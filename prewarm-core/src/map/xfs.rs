@@ -501,25 +501,10 @@ mod tests {
     //! its own way.
 
     use super::*;
+    use crate::map::test_images::{follow, read, tool};
     use std::collections::BTreeSet;
-    use std::os::unix::fs::FileExt;
     use std::path::Path;
     use std::process::Command;
-
-    fn tool(name: &str) -> bool {
-        let found = Command::new("sh")
-            .args(["-c", &format!("command -v {name}")])
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !found {
-            assert!(
-                std::env::var_os("PREWARM_REQUIRE_PRIVILEGED").is_none(),
-                "{name} is required"
-            );
-            eprintln!("SKIP: {name} not found");
-        }
-        found
-    }
 
     /// A prototype of nested and side-by-side directories, a few of some
     /// dozens of entries (held in blocks), and one big directory whose
@@ -561,12 +546,6 @@ mod tests {
         (lines.join("\n") + "\n", dirs)
     }
 
-    fn read(f: &std::fs::File, r: Range<u64>) -> Vec<u8> {
-        let mut b = vec![0; (r.end - r.start) as usize];
-        f.read_exact_at(&mut b, r.start).unwrap();
-        b
-    }
-
     /// Everything this module finds in the image: the layout, the inode
     /// chunks, every directory block and block-map B+tree block (linear),
     /// and how many tree blocks were followed.
@@ -589,18 +568,9 @@ mod tests {
         for c in &chunks {
             layout.directory_blocks(&read(&f, c.clone()), &mut todo);
         }
-        let mut blocks = BTreeSet::new();
-        let mut nodes = 0;
-        while let Some(m) = todo.pop() {
-            match m {
-                MetadataBlocks::Directory(r) => blocks.extend(r),
-                MetadataBlocks::ExtentNode { block, depth } => {
-                    blocks.insert(block);
-                    nodes += 1;
-                    layout.bmbt_node(&read(&f, layout.block(block)), depth, &mut todo);
-                }
-            }
-        }
+        let (blocks, nodes) = follow(todo, |block, depth, todo| {
+            layout.bmbt_node(&read(&f, layout.block(block)), depth, todo)
+        });
         (layout, chunks, blocks, nodes)
     }
 
