@@ -515,24 +515,21 @@ impl Layout {
     const HEAD: Range<u64> = 0..4096;
 
     fn from_head(head: &[u8]) -> Result<Layout, String> {
-        if let Ok(xfs) = XfsLayout::from_superblock(head) {
-            return Ok(Layout::Xfs(xfs));
-        }
+        let xfs = match XfsLayout::from_superblock(head) {
+            Ok(xfs) => return Ok(Layout::Xfs(xfs)),
+            Err(refusal) => refusal,
+        };
         let sb = head
             .get(Ext4Layout::SUPERBLOCK.start as usize..)
             .unwrap_or_default();
-        match (
-            Ext4Layout::from_superblock(sb),
-            XfsLayout::from_superblock(head),
-        ) {
+        match (Ext4Layout::from_superblock(sb), xfs) {
             (Ok(ext4), _) => Ok(Layout::Ext4(ext4)),
-            // Neither: say what the XFS magic's superblock got wrong, if
-            // it has the magic.
-            (Err(super::ext4::Ext4Refusal::NotExt4), Err(xfs)) => Err(match xfs {
-                super::xfs::XfsRefusal::NotXfs => "neither ext4 nor XFS".to_string(),
-                other => other.to_string(),
-            }),
-            (Err(e), _) => Err(e.to_string()),
+            (Err(super::ext4::Ext4Refusal::NotExt4), super::xfs::XfsRefusal::NotXfs) => {
+                Err("neither ext4 nor XFS".to_string())
+            }
+            // XFS's magic but a field out of range: say which.
+            (Err(super::ext4::Ext4Refusal::NotExt4), xfs) => Err(xfs.to_string()),
+            (Err(ext4), _) => Err(ext4.to_string()),
         }
     }
 
