@@ -490,10 +490,11 @@ fn write_stdout(
 /// thread started after this call has them blocked. Otherwise the kernel
 /// hands a process-wide signal to any thread that does not block it, and
 /// if that thread is asleep in a read of the lazy volume it is taken only
-/// when the read returns: a stop sent while one metadata read waited
-/// behind a queue of data reads was seen 65 reads later, and one sent while
-/// a read of a device that never answers waited would never have been. The
-/// handlers stay installed for threads started before this call.
+/// when the read returns, while the engine goes on issuing: runs stopped
+/// while the lazy volume held every read did up to 94 reads more than the
+/// 32 then in flight, and a stop sent while that thread waited on a device
+/// that never answers would never have been seen. The handlers stay
+/// installed for threads started before this call.
 fn install_signals() -> Result<Arc<AtomicBool>> {
     use nix::sys::signal::{SigSet, Signal};
     static CANCEL: std::sync::OnceLock<Arc<AtomicBool>> = std::sync::OnceLock::new();

@@ -446,6 +446,20 @@ impl Asked<'_> {
         true
     }
 
+    /// Ask for `pieces` in turn until one does not fit the budget; those
+    /// asked for, to be read back.
+    fn ask_pieces(&mut self, pieces: impl IntoIterator<Item = InodePiece>) -> Vec<InodePiece> {
+        let mut asked = Vec::new();
+        for p in pieces {
+            if !self.charge(&p.read) {
+                break;
+            }
+            self.ask(&p.read);
+            asked.push(p);
+        }
+        asked
+    }
+
     /// Ask for what an inode table or tree node named: directory blocks as
     /// one range per chunk (the hull of its blocks), and tree nodes, which
     /// are returned to be read in turn.
@@ -663,26 +677,21 @@ fn ext4_table_pieces(
     let mut tables = layout.inode_tables(gdt).map_err(|e| e.to_string())?;
     let first = layout.group_of(ino);
     tables.sort_by_key(|t| (u64::from(t.group) < first, t.group));
-    let mut pieces = Vec::new();
-    for t in &tables {
-        for (_, piece) in by_chunk(&(t.offset..t.offset + t.len), asked.shared.chunk) {
-            if !asked.charge(&piece) {
-                return Ok(pieces);
-            }
-            asked.ask(&piece);
-            pieces.push(InodePiece {
-                read: piece.clone(),
-                inodes: vec![piece],
-            });
-        }
-    }
-    Ok(pieces)
+    let chunk = asked.shared.chunk;
+    let pieces = tables.iter().flat_map(|t| {
+        by_chunk(&(t.offset..t.offset + t.len), chunk).map(|(_, piece)| InodePiece {
+            read: piece.clone(),
+            inodes: vec![piece],
+        })
+    });
+    Ok(asked.ask_pieces(pieces))
 }
 
 /// XFS: find the allocated inode chunks of every allocation group and ask
 /// for them; returns the pieces asked for (one per chunk of the volume),
-/// the walked directory's group (`ino`'s) and the ones after it first. Each level is asked for whole before any of it is read:
-/// every group's AGI, then every inode B+tree root, then the level below.
+/// the walked directory's group (`ino`'s) and the ones after it first.
+/// Each level is asked for whole before any of it is read: every group's
+/// AGI, then every inode B+tree root, then the level below.
 fn xfs_chunk_pieces(
     asked: &mut Asked<'_>,
     layout: &XfsLayout,
@@ -742,13 +751,5 @@ fn xfs_chunk_pieces(
     let first_byte = layout.agi(first).start;
     let mut pieces: Vec<InodePiece> = by_volume_chunk.into_values().collect();
     pieces.sort_by_key(|p| (p.read.start < first_byte, p.read.start));
-    let mut asked_for = Vec::new();
-    for p in pieces {
-        if !asked.charge(&p.read) {
-            break;
-        }
-        asked.ask(&p.read);
-        asked_for.push(p);
-    }
-    asked_for
+    asked.ask_pieces(pieces)
 }

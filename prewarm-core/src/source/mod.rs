@@ -85,8 +85,9 @@ pub struct TargetFile {
     /// end); `None`: the whole file.
     pub ranges: Option<Vec<ByteRange>>,
     /// Where the whole file lies, when whoever found it mapped it then (a
-    /// walk maps each regular file it opens in its directory); `None`: the
-    /// planner opens the file by its path and maps it.
+    /// walk maps each regular file it opens in its directory). The planner
+    /// uses it for a file collected whole (`ranges` is `None`); otherwise,
+    /// and when it is `None`, it opens the file by its path and maps it.
     pub mapped: Option<ExtentMap>,
 }
 
@@ -795,12 +796,10 @@ impl<'a> Collector<'a> {
         for child in children {
             match child.kind {
                 walk::ChildKind::File { meta, map } => {
-                    // The walk's map is of the whole file: kept for a file
-                    // collected whole.
+                    // The walk's map is of the whole file; the planner
+                    // uses it only for a file collected whole.
                     if let Some(file) = self.add_file(child.path, &meta, entry, None) {
-                        if file.ranges.is_none() {
-                            file.mapped = map;
-                        }
+                        file.mapped = map;
                     }
                 }
                 walk::ChildKind::Dir(meta) => {

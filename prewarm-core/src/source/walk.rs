@@ -13,16 +13,15 @@
 //! lookup serves both.
 //!
 //! This module only reads: what a child is (file and its extents,
-//! directory, other, or why it could not be looked at). The collector ([`super::Collector`]) decides
-//! what to do with it: dedupe files, queue directories (staying on the
+//! directory, other, or why it could not be looked at). The collector
+//! ([`super::Collector`]) decides what to do with it: dedupe files, queue directories (staying on the
 //! walk's filesystem and never descending into an ancestor, so a symlink
 //! loop ends), resolve symlinks inside an image root, and warn.
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-
 use std::fs::File;
 use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use super::SourceEntry;
 use crate::engine::StopSignal;
@@ -161,13 +160,7 @@ struct Listed {
     handle: Option<Arc<File>>,
 }
 
-/// List the directory at `path`. Each look at a child is then relative to
-/// the open directory, not a walk of the whole path again: `fstatat` for
-/// what is not a regular file, and for a regular file an `openat` (which
-/// looks it up as `fstatat` would), `fstat` and FIEMAP, so that it is
-/// looked up once, and mapped without a second lookup by its whole path (a
-/// third of a cold walk's CPU went to those lookups, on a two-CPU node
-/// where the lazy volume's data path needs that CPU).
+/// List the directory at `path`, and open it if it holds regular files.
 fn list(path: &Path) -> std::io::Result<Listed> {
     let mut entries: Vec<std::fs::DirEntry> =
         std::fs::read_dir(path)?.collect::<std::io::Result<_>>()?;
@@ -188,7 +181,13 @@ fn list(path: &Path) -> std::io::Result<Listed> {
     Ok(Listed { entries, handle })
 }
 
-/// What the child `e` of the open directory `dir` is.
+/// What the child `e` of the open directory `dir` is. The look is relative
+/// to the open directory, not a walk of the whole path again: `fstatat` for
+/// what is not a regular file, and for a regular file an `openat` (which
+/// looks it up as `fstatat` would), `fstat` and FIEMAP, so that it is
+/// looked up once, and mapped without a second lookup by its whole path (a
+/// third of a cold walk's CPU went to those lookups, on a two-CPU node
+/// where the lazy volume's data path needs that CPU).
 fn look(e: &std::fs::DirEntry, follow_links: bool, dir: Option<&File>) -> ChildKind {
     // The directory entry's type when it has one, else `lstat` says.
     let (is_link, is_file) = match e.file_type() {
