@@ -18,10 +18,11 @@
 //! walk's filesystem and never descending into an ancestor, so a symlink
 //! loop ends), resolve symlinks inside an image root, and warn.
 
-use std::fs::File;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+use std::fs::File;
+use std::os::unix::fs::OpenOptionsExt;
 
 use super::SourceEntry;
 use crate::engine::StopSignal;
@@ -91,104 +92,84 @@ pub(super) enum ChildKind {
 /// The children of a directory, by name, or why it could not be read.
 pub(super) type Listing = std::io::Result<Vec<Child>>;
 
-/// Read `dirs` on `pool`: each one's children sorted by name and looked at
-/// (`lstat`, or `stat` through a symlink when `follow_links`; a regular
-/// file opened in its directory and mapped); each directory with its
-/// listing, in order. After a stop no more directories are read (their
-/// listing is empty) and no more children looked at.
-///
-/// In two rounds, each as wide as the pool: every directory is listed,
-/// then every child of every directory is looked at. Each look may wait
-/// for a fetch of the inode it names (and, on XFS, for a read of the
-/// inode's cluster even when that is hydrated: XFS caches its metadata
-/// apart from the device's cache), so a directory of five hundred files
-/// read by one thread held the other threads idle at the group's end: on
-/// XFS, 1 to 4 of 32 threads were reading while the rest waited.
+/// Read `dirs` in parallel on `pool`, each one's children sorted by name
+/// and looked at (`lstat`, or `stat` through a symlink when
+/// `follow_links`); each directory with its listing, in order. After a stop
+/// no more directories are read (their listing is empty).
 pub(super) fn read_dirs(
     pool: &MetadataPool,
     dirs: Vec<PendingDir>,
     follow_links: bool,
     stop: &StopSignal,
 ) -> Vec<(PendingDir, Listing)> {
-    let halt = stop.clone();
-    let listed: Vec<(PendingDir, std::io::Result<Listed>)> = pool.map(dirs, move |dir| {
-        let listed = match halt.check() {
-            Some(_) => Ok(Listed::default()),
-            None => list(&dir.path),
+    let stop = stop.clone();
+    pool.map(dirs, move |dir| {
+        let listing = match stop.check() {
+            Some(_) => Ok(Vec::new()),
+            None => read_dir(&dir, follow_links, &stop),
         };
-        (dir, listed)
-    });
-    let mut looks = Vec::new();
-    let mut out = Vec::with_capacity(listed.len());
-    for (index, (dir, listed)) in listed.into_iter().enumerate() {
-        match listed {
-            Ok(Listed { entries, handle }) => {
-                looks.extend(entries.into_iter().map(|e| (index, e, handle.clone())));
-                out.push((dir, Ok(Vec::new())));
-            }
-            Err(e) => out.push((dir, Err(e))),
-        }
-    }
-    let halt = stop.clone();
-    let looked = pool.map(looks, move |(index, e, handle)| {
-        let kind = match halt.check() {
+        (dir, listing)
+    })
+}
+
+/// One directory's children, looked at one after another: a directory's
+/// inodes mostly share an inode table block, so the first look waits for
+/// its fetch and the rest find it cached. Each look is relative to the
+/// open directory, not a walk of the whole path again: `fstatat` for what
+/// is not a regular file, and for a regular file an `openat` (which looks
+/// it up as `fstatat` would), `fstat` and FIEMAP, so that it is looked up
+/// once, and mapped without a second lookup by its whole path (a third of
+/// a cold walk's CPU went to those lookups, on a two-CPU node where the
+/// lazy volume's data path needs that CPU).
+fn read_dir(dir: &PendingDir, follow_links: bool, stop: &StopSignal) -> Listing {
+    let mut entries: Vec<std::fs::DirEntry> =
+        std::fs::read_dir(&dir.path)?.collect::<std::io::Result<_>>()?;
+    entries.sort_by_cached_key(std::fs::DirEntry::file_name);
+    let mut handle = DirHandle {
+        path: &dir.path,
+        opened: None,
+    };
+    let mut children = Vec::with_capacity(entries.len());
+    for e in entries {
+        let kind = match stop.check() {
             Some(_) => ChildKind::Error(std::io::Error::from(std::io::ErrorKind::Interrupted)),
-            None => look(&e, follow_links, handle.as_deref()),
+            None => look(&e, follow_links, &mut handle),
         };
-        let child = Child {
+        children.push(Child {
             path: e.path(),
             kind,
-        };
-        (index, child)
-    });
-    // In the order they were listed: each directory's children, by name.
-    for (index, child) in looked {
-        if let Some((_, Ok(children))) = out.get_mut(index) {
-            children.push(child);
-        }
+        });
     }
-    out
+    Ok(children)
 }
 
-/// A directory's entries, sorted by name, and the directory opened for
-/// looking its regular files up by name (`None` when it has none, or could
-/// not be opened: it went, or lost its permissions since it was listed;
-/// its files are then looked at, and later mapped, by path).
-#[derive(Default)]
-struct Listed {
-    entries: Vec<std::fs::DirEntry>,
-    handle: Option<Arc<File>>,
+/// The directory being read, opened at its first regular file (a directory
+/// of subdirectories alone is never opened twice).
+struct DirHandle<'p> {
+    path: &'p Path,
+    /// `Some(None)`: it could not be opened (it went, or lost its
+    /// permissions since it was listed); its files are then looked at, and
+    /// later mapped, by path.
+    opened: Option<Option<File>>,
 }
 
-/// List the directory at `path`, and open it if it holds regular files.
-fn list(path: &Path) -> std::io::Result<Listed> {
-    let mut entries: Vec<std::fs::DirEntry> =
-        std::fs::read_dir(path)?.collect::<std::io::Result<_>>()?;
-    entries.sort_by_cached_key(std::fs::DirEntry::file_name);
-    let has_files = entries
-        .iter()
-        .any(|e| e.file_type().map_or(true, |t| t.is_file()));
-    let handle = has_files
-        .then(|| {
-            std::fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_DIRECTORY)
-                .open(path)
-                .ok()
-        })
-        .flatten()
-        .map(Arc::new);
-    Ok(Listed { entries, handle })
+impl DirHandle<'_> {
+    fn get(&mut self) -> Option<&File> {
+        let path = self.path;
+        self.opened
+            .get_or_insert_with(|| {
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_DIRECTORY)
+                    .open(path)
+                    .ok()
+            })
+            .as_ref()
+    }
 }
 
-/// What the child `e` of the open directory `dir` is. The look is relative
-/// to the open directory, not a walk of the whole path again: `fstatat` for
-/// what is not a regular file, and for a regular file an `openat` (which
-/// looks it up as `fstatat` would), `fstat` and FIEMAP, so that it is
-/// looked up once, and mapped without a second lookup by its whole path (a
-/// third of a cold walk's CPU went to those lookups, on a two-CPU node
-/// where the lazy volume's data path needs that CPU).
-fn look(e: &std::fs::DirEntry, follow_links: bool, dir: Option<&File>) -> ChildKind {
+/// What the child `e` of `dir` is.
+fn look(e: &std::fs::DirEntry, follow_links: bool, dir: &mut DirHandle<'_>) -> ChildKind {
     // The directory entry's type when it has one, else `lstat` says.
     let (is_link, is_file) = match e.file_type() {
         Ok(t) => (t.is_symlink(), t.is_file()),
@@ -198,7 +179,7 @@ fn look(e: &std::fs::DirEntry, follow_links: bool, dir: Option<&File>) -> ChildK
         },
     };
     if is_file {
-        if let Some(kind) = dir.and_then(|d| open_and_map(d, e)) {
+        if let Some(kind) = dir.get().and_then(|d| open_and_map(d, e)) {
             return kind;
         }
     }
