@@ -138,9 +138,11 @@ pub(super) fn read_dirs(
     }
     // Each slice takes the next children in listing order, so each
     // directory's children come back by name; a directory's listing is
-    // freed once its last child is taken.
+    // freed once its last child is taken. After a stop the children not
+    // looked at yet are left out (the collector drops those a stop cut
+    // short anyway), so at most one slice is looked at after it.
     let mut unlooked = unlooked.into_iter().peekable();
-    loop {
+    while stop.check().is_none() {
         let mut slice = Vec::with_capacity(LOOK_SLICE);
         while slice.len() < LOOK_SLICE {
             let Some((index, entries, handle)) = unlooked.peek_mut() else {
@@ -269,6 +271,17 @@ fn kind_of(meta: std::io::Result<std::fs::Metadata>) -> ChildKind {
 mod tests {
     use super::*;
 
+    impl PendingDir {
+        fn clone_for_test(&self) -> Self {
+            PendingDir {
+                path: self.path.clone(),
+                entry: Arc::clone(&self.entry),
+                root_dev: self.root_dev,
+                ancestry: Arc::clone(&self.ancestry),
+            }
+        }
+    }
+
     /// Directories whose children span several look slices (and one with
     /// none) each get every child back, by name, with its kind.
     #[test]
@@ -301,6 +314,13 @@ mod tests {
             ..last
         });
         let pool = MetadataPool::new(4);
+        // Stopped before: every directory is left unread.
+        let stop = StopSignal::default();
+        stop.cancel();
+        let again: Vec<PendingDir> = dirs.iter().map(PendingDir::clone_for_test).collect();
+        for (_, listing) in read_dirs(&pool, again, false, &stop) {
+            assert!(listing.unwrap().is_empty());
+        }
         let read = read_dirs(&pool, dirs, false, &StopSignal::default());
         assert_eq!(read.len(), sizes.len());
         for ((dir, listing), &n) in read.iter().zip(&sizes) {
