@@ -151,6 +151,20 @@ fn cold_run(lazy: &LazyStore, dir: &Path, depth: &str, args: &[&str]) -> (Value,
     )
 }
 
+/// The chunks of `elsewhere` a walk left cold (`hydrated`: what it
+/// hydrated); at least 4 of them, so that a test of reading them ahead is
+/// not vacuous.
+fn left_cold(elsewhere: &BTreeSet<u64>, hydrated: &BTreeSet<u64>) -> BTreeSet<u64> {
+    let untouched: BTreeSet<u64> = elsewhere.difference(hydrated).copied().collect();
+    assert!(
+        untouched.len() >= 4,
+        "elsewhere/ in chunks {}, the walk alone hydrated {}",
+        ranges(elsewhere),
+        ranges(hydrated)
+    );
+    untouched
+}
+
 /// Assert that the run `with` the read-ahead (its report, and the chunks
 /// hydrated) read ahead all of `untouched` (the chunks of `what` the walk
 /// alone left cold), reported it done with `fields` non-zero and no error,
@@ -226,14 +240,7 @@ fn a_walk_reads_its_filesystems_metadata_ahead() {
 
     let (without, cold_without) = cold_run(&lazy, &dir, DEPTH, &["--metadata-readahead", "0"]);
     assert!(without.get("metadata_readahead").is_none(), "{without}");
-    let untouched: BTreeSet<u64> = elsewhere.difference(&cold_without).copied().collect();
-    // Not vacuous: the walk alone leaves most of them cold.
-    assert!(
-        untouched.len() >= 4,
-        "elsewhere/ in chunks {}, the walk alone hydrated {}",
-        ranges(&elsewhere),
-        ranges(&cold_without)
-    );
+    let untouched = left_cold(&elsewhere, &cold_without);
 
     let (with, cold_with) = cold_run(&lazy, &dir, DEPTH, &[]);
     let ra = read_ahead_all(
@@ -324,13 +331,7 @@ fn an_xfs_walk_reads_its_filesystems_metadata_ahead() {
         DEPTH,
         &["--max-rate", RATE, "--metadata-readahead", "0"],
     );
-    let untouched: BTreeSet<u64> = elsewhere.difference(&cold_without).copied().collect();
-    assert!(
-        untouched.len() >= 4,
-        "elsewhere/ in chunks {}, the walk alone hydrated {}",
-        ranges(&elsewhere),
-        ranges(&cold_without)
-    );
+    let untouched = left_cold(&elsewhere, &cold_without);
 
     let (with, cold_with) = cold_run(
         &lazy,

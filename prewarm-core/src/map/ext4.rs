@@ -328,7 +328,7 @@ mod tests {
     //! against `debugfs`, which reads the same structures its own way.
 
     use super::*;
-    use crate::map::test_images::{follow, read, tool};
+    use crate::map::test_images::{follow, read, run, tool};
     use std::collections::BTreeSet;
     use std::path::{Path, PathBuf};
     use std::process::Command;
@@ -360,18 +360,11 @@ mod tests {
             .unwrap()
             .set_len(64 << 20)
             .unwrap();
-        let out = Command::new("mkfs.ext4")
+        run(Command::new("mkfs.ext4")
             .args(["-q", "-F", "-d"])
             .arg(src)
             .args(extra)
-            .arg(image)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+            .arg(image));
     }
 
     /// Every directory block and directory extent tree block of the image,

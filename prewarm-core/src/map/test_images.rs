@@ -1,6 +1,6 @@
 //! What the layout tests (`ext4`, `xfs`) share: whether the tools that
 //! make and read their images are here (a skip, unless CI requires them),
-//! reading a range of an image, and following directories' trees.
+//! running them, reading a range of an image, and following directories' trees.
 
 use std::collections::BTreeSet;
 use std::ops::Range;
@@ -24,6 +24,18 @@ pub fn tool(name: &str) -> bool {
         eprintln!("SKIP: {name} not found");
     }
     found
+}
+
+/// Run `cmd` (an image maker) to its end; a failure fails the test with
+/// what it printed.
+pub fn run(cmd: &mut Command) {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{:?}: {}",
+        cmd,
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// The bytes `r` of `f`.

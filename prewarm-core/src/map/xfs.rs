@@ -501,7 +501,7 @@ mod tests {
     //! its own way.
 
     use super::*;
-    use crate::map::test_images::{follow, read, tool};
+    use crate::map::test_images::{follow, read, run, tool};
     use std::collections::BTreeSet;
     use std::path::Path;
     use std::process::Command;
@@ -603,19 +603,12 @@ mod tests {
             .unwrap()
             .set_len(320 << 20)
             .unwrap();
-        let out = Command::new("mkfs.xfs")
+        run(Command::new("mkfs.xfs")
             .args(["-q", "-f"])
             .args(extra)
             .arg("-p")
             .arg(tmp.path().join("proto"))
-            .arg(&image)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+            .arg(&image));
         let (layout, chunks, blocks, nodes) = found(&image);
         assert!(layout.ag_count() > 1, "{layout:?}");
         for dir in &dirs {
