@@ -13,7 +13,7 @@ use std::time::SystemTime;
 
 use super::codec::{Manifest, ManifestDevice, ManifestDirectory, ManifestFile, ManifestImage};
 use crate::error::{Origin, Warning, WarningKind};
-use crate::map::{device, fsid, DeviceId};
+use crate::map::{fsid, DeviceId};
 use crate::plan::PlanConfig;
 use crate::report::ImageReport;
 use crate::run::Prepared;
@@ -111,7 +111,7 @@ pub(crate) fn build_manifest(
                 continue;
             }
         };
-        let Some(mount) = device::mount_point(id) else {
+        let Some(mount) = d.device.mount_point.clone() else {
             warnings.push(Warning::new(
                 WarningKind::Unreadable,
                 Some(&d.device.node),

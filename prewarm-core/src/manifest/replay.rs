@@ -172,7 +172,7 @@ pub(crate) fn prepare_manifest(
         };
         let id = dev.id;
         let mount = if opts.verify {
-            device::mount_point(id)
+            dev.mount_point.clone()
         } else {
             None
         };

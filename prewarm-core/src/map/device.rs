@@ -109,6 +109,9 @@ pub struct BlockDevice {
     pub size: u64,
     /// Filesystem type mounted from it, when /proc/self/mountinfo says.
     pub fs_type: Option<String>,
+    /// Where its filesystem is mounted (its root, not a bind mount of a
+    /// subdirectory), if it is, when the device was opened.
+    pub mount_point: Option<PathBuf>,
 }
 
 /// Find the `/dev` node of block device `id`.
@@ -157,9 +160,15 @@ pub fn open(id: DeviceId) -> Result<BlockDevice, DeviceError> {
     };
     let logical_block_size = fiemap::logical_block_size(&file).map_err(ioctl_err)?;
     let size = fiemap::device_size(&file).map_err(ioctl_err)?;
+    // One read of the mount table serves both.
+    let mounts = mounts_of(id);
     Ok(BlockDevice {
         id,
-        fs_type: mounted_fs_type(id),
+        fs_type: mounts.first().map(|m| m.fs_type.clone()),
+        mount_point: mounts
+            .into_iter()
+            .find(|m| m.root == "/")
+            .map(|m| m.mount_point),
         node,
         file,
         direct,
@@ -204,19 +213,6 @@ pub fn open_read_only(path: &Path, direct: bool, extra: i32) -> std::io::Result<
         }
     }
     open(0).map(|f| (f, false))
-}
-
-/// Where the filesystem on `id` is mounted (its root, not a bind mount of a
-/// subdirectory), if it is.
-pub fn mount_point(id: DeviceId) -> Option<PathBuf> {
-    mounts_of(id)
-        .into_iter()
-        .find(|m| m.root == "/")
-        .map(|m| m.mount_point)
-}
-
-fn mounted_fs_type(id: DeviceId) -> Option<String> {
-    mounts_of(id).into_iter().next().map(|m| m.fs_type)
 }
 
 /// The mounts of the filesystem on `id`.

@@ -510,6 +510,7 @@ mod tests {
             logical_block_size: 512,
             size: 3 << 20,
             fs_type: None,
+            mount_point: None,
         };
         planner.add_device(dev);
         let id = DeviceId {
