@@ -1,6 +1,7 @@
 //! What the layout tests (`ext4`, `xfs`) share: whether the tools that
 //! make and read their images are here (a skip, unless CI requires them),
-//! running them, reading a range of an image, and following directories' trees.
+//! running them, reading a range of an image, and following directories'
+//! trees.
 
 use std::collections::BTreeSet;
 use std::ops::Range;

@@ -30,6 +30,7 @@ use crate::map::pool::MetadataPool;
 use crate::map::ExtentMap;
 
 /// A directory queued for reading.
+#[derive(Clone)]
 pub(super) struct PendingDir {
     pub path: PathBuf,
     /// The entry whose walk reached it (priority, origin).
@@ -271,17 +272,6 @@ fn kind_of(meta: std::io::Result<std::fs::Metadata>) -> ChildKind {
 mod tests {
     use super::*;
 
-    impl PendingDir {
-        fn clone_for_test(&self) -> Self {
-            PendingDir {
-                path: self.path.clone(),
-                entry: Arc::clone(&self.entry),
-                root_dev: self.root_dev,
-                ancestry: Arc::clone(&self.ancestry),
-            }
-        }
-    }
-
     /// Directories whose children span several look slices (and one with
     /// none) each get every child back, by name, with its kind.
     #[test]
@@ -317,8 +307,7 @@ mod tests {
         // Stopped before: every directory is left unread.
         let stop = StopSignal::default();
         stop.cancel();
-        let again: Vec<PendingDir> = dirs.iter().map(PendingDir::clone_for_test).collect();
-        for (_, listing) in read_dirs(&pool, again, false, &stop) {
+        for (_, listing) in read_dirs(&pool, dirs.clone(), false, &stop) {
             assert!(listing.unwrap().is_empty());
         }
         let read = read_dirs(&pool, dirs, false, &StopSignal::default());
