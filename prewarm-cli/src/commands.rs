@@ -76,6 +76,7 @@ pub fn hydrate(cli: &Cli, ui: Ui) -> Result<u8> {
     }
     let mut cfg = config(plan_config(&cli.plan), &cli.engine)?;
     cfg.collect.cross_mounts = sources.cross_mounts;
+    cfg.collect.fiemap_only = sources.fiemap_only;
     cfg.collect.with_libs = sources.with_libs;
     cfg.dry_run = output.dry_run;
     // Input warnings are known before any mapping: say them now.
@@ -103,6 +104,7 @@ pub fn plan(cmd: &PlanCmd, ui: Ui) -> Result<u8> {
             cross_mounts: cmd.sources.cross_mounts,
             root: cmd.root.clone(),
             with_libs: cmd.sources.with_libs,
+            fiemap_only: cmd.sources.fiemap_only,
         },
         dry_run: true,
         ..Config::default()

@@ -577,3 +577,117 @@ fn unsynced_delalloc_extents_are_read_through_the_file() {
         run["fallbacks"]
     );
 }
+
+/// The file maps of a dry-run report, by path.
+fn maps_by_path(report: &Value) -> std::collections::BTreeMap<String, Value> {
+    report["file_maps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            let mut m = m.clone();
+            m.as_object_mut().unwrap().remove("from_inode");
+            (m["path"].as_str().unwrap().to_string(), m)
+        })
+        .collect()
+}
+
+/// On ext4 a walk maps a file from its inode in the inode tables, without
+/// opening it, only when the inode has not changed since the filesystem
+/// was mounted writable; those maps are FIEMAP's, byte for byte, and a
+/// manifest records the same sizes and times either way.
+#[test]
+fn walked_ext4_files_are_mapped_from_their_inodes_once_unchanged_since_mount() {
+    if !privileged(
+        "walked_ext4_files_are_mapped_from_their_inodes_once_unchanged_since_mount",
+        &["losetup", "mkfs.ext4"],
+    ) {
+        return;
+    }
+    let _serial = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let image = tmp.path().join("fs.img");
+    make_fs_image(&image, "ext4", 64);
+    let lo = LoopDev::attach(&image, false);
+    let mnt = tmp.path().join("mnt");
+    let tree = mnt.join("tree");
+    let t = tree.to_str().unwrap();
+    let m = Mounted::mount(lo.path(), &mnt, "ext4", "rw");
+    fs::create_dir_all(tree.join("sub")).unwrap();
+    for i in 0..30u64 {
+        let len = ((i * 53) % 300 + 1) * K + i;
+        let dir = if i % 3 == 0 {
+            tree.join("sub")
+        } else {
+            tree.clone()
+        };
+        fs::write(dir.join(format!("f{i:02}")), pattern(200 + i, len as usize)).unwrap();
+    }
+    // Six extents: more than the inode holds, so FIEMAP maps it.
+    let frag = File::create(tree.join("fragmented")).unwrap();
+    for i in 0..6u64 {
+        frag.write_all_at(&pattern(300 + i, 4096), i * 2 * 4096 * 16)
+            .unwrap();
+    }
+    frag.sync_all().unwrap();
+    drop(frag);
+    // Kept inline in its inode: read through the file.
+    fs::write(tree.join("tiny"), pattern(400, 40)).unwrap();
+    cmd("sync", &[]);
+
+    // Written since this mount: every file is opened and mapped by FIEMAP.
+    let (plan, out) = prewarm_json(&["--dry-run", t]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(u(&plan["files"]), 32);
+    assert_eq!(u(&plan["files_mapped_from_inodes"]), 0);
+
+    // Mounted again, a second later than every change.
+    drop(m);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let m = Mounted::mount(lo.path(), &mnt, "ext4", "rw");
+    let (plan, out) = prewarm_json(&["--dry-run", t]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let (fiemap, out) = prewarm_json(&["--dry-run", "--fiemap-only", t]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(u(&plan["files_mapped_from_inodes"]), 30, "{plan}");
+    assert_eq!(u(&fiemap["files_mapped_from_inodes"]), 0);
+    assert_eq!(maps_by_path(&plan), maps_by_path(&fiemap));
+    let dev = File::open(&lo.node).unwrap();
+    check_extents(&plan, &dev);
+    for key in ["chunks", "extents", "mapped_bytes", "file_level_bytes"] {
+        assert_eq!(plan[key], fiemap[key], "{key}");
+    }
+
+    // A manifest records the same files, sizes and times either way.
+    let manifest = |name: &str, extra: &[&str]| {
+        let path = tmp.path().join(name);
+        let mut args = vec!["plan", t, "-o", path.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let out = prewarm(&args);
+        assert_eq!(out.status.code(), Some(0), "plan: {}", stderr(&out));
+        let (shown, out) = prewarm_json(&["show", path.to_str().unwrap(), "--files"]);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        let files = shown["devices"][0]["files"].as_array().unwrap().clone();
+        files
+            .into_iter()
+            .filter(|f| f["directory"] != true)
+            .collect::<Vec<Value>>()
+    };
+    let from_inodes = manifest("a.manifest", &[]);
+    assert_eq!(from_inodes.len(), 32);
+    assert!(from_inodes
+        .iter()
+        .all(|f| f["mtime_sec"].as_i64() > Some(0)));
+    assert_eq!(from_inodes, manifest("b.manifest", &["--fiemap-only"]));
+
+    // Changed since this mount: that one is opened again.
+    fs::OpenOptions::new()
+        .append(true)
+        .open(tree.join("f01"))
+        .unwrap()
+        .write_all(b"more")
+        .unwrap();
+    let (plan, _) = prewarm_json(&["--dry-run", t]);
+    assert_eq!(u(&plan["files_mapped_from_inodes"]), 29);
+    drop(m);
+}

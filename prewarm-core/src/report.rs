@@ -377,6 +377,10 @@ pub struct Report {
     pub plan_config: PlanConfig,
     /// Regular files selected.
     pub files: u64,
+    /// Of them, files a walk mapped from their inodes in ext4's inode
+    /// tables without opening them (the others were opened and mapped by
+    /// FIEMAP, or replayed from a manifest).
+    pub files_mapped_from_inodes: u64,
     /// Non-regular files (FIFOs, sockets, device nodes) met inside walked
     /// directories: skipped, as there is nothing to hydrate (`-v` names
     /// them).
@@ -477,6 +481,7 @@ impl Report {
             rate_limit: None,
             plan_config: PlanConfig::default(),
             files: 0,
+            files_mapped_from_inodes: 0,
             skipped_non_regular: 0,
             file_bytes: 0,
             mapped_bytes: 0,
@@ -606,6 +611,13 @@ impl Report {
             mib(self.file_level_bytes),
             mib(self.unwritten_bytes),
         );
+        if self.files_mapped_from_inodes > 0 {
+            let _ = writeln!(
+                s,
+                "  {} mapped from ext4's inode tables, not opened",
+                plural(self.files_mapped_from_inodes, "file"),
+            );
+        }
         let _ = writeln!(
             s,
             "  plan: {} ranges, {} chunks of {}, {} planned, {} I/Os (mode {:?}, queue depth {})",

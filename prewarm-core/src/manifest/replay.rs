@@ -559,6 +559,7 @@ fn replay_file(
             file_ranges: Vec::new(),
             unwritten_bytes: 0,
             fallback: None,
+            from_inode: false,
         };
         let file = TargetFile::from_metadata(path, &meta, f.priority, Origin::Manifest);
         return (FileStatus::Changed, Some(MappedFile { file, map }));
@@ -660,6 +661,7 @@ fn recorded(f: &ManifestFile, path: PathBuf, dev_num: u64, with_file_ranges: boo
             },
             unwritten_bytes: 0,
             fallback: None,
+            from_inode: false,
         },
     }
 }

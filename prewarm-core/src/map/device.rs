@@ -224,6 +224,15 @@ fn mounts_of(id: DeviceId) -> Vec<procfs::process::MountInfo> {
         .collect()
 }
 
+/// Whether the filesystem on `id` is mounted read-only as a whole (its
+/// superblock's options, not one mount's: a read-only bind of a writable
+/// filesystem does not count); false when it is not mounted.
+pub fn mounted_read_only(id: DeviceId) -> bool {
+    mounts_of(id)
+        .first()
+        .is_some_and(|m| m.super_options.contains_key("ro"))
+}
+
 /// Every filesystem on a block device mounted at its root directory, once
 /// each: its device and a mount point.
 pub fn mounted_filesystems() -> Vec<(DeviceId, PathBuf)> {

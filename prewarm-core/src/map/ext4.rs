@@ -15,6 +15,8 @@
 
 use std::ops::Range;
 
+use super::extent::Extent;
+use super::fiemap::{FlaggedExtent, FIEMAP_EXTENT_UNWRITTEN};
 use super::readahead::MetadataBlocks;
 
 /// Why a superblock or descriptor table is not read ahead.
@@ -53,6 +55,8 @@ const RO_COMPAT_METADATA_CSUM: u32 = 0x400;
 const BG_INODE_UNINIT: u16 = 0x1;
 const S_IFMT: u16 = 0o170000;
 const S_IFDIR: u16 = 0o040000;
+const S_IFREG: u16 = 0o100000;
+const ENCRYPT_FL: u32 = 0x800;
 const EXTENTS_FL: u32 = 0x0008_0000;
 const INLINE_DATA_FL: u32 = 0x1000_0000;
 const EXTENT_MAGIC: u16 = 0xF30A;
@@ -81,6 +85,25 @@ pub struct Ext4Layout {
     /// `bg_itable_unused` is kept up to date (checksummed descriptors), so
     /// the used part of each table is known.
     unused_known: bool,
+    /// When the filesystem was last mounted writable (`s_mtime`, seconds
+    /// since the epoch): an inode changed no later than this is, on the
+    /// device, as the kernel has it.
+    pub last_mounted: i64,
+}
+
+/// A regular file as its inode describes it: enough to plan its reads
+/// without opening it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegularInode {
+    /// `i_size` (as written to the inode).
+    pub size: u64,
+    /// `i_mtime`, seconds and nanoseconds, as `stat` gives it.
+    pub mtime: (i64, i64),
+    /// `i_ctime`, seconds: when the inode last changed.
+    pub changed: i64,
+    /// Its extents in logical order, in bytes; unwritten ones flagged
+    /// `FIEMAP_EXTENT_UNWRITTEN`, as FIEMAP reports them.
+    pub extents: Vec<FlaggedExtent>,
 }
 
 /// The used part of one group's inode table, in device bytes.
@@ -181,6 +204,7 @@ impl Ext4Layout {
             desc_size,
             first_data_block,
             unused_known: ro_compat & (RO_COMPAT_GDT_CSUM | RO_COMPAT_METADATA_CSUM) != 0,
+            last_mounted: i64::from(u32_at(sb, 0x2C)) | i64::from(sb[0x275]) << 32,
         })
     }
 
@@ -194,6 +218,93 @@ impl Ext4Layout {
     /// The group that holds inode `ino` (inodes count from 1).
     pub fn group_of(&self, ino: u64) -> u64 {
         ino.saturating_sub(1) / self.inodes_per_group
+    }
+
+    /// [`Ext4Layout::inode_tables`] indexed by group (`None`: a group
+    /// left out), for [`Ext4Layout::inode_offset`].
+    pub fn inode_tables_by_group(
+        &self,
+        gdt: &[u8],
+    ) -> Result<Vec<Option<InodeTable>>, Ext4Refusal> {
+        let mut by_group = vec![None; self.groups as usize];
+        for t in self.inode_tables(gdt)? {
+            by_group[t.group as usize] = Some(t);
+        }
+        Ok(by_group)
+    }
+
+    /// Where inode `ino`'s bytes are on the device, given the used tables
+    /// (from [`Ext4Layout::inode_tables_by_group`]): `None` for an inode
+    /// outside them (never used, or in a group whose table is out of range).
+    pub fn inode_offset(&self, tables: &[Option<InodeTable>], ino: u64) -> Option<u64> {
+        let index = ino.checked_sub(1)?;
+        let table = tables.get(usize::try_from(index / self.inodes_per_group).ok()?)?;
+        let at = (index % self.inodes_per_group) * self.inode_size;
+        let table = table.as_ref()?;
+        (at < table.len).then_some(table.offset + at)
+    }
+
+    /// The regular file `inode` (the bytes of one inode) describes, if it is
+    /// a live regular file whose extents all fit in the inode and lie inside
+    /// the filesystem. Anything else (inline data, encryption, the ext2/3
+    /// block map, an extent tree with blocks of its own, a field out of
+    /// range) is `None`: FIEMAP, through the open file, maps those.
+    pub fn regular_file(&self, inode: &[u8]) -> Option<RegularInode> {
+        if inode.len() < 128 || u16_at(inode, 0x00) & S_IFMT != S_IFREG {
+            return None;
+        }
+        if u16_at(inode, 0x1A) == 0 || u32_at(inode, 0x14) != 0 {
+            return None;
+        }
+        let flags = u32_at(inode, 0x20);
+        if flags & EXTENTS_FL == 0 || flags & (INLINE_DATA_FL | ENCRYPT_FL) != 0 {
+            return None;
+        }
+        let root = inode.get(0x28..0x28 + 60)?;
+        let entries = u16_at(root, 2);
+        if u16_at(root, 0) != EXTENT_MAGIC || entries > 4 || u16_at(root, 6) != 0 {
+            return None;
+        }
+        let bs = self.block_size;
+        let mut extents = Vec::with_capacity(usize::from(entries));
+        for e in 0..usize::from(entries) {
+            let entry = root.get(12 + 12 * e..24 + 12 * e)?;
+            let (len, flags) = match u16_at(entry, 4) {
+                len if len > INIT_MAX_LEN => (len - INIT_MAX_LEN, FIEMAP_EXTENT_UNWRITTEN),
+                len => (len, 0),
+            };
+            let start = u64::from(u32_at(entry, 8)) | (u64::from(u16_at(entry, 6)) << 32);
+            if len == 0 || start == 0 || start + u64::from(len) > self.blocks {
+                return None;
+            }
+            extents.push(FlaggedExtent {
+                extent: Extent {
+                    logical: u64::from(u32_at(entry, 0)) * bs,
+                    physical: start * bs,
+                    length: u64::from(len) * bs,
+                },
+                flags,
+            });
+        }
+        // Seconds are signed; the extra field, when the inode is big enough
+        // to hold it (`i_extra_isize` counts from byte 0x80), adds two bits
+        // of epoch and the nanoseconds.
+        let extra_end = 0x80 + usize::from(u16_at(inode, 0x80));
+        let time = |at: usize, extra_at: usize| {
+            let secs = i64::from(u32_at(inode, at) as i32);
+            if inode.len() > 0x80 && extra_end >= extra_at + 4 {
+                let x = u32_at(inode, extra_at);
+                (secs + (i64::from(x & 3) << 32), i64::from(x >> 2))
+            } else {
+                (secs, 0)
+            }
+        };
+        Some(RegularInode {
+            size: u64::from(u32_at(inode, 0x04)) | u64::from(u32_at(inode, 0x6C)) << 32,
+            mtime: time(0x10, 0x88),
+            changed: time(0x0C, 0x84).0,
+            extents,
+        })
     }
 
     /// The used part of each group's inode table, from the descriptor
@@ -528,6 +639,200 @@ mod tests {
         ));
     }
 
+    /// Every regular file of a real image whose extents fit in its inode
+    /// is mapped from it as debugfs maps it, with its size; the one whose
+    /// extents do not is refused (FIEMAP maps it).
+    #[test]
+    fn maps_regular_files_from_their_inodes_as_debugfs_does() {
+        if !tool("mkfs.ext4") || !tool("debugfs") {
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("src");
+        std::fs::create_dir(&src).unwrap();
+        tree(&src);
+        let data = src.join("data");
+        std::fs::create_dir(&data).unwrap();
+        for i in 0..20 {
+            std::fs::write(data.join(format!("f{i}")), vec![i as u8 | 1; i * 5000]).unwrap();
+        }
+        // Data in 3 and in 6 places, holes between: 3 extents fit in the
+        // inode, 6 do not.
+        for islands in [3u64, 6] {
+            let f = std::fs::File::create(data.join(format!("islands{islands}"))).unwrap();
+            for i in 0..islands {
+                std::os::unix::fs::FileExt::write_all_at(&f, &[7; 4096], i * 65536).unwrap();
+            }
+        }
+        let files = 20 * 6 + 600 + 20 + 2;
+        let image = tmp.path().join("fs.img");
+        mkfs(&image, &src, &[]);
+        let f = std::fs::File::open(&image).unwrap();
+        let layout = Ext4Layout::from_superblock(&read(&f, Ext4Layout::SUPERBLOCK)).unwrap();
+        let tables = layout
+            .inode_tables_by_group(&read(&f, layout.descriptors()))
+            .unwrap();
+        let mut mapped = Vec::new();
+        for t in tables.iter().flatten() {
+            for index in 0..t.len / layout.inode_size {
+                let ino = u64::from(t.group) * layout.inodes_per_group + index + 1;
+                // The reserved inodes (the journal is a regular file) are
+                // in no directory.
+                if ino < 11 {
+                    continue;
+                }
+                let at = layout.inode_offset(&tables, ino).unwrap();
+                if let Some(file) = layout.regular_file(&read(&f, at..at + layout.inode_size)) {
+                    mapped.push((ino, file));
+                }
+            }
+        }
+        assert_eq!(mapped.len(), files - 1);
+        let requests: String = mapped
+            .iter()
+            .map(|(ino, _)| format!("stat <{ino}>\n"))
+            .collect();
+        let cmds = tmp.path().join("cmds");
+        std::fs::write(&cmds, requests + "stat /data/islands6\n").unwrap();
+        let out = debugfs_file(&image, &cmds);
+        let stats: Vec<&str> = out.split("debugfs: stat ").skip(1).collect();
+        assert_eq!(stats.len(), mapped.len() + 1);
+        let bs = layout.block_size;
+        for ((ino, file), stat) in mapped.iter().zip(&stats) {
+            let size: u64 = stat
+                .split("Size: ")
+                .nth(1)
+                .and_then(|s| s.split_whitespace().next())
+                .and_then(|s| s.parse().ok())
+                .unwrap_or_else(|| panic!("<{ino}>: {stat}"));
+            assert_eq!(file.size, size, "<{ino}>");
+            // `(0-3):4386-4389, (64):4390`: logical blocks, then physical.
+            let listed = stat.split("EXTENTS:").nth(1).unwrap_or("").trim();
+            let want: Vec<FlaggedExtent> = listed
+                .split(", ")
+                .filter(|e| !e.is_empty())
+                .map(|e| {
+                    let (l, p) = e.trim_start_matches('(').split_once("):").unwrap();
+                    let first = |r: &str| r.split('-').next().unwrap().parse::<u64>().unwrap();
+                    let last = |r: &str| r.split('-').next_back().unwrap().parse::<u64>().unwrap();
+                    FlaggedExtent {
+                        extent: Extent {
+                            logical: first(l) * bs,
+                            physical: first(p) * bs,
+                            length: (last(l) - first(l) + 1) * bs,
+                        },
+                        flags: 0,
+                    }
+                })
+                .collect();
+            assert_eq!(file.extents, want, "<{ino}>: {listed}");
+        }
+        let refused: u64 = stats[mapped.len()]
+            .split("Inode: ")
+            .nth(1)
+            .and_then(|s| s.split_whitespace().next())
+            .and_then(|s| s.parse().ok())
+            .unwrap();
+        let at = layout.inode_offset(&tables, refused).unwrap();
+        assert!(mapped.iter().all(|(ino, _)| *ino != refused));
+        assert_eq!(
+            layout.regular_file(&read(&f, at..at + layout.inode_size)),
+            None
+        );
+        assert_eq!(layout.inode_offset(&tables, 0), None);
+        assert_eq!(
+            layout.inode_offset(&tables, layout.inodes_per_group * layout.groups + 1),
+            None
+        );
+    }
+
+    fn debugfs_file(image: &Path, requests: &Path) -> String {
+        let out = Command::new("debugfs")
+            .arg("-f")
+            .arg(requests)
+            .arg(image)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// An inode of a regular file of 10,000 bytes: two blocks at block 100,
+    /// then one unwritten block at 200; its times in the extra fields.
+    fn regular_inode() -> Vec<u8> {
+        let mut inode = vec![0u8; 256];
+        let mut put = |at: usize, v: u32, n: usize| {
+            inode[at..at + n].copy_from_slice(&v.to_le_bytes()[..n]);
+        };
+        put(0x00, 0o100644, 2);
+        put(0x04, 10_000, 4);
+        put(0x0C, 1_000, 4);
+        put(0x10, 0x6093_95d9, 4);
+        put(0x1A, 1, 2);
+        put(0x20, EXTENTS_FL, 4);
+        put(0x28, u32::from(EXTENT_MAGIC), 2);
+        put(0x2A, 2, 2);
+        put(0x2C, 4, 2);
+        put(0x34, 0, 4);
+        put(0x38, 2, 2);
+        put(0x3C, 100, 4);
+        put(0x40, 2, 4);
+        put(0x44, u32::from(INIT_MAX_LEN) + 1, 2);
+        put(0x48, 200, 4);
+        put(0x80, 32, 2);
+        put(0x88, (123_456_789 << 2) | 1, 4);
+        inode
+    }
+
+    #[test]
+    fn a_regular_inode_gives_its_extents_size_and_times() {
+        let layout = Ext4Layout::from_superblock(&sane_superblock()).unwrap();
+        let file = layout.regular_file(&regular_inode()).unwrap();
+        let extent = |logical, physical, length, flags| FlaggedExtent {
+            extent: Extent {
+                logical,
+                physical,
+                length,
+            },
+            flags,
+        };
+        assert_eq!(
+            file,
+            RegularInode {
+                size: 10_000,
+                mtime: (0x6093_95d9 + (1 << 32), 123_456_789),
+                changed: 1_000,
+                extents: vec![
+                    extent(0, 100 * 4096, 2 * 4096, 0),
+                    extent(2 * 4096, 200 * 4096, 4096, FIEMAP_EXTENT_UNWRITTEN),
+                ],
+            }
+        );
+        // A 128-byte inode has no extra fields.
+        let small = layout.regular_file(&regular_inode()[..128]).unwrap();
+        assert_eq!(small.mtime, (0x6093_95d9, 0));
+        // Anything but a live regular file with its extents in the inode,
+        // all inside the filesystem, is refused.
+        let refused = |at: usize, v: u32, n: usize| {
+            let mut inode = regular_inode();
+            inode[at..at + n].copy_from_slice(&v.to_le_bytes()[..n]);
+            layout.regular_file(&inode)
+        };
+        for (what, at, v, n) in [
+            ("a directory", 0x00, 0o040755, 2),
+            ("deleted", 0x14, 5, 4),
+            ("no links", 0x1A, 0, 2),
+            ("inline data", 0x20, EXTENTS_FL | INLINE_DATA_FL, 4),
+            ("encrypted", 0x20, EXTENTS_FL | ENCRYPT_FL, 4),
+            ("a block map", 0x20, 0, 4),
+            ("a deeper tree", 0x2E, 1, 2),
+            ("five entries", 0x2A, 5, 2),
+            ("past the end", 0x48, 16_384, 4),
+            ("at block 0", 0x3C, 0, 4),
+        ] {
+            assert_eq!(refused(at, v, n), None, "{what}");
+        }
+    }
+
     proptest::proptest! {
         /// A sane superblock with a few bytes changed, and any descriptors
         /// and inodes: a refusal or a layout, never a panic, and never a
@@ -537,6 +842,7 @@ mod tests {
             changes in proptest::collection::vec((0..1024usize, proptest::prelude::any::<u8>()), 0..6),
             gdt in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..4096),
             table in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..8192),
+            inode_changes in proptest::collection::vec((0..256usize, proptest::prelude::any::<u8>()), 0..8),
         ) {
             let mut sb = sane_superblock();
             for (at, v) in changes {
@@ -552,6 +858,15 @@ mod tests {
                 let mut out = Vec::new();
                 layout.directory_blocks(&table, &mut out);
                 layout.extent_node(&table, MAX_EXTENT_DEPTH, &mut out);
+                let mut inode = regular_inode();
+                for (at, v) in inode_changes {
+                    inode[at] = v;
+                }
+                if let Some(file) = layout.regular_file(&inode) {
+                    for e in file.extents {
+                        proptest::prop_assert!(e.extent.physical + e.extent.length <= end);
+                    }
+                }
                 for m in out {
                     match m {
                         MetadataBlocks::Directory(r) => proptest::prop_assert!(r.end <= layout.blocks),

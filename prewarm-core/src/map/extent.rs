@@ -122,6 +122,10 @@ pub struct ExtentMap {
     /// Why some or all bytes are read through the file, if they are.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fallback: Option<FileReadReason>,
+    /// Mapped from the file's inode in ext4's inode tables, without opening
+    /// the file (a walked file unchanged since mount), not by FIEMAP.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub from_inode: bool,
 }
 
 impl ExtentMap {
@@ -286,7 +290,7 @@ fn clip_to_ranges(raw: &[FlaggedExtent], ranges: &[ByteRange]) -> Vec<FlaggedExt
 
 /// Sort raw extents into device extents, file ranges and unwritten bytes,
 /// clipped to the file's size.
-fn classify(raw: &[FlaggedExtent], size: u64) -> ExtentMap {
+pub(crate) fn classify(raw: &[FlaggedExtent], size: u64) -> ExtentMap {
     let mut map = ExtentMap::default();
     for &FlaggedExtent { extent: e, flags } in raw {
         if e.logical >= size || e.length == 0 {

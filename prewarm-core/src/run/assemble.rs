@@ -160,6 +160,7 @@ impl Prepared {
             rate_limit: cfg.rate_limit.is_limited().then_some(cfg.rate_limit),
             plan_config: cfg.plan,
             files: tally.files,
+            files_mapped_from_inodes: tally.files_from_inodes,
             skipped_non_regular: self.skipped_non_regular,
             file_bytes: tally.file_bytes,
             mapped_bytes: tally.mapped_bytes,

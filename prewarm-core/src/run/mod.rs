@@ -181,6 +181,8 @@ pub(crate) struct FileTally {
     pub file_level_bytes: u64,
     /// Why files are read through the file, with how many.
     pub fallbacks: BTreeMap<FileReadReason, u64>,
+    /// Files mapped from their inodes, not by FIEMAP.
+    pub files_from_inodes: u64,
 }
 
 impl FileTally {
@@ -188,6 +190,7 @@ impl FileTally {
     /// every total saturates rather than wraps.
     fn add(&mut self, m: &MappedFile) {
         self.files += 1;
+        self.files_from_inodes += u64::from(m.map.from_inode);
         self.file_bytes = self.file_bytes.saturating_add(m.file.size);
         let mapped = m.map.device_extents.iter().map(|e| e.length);
         self.mapped_bytes = mapped.fold(self.mapped_bytes, u64::saturating_add);

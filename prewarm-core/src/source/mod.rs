@@ -26,6 +26,7 @@ use std::sync::Arc;
 
 use crate::engine::StopSignal;
 use crate::error::{Origin, Warning, WarningKind};
+use crate::map::inode_tables::InodeTables;
 use crate::map::pool::MetadataPool;
 use crate::map::{ByteRange, ExtentMap};
 use crate::plan::spans::{self, Span};
@@ -99,16 +100,42 @@ impl TargetFile {
         priority: u32,
         origin: Origin,
     ) -> Self {
+        TargetFile::new(path, &FileStat::from(meta), priority, origin)
+    }
+
+    fn new(path: PathBuf, stat: &FileStat, priority: u32, origin: Origin) -> Self {
         TargetFile {
             path,
             priority,
             origin,
+            dev: stat.dev,
+            ino: stat.ino,
+            size: stat.size,
+            mtime: stat.mtime,
+            ranges: None,
+            mapped: None,
+        }
+    }
+}
+
+/// What collecting a regular file needs to know of it: its identity, size
+/// and modification time, from `stat` or, for a file a walk mapped from its
+/// inode, from the inode itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FileStat {
+    pub dev: u64,
+    pub ino: u64,
+    pub size: u64,
+    pub mtime: (i64, i64),
+}
+
+impl From<&std::fs::Metadata> for FileStat {
+    fn from(meta: &std::fs::Metadata) -> Self {
+        FileStat {
             dev: meta.dev(),
             ino: meta.ino(),
             size: meta.len(),
             mtime: (meta.mtime(), meta.mtime_nsec()),
-            ranges: None,
-            mapped: None,
         }
     }
 }
@@ -330,6 +357,9 @@ pub struct CollectOptions {
     /// (inside `root` when there is one), or a script's interpreter; at the
     /// file's priority (see `source/elf.rs`).
     pub with_libs: bool,
+    /// Map every walked file by FIEMAP through the open file, never from
+    /// its inode in ext4's inode tables (`map/inode_tables.rs`).
+    pub fiemap_only: bool,
 }
 
 /// The files to hydrate, plus everything that was wrong with the input.
@@ -411,6 +441,9 @@ pub struct Collector<'a> {
     pool: &'a MetadataPool,
     /// Told of each filesystem a walk starts on, to read its metadata ahead.
     readahead: Option<crate::map::readahead::MetadataReadahead>,
+    /// The inode tables of each filesystem walked, by `st_dev`, opened
+    /// once (`None`: its files are mapped through the open file).
+    inode_tables: HashMap<u64, Option<Arc<InodeTables>>>,
 }
 
 impl<'a> Collector<'a> {
@@ -432,7 +465,27 @@ impl<'a> Collector<'a> {
             walked: HashSet::new(),
             pool,
             readahead: None,
+            inode_tables: HashMap::new(),
         }
+    }
+
+    /// The inode tables of the filesystem `dev`, for a walk's directory on
+    /// it: opened at its first directory; `None` when its files are mapped
+    /// through the open file instead (not ext4, or `opts.fiemap_only`).
+    fn inode_tables(&mut self, dev: u64) -> Option<Arc<InodeTables>> {
+        if self.opts.fiemap_only {
+            return None;
+        }
+        self.inode_tables
+            .entry(dev)
+            .or_insert_with(|| match InodeTables::open(dev) {
+                Ok(t) => Some(Arc::new(t)),
+                Err(reason) => {
+                    tracing::debug!(dev, %reason, "walked files are mapped through the open file");
+                    None
+                }
+            })
+            .clone()
     }
 
     /// Start `readahead` on the filesystem of each walk, as it is queued.
@@ -601,11 +654,21 @@ impl<'a> Collector<'a> {
                     }
                     None => match self.handed_out.get(key) {
                         Some(Planned::Ranges(_)) => {
-                            self.add_missing_ranges(key, needed.path, &needed.meta, &library);
+                            self.add_missing_ranges(
+                                key,
+                                needed.path,
+                                &FileStat::from(&needed.meta),
+                                &library,
+                            );
                         }
                         Some(Planned::Whole { .. }) => {}
                         None => {
-                            self.add_file(needed.path, &needed.meta, &library, None);
+                            self.add_file(
+                                needed.path,
+                                &FileStat::from(&needed.meta),
+                                &library,
+                                None,
+                            );
                         }
                     },
                 }
@@ -703,7 +766,12 @@ impl<'a> Collector<'a> {
         // directories on the way resolve when the file is opened, and the
         // inode key still finds every other name of the same file.
         if let Some(meta) = lstat.filter(std::fs::Metadata::is_file) {
-            self.add_file(path.to_path_buf(), &meta, entry, Some(path));
+            self.add_file(
+                path.to_path_buf(),
+                &FileStat::from(&meta),
+                entry,
+                Some(path),
+            );
             return;
         }
         let resolved = match self.resolve(path) {
@@ -732,7 +800,7 @@ impl<'a> Collector<'a> {
         if meta.is_dir() {
             self.walk(&resolved, entry);
         } else if meta.is_file() {
-            self.add_file(resolved, &meta, entry, Some(path));
+            self.add_file(resolved, &FileStat::from(&meta), entry, Some(path));
         } else {
             let what = describe_type(&meta.file_type());
             self.warn(
@@ -769,10 +837,12 @@ impl<'a> Collector<'a> {
         if let Some(readahead) = &self.readahead {
             readahead.walk_on(meta.dev(), meta.ino());
         }
+        let inodes = self.inode_tables(meta.dev());
         self.pending.push_back(walk::PendingDir {
             path: dir.to_path_buf(),
             entry: Arc::new(entry.clone()),
             root_dev: meta.dev(),
+            inodes,
             ancestry: Arc::new(walk::Ancestor {
                 id,
                 path: dir.to_path_buf(),
@@ -795,10 +865,10 @@ impl<'a> Collector<'a> {
         };
         for child in children {
             match child.kind {
-                walk::ChildKind::File { meta, map } => {
+                walk::ChildKind::File { stat, map } => {
                     // The walk's map is of the whole file; the planner
                     // uses it only for a file collected whole.
-                    if let Some(file) = self.add_file(child.path, &meta, entry, None) {
+                    if let Some(file) = self.add_file(child.path, &stat, entry, None) {
                         file.mapped = map;
                     }
                 }
@@ -817,7 +887,12 @@ impl<'a> Collector<'a> {
                     {
                         continue;
                     }
+                    let inodes = match &dir.inodes {
+                        Some(t) if t.dev() == meta.dev() => Some(t.clone()),
+                        _ => self.inode_tables(meta.dev()),
+                    };
                     self.pending.push_back(walk::PendingDir {
+                        inodes,
                         ancestry: Arc::new(walk::Ancestor {
                             id,
                             path: child.path.clone(),
@@ -835,7 +910,7 @@ impl<'a> Collector<'a> {
                     .and_then(|p| Ok((std::fs::metadata(&p)?, p)))
                 {
                     Ok((meta, target)) if meta.is_file() => {
-                        self.add_file(target, &meta, entry, None);
+                        self.add_file(target, &FileStat::from(&meta), entry, None);
                     }
                     Ok(_) => tracing::debug!(
                         path = %child.path.display(),
@@ -881,14 +956,14 @@ impl<'a> Collector<'a> {
     fn add_file(
         &mut self,
         path: PathBuf,
-        meta: &std::fs::Metadata,
+        stat: &FileStat,
         entry: &SourceEntry,
         named: Option<&Path>,
     ) -> Option<&mut TargetFile> {
-        let key = (meta.dev(), meta.ino());
+        let key = (stat.dev, stat.ino);
         match self.handed_out.get(key) {
             Some(Planned::Ranges(_)) if !self.by_inode.contains_key(&key) => {
-                self.add_missing_ranges(key, path, meta, entry);
+                self.add_missing_ranges(key, path, stat, entry);
                 return None;
             }
             Some(Planned::Whole { library }) => {
@@ -946,7 +1021,7 @@ impl<'a> Collector<'a> {
             return None;
         }
         self.by_inode.insert(key, self.set.files.len());
-        let mut file = TargetFile::from_metadata(path, meta, entry.priority, entry.origin.clone());
+        let mut file = TargetFile::new(path, stat, entry.priority, entry.origin.clone());
         file.ranges = entry.ranges.clone();
         self.set.files.push(file);
         self.set.files.last_mut()
@@ -978,13 +1053,13 @@ impl<'a> Collector<'a> {
         &mut self,
         key: InodeKey,
         path: PathBuf,
-        meta: &std::fs::Metadata,
+        stat: &FileStat,
         entry: &SourceEntry,
     ) {
         let Some(Planned::Ranges(covered)) = self.handed_out.get(key) else {
             return;
         };
-        let size = meta.len();
+        let size = stat.size;
         let had = spans_of(Some(covered), size);
         let asked = spans_of(entry.ranges.as_deref(), size);
         let extra = spans::subtract(&asked, &had);
@@ -998,7 +1073,7 @@ impl<'a> Collector<'a> {
                 self.handed_out.widen(key, library);
             }
         }
-        let mut more = TargetFile::from_metadata(path, meta, entry.priority, entry.origin.clone());
+        let mut more = TargetFile::new(path, stat, entry.priority, entry.origin.clone());
         more.ranges = Some(ranges_of(&extra));
         self.set.files.push(more);
     }

@@ -8,9 +8,11 @@
 //! collector takes a group of them at a time and lists them, then looks at
 //! all their children, on the metadata pool ([`crate::map::pool`]), so as many
 //! metadata fetches are in flight as the pool has threads, beside the data
-//! reads of what was found already. A regular file is opened in its
-//! directory and mapped then ([`crate::map::extent::map_file`]): its one
-//! lookup serves both.
+//! reads of what was found already. A regular file on ext4 is mapped from
+//! its inode, by the number its directory entry gives, without opening it
+//! ([`crate::map::inode_tables`]); any other, or one that is refused there,
+//! is opened in its directory and mapped then
+//! ([`crate::map::extent::map_file`]): its one lookup serves both.
 //!
 //! This module only reads: what a child is (file and its extents,
 //! directory, other, or why it could not be looked at). The collector
@@ -19,13 +21,14 @@
 //! loop ends), resolve symlinks inside an image root, and warn.
 
 use std::fs::File;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirEntryExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
-use super::SourceEntry;
+use super::{FileStat, SourceEntry};
 use crate::engine::StopSignal;
 use crate::map::extent::{map_file, open_file_in};
+use crate::map::inode_tables::InodeTables;
 use crate::map::pool::MetadataPool;
 use crate::map::ExtentMap;
 
@@ -41,6 +44,9 @@ pub(super) struct PendingDir {
     /// This directory and, through `parent`, each one above it in this
     /// walk: a symlink back to one of them is a loop.
     pub ancestry: Arc<Ancestor>,
+    /// The inode tables of the directory's filesystem, when its files can
+    /// be mapped from them (ext4).
+    pub inodes: Option<Arc<InodeTables>>,
 }
 
 /// A directory on the way down a walk.
@@ -73,9 +79,10 @@ pub(super) struct Child {
 pub(super) enum ChildKind {
     /// A regular file (through a symlink, when links are followed), and
     /// its extents when the walk mapped it: a regular file met by name in
-    /// its directory is opened there, and mapped while it is open.
+    /// its directory is mapped from its inode, or opened there and mapped
+    /// while it is open.
     File {
-        meta: std::fs::Metadata,
+        stat: FileStat,
         map: Option<ExtentMap>,
     },
     /// A directory (likewise).
@@ -121,7 +128,7 @@ pub(super) fn read_dirs(
     let halt = stop.clone();
     let listed = pool.map(dirs, move |dir| {
         let listed = match halt.check() {
-            Some(_) => Ok(Listed::default()),
+            Some(_) => Ok(Vec::new()),
             None => list(&dir.path),
         };
         (dir, listed)
@@ -130,9 +137,14 @@ pub(super) fn read_dirs(
     let mut unlooked = Vec::with_capacity(listed.len());
     for (index, (dir, listed)) in listed.into_iter().enumerate() {
         match listed {
-            Ok(Listed { entries, handle }) => {
+            Ok(entries) => {
+                let opened = Arc::new(OpenedDir {
+                    path: dir.path.clone(),
+                    file: OnceLock::new(),
+                    inodes: dir.inodes.clone(),
+                });
                 out.push((dir, Ok(Vec::with_capacity(entries.len()))));
-                unlooked.push((index, entries.into_iter(), handle));
+                unlooked.push((index, entries.into_iter(), opened));
             }
             Err(e) => out.push((dir, Err(e))),
         }
@@ -146,11 +158,11 @@ pub(super) fn read_dirs(
     while stop.check().is_none() {
         let mut slice = Vec::with_capacity(LOOK_SLICE);
         while slice.len() < LOOK_SLICE {
-            let Some((index, entries, handle)) = unlooked.peek_mut() else {
+            let Some((index, entries, opened)) = unlooked.peek_mut() else {
                 break;
             };
             match entries.next() {
-                Some(e) => slice.push((*index, e, handle.clone())),
+                Some(e) => slice.push((*index, e, opened.clone())),
                 None => {
                     unlooked.next();
                 }
@@ -160,10 +172,10 @@ pub(super) fn read_dirs(
             break;
         }
         let halt = stop.clone();
-        let looked = pool.map(slice, move |(index, e, handle)| {
+        let looked = pool.map(slice, move |(index, e, opened)| {
             let kind = match halt.check() {
                 Some(_) => ChildKind::Error(std::io::Error::from(std::io::ErrorKind::Interrupted)),
-                None => look(&e, follow_links, handle.as_deref()),
+                None => look(&e, follow_links, &opened),
             };
             let child = Child {
                 path: e.path(),
@@ -180,45 +192,48 @@ pub(super) fn read_dirs(
     out
 }
 
-/// A directory's entries, sorted by name, and the directory opened for
-/// looking its regular files up by name (`None` when it has none, or could
-/// not be opened: it went, or lost its permissions since it was listed;
-/// its files are then looked at, and later mapped, by path).
-#[derive(Default)]
-struct Listed {
-    entries: Vec<std::fs::DirEntry>,
-    handle: Option<Arc<File>>,
+/// A listed directory, as its children are looked at: its path, the
+/// directory opened for looking its regular files up by name (once, by the
+/// first look that needs it; `None` when it could not be opened: it went,
+/// or lost its permissions since it was listed, and its files are then
+/// looked at, and later mapped, by path), and its filesystem's inode tables.
+struct OpenedDir {
+    path: PathBuf,
+    file: OnceLock<Option<File>>,
+    inodes: Option<Arc<InodeTables>>,
 }
 
-/// List the directory at `path`. Each look at a child is then relative to
-/// the open directory, not a walk of the whole path again: `fstatat` for
-/// what is not a regular file, and for a regular file an `openat` (which
-/// looks it up as `fstatat` would), `fstat` and FIEMAP, so that it is
-/// looked up once, and mapped without a second lookup by its whole path (a
-/// third of a cold walk's CPU went to those lookups, on a two-CPU node
-/// where the lazy volume's data path needs that CPU).
-fn list(path: &Path) -> std::io::Result<Listed> {
+impl OpenedDir {
+    fn file(&self) -> Option<&File> {
+        self.file
+            .get_or_init(|| {
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_DIRECTORY)
+                    .open(&self.path)
+                    .ok()
+            })
+            .as_ref()
+    }
+}
+
+/// The entries of the directory at `path`, sorted by name. Each look at a
+/// child is then relative to the open directory, not a walk of the whole
+/// path again: `fstatat` for what is not a regular file, and for a regular
+/// file its inode, or an `openat` (which looks it up as `fstatat` would),
+/// `fstat` and FIEMAP, so that it is looked up once, and mapped without a
+/// second lookup by its whole path (a third of a cold walk's CPU went to
+/// those lookups, on a two-CPU node where the lazy volume's data path needs
+/// that CPU).
+fn list(path: &Path) -> std::io::Result<Vec<std::fs::DirEntry>> {
     let mut entries: Vec<std::fs::DirEntry> =
         std::fs::read_dir(path)?.collect::<std::io::Result<_>>()?;
     entries.sort_by_cached_key(std::fs::DirEntry::file_name);
-    let has_files = entries
-        .iter()
-        .any(|e| e.file_type().map_or(true, |t| t.is_file()));
-    let handle = has_files
-        .then(|| {
-            std::fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_DIRECTORY)
-                .open(path)
-                .ok()
-        })
-        .flatten()
-        .map(Arc::new);
-    Ok(Listed { entries, handle })
+    Ok(entries)
 }
 
-/// What the child `e` of the open directory `dir` is.
-fn look(e: &std::fs::DirEntry, follow_links: bool, dir: Option<&File>) -> ChildKind {
+/// What the child `e` of the directory `dir` is.
+fn look(e: &std::fs::DirEntry, follow_links: bool, dir: &OpenedDir) -> ChildKind {
     // The directory entry's type when it has one, else `lstat` says.
     let (is_link, is_file) = match e.file_type() {
         Ok(t) => (t.is_symlink(), t.is_file()),
@@ -228,7 +243,10 @@ fn look(e: &std::fs::DirEntry, follow_links: bool, dir: Option<&File>) -> ChildK
         },
     };
     if is_file {
-        if let Some(kind) = dir.and_then(|d| open_and_map(d, e)) {
+        if let Some(kind) = dir.inodes.as_deref().and_then(|t| from_inode(t, e)) {
+            return kind;
+        }
+        if let Some(kind) = dir.file().and_then(|d| open_and_map(d, e)) {
             return kind;
         }
     }
@@ -239,6 +257,21 @@ fn look(e: &std::fs::DirEntry, follow_links: bool, dir: Option<&File>) -> ChildK
         // relative to the directory).
         (false, _) => kind_of(e.metadata()),
     }
+}
+
+/// The regular file `e` mapped from its inode in `tables`, when they have
+/// it as it is now (see [`crate::map::inode_tables`]).
+fn from_inode(tables: &InodeTables, e: &std::fs::DirEntry) -> Option<ChildKind> {
+    let found = tables.map(e.ino())?;
+    Some(ChildKind::File {
+        stat: FileStat {
+            dev: tables.dev(),
+            ino: e.ino(),
+            size: found.size,
+            mtime: found.mtime,
+        },
+        map: Some(found.map),
+    })
 }
 
 /// The regular file `e`, opened in `dir` and mapped; `None` when it cannot
@@ -253,14 +286,17 @@ fn open_and_map(dir: &File, e: &std::fs::DirEntry) -> Option<ChildKind> {
     }
     let map = map_file(&file, meta.len(), None);
     Some(ChildKind::File {
-        meta,
+        stat: FileStat::from(&meta),
         map: Some(map),
     })
 }
 
 fn kind_of(meta: std::io::Result<std::fs::Metadata>) -> ChildKind {
     match meta {
-        Ok(m) if m.is_file() => ChildKind::File { meta: m, map: None },
+        Ok(m) if m.is_file() => ChildKind::File {
+            stat: FileStat::from(&m),
+            map: None,
+        },
         Ok(m) if m.is_dir() => ChildKind::Dir(m),
         Ok(m) if m.file_type().is_symlink() => ChildKind::Symlink,
         Ok(m) => ChildKind::Other(m.file_type()),
@@ -295,6 +331,7 @@ mod tests {
                 path,
                 entry: Arc::new(SourceEntry::argument(tmp.path(), 10)),
                 root_dev: 0,
+                inodes: None,
             });
         }
         // The last one went after it was queued.
@@ -328,8 +365,8 @@ mod tests {
             for c in children {
                 assert!(c.path.starts_with(&dir.path));
                 match &c.kind {
-                    ChildKind::File { meta, map } => {
-                        assert_eq!(meta.len(), 3);
+                    ChildKind::File { stat, map } => {
+                        assert_eq!(stat.size, 3);
                         assert!(map.is_some(), "{}", c.path.display());
                     }
                     ChildKind::Dir(_) => assert!(c.path.ends_with("sub")),
