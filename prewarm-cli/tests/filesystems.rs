@@ -537,6 +537,16 @@ fn files_on_a_partition_map_to_the_partition_device_or_are_read_through_the_file
     assert_eq!(checksum(&image), before, "the image changed");
 }
 
+/// A new 64 MiB ext4 image in a scratch directory, on a writable loop
+/// device.
+fn scratch_ext4() -> (tempfile::TempDir, LoopDev) {
+    let tmp = tempfile::tempdir().unwrap();
+    let image = tmp.path().join("fs.img");
+    make_fs_image(&image, "ext4", 64);
+    let lo = LoopDev::attach(&image, false);
+    (tmp, lo)
+}
+
 #[test]
 fn unsynced_delalloc_extents_are_read_through_the_file() {
     if !privileged(
@@ -546,10 +556,7 @@ fn unsynced_delalloc_extents_are_read_through_the_file() {
         return;
     }
     let _serial = serial();
-    let tmp = tempfile::tempdir().unwrap();
-    let image = tmp.path().join("fs.img");
-    make_fs_image(&image, "ext4", 64);
-    let lo = LoopDev::attach(&image, false);
+    let (tmp, lo) = scratch_ext4();
     let m = Mounted::mount(lo.path(), &tmp.path().join("mnt"), "ext4", "rw");
     // Written, not synced: ext4 has not allocated its blocks yet (delayed
     // allocation), so FIEMAP reports DELALLOC extents with no address.
@@ -605,10 +612,7 @@ fn walked_ext4_files_are_mapped_from_their_inodes_once_unchanged_since_mount() {
         return;
     }
     let _serial = serial();
-    let tmp = tempfile::tempdir().unwrap();
-    let image = tmp.path().join("fs.img");
-    make_fs_image(&image, "ext4", 64);
-    let lo = LoopDev::attach(&image, false);
+    let (tmp, lo) = scratch_ext4();
     let mnt = tmp.path().join("mnt");
     let tree = mnt.join("tree");
     let t = tree.to_str().unwrap();
