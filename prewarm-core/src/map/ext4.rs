@@ -238,7 +238,7 @@ impl Ext4Layout {
     /// outside them (never used, or in a group whose table is out of range).
     pub fn inode_offset(&self, tables: &[Option<InodeTable>], ino: u64) -> Option<u64> {
         let index = ino.checked_sub(1)?;
-        let table = tables.get(usize::try_from(index / self.inodes_per_group).ok()?)?;
+        let table = tables.get(usize::try_from(self.group_of(ino)).ok()?)?;
         let at = (index % self.inodes_per_group) * self.inode_size;
         let table = table.as_ref()?;
         (at < table.len).then_some(table.offset + at)
@@ -497,9 +497,11 @@ mod tests {
         (layout, tables, blocks, nodes)
     }
 
-    fn debugfs(image: &Path, request: &str) -> String {
+    /// What `debugfs ARGS IMAGE` prints (`-R REQUEST`, or `-f FILE` of
+    /// requests).
+    fn debugfs<A: AsRef<std::ffi::OsStr>>(image: &Path, args: [A; 2]) -> String {
         let out = Command::new("debugfs")
-            .args(["-R", request])
+            .args(args)
             .arg(image)
             .output()
             .unwrap();
@@ -525,7 +527,7 @@ mod tests {
             let name = format!("/{}", dir.strip_prefix(&src).unwrap().display());
             // `blocks` lists a directory's blocks (its extent tree's too);
             // `imap` says where its inode is.
-            let listed: Vec<u64> = debugfs(&image, &format!("blocks {name}"))
+            let listed: Vec<u64> = debugfs(&image, ["-R", &format!("blocks {name}")])
                 .split_whitespace()
                 .map(|b| b.parse().unwrap())
                 .collect();
@@ -533,7 +535,7 @@ mod tests {
             for b in listed {
                 assert!(blocks.contains(&b), "block {b} of {name} not found");
             }
-            let imap = debugfs(&image, &format!("imap {name}"));
+            let imap = debugfs(&image, ["-R", &format!("imap {name}")]);
             let block: u64 = imap
                 .split("located at block ")
                 .nth(1)
@@ -694,7 +696,7 @@ mod tests {
             .collect();
         let cmds = tmp.path().join("cmds");
         std::fs::write(&cmds, requests + "stat /data/islands6\n").unwrap();
-        let out = debugfs_file(&image, &cmds);
+        let out = debugfs(&image, [std::ffi::OsStr::new("-f"), cmds.as_os_str()]);
         let stats: Vec<&str> = out.split("debugfs: stat ").skip(1).collect();
         assert_eq!(stats.len(), mapped.len() + 1);
         let bs = layout.block_size;
@@ -744,16 +746,6 @@ mod tests {
             layout.inode_offset(&tables, layout.inodes_per_group * layout.groups + 1),
             None
         );
-    }
-
-    fn debugfs_file(image: &Path, requests: &Path) -> String {
-        let out = Command::new("debugfs")
-            .arg("-f")
-            .arg(requests)
-            .arg(image)
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// An inode of a regular file of 10,000 bytes: two blocks at block 100,

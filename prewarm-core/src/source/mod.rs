@@ -887,10 +887,7 @@ impl<'a> Collector<'a> {
                     {
                         continue;
                     }
-                    let inodes = match &dir.inodes {
-                        Some(t) if t.dev() == meta.dev() => Some(t.clone()),
-                        _ => self.inode_tables(meta.dev()),
-                    };
+                    let inodes = self.inode_tables(meta.dev());
                     self.pending.push_back(walk::PendingDir {
                         inodes,
                         ancestry: Arc::new(walk::Ancestor {
