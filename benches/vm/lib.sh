@@ -61,21 +61,41 @@ chroot_umount() {
 
 # boot_vm DIR KERNEL INITRD APPEND DRIVE: boot qemu ($ACCEL, 2 vCPUs, 1 GiB)
 # until the guest powers off or VM_TIMEOUT passes. DIR gets console.log
-# (ttyS0), data.log (ttyS1), qemu.log and boot.env (qemu_rc, wall_s). QPID
-# is qemu's pid while it runs, for the caller's trap.
+# (ttyS0), data.log (ttyS1), qemu.log and boot.env (qemu_rc, wall_s,
+# silent_retries). QPID is qemu's pid while it runs, for the caller's trap.
+# A guest that prints nothing on its console for VM_SILENT_S (60) never got
+# to the initrd's systemd (its "Welcome to" comes within seconds): the
+# emulator or kernel hung before any of prewarm could run (seen once under
+# TCG on a loaded host: a warm-disk boot with an empty console until its
+# 180 s timeout). Such a boot is killed and made once more, and the retry
+# is recorded (silent_retries=1); a second silent boot is a failure.
 boot_vm() {
     vd=$1; mkdir -p "$vd"
-    vt=$(date +%s.%N)
-    # shellcheck disable=SC2086
-    timeout -k 10 "$VM_TIMEOUT" qemu-system-x86_64 $ACCEL \
-        -smp 2 -m 1024 -nodefaults -no-user-config -display none -no-reboot \
-        -kernel "$2" -initrd "$3" -append "$4" -drive "$5" \
-        -serial "file:$vd/console.log" -serial "file:$vd/data.log" \
-        >"$vd/qemu.log" 2>&1 &
-    QPID=$!
-    vrc=0; wait "$QPID" || vrc=$?
-    QPID=
-    wall=$(awk -v a="$vt" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
-    printf 'qemu_rc=%s\nwall_s=%s\n' "$vrc" "$wall" >"$vd/boot.env"
+    retries=0
+    while :; do
+        rm -f "$vd/silent"
+        vt=$(date +%s.%N)
+        # shellcheck disable=SC2086
+        timeout -k 10 "$VM_TIMEOUT" qemu-system-x86_64 $ACCEL \
+            -smp 2 -m 1024 -nodefaults -no-user-config -display none -no-reboot \
+            -kernel "$2" -initrd "$3" -append "$4" -drive "$5" \
+            -serial "file:$vd/console.log" -serial "file:$vd/data.log" \
+            >"$vd/qemu.log" 2>&1 &
+        QPID=$!
+        # The watchdog (`timeout` passes its TERM on to qemu); its output
+        # goes nowhere, so a sleep it leaves behind holds no pipe open.
+        (sleep "${VM_SILENT_S:-60}"
+         [ -s "$vd/console.log" ] || { : >"$vd/silent"; kill "$QPID"; }) >/dev/null 2>&1 &
+        wpid=$!
+        vrc=0; wait "$QPID" || vrc=$?
+        QPID=
+        kill "$wpid" 2>/dev/null; wait "$wpid" 2>/dev/null || true
+        wall=$(awk -v a="$vt" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
+        [ -e "$vd/silent" ] && [ "$retries" -eq 0 ] || break
+        log "boot $(basename "$vd"): nothing on the console in ${VM_SILENT_S:-60}s (qemu exit $vrc): the guest never reached the initrd; booting it again"
+        retries=1
+    done
+    rm -f "$vd/silent"
+    printf 'qemu_rc=%s\nwall_s=%s\nsilent_retries=%s\n' "$vrc" "$wall" "$retries" >"$vd/boot.env"
     log "boot $(basename "$vd"): qemu exit $vrc in ${wall}s"
 }

@@ -22,7 +22,8 @@
 # stats.json (testbed counters) and boot.env (qemu exit status, wall time).
 # Environment: PREWARM_DEB (prewarm's .deb, scripts/package), PREWARM_TESTBED
 # (prewarm-testbed), VM_LATENCY_MS (50), VM_CONCURRENCY (8),
-# VM_TIMEOUT (s per boot, 180), VM_BOOTS ("with recorded without warmwith
+# VM_TIMEOUT (s per boot, 180), VM_SILENT_S (s without console output before
+# a boot is made again, 60; lib.sh boot_vm), VM_BOOTS ("with recorded without warmwith
 # warmwithout"), VM_REPEAT (3), VM_ACCEL (kvm or tcg; default: probe).
 set -eu
 . "$(dirname -- "$0")/lib.sh"
