@@ -284,38 +284,18 @@ pub fn check_coverage(layout: &Layout, b: &Boot, run: &RecordedRun) -> Result<St
 /// With the recorded manifest the stand-in finished reading earlier than
 /// without prewarm in the median of the rounds, counted from when the
 /// kernel found the disk. Before that moment prewarm can change nothing
-/// (its initrd unit waits for the disk, at a 50 ms rescan), while under
-/// TCG on a shared host the firmware and kernel start alone vary by
-/// seconds from boot to boot; the medians of guest uptime are checked
-/// apart ([`check_median_earlier`]). Each round's difference is in the
-/// detail: one round on a host busy with something else (a boot 10 s
-/// slower than its peers) does not decide it, the median does.
+/// (its initrd unit waits for the disk to appear), while under TCG on a
+/// shared host the firmware and kernel start alone vary by seconds from
+/// boot to boot; the medians of guest uptime are checked apart
+/// ([`check_median_earlier`]). Each round's difference is in the detail:
+/// one round on a host busy with something else (a boot 10 s slower than
+/// its peers) does not decide it, the median does.
 pub fn check_median_earlier_since_disk(
     boots: &[Boot],
     kind: &str,
     base: &str,
 ) -> Result<String, String> {
-    let done = |b: &Boot| b.done_since_disk();
-    let (a, av) = median_of(boots, kind, done)?;
-    let (b, bv) = median_of(boots, base, done)?;
-    let rounds: Vec<String> = pairs(boots, kind, base)
-        .into_iter()
-        .filter_map(|(x, y)| {
-            let d = x.done_since_disk()? - y.done_since_disk()?;
-            Some(format!("{} {d:+.2} s", x.name))
-        })
-        .collect();
-    let detail = format!(
-        "median {a:.2} s against {b:.2} s ({:+.2} s; {kind}: {}; {base}: {}; by round: {})",
-        a - b,
-        seconds(&av),
-        seconds(&bv),
-        rounds.join(", ")
-    );
-    if a >= b {
-        return Err(detail);
-    }
-    Ok(detail)
+    median_earlier(boots, kind, base, Boot::done_since_disk)
 }
 
 /// Boots of each kind the median checks need.
@@ -364,14 +344,30 @@ fn seconds(v: &[f64]) -> String {
 /// The stand-in finished reading earlier (guest uptime) with prewarm
 /// (`kind`) than without (`base`), in the median of the boots of each.
 pub fn check_median_earlier(boots: &[Boot], kind: &str, base: &str) -> Result<String, String> {
-    let done = |b: &Boot| b.standin.map(|s| s.2);
-    let (a, av) = median_of(boots, kind, done)?;
-    let (b, bv) = median_of(boots, base, done)?;
+    median_earlier(boots, kind, base, |b| b.standin.map(|s| s.2))
+}
+
+/// The median of `done` over the boots of `kind` is below that over the
+/// boots of `base`; the detail has every value and each round's
+/// difference.
+fn median_earlier(
+    boots: &[Boot],
+    kind: &str,
+    base: &str,
+    done: impl Fn(&Boot) -> Option<f64>,
+) -> Result<String, String> {
+    let (a, av) = median_of(boots, kind, &done)?;
+    let (b, bv) = median_of(boots, base, &done)?;
+    let rounds: Vec<String> = pairs(boots, kind, base)
+        .into_iter()
+        .filter_map(|(x, y)| Some(format!("{} {:+.2} s", x.name, done(x)? - done(y)?)))
+        .collect();
     let detail = format!(
-        "median {a:.2} s against {b:.2} s ({:+.2} s; {kind}: {}; {base}: {})",
+        "median {a:.2} s against {b:.2} s ({:+.2} s; {kind}: {}; {base}: {}; by round: {})",
         a - b,
         seconds(&av),
-        seconds(&bv)
+        seconds(&bv),
+        rounds.join(", ")
     );
     if a >= b {
         return Err(detail);

@@ -172,14 +172,17 @@ pub fn find_by_uuids(
         }
         // Answers still due were waited for above; otherwise sleep until
         // a node appears or the next wake.
-        let left = deadline.saturating_duration_since(Instant::now());
+        let wait = if prober.pending > 0 {
+            Duration::ZERO
+        } else {
+            deadline
+                .saturating_duration_since(Instant::now())
+                .min(WAKE_INTERVAL)
+        };
         arrived = match &arrivals {
-            Some(a) if prober.pending > 0 => a.wait(Duration::ZERO),
-            Some(a) => a.wait(left.min(WAKE_INTERVAL)),
+            Some(a) => a.wait(wait),
             None => {
-                if prober.pending == 0 {
-                    std::thread::sleep(left.min(WAKE_INTERVAL));
-                }
+                std::thread::sleep(wait);
                 false
             }
         };
