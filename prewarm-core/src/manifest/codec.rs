@@ -875,7 +875,7 @@ fn decode_file(
     prev.truncate(shared);
     let at = r.pos;
     prev.extend_from_slice(r.bytes("path.suffix", MAX_PATH_BYTES)?);
-    check_path(&prev).map_err(|reason| r.invalid_at("path", at, reason))?;
+    check_path_after(&prev, shared).map_err(|reason| r.invalid_at("path", at, reason))?;
     f.path = PathBuf::from(OsString::from_vec(prev));
     let ino = r.varint("ino")?;
     let at = r.pos;
@@ -1153,6 +1153,15 @@ fn check_mtime_nsec(nsec: u32) -> Result<(), String> {
 
 /// A relative path that stays below the directory it is joined to.
 fn check_path(path: &[u8]) -> Result<(), String> {
+    check_path_after(path, 0)
+}
+
+/// [`check_path`] of `path` whose first `checked` bytes begin a path that
+/// passed it: front coding shares most of each path with the one before,
+/// and a deep tree's paths are long, so only what is new is looked at (the
+/// component the shared prefix ends in, and what follows). Refuses exactly
+/// what [`check_path`] refuses, with the same reasons.
+fn check_path_after(path: &[u8], checked: usize) -> Result<(), String> {
     let shown = || String::from_utf8_lossy(path).into_owned();
     if path.is_empty() {
         return Err("empty path".into());
@@ -1160,16 +1169,24 @@ fn check_path(path: &[u8]) -> Result<(), String> {
     if path.len() > MAX_PATH_BYTES {
         return Err(format!("{} bytes, more than {MAX_PATH_BYTES}", path.len()));
     }
-    if path.contains(&0) {
+    // The prefix that passed holds no NUL and is not absolute.
+    let checked = checked.min(path.len());
+    if path[checked..].contains(&0) {
         return Err(format!("{:?} holds a NUL byte", shown()));
     }
-    if path[0] == b'/' {
+    if checked == 0 && path[0] == b'/' {
         return Err(format!(
             "{:?} is absolute; paths are relative to the filesystem's root",
             shown()
         ));
     }
-    for component in path.split(|&b| b == b'/') {
+    // The prefix's components that a `/` ends are whole in the path that
+    // passed, so they passed; its last one may go on here.
+    let from = path[..checked]
+        .iter()
+        .rposition(|&b| b == b'/')
+        .map_or(0, |slash| slash + 1);
+    for component in path[from..].split(|&b| b == b'/') {
         if component == b".." {
             return Err(format!(
                 "{:?} has a `..` component: it could leave the filesystem",
@@ -1784,6 +1801,31 @@ mod tests {
         assert!(msg.contains("not a prewarm manifest"), "{msg}");
     }
 
+    /// Paths of `/`, `.`, `a`, NUL and 300-byte names, in any order.
+    fn path_bytes() -> impl Strategy<Value = Vec<u8>> {
+        let piece = prop_oneof![
+            Just(b"/".to_vec()),
+            Just(b".".to_vec()),
+            Just(b"a".to_vec()),
+            Just(vec![0]),
+            Just(vec![b'n'; 300]),
+        ];
+        prop::collection::vec(piece, 0..12).prop_map(|pieces| pieces.concat())
+    }
+
+    /// Paths that mostly pass: relative, of `/`, `.`, `a` and 200-byte
+    /// names (which a suffix can take past the limit).
+    fn passing_path_bytes() -> impl Strategy<Value = Vec<u8>> {
+        let piece = prop_oneof![
+            Just(b"/".to_vec()),
+            Just(b".".to_vec()),
+            Just(b"a".to_vec()),
+            Just(vec![b'n'; 200]),
+        ];
+        prop::collection::vec(piece, 0..12)
+            .prop_map(|pieces| [b"a".to_vec(), pieces.concat()].concat())
+    }
+
     proptest! {
         #[test]
         fn random_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
@@ -1797,6 +1839,23 @@ mod tests {
                 framed.extend_from_slice(&crc.to_le_bytes());
                 let _ = Manifest::decode(&framed);
             }
+        }
+
+        /// A path checked from where it leaves a path that passed is
+        /// refused exactly when, and as, a path checked whole is. Built
+        /// from a few bytes that matter (`/`, `.`, NUL, long names) so
+        /// that both sides refuse often.
+        #[test]
+        fn a_path_checked_after_a_shared_prefix_is_judged_as_a_whole(
+            passed in passing_path_bytes(),
+            suffix in path_bytes(),
+            cut in any::<prop::sample::Index>(),
+        ) {
+            prop_assume!(check_path(&passed).is_ok());
+            let shared = cut.index(passed.len() + 1);
+            let mut path = passed[..shared].to_vec();
+            path.extend_from_slice(&suffix);
+            prop_assert_eq!(check_path_after(&path, shared), check_path(&path));
         }
 
         #[test]
