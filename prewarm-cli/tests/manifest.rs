@@ -398,9 +398,17 @@ fn notify_says_ready_after_the_urgent_class_and_cmdline_switches_work() {
             "--json",
         ])
         .env("NOTIFY_SOCKET", &sock_path)
+        .env("RUST_LOG", "debug")
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    // After READY the process yields the CPU to the services, once.
+    assert_eq!(
+        stderr(&out).matches("threads at idle CPU priority").count(),
+        1,
+        "{}",
+        stderr(&out)
+    );
     let mut messages = Vec::new();
     let mut buf = [0u8; 4096];
     while let Ok(n) = sock.recv(&mut buf) {
@@ -498,9 +506,18 @@ fn ready_comes_from_the_handover_when_the_initrd_read_the_urgent_classes() {
             .args(["run", "--notify", "--phase", "root", "-m", &img.manifest()])
             .args(["--state", state, "--json"])
             .env("NOTIFY_SOCKET", &sock_path)
+            .env("RUST_LOG", "debug")
             .output()
             .unwrap();
         assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        // Whether READY came from the handover or after the reads, the
+        // process then yields the CPU to the services, once.
+        assert_eq!(
+            stderr(&out).matches("threads at idle CPU priority").count(),
+            1,
+            "{}",
+            stderr(&out)
+        );
         let mut buf = [0u8; 4096];
         let mut ready = None;
         while let Ok(n) = sock.recv(&mut buf) {

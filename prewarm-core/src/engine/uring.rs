@@ -8,7 +8,8 @@
 //! whole critical-set time at high concurrency; the sink is pinned in well
 //! under a millisecond and keeps the run's memory at one read's worth.
 //!
-//! This module, `fiemap` and `record::residency` hold the only `unsafe`:
+//! This module, `fiemap`, `record::residency` and `run::sched_idle` (and
+//! one `mallopt` in `heap`) hold the only `unsafe`:
 //! io_uring hands the kernel a raw buffer address that it writes into
 //! later, which the borrow checker cannot follow. The invariants are simple and local:
 //!

@@ -26,8 +26,8 @@
 pub(crate) mod device;
 pub(crate) mod ext4;
 pub(crate) mod extent;
-// `unsafe` is denied everywhere but here, `engine::uring` and
-// `record::residency`.
+// `unsafe` is denied everywhere but here, `engine::uring`,
+// `record::residency` and `run::sched_idle`.
 #[allow(unsafe_code)]
 mod fiemap;
 pub(crate) mod fsid;

@@ -8,8 +8,8 @@
 //! something read it, or readahead did on its behalf. So a resident page
 //! counts as read.
 //!
-//! This is one of the crate's small `unsafe` modules (with `map::fiemap`
-//! and `engine::uring`): mapping a file and asking `mincore` about the
+//! This is one of the crate's small `unsafe` modules (with `map::fiemap`,
+//! `engine::uring` and `run::sched_idle`): mapping a file and asking `mincore` about the
 //! mapping. The mapping is never read (no page is touched, so nothing is
 //! faulted in and nothing is fetched from a lazy volume), which is what
 //! makes a file changing under it harmless. Large files are mapped in

@@ -29,6 +29,9 @@ mod execute;
 mod file_reads;
 mod planner;
 pub(crate) mod ready;
+// `unsafe` for one system call (sched_setscheduler), justified there.
+#[allow(unsafe_code)]
+mod sched_idle;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -479,11 +482,12 @@ mod tests {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let log = seen.clone();
         let cfg = Config {
-            ready: Some(ReadyPolicy::new(
-                Some(10),
-                Duration::from_secs(600),
-                move |r| log.lock().unwrap().push(r.clone()),
-            )),
+            ready: Some(
+                ReadyPolicy::new(Some(10), Duration::from_secs(600), move |r| {
+                    log.lock().unwrap().push(r.clone())
+                })
+                .keeping_cpu_priority(),
+            ),
             ..Config::default()
         };
         let r = hydrate(&sources_of(&files), &cfg).unwrap();
@@ -499,9 +503,12 @@ mod tests {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let log = seen.clone();
         let cfg = Config {
-            ready: Some(ReadyPolicy::new(None, Duration::from_secs(600), move |r| {
-                log.lock().unwrap().push(r.clone())
-            })),
+            ready: Some(
+                ReadyPolicy::new(None, Duration::from_secs(600), move |r| {
+                    log.lock().unwrap().push(r.clone())
+                })
+                .keeping_cpu_priority(),
+            ),
             ..Config::default()
         };
         hydrate(&Sources::default(), &cfg).unwrap();
@@ -520,7 +527,9 @@ mod tests {
         sources.add_path(&background, 50);
         let progress = Arc::new(Progress::default());
         let cfg = Config {
-            ready: Some(ReadyPolicy::new(Some(10), Duration::from_secs(600), |_| {})),
+            ready: Some(
+                ReadyPolicy::new(Some(10), Duration::from_secs(600), |_| {}).keeping_cpu_priority(),
+            ),
             rate_limit: RateLimit {
                 bytes_per_sec: Some(8 << 20),
                 reads_per_sec: None,

@@ -6,11 +6,12 @@
 //! class up to the ready priority is read, or at once when nothing that
 //! urgent is left to read (the initrd read it), or after a timeout at the
 //! latest, so a slow volume can never hold the boot back longer than that.
-//! After READY for a hydrated class the rest of the run is background work
-//! and drops to idle I/O priority. The library decides when; the caller
+//! After READY for a hydrated class the rest of the run is background work:
+//! its reads drop to idle I/O priority and the rate budget, its threads to
+//! idle CPU scheduling (`sched_idle`). The library decides when; the caller
 //! says how (the CLI sends `READY=1` to systemd).
 
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -34,6 +35,10 @@ pub struct ReadyPolicy {
     pub on_ready: Arc<dyn Fn(&ReadyReason) + Send + Sync>,
     /// READY was sent before the run started ([`ReadyPolicy::send_now`]).
     sent_before: Option<ReadyReason>,
+    /// The process is still to move to idle CPU scheduling when the
+    /// background part starts (always, but in the crate's own tests, which
+    /// share one process; and not again once [`ReadyPolicy::send_now`] did).
+    idle_cpu_pending: bool,
 }
 
 impl ReadyPolicy {
@@ -49,16 +54,39 @@ impl ReadyPolicy {
             since: Instant::now(),
             on_ready: Arc::new(on_ready),
             sent_before: None,
+            idle_cpu_pending: true,
         }
     }
 
+    /// The same policy, but the background part keeps the process's CPU
+    /// scheduling: for tests that run in the test harness's process.
+    #[cfg(test)]
+    pub(crate) fn keeping_cpu_priority(mut self) -> Self {
+        self.idle_cpu_pending = false;
+        self
+    }
+
     /// Send READY now, before the run (`reason` says why it may); the run
-    /// then counts it as sent and treats all its reads as background work.
+    /// then counts it as sent and treats all its reads as background work,
+    /// and so is everything the process does from now on (finding the
+    /// devices, checking the files) for the CPU.
     pub(crate) fn send_now(&mut self, reason: ReadyReason) {
         if self.sent_before.is_none() {
             (self.on_ready)(&reason);
             self.sent_before = Some(reason);
+            if std::mem::take(&mut self.idle_cpu_pending) {
+                move_to_idle_cpu();
+            }
         }
+    }
+}
+
+/// Every thread of the process to idle CPU scheduling, for the background
+/// part; a failure costs only the boot's share of the CPU, so it is logged.
+fn move_to_idle_cpu() {
+    match super::sched_idle::move_process_to_idle() {
+        Ok(threads) => tracing::debug!("background part: {threads} threads at idle CPU priority"),
+        Err(e) => tracing::warn!("could not move the background part to idle CPU priority: {e}"),
     }
 }
 
@@ -133,6 +161,9 @@ pub(crate) struct Ready {
     policy: Option<ReadyPolicy>,
     sent: Arc<Mutex<Option<ReadyReport>>>,
     ioprio: Arc<AtomicU16>,
+    /// The threads were moved to idle CPU scheduling, or are not to be:
+    /// once per run.
+    cpu_idle: Arc<AtomicBool>,
     /// The rate budget: from the start without a policy, from READY with.
     throttle: Arc<Throttle>,
     start: Instant,
@@ -145,6 +176,9 @@ impl Ready {
             policy: cfg.ready.clone(),
             sent: Arc::new(Mutex::new(None)),
             ioprio: Arc::new(AtomicU16::new(0)),
+            cpu_idle: Arc::new(AtomicBool::new(
+                !cfg.ready.as_ref().is_some_and(|p| p.idle_cpu_pending),
+            )),
             throttle: Arc::new(Throttle::new(cfg.rate_limit, cfg.ready.is_none())),
             start: Instant::now(),
         };
@@ -176,11 +210,14 @@ impl Ready {
         self.throttle.clone()
     }
 
-    /// What is left is background work: idle I/O priority, and the rate
-    /// limit from now on.
+    /// What is left is background work: idle I/O priority, the rate limit
+    /// and idle CPU scheduling from now on.
     fn to_background(&self) {
         self.ioprio.store(IOPRIO_IDLE, Ordering::Relaxed);
         self.throttle.activate();
+        if !self.cpu_idle.swap(true, Ordering::Relaxed) {
+            move_to_idle_cpu();
+        }
     }
 
     /// Class `priority` and every more urgent one are hydrated.
