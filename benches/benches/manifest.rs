@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
-use prewarm_core::manifest::{Manifest, ManifestDevice, ManifestFile};
+use prewarm_core::manifest::{DeviceHeader, Manifest, ManifestDevice, ManifestFile};
 use prewarm_core::map::Extent;
 use prewarm_core::plan::PlanConfig;
 
@@ -62,11 +62,13 @@ fn manifest() -> Manifest {
         tool: "prewarm bench".into(),
         plan: PlanConfig::default(),
         devices: vec![ManifestDevice {
-            fs_type: "ext4".into(),
-            uuid: [7; 16],
-            size: DEVICE,
-            logical_block_size: 512,
-            node_hint: "/dev/nvme0n1p1".into(),
+            header: DeviceHeader {
+                fs_type: "ext4".into(),
+                uuid: [7; 16],
+                size: DEVICE,
+                logical_block_size: 512,
+                node_hint: "/dev/nvme0n1p1".into(),
+            },
             files,
         }],
         images: Vec::new(),

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use common::prewarm_cmd;
 use prewarm_core::manifest::{
-    Manifest, ManifestDevice, ManifestDirectory, ManifestFile, ManifestImage,
+    DeviceHeader, Manifest, ManifestDevice, ManifestDirectory, ManifestFile, ManifestImage,
 };
 use prewarm_core::map::ByteRange;
 use prewarm_core::PlanConfig;
@@ -27,11 +27,13 @@ fn manifest_with(path: &str, size: u64, file_ranges: Vec<ByteRange>) -> Manifest
         tool: "prewarm test".into(),
         plan: PlanConfig::default(),
         devices: vec![ManifestDevice {
-            fs_type: "ext4".into(),
-            uuid: *b"prewarm-untrust!",
-            size: 1 << 30,
-            logical_block_size: 512,
-            node_hint: "/dev/none".into(),
+            header: DeviceHeader {
+                fs_type: "ext4".into(),
+                uuid: *b"prewarm-untrust!",
+                size: 1 << 30,
+                logical_block_size: 512,
+                node_hint: "/dev/none".into(),
+            },
             files: vec![ManifestFile {
                 path: PathBuf::from(OsStr::from_bytes(path.as_bytes())),
                 ino: 12,

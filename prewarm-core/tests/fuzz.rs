@@ -24,7 +24,8 @@ use std::path::{Path, PathBuf};
 
 use prewarm_core::manifest::codec::MAGIC;
 use prewarm_core::manifest::{
-    Manifest, ManifestDevice, ManifestDirectory, ManifestError, ManifestFile, ManifestImage,
+    DeviceHeader, Manifest, ManifestDevice, ManifestDirectory, ManifestError, ManifestFile,
+    ManifestImage,
 };
 use prewarm_core::map::{ByteRange, Extent};
 use prewarm_core::{parse_list, PlanConfig, WarningKind};
@@ -143,11 +144,13 @@ fn seed_manifest(files: usize, extents: usize, ranges: usize, salt: u64) -> Mani
         tool: "prewarm fuzz".into(),
         plan: PlanConfig::default(),
         devices: vec![ManifestDevice {
-            fs_type: if salt % 2 == 0 { "ext4" } else { "xfs" }.into(),
-            uuid,
-            size: dev_size,
-            logical_block_size: 512,
-            node_hint: "/dev/nvme0n1p1".into(),
+            header: DeviceHeader {
+                fs_type: if salt % 2 == 0 { "ext4" } else { "xfs" }.into(),
+                uuid,
+                size: dev_size,
+                logical_block_size: 512,
+                node_hint: "/dev/nvme0n1p1".into(),
+            },
             files,
         }],
         images,
@@ -564,7 +567,7 @@ fn attacks() -> Vec<(&'static str, Manifest, &'static str)> {
     let mut max_io = seed_manifest(1, 1, 0, 9);
     max_io.plan.max_io = 1 << 30;
     let mut nil_uuid = seed_manifest(1, 1, 0, 10);
-    nil_uuid.devices[0].uuid = [0; 16];
+    nil_uuid.devices[0].header.uuid = [0; 16];
     vec![
         (
             "bad-range-2p50",

@@ -87,7 +87,7 @@ pub fn manifest_chunks(manifest: &Manifest, chunk_size: u64) -> BTreeSet<u64> {
                 })
             })
             .collect();
-        all.extend(planned_chunks(&extents, dev.size, &manifest.plan, chunk_size).0);
+        all.extend(planned_chunks(&extents, dev.header.size, &manifest.plan, chunk_size).0);
     }
     all
 }
@@ -236,7 +236,7 @@ pub fn coverage(layout: &Layout, b: &Boot, run: &RecordedRun) -> Result<Coverage
 #[cfg(test)]
 mod tests {
     use super::*;
-    use prewarm_core::manifest::{ManifestDevice, ManifestFile};
+    use prewarm_core::manifest::{DeviceHeader, ManifestDevice, ManifestFile};
     use prewarm_core::map::Extent;
     use prewarm_core::plan::PlanConfig;
 
@@ -270,11 +270,13 @@ mod tests {
             tool: "test".into(),
             plan: PlanConfig::default(),
             devices: vec![ManifestDevice {
-                fs_type: "ext4".into(),
-                uuid: [1; 16],
-                size: 1 << 30,
-                logical_block_size: 512,
-                node_hint: "/dev/loop0".into(),
+                header: DeviceHeader {
+                    fs_type: "ext4".into(),
+                    uuid: [1; 16],
+                    size: 1 << 30,
+                    logical_block_size: 512,
+                    node_hint: "/dev/loop0".into(),
+                },
                 files: vec![
                     // 4 KiB at the very start of chunk 3, and a run
                     // straddling chunks 5 and 6.

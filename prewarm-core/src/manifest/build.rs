@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 use rayon::prelude::*;
 use std::time::SystemTime;
 
-use super::codec::{Manifest, ManifestDevice, ManifestDirectory, ManifestFile, ManifestImage};
+use super::codec::{
+    DeviceHeader, Manifest, ManifestDevice, ManifestDirectory, ManifestFile, ManifestImage,
+};
 use crate::error::{Origin, Warning, WarningKind};
 use crate::map::{fsid, DeviceId};
 use crate::plan::PlanConfig;
@@ -165,11 +167,13 @@ pub(crate) fn build_manifest(
             mount,
         });
         devices.push(ManifestDevice {
-            fs_type: identity.fs_type.name().to_string(),
-            uuid: identity.uuid,
-            size: d.device.size,
-            logical_block_size: d.device.logical_block_size,
-            node_hint: node,
+            header: DeviceHeader {
+                fs_type: identity.fs_type.name().to_string(),
+                uuid: identity.uuid,
+                size: d.device.size,
+                logical_block_size: d.device.logical_block_size,
+                node_hint: node,
+            },
             files,
         });
     }
@@ -280,11 +284,13 @@ mod tests {
 
     fn device(uuid: [u8; 16]) -> ManifestDevice {
         ManifestDevice {
-            fs_type: "ext4".into(),
-            uuid,
-            size: 1 << 30,
-            logical_block_size: 512,
-            node_hint: "/dev/test".into(),
+            header: DeviceHeader {
+                fs_type: "ext4".into(),
+                uuid,
+                size: 1 << 30,
+                logical_block_size: 512,
+                node_hint: "/dev/test".into(),
+            },
             files: Vec::new(),
         }
     }

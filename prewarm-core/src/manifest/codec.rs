@@ -255,9 +255,21 @@ pub struct ManifestFile {
     pub directory: bool,
 }
 
-/// One filesystem of a manifest.
+/// One filesystem of a manifest: how its device is found, and its files.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ManifestDevice {
+    /// What finds and checks the device at boot.
+    #[serde(flatten)]
+    pub header: DeviceHeader,
+    /// Its files.
+    pub files: Vec<ManifestFile>,
+}
+
+/// A filesystem of a manifest without its files: what a replay finds the
+/// device by and checks it against, before any entry is looked at (a
+/// [`Manifest::visit`] yields these and streams the files).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeviceHeader {
     /// `ext4` or `xfs`.
     pub fs_type: String,
     /// The filesystem UUID, how the device is found at boot.
@@ -269,8 +281,6 @@ pub struct ManifestDevice {
     pub logical_block_size: u32,
     /// The device node at planning time (informative only).
     pub node_hint: String,
-    /// Its files.
-    pub files: Vec<ManifestFile>,
 }
 
 /// A container image planned by reference (`--image`; format version 3):
@@ -373,11 +383,12 @@ impl Manifest {
         put(&mut p, self.plan.max_io);
         put(&mut p, self.devices.len() as u64);
         for d in &self.devices {
-            put_bytes(&mut p, d.fs_type.as_bytes());
-            p.extend_from_slice(&d.uuid);
-            put(&mut p, d.size);
-            put(&mut p, u64::from(d.logical_block_size));
-            put_bytes(&mut p, d.node_hint.as_bytes());
+            let h = &d.header;
+            put_bytes(&mut p, h.fs_type.as_bytes());
+            p.extend_from_slice(&h.uuid);
+            put(&mut p, h.size);
+            put(&mut p, u64::from(h.logical_block_size));
+            put_bytes(&mut p, h.node_hint.as_bytes());
             let mut files: Vec<&ManifestFile> = d.files.iter().collect();
             files.sort_by(|a, b| a.path.cmp(&b.path));
             put(&mut p, files.len() as u64);
@@ -459,13 +470,13 @@ impl Manifest {
         let (mut files, mut extents, mut ranges, mut named) = (0usize, 0usize, 0usize, 0usize);
         for (d, md) in self.devices.iter().enumerate() {
             let within = |e: ManifestError| e.within(format_args!("devices[{d}]"));
-            check_fs_type(&md.fs_type).map_err(|r| within(oob("fs_type", r)))?;
-            check_uuid(&md.uuid).map_err(|r| within(oob("uuid", r)))?;
-            check_block_size(u64::from(md.logical_block_size))
+            let h = &md.header;
+            check_fs_type(&h.fs_type).map_err(|r| within(oob("fs_type", r)))?;
+            check_uuid(&h.uuid).map_err(|r| within(oob("uuid", r)))?;
+            check_block_size(u64::from(h.logical_block_size))
                 .map_err(|r| within(oob("logical_block_size", r)))?;
-            check_device_size(md.size, md.logical_block_size)
-                .map_err(|r| within(oob("size", r)))?;
-            check_text(&md.node_hint, MAX_NODE_HINT_BYTES)
+            check_device_size(h.size, h.logical_block_size).map_err(|r| within(oob("size", r)))?;
+            check_text(&h.node_hint, MAX_NODE_HINT_BYTES)
                 .map_err(|r| within(oob("node_hint", r)))?;
             for (i, f) in md.files.iter().enumerate() {
                 let within = |e: ManifestError| within(e.within(format_args!("files[{i}]")));
@@ -501,8 +512,13 @@ impl Manifest {
                             format!("{} overlaps the previous extent", e.logical),
                         )));
                     }
-                    check_extent(e, logical_limit(f.directory, f.size), f.size, md.size)
-                        .map_err(|(field, r)| within(oob(&format!("extents[{k}].{field}"), r)))?;
+                    check_extent(
+                        e,
+                        logical_limit(f.directory, f.size),
+                        f.size,
+                        md.header.size,
+                    )
+                    .map_err(|(field, r)| within(oob(&format!("extents[{k}].{field}"), r)))?;
                     lend = e.logical.saturating_add(e.length);
                 }
                 for (k, range) in f.file_ranges.iter().enumerate() {
@@ -562,14 +578,7 @@ impl Manifest {
             .devices
             .into_iter()
             .zip(files)
-            .map(|(d, files)| ManifestDevice {
-                fs_type: d.fs_type,
-                uuid: d.uuid,
-                size: d.size,
-                logical_block_size: d.logical_block_size,
-                node_hint: d.node_hint,
-                files,
-            })
+            .map(|(header, files)| ManifestDevice { header, files })
             .collect();
         Ok(Manifest {
             created_unix: outline.created_unix,
@@ -661,16 +670,6 @@ pub(crate) struct ManifestOutline {
     pub plan: PlanConfig,
     pub devices: Vec<DeviceHeader>,
     pub images: Vec<ManifestImage>,
-}
-
-/// A filesystem of a manifest, without its files.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct DeviceHeader {
-    pub fs_type: String,
-    pub uuid: [u8; 16],
-    pub size: u64,
-    pub logical_block_size: u32,
-    pub node_hint: String,
 }
 
 fn decode_payload(
@@ -795,7 +794,7 @@ impl ManifestImage {
                 too_many(self.directories.len(), MAX_IMAGE_DIRECTORIES),
             ));
         }
-        let uuids: Vec<[u8; 16]> = devices.iter().map(|d| d.uuid).collect();
+        let uuids: Vec<[u8; 16]> = devices.iter().map(|d| d.header.uuid).collect();
         for (k, dir) in self.directories.iter().enumerate() {
             check_filesystem(&dir.uuid, &uuids)
                 .map_err(|r| oob(&format!("directories[{k}].filesystem"), r))?;
@@ -1473,11 +1472,13 @@ mod tests {
             tool: "prewarm 0.1.0".into(),
             plan: PlanConfig::default(),
             devices: vec![ManifestDevice {
-                fs_type: "ext4".into(),
-                uuid: [0xab; 16],
-                size: 64 << 30,
-                logical_block_size: 512,
-                node_hint: "/dev/nvme0n1p1".into(),
+                header: DeviceHeader {
+                    fs_type: "ext4".into(),
+                    uuid: [0xab; 16],
+                    size: 64 << 30,
+                    logical_block_size: 512,
+                    node_hint: "/dev/nvme0n1p1".into(),
+                },
                 files,
             }],
             images: Vec::new(),
@@ -1489,8 +1490,8 @@ mod tests {
     fn sample_with_images() -> Manifest {
         let mut m = sample(3, 2);
         let mut other = m.devices[0].clone();
-        other.uuid = [0xcd; 16];
-        other.node_hint = "/dev/nvme1n1".into();
+        other.header.uuid = [0xcd; 16];
+        other.header.node_hint = "/dev/nvme1n1".into();
         m.devices.push(other);
         let dir = |uuid: u8, id: u32| ManifestDirectory {
             uuid: [uuid; 16],

@@ -23,8 +23,8 @@ use std::time::Duration;
 
 pub use self::boot::{BootDecision, Phase};
 pub use self::codec::{
-    Manifest, ManifestDevice, ManifestDirectory, ManifestError, ManifestFile, ManifestImage,
-    ManifestStats,
+    DeviceHeader, Manifest, ManifestDevice, ManifestDirectory, ManifestError, ManifestFile,
+    ManifestImage, ManifestStats,
 };
 pub use self::handover::HandoverState;
 use self::replay::ReplayOptions;
@@ -336,12 +336,14 @@ mod tests {
             tool: "test".into(),
             plan: crate::PlanConfig::default(),
             devices: vec![ManifestDevice {
-                fs_type: "ext4".into(),
-                // No filesystem has this UUID.
-                uuid: *b"prewarm-no-such!",
-                size: 1 << 30,
-                logical_block_size: 512,
-                node_hint: "/dev/none".into(),
+                header: DeviceHeader {
+                    fs_type: "ext4".into(),
+                    // No filesystem has this UUID.
+                    uuid: *b"prewarm-no-such!",
+                    size: 1 << 30,
+                    logical_block_size: 512,
+                    node_hint: "/dev/none".into(),
+                },
                 files: Vec::new(),
             }],
             images: Vec::new(),

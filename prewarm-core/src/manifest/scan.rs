@@ -155,11 +155,13 @@ mod tests {
     #[test]
     fn a_scan_keeps_every_extent_at_its_priority_and_counts_what_decode_decodes() {
         let device = |uuid: u8, files: Vec<ManifestFile>| ManifestDevice {
-            fs_type: "ext4".into(),
-            uuid: [uuid; 16],
-            size: 1 << 30,
-            logical_block_size: 512,
-            node_hint: "/dev/vda1".into(),
+            header: DeviceHeader {
+                fs_type: "ext4".into(),
+                uuid: [uuid; 16],
+                size: 1 << 30,
+                logical_block_size: 512,
+                node_hint: "/dev/vda1".into(),
+            },
             files,
         };
         let m = Manifest {
@@ -188,8 +190,7 @@ mod tests {
         assert_eq!(scan.devices.len(), 3);
         assert_eq!(scan.most_urgent(), Some(10));
         for (s, d) in scan.devices.iter().zip(&decoded.devices) {
-            assert_eq!(s.header.uuid, d.uuid);
-            assert_eq!(s.header.size, d.size);
+            assert_eq!(s.header, d.header);
             let mut want: Vec<PrioritizedExtent> = d
                 .files
                 .iter()

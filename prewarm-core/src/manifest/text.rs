@@ -34,11 +34,11 @@ impl Manifest {
             let _ = writeln!(
                 s,
                 "  {} {} ({} bytes, {}-byte blocks, planned on {}): {} files{}",
-                d.fs_type,
-                format_uuid(&d.uuid),
-                d.size,
-                d.logical_block_size,
-                d.node_hint,
+                d.header.fs_type,
+                format_uuid(&d.header.uuid),
+                d.header.size,
+                d.header.logical_block_size,
+                d.header.node_hint,
                 d.files.len() as u64 - ndirs,
                 dirs_note(ndirs)
             );
