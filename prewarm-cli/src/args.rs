@@ -405,8 +405,8 @@ pub struct RunCmd {
     pub wait_device: Duration,
 
     /// Tell systemd READY=1 once the most urgent class is hydrated (or at
-    /// `--ready-timeout`), then carry on with the rest at idle I/O and CPU
-    /// priority.
+    /// `--ready-timeout`), then carry on with the rest at idle I/O priority
+    /// and nice 19.
     #[arg(long)]
     pub notify: bool,
 

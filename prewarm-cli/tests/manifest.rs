@@ -404,7 +404,7 @@ fn notify_says_ready_after_the_urgent_class_and_cmdline_switches_work() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     // After READY the process yields the CPU to the services, once.
     assert_eq!(
-        stderr(&out).matches("threads at idle CPU priority").count(),
+        stderr(&out).matches("threads at nice 19").count(),
         1,
         "{}",
         stderr(&out)
@@ -513,7 +513,7 @@ fn ready_comes_from_the_handover_when_the_initrd_read_the_urgent_classes() {
         // Whether READY came from the handover or after the reads, the
         // process then yields the CPU to the services, once.
         assert_eq!(
-            stderr(&out).matches("threads at idle CPU priority").count(),
+            stderr(&out).matches("threads at nice 19").count(),
             1,
             "{}",
             stderr(&out)

@@ -8,7 +8,7 @@
 //! whole critical-set time at high concurrency; the sink is pinned in well
 //! under a millisecond and keeps the run's memory at one read's worth.
 //!
-//! This module, `fiemap`, `record::residency` and `run::sched_idle` (and
+//! This module, `fiemap`, `record::residency` and `run::cpu_priority` (and
 //! one `mallopt` in `heap`) hold the only `unsafe`:
 //! io_uring hands the kernel a raw buffer address that it writes into
 //! later, which the borrow checker cannot follow. The invariants are simple and local:

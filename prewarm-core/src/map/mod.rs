@@ -27,7 +27,7 @@ pub(crate) mod device;
 pub(crate) mod ext4;
 pub(crate) mod extent;
 // `unsafe` is denied everywhere but here, `engine::uring`,
-// `record::residency` and `run::sched_idle`.
+// `record::residency` and `run::cpu_priority`.
 #[allow(unsafe_code)]
 mod fiemap;
 pub(crate) mod fsid;

@@ -9,7 +9,7 @@
 //! counts as read.
 //!
 //! This is one of the crate's small `unsafe` modules (with `map::fiemap`,
-//! `engine::uring` and `run::sched_idle`): mapping a file and asking `mincore` about the
+//! `engine::uring` and `run::cpu_priority`): mapping a file and asking `mincore` about the
 //! mapping. The mapping is never read (no page is touched, so nothing is
 //! faulted in and nothing is fetched from a lazy volume), which is what
 //! makes a file changing under it harmless. Large files are mapped in

@@ -29,9 +29,9 @@ mod execute;
 mod file_reads;
 mod planner;
 pub(crate) mod ready;
-// `unsafe` for one system call (sched_setscheduler), justified there.
+// `unsafe` for one system call (setpriority), justified there.
 #[allow(unsafe_code)]
-mod sched_idle;
+mod cpu_priority;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

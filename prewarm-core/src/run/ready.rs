@@ -8,7 +8,7 @@
 //! latest, so a slow volume can never hold the boot back longer than that.
 //! After READY for a hydrated class the rest of the run is background work:
 //! its reads drop to idle I/O priority and the rate budget, its threads to
-//! idle CPU scheduling (`sched_idle`). The library decides when; the caller
+//! the lowest CPU priority (`cpu_priority`). The library decides when; the caller
 //! says how (the CLI sends `READY=1` to systemd).
 
 use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
@@ -35,10 +35,10 @@ pub struct ReadyPolicy {
     pub on_ready: Arc<dyn Fn(&ReadyReason) + Send + Sync>,
     /// READY was sent before the run started ([`ReadyPolicy::send_now`]).
     sent_before: Option<ReadyReason>,
-    /// The process is still to move to idle CPU scheduling when the
+    /// The process is still to drop to the lowest CPU priority when the
     /// background part starts (always, but in the crate's own tests, which
     /// share one process; and not again once [`ReadyPolicy::send_now`] did).
-    idle_cpu_pending: bool,
+    lower_cpu_pending: bool,
 }
 
 impl ReadyPolicy {
@@ -54,7 +54,7 @@ impl ReadyPolicy {
             since: Instant::now(),
             on_ready: Arc::new(on_ready),
             sent_before: None,
-            idle_cpu_pending: true,
+            lower_cpu_pending: true,
         }
     }
 
@@ -62,7 +62,7 @@ impl ReadyPolicy {
     /// scheduling: for tests that run in the test harness's process.
     #[cfg(test)]
     pub(crate) fn keeping_cpu_priority(mut self) -> Self {
-        self.idle_cpu_pending = false;
+        self.lower_cpu_pending = false;
         self
     }
 
@@ -74,19 +74,20 @@ impl ReadyPolicy {
         if self.sent_before.is_none() {
             (self.on_ready)(&reason);
             self.sent_before = Some(reason);
-            if std::mem::take(&mut self.idle_cpu_pending) {
-                move_to_idle_cpu();
+            if std::mem::take(&mut self.lower_cpu_pending) {
+                lower_cpu_priority();
             }
         }
     }
 }
 
-/// Every thread of the process to idle CPU scheduling, for the background
-/// part; a failure costs only the boot's share of the CPU, so it is logged.
-fn move_to_idle_cpu() {
-    match super::sched_idle::move_process_to_idle() {
-        Ok(threads) => tracing::debug!("background part: {threads} threads at idle CPU priority"),
-        Err(e) => tracing::warn!("could not move the background part to idle CPU priority: {e}"),
+/// Every thread of the process to the lowest CPU priority, for the
+/// background part; a failure costs only the boot's share of the CPU, so it
+/// is logged.
+fn lower_cpu_priority() {
+    match super::cpu_priority::lower_process_priority() {
+        Ok(threads) => tracing::debug!("background part: {threads} threads at nice 19"),
+        Err(e) => tracing::warn!("could not lower the background part's CPU priority: {e}"),
     }
 }
 
@@ -161,9 +162,10 @@ pub(crate) struct Ready {
     policy: Option<ReadyPolicy>,
     sent: Arc<Mutex<Option<ReadyReport>>>,
     ioprio: Arc<AtomicU16>,
-    /// The threads were moved to idle CPU scheduling, or are not to be:
+    /// The threads were lowered to the background CPU priority, or are not
+    /// to be:
     /// once per run.
-    cpu_idle: Arc<AtomicBool>,
+    cpu_lowered: Arc<AtomicBool>,
     /// The rate budget: from the start without a policy, from READY with.
     throttle: Arc<Throttle>,
     start: Instant,
@@ -176,8 +178,8 @@ impl Ready {
             policy: cfg.ready.clone(),
             sent: Arc::new(Mutex::new(None)),
             ioprio: Arc::new(AtomicU16::new(0)),
-            cpu_idle: Arc::new(AtomicBool::new(
-                !cfg.ready.as_ref().is_some_and(|p| p.idle_cpu_pending),
+            cpu_lowered: Arc::new(AtomicBool::new(
+                !cfg.ready.as_ref().is_some_and(|p| p.lower_cpu_pending),
             )),
             throttle: Arc::new(Throttle::new(cfg.rate_limit, cfg.ready.is_none())),
             start: Instant::now(),
@@ -211,12 +213,12 @@ impl Ready {
     }
 
     /// What is left is background work: idle I/O priority, the rate limit
-    /// and idle CPU scheduling from now on.
+    /// and the lowest CPU priority from now on.
     fn to_background(&self) {
         self.ioprio.store(IOPRIO_IDLE, Ordering::Relaxed);
         self.throttle.activate();
-        if !self.cpu_idle.swap(true, Ordering::Relaxed) {
-            move_to_idle_cpu();
+        if !self.cpu_lowered.swap(true, Ordering::Relaxed) {
+            lower_cpu_priority();
         }
     }
 

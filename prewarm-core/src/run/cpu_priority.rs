@@ -1,35 +1,48 @@
-//! CPU scheduling of a run's background part: every thread moves to
-//! `SCHED_IDLE` once READY is sent.
+//! CPU priority of a run's background part: every thread drops to nice 19
+//! once READY is sent.
 //!
 //! After READY the services that waited on prewarm start, and the rest of
 //! the run (the less urgent classes, the check of each file) is worth doing
-//! only when it takes nothing from them. Idle I/O priority and the rate
+//! only when it takes little from them. Idle I/O priority and the rate
 //! budget keep it off the volume's fetch slots; this keeps it off the CPUs.
 //! The reads themselves need little CPU, but starting engines, `statx`ing
 //! files and copying buffered reads is work, and on a small instance (or a
 //! boot under emulation, `benches/vm`) it competes with the services'
-//! start-up. A `SCHED_IDLE` thread runs when no other thread of the system
-//! wants the CPU, so the background part fills the boot's idle moments
-//! (waits on the volume, on the network) instead.
+//! start-up.
 //!
-//! Scheduling is per thread in Linux: each thread of the process, found in
-//! `/proc/self/task`, is moved; threads created afterwards, including
-//! io_uring's workers, inherit the policy of the thread that creates them.
-//! Nothing waits on a background run but a stop, and a stop is still
-//! bounded by the unit's `TimeoutStopSec`. This is one of the crate's small
-//! `unsafe` modules: the one `sched_setscheduler` call.
+//! Nice 19, not `SCHED_IDLE`: an idle-policy thread runs only when nothing
+//! else wants the CPU, and the kernel's sleeping locks lend no priority, so
+//! a background thread preempted while it holds one (a page being read in,
+//! a directory's lock) holds up whoever needs it for as long as the boot
+//! keeps the CPUs busy. Tried first on the TCG VM: one boot in six had
+//! udevd's start take 2.1 s instead of 0.4-0.6 s, ending just after the
+//! background part ended, which is what such a wait looks like (host
+//! noise could not be ruled out). At nice 19 (weight 15 against 1024) a
+//! thread still yields almost all of a contended CPU, but it stays in the
+//! fair class's rotation: such a wait is bounded by the scheduler's
+//! fairness, not by the boot going idle, and the background part always
+//! makes progress towards its deadline.
+//!
+//! Priority is per thread in Linux: each thread of the process, found in
+//! `/proc/self/task`, is moved; threads created afterwards, io_uring's
+//! workers included, inherit the nice value of the thread that creates
+//! them. This is one of the crate's small `unsafe` modules: the one
+//! `setpriority` call.
 
 use std::collections::BTreeSet;
 use std::io;
+
+/// The nice value of the background part: the lowest priority.
+pub(crate) const BACKGROUND_NICE: i32 = 19;
 
 /// Passes over `/proc/self/task`: a thread cloned by a thread not yet moved
 /// while the list is read shows up in the next pass.
 const MAX_PASSES: usize = 3;
 
-/// Moves every thread of this process to `SCHED_IDLE`; returns how many
-/// were moved. A thread that exits meanwhile is skipped; the first other
+/// Lowers every thread of this process to [`BACKGROUND_NICE`]; returns how
+/// many were lowered. A thread that exits meanwhile is skipped; the first other
 /// failure is returned after the rest were tried.
-pub(crate) fn move_process_to_idle() -> io::Result<usize> {
+pub(crate) fn lower_process_priority() -> io::Result<usize> {
     let mut moved = BTreeSet::new();
     let mut first_error = None;
     for _ in 0..MAX_PASSES {
@@ -38,7 +51,7 @@ pub(crate) fn move_process_to_idle() -> io::Result<usize> {
             if moved.contains(&tid) {
                 continue;
             }
-            match set_idle(tid) {
+            match set_background_nice(tid) {
                 Ok(()) => {
                     moved.insert(tid);
                     new += 1;
@@ -71,13 +84,14 @@ fn thread_ids() -> io::Result<Vec<libc::pid_t>> {
     Ok(tids)
 }
 
-/// Moves thread `tid` to `SCHED_IDLE`.
-fn set_idle(tid: libc::pid_t) -> io::Result<()> {
-    let param = libc::sched_param { sched_priority: 0 };
-    // Safety: sched_setscheduler only reads `param`, a live local, and
-    // changes the scheduling of thread `tid`; no memory of ours is written.
-    // Lowering a thread's own process to SCHED_IDLE needs no privilege.
-    let rc = unsafe { libc::sched_setscheduler(tid, libc::SCHED_IDLE, &param) };
+/// Lowers thread `tid` to [`BACKGROUND_NICE`].
+fn set_background_nice(tid: libc::pid_t) -> io::Result<()> {
+    let who =
+        libc::id_t::try_from(tid).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // Safety: setpriority takes no pointer; it changes the nice value of
+    // thread `who` (Linux applies PRIO_PROCESS to the one thread) and
+    // nothing else. Raising one's own nice value needs no privilege.
+    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, who, BACKGROUND_NICE) };
     if rc == 0 {
         Ok(())
     } else {
@@ -92,15 +106,15 @@ mod tests {
     use std::sync::{Arc, Barrier};
 
     /// Set in the child process that runs the test's body.
-    const CHILD: &str = "PREWARM_TEST_SCHED_IDLE_CHILD";
+    const CHILD: &str = "PREWARM_TEST_CPU_PRIORITY_CHILD";
 
-    /// The scheduling policy of thread `tid` (field 41 of its `stat`).
-    fn policy(tid: libc::pid_t) -> u32 {
+    /// The nice value of thread `tid` (field 19 of its `stat`).
+    fn nice(tid: libc::pid_t) -> i32 {
         let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).unwrap();
         // The command name, in parentheses, may hold spaces: count fields
         // after its closing parenthesis (field 3 is the first of them).
         let rest = &stat[stat.rfind(')').unwrap() + 2..];
-        rest.split(' ').nth(41 - 3).unwrap().parse().unwrap()
+        rest.split(' ').nth(19 - 3).unwrap().parse().unwrap()
     }
 
     fn gettid() -> libc::pid_t {
@@ -108,14 +122,14 @@ mod tests {
     }
 
     #[test]
-    fn every_thread_moves_to_idle_and_threads_started_later_inherit_it() {
-        // The move changes the whole process: the body runs in a child (this
+    fn every_thread_is_lowered_and_threads_started_later_inherit_it() {
+        // The change is to the whole process: the body runs in a child (this
         // test binary, running only this test), not among the other tests.
         if std::env::var_os(CHILD).is_none() {
             let status = Command::new(std::env::current_exe().unwrap())
                 .args([
                     "--exact",
-                    "run::sched_idle::tests::every_thread_moves_to_idle_and_threads_started_later_inherit_it",
+                    "run::cpu_priority::tests::every_thread_is_lowered_and_threads_started_later_inherit_it",
                     "--test-threads=1",
                 ])
                 .env(CHILD, "1")
@@ -125,8 +139,11 @@ mod tests {
             return;
         }
         let main_tid = gettid();
-        assert_eq!(policy(main_tid), libc::SCHED_OTHER as u32);
-        // A thread that exists before the move and lives through it.
+        assert!(
+            nice(main_tid) < BACKGROUND_NICE,
+            "the test runs at nice 19 already"
+        );
+        // A thread that exists before the change and lives through it.
         let (tid_tx, tid_rx) = std::sync::mpsc::channel();
         let checked = Arc::new(Barrier::new(2));
         let c = checked.clone();
@@ -135,13 +152,13 @@ mod tests {
             c.wait();
         });
         let waiter_tid = tid_rx.recv().unwrap();
-        let moved = move_process_to_idle().unwrap();
-        assert!(moved >= 2, "moved {moved} threads");
-        assert_eq!(policy(main_tid), libc::SCHED_IDLE as u32);
-        assert_eq!(policy(waiter_tid), libc::SCHED_IDLE as u32);
+        let lowered = lower_process_priority().unwrap();
+        assert!(lowered >= 2, "lowered {lowered} threads");
+        assert_eq!(nice(main_tid), BACKGROUND_NICE);
+        assert_eq!(nice(waiter_tid), BACKGROUND_NICE);
         checked.wait();
         waiter.join().unwrap();
-        let started_later = std::thread::spawn(|| policy(gettid())).join().unwrap();
-        assert_eq!(started_later, libc::SCHED_IDLE as u32);
+        let started_later = std::thread::spawn(|| nice(gettid())).join().unwrap();
+        assert_eq!(started_later, BACKGROUND_NICE);
     }
 }
