@@ -52,7 +52,9 @@ use std::time::{Duration, Instant};
 use prewarm_benches::e2e::sys;
 use prewarm_benches::vm_boot::boot::read_env;
 use prewarm_benches::vm_boot::recording::write_chunk_files;
-use prewarm_benches::vm_boot::{results_path, results_section, Boot, Checks, Layout, RecordedRun};
+use prewarm_benches::vm_boot::{
+    measured, results_path, results_section, Boot, Checks, Layout, RecordedRun,
+};
 
 mod common;
 
@@ -92,7 +94,16 @@ fn vm_boot_on_lazy_disk() {
     let recorded = RecordedRun::load(&work);
     let checks = Checks::run(&layout, &boots, Some(&recorded));
     let timings = read_env(&work.join("timings.env"));
-    let section = results_section(&layout, &boots, Some(&recorded), &checks, &timings, elapsed);
+    let measured = measured(&inputs.deb);
+    let section = results_section(
+        &layout,
+        &boots,
+        Some(&recorded),
+        &checks,
+        &timings,
+        elapsed,
+        &measured,
+    );
     eprintln!("{section}");
     // Outside the source tree: no test rewrites a tracked file.
     let out = results_path(Path::new(env!("CARGO_TARGET_TMPDIR")));

@@ -24,7 +24,7 @@ pub mod results;
 pub use boot::{Boot, Layout};
 pub use checks::Checks;
 pub use recording::RecordedRun;
-pub use results::{results_path, results_section};
+pub use results::{measured, results_path, results_section};
 
 /// The recorded run in `benches/vm/testdata/`, for the unit tests.
 #[cfg(test)]

@@ -25,9 +25,57 @@ pub fn results_path(default_dir: &Path) -> PathBuf {
         .unwrap_or_else(|| default_dir.join("vm-boot-results.md"))
 }
 
+/// What a run measured: the guest's prewarm (`prewarm --version` of the
+/// binary in the package `deb`, which says its commit) and the workspace's
+/// commit and state when the section was made, so that a section is never
+/// taken for a later tree's.
+pub fn measured(deb: &Path) -> String {
+    let version = package_version(deb).unwrap_or_else(|| "prewarm of unknown version".to_string());
+    let (commit, dirty) = crate::e2e::measured_commit();
+    format!(
+        "{version} from `{}`; workspace at commit `{}` ({})",
+        deb.file_name().map_or_else(
+            || deb.display().to_string(),
+            |n| n.to_string_lossy().into_owned()
+        ),
+        if commit.is_empty() {
+            "unknown"
+        } else {
+            &commit
+        },
+        if dirty {
+            "tracked files changed"
+        } else {
+            "clean tree"
+        }
+    )
+}
+
+/// `prewarm --version` of the binary in `deb` (unpacked to a temporary
+/// directory with `dpkg-deb`).
+fn package_version(deb: &Path) -> Option<String> {
+    let dir = tempfile::tempdir().ok()?;
+    let unpacked = std::process::Command::new("dpkg-deb")
+        .arg("-x")
+        .arg(deb)
+        .arg(dir.path())
+        .status()
+        .ok()?;
+    if !unpacked.success() {
+        return None;
+    }
+    let out = std::process::Command::new(dir.path().join("usr/bin/prewarm"))
+        .arg("--version")
+        .output()
+        .ok()?;
+    let version = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    (out.status.success() && !version.is_empty()).then_some(version)
+}
+
 /// The section, markers included. `timings` is run.sh's `timings.env`
 /// (`root_s`, `image_s`, `record_s`, `plan_s`, `accel`); `elapsed` the whole
-/// test's time.
+/// test's time; `measured` what the guest ran and which tree it came from
+/// ([`measured`]).
 pub fn results_section(
     layout: &Layout,
     boots: &[Boot],
@@ -35,6 +83,7 @@ pub fn results_section(
     checks: &Checks,
     timings: &BTreeMap<String, String>,
     elapsed: Duration,
+    measured: &str,
 ) -> String {
     let stats = boots.iter().find_map(|b| b.stats.as_ref());
     let (lat, conc) = stats
@@ -145,7 +194,7 @@ here than on a real node.\n\nChecks:\n\n",
     let root_s = timings.get("root_s").map(String::as_str).unwrap_or("?");
     let t = |k: &str| timings.get(k).map(String::as_str).unwrap_or("?");
     s.push_str(&format!(
-        "\nRun: Debian root tree {root_s} s ({}), image + plain initrd {} s, recording boot {} s, manifests + initrd {} s, whole test {} s; guest kernel {}; {} build.\n{END}\n",
+        "\nRun: Debian root tree {root_s} s ({}), image + plain initrd {} s, recording boot {} s, manifests + initrd {} s, whole test {} s; guest kernel {}; {} build.\n\nMeasured: {measured}.\n{END}\n",
         if root_s.parse::<u64>().unwrap_or(0) > 5 { "mmdebstrap" } else { "cached" },
         t("image_s"),
         t("record_s"),
@@ -280,6 +329,7 @@ mod tests {
             &checks,
             &timings,
             Duration::from_secs(200),
+            "prewarm 0.1.0 (commit 0123456789ab) from `prewarm.deb`; workspace at commit `0123456789ab` (clean tree)",
         );
         assert_eq!(vm_boot_section(&s), Some(s.trim_end()));
         assert!(s.contains("| prewarm, hand-written list | 1 | "), "{s}");
@@ -292,6 +342,10 @@ mod tests {
         assert!(s.contains("reads a 40 MiB binary"), "{s}");
         assert_eq!(s.matches("\n- PASS [").count(), 13, "{s}");
         assert!(s.contains("whole test 200 s"), "{s}");
+        assert!(
+            s.contains("Measured: prewarm 0.1.0 (commit 0123456789ab) from `prewarm.deb`;"),
+            "{s}"
+        );
         // With the recording: its size, its coverage, the rounds.
         let recorded = testdata::recorded();
         let s = results_section(
@@ -301,6 +355,7 @@ mod tests {
             &checks,
             &timings,
             Duration::from_secs(200),
+            "prewarm 0.1.0 (commit 0123456789ab) from `prewarm.deb`; workspace at commit `0123456789ab` (clean tree)",
         );
         let files = format!("**{} files, ", recorded.recording.files.len());
         assert!(s.contains(&files), "{s}");
