@@ -35,10 +35,10 @@ pub struct ReadyPolicy {
     pub on_ready: Arc<dyn Fn(&ReadyReason) + Send + Sync>,
     /// READY was sent before the run started ([`ReadyPolicy::send_now`]).
     sent_before: Option<ReadyReason>,
-    /// The process is still to drop to the lowest CPU priority when the
-    /// background part starts (always, but in the crate's own tests, which
-    /// share one process; and not again once [`ReadyPolicy::send_now`] did).
-    lower_cpu_pending: bool,
+    /// The process dropped to the lowest CPU priority for the background
+    /// part, or is not to (the crate's own tests, which share one process):
+    /// shared by every copy of the policy, so it happens once.
+    cpu_lowered: Arc<AtomicBool>,
 }
 
 impl ReadyPolicy {
@@ -54,15 +54,15 @@ impl ReadyPolicy {
             since: Instant::now(),
             on_ready: Arc::new(on_ready),
             sent_before: None,
-            lower_cpu_pending: true,
+            cpu_lowered: Arc::new(AtomicBool::new(false)),
         }
     }
 
     /// The same policy, but the background part keeps the process's CPU
     /// scheduling: for tests that run in the test harness's process.
     #[cfg(test)]
-    pub(crate) fn keeping_cpu_priority(mut self) -> Self {
-        self.lower_cpu_pending = false;
+    pub(crate) fn keeping_cpu_priority(self) -> Self {
+        self.cpu_lowered.store(true, Ordering::Relaxed);
         self
     }
 
@@ -74,20 +74,21 @@ impl ReadyPolicy {
         if self.sent_before.is_none() {
             (self.on_ready)(&reason);
             self.sent_before = Some(reason);
-            if std::mem::take(&mut self.lower_cpu_pending) {
-                lower_cpu_priority();
-            }
+            self.lower_cpu_priority();
         }
     }
-}
 
-/// Every thread of the process to the lowest CPU priority, for the
-/// background part; a failure costs only the boot's share of the CPU, so it
-/// is logged.
-fn lower_cpu_priority() {
-    match super::cpu_priority::lower_process_priority() {
-        Ok(threads) => tracing::debug!("background part: {threads} threads at nice 19"),
-        Err(e) => tracing::warn!("could not lower the background part's CPU priority: {e}"),
+    /// Every thread of the process to the lowest CPU priority, once, for the
+    /// background part; a failure costs only the boot's share of the CPU, so
+    /// it is logged.
+    fn lower_cpu_priority(&self) {
+        if self.cpu_lowered.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        match super::cpu_priority::lower_process_priority() {
+            Ok(threads) => tracing::debug!("background part: {threads} threads at nice 19"),
+            Err(e) => tracing::warn!("could not lower the background part's CPU priority: {e}"),
+        }
     }
 }
 
@@ -162,10 +163,6 @@ pub(crate) struct Ready {
     policy: Option<ReadyPolicy>,
     sent: Arc<Mutex<Option<ReadyReport>>>,
     ioprio: Arc<AtomicU16>,
-    /// The threads were lowered to the background CPU priority, or are not
-    /// to be:
-    /// once per run.
-    cpu_lowered: Arc<AtomicBool>,
     /// The rate budget: from the start without a policy, from READY with.
     throttle: Arc<Throttle>,
     start: Instant,
@@ -178,9 +175,6 @@ impl Ready {
             policy: cfg.ready.clone(),
             sent: Arc::new(Mutex::new(None)),
             ioprio: Arc::new(AtomicU16::new(0)),
-            cpu_lowered: Arc::new(AtomicBool::new(
-                !cfg.ready.as_ref().is_some_and(|p| p.lower_cpu_pending),
-            )),
             throttle: Arc::new(Throttle::new(cfg.rate_limit, cfg.ready.is_none())),
             start: Instant::now(),
         };
@@ -217,8 +211,8 @@ impl Ready {
     fn to_background(&self) {
         self.ioprio.store(IOPRIO_IDLE, Ordering::Relaxed);
         self.throttle.activate();
-        if !self.cpu_lowered.swap(true, Ordering::Relaxed) {
-            lower_cpu_priority();
+        if let Some(p) = &self.policy {
+            p.lower_cpu_priority();
         }
     }
 
