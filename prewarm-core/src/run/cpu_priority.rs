@@ -72,16 +72,12 @@ pub(crate) fn lower_process_priority() -> io::Result<usize> {
     }
 }
 
-/// The thread ids of this process.
+/// The thread ids of this process (`/proc/self/task`); a thread that
+/// exits while the list is read is skipped.
 fn thread_ids() -> io::Result<Vec<libc::pid_t>> {
-    let mut tids = Vec::new();
-    for entry in std::fs::read_dir("/proc/self/task")? {
-        // A name that is not a number is not a thread: skipped.
-        if let Some(tid) = entry?.file_name().to_str().and_then(|n| n.parse().ok()) {
-            tids.push(tid);
-        }
-    }
-    Ok(tids)
+    let me = procfs::process::Process::myself().map_err(io::Error::other)?;
+    let tasks = me.tasks().map_err(io::Error::other)?;
+    Ok(tasks.flatten().map(|t| t.tid).collect())
 }
 
 /// Lowers thread `tid` to [`BACKGROUND_NICE`].
@@ -108,13 +104,10 @@ mod tests {
     /// Set in the child process that runs the test's body.
     const CHILD: &str = "PREWARM_TEST_CPU_PRIORITY_CHILD";
 
-    /// The nice value of thread `tid` (field 19 of its `stat`).
-    fn nice(tid: libc::pid_t) -> i32 {
-        let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).unwrap();
-        // The command name, in parentheses, may hold spaces: count fields
-        // after its closing parenthesis (field 3 is the first of them).
-        let rest = &stat[stat.rfind(')').unwrap() + 2..];
-        rest.split(' ').nth(19 - 3).unwrap().parse().unwrap()
+    /// The nice value of thread `tid`.
+    fn nice(tid: libc::pid_t) -> i64 {
+        let me = procfs::process::Process::myself().unwrap();
+        me.task_from_tid(tid).unwrap().stat().unwrap().nice
     }
 
     fn gettid() -> libc::pid_t {
@@ -140,7 +133,7 @@ mod tests {
         }
         let main_tid = gettid();
         assert!(
-            nice(main_tid) < BACKGROUND_NICE,
+            nice(main_tid) < i64::from(BACKGROUND_NICE),
             "the test runs at nice 19 already"
         );
         // A thread that exists before the change and lives through it.
@@ -154,11 +147,11 @@ mod tests {
         let waiter_tid = tid_rx.recv().unwrap();
         let lowered = lower_process_priority().unwrap();
         assert!(lowered >= 2, "lowered {lowered} threads");
-        assert_eq!(nice(main_tid), BACKGROUND_NICE);
-        assert_eq!(nice(waiter_tid), BACKGROUND_NICE);
+        assert_eq!(nice(main_tid), i64::from(BACKGROUND_NICE));
+        assert_eq!(nice(waiter_tid), i64::from(BACKGROUND_NICE));
         checked.wait();
         waiter.join().unwrap();
         let started_later = std::thread::spawn(|| nice(gettid())).join().unwrap();
-        assert_eq!(started_later, BACKGROUND_NICE);
+        assert_eq!(started_later, i64::from(BACKGROUND_NICE));
     }
 }
