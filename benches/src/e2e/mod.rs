@@ -130,6 +130,20 @@ pub fn measured_commit() -> (String, bool) {
     )
 }
 
+/// A measured commit as results name it: `` `COMMIT` (clean tree) ``, or
+/// with the warning that numbers from a dirty tree belong to no commit.
+pub fn describe_commit(commit: &str, dirty: bool) -> String {
+    format!(
+        "`{}`{}",
+        if commit.is_empty() { "unknown" } else { commit },
+        if dirty {
+            " with uncommitted changes (these numbers belong to no commit)"
+        } else {
+            " (clean tree)"
+        }
+    )
+}
+
 /// The run's setup; `fixtures` are the description and manifest of each
 /// fixture used, in run order.
 fn collect_meta(opts: &Options, fixtures: &[(String, serde_json::Value)]) -> Meta {

@@ -171,17 +171,8 @@ pub fn markdown(r: &Results) -> String {
     let _ = writeln!(out, "## Setup\n");
     let _ = writeln!(
         out,
-        "- measured commit `{}`{}",
-        if m.commit.is_empty() {
-            "unknown"
-        } else {
-            &m.commit
-        },
-        if m.dirty {
-            " with uncommitted changes (these numbers belong to no commit)"
-        } else {
-            " (clean tree)"
-        }
+        "- measured commit {}",
+        super::describe_commit(&m.commit, m.dirty)
     );
     let _ = writeln!(
         out,

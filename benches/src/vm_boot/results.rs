@@ -33,21 +33,12 @@ pub fn measured(deb: &Path) -> String {
     let version = package_version(deb).unwrap_or_else(|| "prewarm of unknown version".to_string());
     let (commit, dirty) = crate::e2e::measured_commit();
     format!(
-        "{version} from `{}`; workspace at commit `{}` ({})",
+        "{version} from `{}`; workspace at commit {}",
         deb.file_name().map_or_else(
             || deb.display().to_string(),
             |n| n.to_string_lossy().into_owned()
         ),
-        if commit.is_empty() {
-            "unknown"
-        } else {
-            &commit
-        },
-        if dirty {
-            "tracked files changed"
-        } else {
-            "clean tree"
-        }
+        crate::e2e::describe_commit(&commit, dirty)
     )
 }
 
