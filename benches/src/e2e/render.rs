@@ -235,9 +235,10 @@ pub fn markdown(r: &Results) -> String {
         let _ = writeln!(
             out,
             "\nWhere a target is missed, the cause found and its profile are in [PROFILE.md](PROFILE.md): \
-at high concurrency full reads are bound by the testbed's FUSE data path on the host's CPUs (touch mode, the same \
-fetches without the bytes, shows the engine's own overhead); a cold run first walks a chain of cold metadata \
-reads, which planning at image build time (`prewarm run --manifest`) removes."
+at 32 fetches in flight a full read with no walk (planned ahead, or its metadata cached) takes what touch \
+mode (the same fetches without the bytes) takes, and both sit at the floor of the process's start, the directories a manifest replays and the hand-over of each \
+freed fetch slot; a cold run first walks a chain of cold metadata reads, which planning at image build time \
+(`prewarm run --manifest`) removes."
         );
     }
     let _ = writeln!(out);
