@@ -28,7 +28,7 @@ impl BackingImage {
             return Ok(Self { map: None });
         }
         let len = usize::try_from(len).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?;
-        // SAFETY: the mapping is read-only and lives as long as `self`. Its
+        // # Safety: the mapping is read-only and lives as long as `self`. Its
         // bytes could change under a `&[u8]` only if another process wrote
         // to or truncated the image while the testbed serves it; the image
         // is the testbed's own (the harness copies the fixture to a private
