@@ -378,6 +378,21 @@ pub struct LazyVolume {
     slot_cv: Condvar,
 }
 
+/// A configuration the model can run: chunks a positive multiple of 512,
+/// at least one fetch slot, rate caps positive when set.
+fn check_config(cfg: &LazyConfig) -> Result<(), LazyError> {
+    if cfg.chunk_size == 0 || !cfg.chunk_size.is_multiple_of(512) {
+        return Err(LazyError::BadChunkSize(cfg.chunk_size));
+    }
+    if cfg.concurrency == 0 {
+        return Err(LazyError::BadConcurrency);
+    }
+    if cfg.max_bytes_per_sec == Some(0) || cfg.max_fetches_per_sec == Some(0) {
+        return Err(LazyError::BadRate);
+    }
+    Ok(())
+}
+
 fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
@@ -391,21 +406,15 @@ impl LazyVolume {
         };
         let file = File::open(path).map_err(open_err)?;
         let size = file.metadata().map_err(open_err)?.len();
+        // Before the mapping: it reads the whole image in.
+        check_config(&cfg)?;
         let image = BackingImage::map(&file, size).map_err(open_err)?;
-        Self::with_image(image, size, cfg)
+        Ok(Self::with_image(image, size, cfg))
     }
 
-    /// The volume over an image already mapped, of `size` bytes.
-    fn with_image(image: BackingImage, size: u64, cfg: LazyConfig) -> Result<Self, LazyError> {
-        if cfg.chunk_size == 0 || !cfg.chunk_size.is_multiple_of(512) {
-            return Err(LazyError::BadChunkSize(cfg.chunk_size));
-        }
-        if cfg.concurrency == 0 {
-            return Err(LazyError::BadConcurrency);
-        }
-        if cfg.max_bytes_per_sec == Some(0) || cfg.max_fetches_per_sec == Some(0) {
-            return Err(LazyError::BadRate);
-        }
+    /// The volume over an image already mapped, of `size` bytes, with a
+    /// checked configuration.
+    fn with_image(image: BackingImage, size: u64, cfg: LazyConfig) -> Self {
         let nchunks = size.div_ceil(cfg.chunk_size);
         let now = Instant::now();
         let state = State {
@@ -427,14 +436,14 @@ impl LazyVolume {
             hanging_reads: 0,
             pacer: Pacer::new(cfg.max_bytes_per_sec, cfg.max_fetches_per_sec, now),
         };
-        Ok(Self {
+        Self {
             image,
             size,
             cfg,
             state: Mutex::new(state),
             chunk_cv: Condvar::new(),
             slot_cv: Condvar::new(),
-        })
+        }
     }
 
     /// Size of the image in bytes.
