@@ -67,6 +67,7 @@ fn bench_target(
         fd: file.as_fd(),
         direct,
         align: 512,
+        base: 0,
     }];
     for (backend, label) in [
         (BackendChoice::Uring, "uring"),

@@ -1,7 +1,10 @@
 //! prewarm against the lazy-volume testbed, where reads are slow enough to
 //! observe what unit tests cannot: SIGTERM stops a run promptly (even with
 //! reads stuck in flight) and reports it as partial; a chunk that fails with
-//! EIO is counted and the rest of the device is still hydrated.
+//! EIO is counted and the rest of the device is still hydrated; a buffered
+//! loop device (whose driver passes reads on one at a time) is read through
+//! its backing file, at its offset, as many fetches at once as the volume
+//! serves.
 
 mod common;
 
@@ -18,6 +21,17 @@ const CHUNK: u64 = 512 * 1024;
 /// A 32 MiB image served by the testbed with `args`, and a read-only
 /// direct-I/O loop device over it.
 fn lazy_device(dir: &Path, args: &[&str]) -> (TestbedProcess, LoopDevice) {
+    lazy_device_at(dir, args, true, 0)
+}
+
+/// [`lazy_device`] with the loop device's direct-I/O mode and its offset
+/// in the image.
+fn lazy_device_at(
+    dir: &Path,
+    args: &[&str],
+    direct_io: bool,
+    offset: u64,
+) -> (TestbedProcess, LoopDevice) {
     let image = dir.join("image");
     let data: Vec<u8> = (0..32u32 << 20)
         .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
@@ -32,7 +46,7 @@ fn lazy_device(dir: &Path, args: &[&str]) -> (TestbedProcess, LoopDevice) {
         &dir.join("tb.log"),
     )
     .unwrap();
-    let lo = LoopDevice::attach(&tb.disk(), true).unwrap();
+    let lo = LoopDevice::attach_at(&tb.disk(), direct_io, offset).unwrap();
     tb.reset().unwrap();
     (tb, lo)
 }
@@ -124,4 +138,66 @@ fn an_eio_chunk_is_counted_and_the_rest_is_hydrated() {
         "cold chunks: {missing:?}"
     );
     assert_eq!(report["bytes_read"], (32 << 20) - 2 * CHUNK);
+}
+
+#[test]
+fn a_buffered_loop_device_is_read_through_its_backing_file() {
+    if !privileged() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    // The device starts two chunks into the image; 8 fetches at a time.
+    let (tb, lo) = lazy_device_at(
+        tmp.path(),
+        &["--latency-ms", "20", "--concurrency", "8"],
+        false,
+        2 * CHUNK,
+    );
+    let out = Command::new(prewarm_bin())
+        .args(["--json", "--device"])
+        .arg(&lo.path)
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(0), "{report}");
+    let device = &report["devices"][0];
+    assert_eq!(
+        device["read_through"]["backing_file"]["path"],
+        tb.disk().display().to_string(),
+        "{device}"
+    );
+    assert_eq!(device["read_through"]["backing_file"]["offset"], 2 * CHUNK);
+    assert_eq!(report["bytes_read"], (32 << 20) - 2 * CHUNK);
+    // Exactly the device's chunks of the image, at its offset, each once,
+    // and many at a time: through the device they come one by one.
+    let stats = tb.stats(true).unwrap();
+    let hydrated = stats.hydrated.unwrap_or_default();
+    assert_eq!(hydrated, (2..64).collect::<Vec<u64>>());
+    assert_eq!(stats.fetches, 62);
+    assert!(
+        stats.peak_concurrent_fetches >= 4,
+        "at most {} fetches at once",
+        stats.peak_concurrent_fetches
+    );
+}
+
+#[test]
+fn a_direct_io_loop_device_is_read_as_it_is() {
+    if !privileged() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (_tb, lo) = lazy_device(tmp.path(), &["--latency-ms", "1"]);
+    let out = Command::new(prewarm_bin())
+        .args(["--json", "--device"])
+        .arg(&lo.path)
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(0), "{report}");
+    assert!(
+        report["devices"][0].get("read_through").is_none(),
+        "{report}"
+    );
+    assert_eq!(report["bytes_read"], 32 << 20);
 }

@@ -206,7 +206,7 @@ fn filesystem_end_to_end(fs_name: &str) {
     }
     let before = checksum(&image);
 
-    let lo = LoopDev::attach(&image, true);
+    let lo = LoopDev::attach_direct(&image);
     let mounted = Mounted::mount(lo.path(), &mnt, fs_name, ro_options(fs_name));
     let list = tmp.path().join("list.txt");
     fs::write(&list, list_text(&mounted.dir)).unwrap();
@@ -281,6 +281,36 @@ fn filesystem_end_to_end(fs_name: &str) {
     );
 
     drop(dev);
+    drop(mounted);
+    drop(lo);
+
+    // A buffered loop device (losetup's default) passes reads on one at a
+    // time: its backing file, the image, is read instead, and the device
+    // sees none of the run's data reads.
+    let lo = LoopDev::attach(&image, true);
+    let mounted = Mounted::mount(lo.path(), &mnt, fs_name, ro_options(fs_name));
+    let sectors = lo.sectors_read();
+    let (buffered, out) = prewarm_json(&["--paths", list]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let d = &buffered["devices"][0];
+    assert_eq!(
+        d["read_through"]["backing_file"]["path"],
+        image.to_str().unwrap(),
+        "{d}"
+    );
+    assert_eq!(d["read_through"]["backing_file"]["offset"], 0);
+    assert_eq!(d["direct"], true, "the image's filesystem takes O_DIRECT");
+    assert_eq!(buffered["bytes_read"], run["bytes_read"]);
+    assert_eq!(u(&buffered["errors"]), 0);
+    // Through the device only metadata (the inode tables a walk maps from
+    // are read through its cache, as the filesystem reads them), never the
+    // plan's data.
+    let device_read = (lo.sectors_read() - sectors) * 512;
+    assert!(
+        device_read * 10 < device_plan_bytes(&buffered),
+        "the device saw {device_read} bytes read, the plan has {}",
+        device_plan_bytes(&buffered)
+    );
     drop(mounted);
     drop(lo);
     assert_eq!(checksum(&image), before, "the image changed");

@@ -43,7 +43,8 @@ fn falls_back_to_pread_when_io_uring_is_disabled() {
         fs::write(m.dir.join("data"), vec![7u8; 3_000_000]).unwrap();
         cmd("sync", &[]);
     }
-    let lo = LoopDev::attach(&image, true);
+    // Direct I/O: the device itself is read, and its counters show it.
+    let lo = LoopDev::attach_direct(&image);
     let m = Mounted::mount(
         lo.path(),
         &tmp.path().join("ro"),

@@ -29,7 +29,8 @@ pub use crate::source::containerd::ImageReport;
 ///   `file_level.error` and `ready` are new; `warnings` holds at most
 ///   [`WARNINGS_KEPT_PER_KIND`] of each kind and `warnings_omitted` counts
 ///   the rest; `max_rss_kib` and `cpu_ms` say what the run cost;
-///   `rate_limit` (when one was asked for).
+///   `rate_limit` (when one was asked for); `devices[].read_through` (a
+///   buffered loop device).
 /// * 1: the first layout.
 pub const REPORT_VERSION: u32 = 2;
 
@@ -298,6 +299,9 @@ pub struct DeviceReport {
     pub logical_block_size: u32,
     /// Read with O_DIRECT.
     pub direct: bool,
+    /// A buffered loop device: how its blocks were reached.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub read_through: Option<ReadThrough>,
     /// Files with extents on it.
     pub files: u64,
     /// Also read whole (`--device`).
@@ -312,6 +316,46 @@ pub struct DeviceReport {
     /// Why its engine could not run (the other devices still ran).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+/// How a buffered loop device's blocks were reached. Its driver passes the
+/// reads of a buffered device on to the backing file one at a time, so
+/// they go to that file directly.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReadThrough {
+    /// Through its backing file, the device's byte 0 at `offset` in it.
+    BackingFile {
+        /// The file, as the kernel names it.
+        path: String,
+        /// The device's offset in it (`losetup -o`).
+        offset: u64,
+    },
+    /// Through the device (one read at a time): the backing file could
+    /// not be used, for this reason.
+    Device {
+        /// Why.
+        reason: String,
+    },
+}
+
+impl std::fmt::Display for ReadThrough {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReadThrough::BackingFile { path, offset: 0 } => {
+                write!(f, "read through its backing file {path}")
+            }
+            ReadThrough::BackingFile { path, offset } => {
+                write!(f, "read through its backing file {path} from byte {offset}")
+            }
+            ReadThrough::Device { reason } => {
+                write!(
+                    f,
+                    "a buffered loop device read one request at a time: {reason}"
+                )
+            }
+        }
+    }
 }
 
 /// Reads made through files rather than a device.
@@ -643,6 +687,9 @@ impl Report {
                 mib(d.plan.bytes),
                 read_line(&d.read, self.dry_run, d.direct),
             );
+            if let Some(how) = &d.read_through {
+                let _ = writeln!(s, "    {how}");
+            }
         }
         if self.file_level.files > 0 {
             let _ = writeln!(
@@ -877,6 +924,7 @@ mod tests {
             size: 1 << 30,
             logical_block_size: 512,
             direct: true,
+            read_through: None,
             files,
             swept: false,
             plan: PlanStats::default(),

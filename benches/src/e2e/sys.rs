@@ -258,11 +258,18 @@ impl LoopDevice {
     /// `losetup -r --direct-io=on|off -f --show FILE`; fails if the kernel
     /// did not give the requested direct-I/O mode.
     pub fn attach(file: &Path, direct_io: bool) -> Result<Self> {
+        Self::attach_at(file, direct_io, 0)
+    }
+
+    /// [`LoopDevice::attach`] with the device starting `offset` bytes into
+    /// `file` (`losetup -o`).
+    pub fn attach_at(file: &Path, direct_io: bool, offset: u64) -> Result<Self> {
         let mode = if direct_io { "on" } else { "off" };
         let out = run_ok(
             Command::new("losetup")
                 .arg("-r")
                 .arg(format!("--direct-io={mode}"))
+                .arg(format!("--offset={offset}"))
                 .args(["-f", "--show"])
                 .arg(file),
         )?;

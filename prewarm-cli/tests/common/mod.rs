@@ -76,12 +76,30 @@ pub struct LoopDev {
 }
 
 impl LoopDev {
-    /// Attach `image`; `read_only` uses `losetup -r`.
+    /// Attach `image`; `read_only` uses `losetup -r`. The loop device is
+    /// buffered (`losetup`'s default): prewarm reads its backing file.
     pub fn attach(image: &Path, read_only: bool) -> LoopDev {
+        Self::attach_with(image, read_only, false)
+    }
+
+    /// Attach `image` read-only with direct I/O (`--direct-io=on`): prewarm
+    /// reads the device itself, and its counters show the reads.
+    pub fn attach_direct(image: &Path) -> LoopDev {
+        let lo = Self::attach_with(image, true, true);
+        let name = lo.node.file_name().unwrap().to_str().unwrap();
+        let dio = std::fs::read_to_string(format!("/sys/block/{name}/loop/dio")).unwrap();
+        assert_eq!(dio.trim(), "1", "{} came up without direct I/O", lo.path());
+        lo
+    }
+
+    fn attach_with(image: &Path, read_only: bool, direct_io: bool) -> LoopDev {
         let image = image.to_str().unwrap();
         let mut args = vec!["-f", "--show"];
         if read_only {
             args.push("-r");
+        }
+        if direct_io {
+            args.push("--direct-io=on");
         }
         args.push(image);
         // Parallel tests race for free loop devices; retry.

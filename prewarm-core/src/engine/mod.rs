@@ -71,6 +71,11 @@ pub struct ReadTarget<'a> {
     pub direct: bool,
     /// The alignment direct reads need (the logical block size).
     pub align: u32,
+    /// Where offset 0 of the reads is in `fd`: 0 for a device or file read
+    /// as it is, the device's offset in its backing file for a buffered loop
+    /// device read through that file. Reads and reports keep the device's
+    /// offsets; only the system call adds this.
+    pub base: u64,
 }
 
 /// One read.
@@ -676,6 +681,7 @@ mod tests {
             fd: f.as_fd(),
             direct: false,
             align: 512,
+            base: 0,
         }];
         let cfg = EngineConfig {
             queue_depth: depth,
@@ -708,6 +714,7 @@ mod tests {
             fd: f.as_fd(),
             direct: false,
             align: 512,
+            base: 0,
         }];
         let mut bad = ops(8192, 4096);
         bad.push(ReadOp {
@@ -735,6 +742,7 @@ mod tests {
             fd: f.as_fd(),
             direct: false,
             align: 512,
+            base: 0,
         }];
         let stop = StopSignal::default();
         stop.cancel();
@@ -765,6 +773,7 @@ mod tests {
             fd: f.as_fd(),
             direct: false,
             align: 512,
+            base: 0,
         }];
         let mut sorted = all.clone();
         sorted.sort_by_key(|o| (o.priority, o.offset));

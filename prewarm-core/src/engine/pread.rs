@@ -32,6 +32,7 @@ struct OwnedTarget {
     fd: OwnedFd,
     direct: bool,
     align: u32,
+    base: u64,
 }
 
 /// What the threads share.
@@ -58,6 +59,7 @@ pub(super) fn run(
                 fd: t.fd.try_clone_to_owned()?,
                 direct: t.direct,
                 align: t.align,
+                base: t.base,
             })
         })
         .collect::<std::io::Result<Vec<_>>>()
@@ -160,6 +162,7 @@ fn worker(shared: &Shared, buf: &mut [u8]) -> EngineStats {
             fd: t.fd.as_fd(),
             direct: t.direct,
             align: t.align,
+            base: t.base,
         })
         .collect();
     let mut stats = EngineStats::new(Backend::Pread, 0);
@@ -201,7 +204,7 @@ fn worker(shared: &Shared, buf: &mut [u8]) -> EngineStats {
             let mut done = 0u32;
             loop {
                 let piece = &mut buf[done as usize..op.len as usize];
-                let offset = (op.offset + u64::from(done)) as i64;
+                let offset = (target.base + op.offset + u64::from(done)) as i64;
                 let issued = Instant::now();
                 let res = match pread(target.fd, piece, offset) {
                     Ok(n) => n as i64,

@@ -78,10 +78,11 @@ pub(super) fn run(
     }
 
     let entry = |op: &ReadOp, done: u32, slot: usize| -> squeue::Entry {
-        let fd = types::Fd(targets[op.target].fd.as_raw_fd());
+        let target = &targets[op.target];
+        let fd = types::Fd(target.fd.as_raw_fd());
         let buf = sink_ptr.wrapping_add(done as usize);
         let len = op.len - done;
-        let offset = op.offset + u64::from(done);
+        let offset = target.base + op.offset + u64::from(done);
         let ioprio = cfg.ioprio.load(Ordering::Relaxed);
         let e = if fixed {
             opcode::ReadFixed::new(fd, buf, len, 0)
@@ -298,6 +299,7 @@ mod tests {
             fd: f.as_fd(),
             direct: false,
             align: 512,
+            base: 0,
         }];
         // The queue's reads are at most 4 KiB: the sink is one page.
         let queue = Arc::new(OpQueue::new(4096));
@@ -332,6 +334,7 @@ mod tests {
             fd: f.as_fd(),
             direct: false,
             align: 512,
+            base: 0,
         }];
         let s = run_queue(&targets, &queue, &uring()).unwrap();
         feeder.join().unwrap();

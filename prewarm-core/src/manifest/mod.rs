@@ -376,6 +376,7 @@ mod tests {
             size: 2500,
             logical_block_size: 512,
             direct: true,
+            read_through: None,
             files: 1,
             swept: false,
             plan: Default::default(),

@@ -13,7 +13,9 @@
 //! never writes to a device, and direct because reading the device through
 //! the page cache would fill it with blocks nobody reads through the device
 //! node (see `docs/design.md`: hydrating is not cache-warming). If the device
-//! refuses O_DIRECT it is opened buffered, and the report says so.
+//! refuses O_DIRECT it is opened buffered, and the report says so. A
+//! buffered loop device is read through its backing file instead
+//! (`loop_backing`: the driver would pass prewarm's reads on one at a time).
 
 use std::fs::File;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
@@ -22,6 +24,8 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use super::fiemap;
+use super::loop_backing::{self, Backing};
+use crate::report::ReadThrough;
 
 /// A block device number, `MAJ:MIN`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -112,6 +116,35 @@ pub struct BlockDevice {
     /// Where its filesystem is mounted (its root, not a bind mount of a
     /// subdirectory), if it is, when the device was opened.
     pub mount_point: Option<PathBuf>,
+    /// A buffered loop device's backing file, read in its place.
+    pub backing: Backing,
+}
+
+impl BlockDevice {
+    /// What its reads go to: the descriptor, whether it is O_DIRECT, and
+    /// where the device's first byte is in it (the device itself, or a
+    /// buffered loop device's backing file).
+    pub fn read_target(&self) -> (&File, bool, u64) {
+        match &self.backing {
+            Backing::File(b) => (&b.file, b.direct, b.offset),
+            Backing::Device | Backing::Unusable(_) => (&self.file, self.direct, 0),
+        }
+    }
+
+    /// What the report says of it: a buffered loop device's backing file,
+    /// or why it is not used.
+    pub fn read_through(&self) -> Option<ReadThrough> {
+        match &self.backing {
+            Backing::Device => None,
+            Backing::File(b) => Some(ReadThrough::BackingFile {
+                path: b.path.display().to_string(),
+                offset: b.offset,
+            }),
+            Backing::Unusable(reason) => Some(ReadThrough::Device {
+                reason: reason.clone(),
+            }),
+        }
+    }
 }
 
 /// Find the `/dev` node of block device `id`.
@@ -162,6 +195,7 @@ pub fn open(id: DeviceId) -> Result<BlockDevice, DeviceError> {
     let size = fiemap::device_size(&file).map_err(ioctl_err)?;
     // One read of the mount table serves both.
     let mounts = mounts_of(id);
+    let backing = loop_backing::backing(&file, id, logical_block_size);
     Ok(BlockDevice {
         id,
         fs_type: mounts.first().map(|m| m.fs_type.clone()),
@@ -174,6 +208,7 @@ pub fn open(id: DeviceId) -> Result<BlockDevice, DeviceError> {
         direct,
         logical_block_size,
         size,
+        backing,
     })
 }
 

@@ -1,17 +1,19 @@
 //! Kernel ioctl FFI: `FS_IOC_FIEMAP`, XFS's `XFS_IOC_GETBMAPX` (the block
 //! map of a directory, which XFS's FIEMAP does not answer), the two
-//! block-device geometry queries (`BLKSSZGET`, `BLKGETSIZE64`) and a mounted
-//! filesystem's UUID (`FS_IOC_GETFSUUID`); and `openat`, whose descriptor
+//! block-device geometry queries (`BLKSSZGET`, `BLKGETSIZE64`), a mounted
+//! filesystem's UUID (`FS_IOC_GETFSUUID`), a loop device's backing file
+//! (`LOOP_GET_STATUS64`) and a file's direct-I/O alignment (`statx` with
+//! `STATX_DIOALIGN`); and `openat`, whose descriptor
 //! (a bare integer in nix 0.29) is taken into ownership here, so that a walk
 //! opens each file by its name in the open directory rather than by its
 //! whole path again.
 //!
-//! This is one of the two modules of the crate allowed to hold `unsafe` (the
-//! other is the io_uring backend), and it is private to [`crate::map`]: every
-//! raw ioctl the pipeline needs lives here, behind safe functions that take a
-//! borrowed file descriptor and return plain Rust values. The `unsafe fn`s
-//! nix's macros generate stay inside the private `ioctl` module below and
-//! are called only from the five functions of this file, each call with its
+//! This is one of the few modules of the crate allowed to hold `unsafe`,
+//! and it is private to [`crate::map`]: every raw ioctl the pipeline needs
+//! lives here, behind safe functions that take a borrowed file descriptor
+//! and return plain Rust values. The `unsafe fn`s nix's macros generate
+//! stay inside the private `ioctl` module below and are called only from
+//! the one function of this file that wraps each, each call with its
 //! `# Safety` reasoning. Everything above this module reasons about extents
 //! and never about kernel structure layouts.
 //!
@@ -120,9 +122,9 @@ const MAP_END_BB: i64 = 1 << 40;
 /// The raw ioctl wrappers. nix's macros make them `pub unsafe fn`; this
 /// module keeps them private to the file.
 mod ioctl {
-    use super::{RawBmap, RawFiemap, RawFsUuid};
+    use super::{RawBmap, RawFiemap, RawFsUuid, RawLoopInfo64};
 
-    // # Safety (for all five): the caller passes a valid open descriptor
+    // # Safety (for all six): the caller passes a valid open descriptor
     // and a pointer to a live, writable value of the type the request
     // encodes (see the call sites).
     nix::ioctl_readwrite!(fs_ioc_fiemap, b'f', 11, RawFiemap);
@@ -130,6 +132,103 @@ mod ioctl {
     nix::ioctl_read_bad!(blksszget, nix::request_code_none!(0x12, 104), libc::c_int);
     nix::ioctl_read!(blkgetsize64, 0x12, 114, u64);
     nix::ioctl_read!(fs_ioc_getfsuuid, 0x15, 0, RawFsUuid);
+    // LOOP_GET_STATUS64 (0x4C05) predates the ioctl number encoding.
+    nix::ioctl_read_bad!(loop_get_status64, 0x4C05, RawLoopInfo64);
+}
+
+/// `struct loop_info64` from `<linux/loop.h>` (232 bytes).
+#[repr(C)]
+struct RawLoopInfo64 {
+    lo_device: u64,
+    lo_inode: u64,
+    lo_rdevice: u64,
+    lo_offset: u64,
+    lo_sizelimit: u64,
+    lo_number: u32,
+    lo_encrypt_type: u32,
+    lo_encrypt_key_size: u32,
+    lo_flags: u32,
+    lo_file_name: [u8; 64],
+    lo_crypt_name: [u8; 64],
+    lo_encrypt_key: [u8; 32],
+    lo_init: [u64; 2],
+}
+
+/// `LO_FLAGS_DIRECT_IO`: the loop driver reads its backing file with
+/// direct, asynchronous I/O.
+const LO_FLAGS_DIRECT_IO: u32 = 16;
+
+/// What a loop device says of its backing file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct LoopStatus {
+    /// The backing file's `st_dev` and `st_ino`: its identity.
+    pub backing_dev: u64,
+    pub backing_ino: u64,
+    /// Where the device's first byte is in the file.
+    pub offset: u64,
+    /// The driver reads the file with direct I/O.
+    pub direct_io: bool,
+}
+
+/// The status of the loop device `fd` (`LOOP_GET_STATUS64`); `ENXIO` when
+/// no file is attached, `ENOTTY` when `fd` is not a loop device.
+pub(crate) fn loop_status<F: AsFd>(fd: F) -> nix::Result<LoopStatus> {
+    let mut raw = RawLoopInfo64 {
+        lo_device: 0,
+        lo_inode: 0,
+        lo_rdevice: 0,
+        lo_offset: 0,
+        lo_sizelimit: 0,
+        lo_number: 0,
+        lo_encrypt_type: 0,
+        lo_encrypt_key_size: 0,
+        lo_flags: 0,
+        lo_file_name: [0; 64],
+        lo_crypt_name: [0; 64],
+        lo_encrypt_key: [0; 32],
+        lo_init: [0; 2],
+    };
+    // Safety: LOOP_GET_STATUS64 writes one `struct loop_info64` through the
+    // pointer, which points at a live local of that layout (its size is
+    // checked in the tests); `fd` is a valid descriptor borrowed for the
+    // call.
+    unsafe {
+        ioctl::loop_get_status64(fd.as_fd().as_raw_fd(), &mut raw)?;
+    }
+    Ok(LoopStatus {
+        backing_dev: raw.lo_device,
+        backing_ino: raw.lo_inode,
+        offset: raw.lo_offset,
+        direct_io: raw.lo_flags & LO_FLAGS_DIRECT_IO != 0,
+    })
+}
+
+/// The offset alignment direct reads of the open file `fd` need, as the
+/// filesystem states it (`statx` `STATX_DIOALIGN`, Linux 6.1): `Some(0)`
+/// when it does not support direct I/O on the file, `None` when it does not
+/// say (FUSE, NFS, kernels before 6.1).
+pub(crate) fn dio_offset_align<F: AsFd>(fd: F) -> nix::Result<Option<u32>> {
+    let mut out = std::mem::MaybeUninit::<libc::statx>::zeroed();
+    // Safety: `statx` with `AT_EMPTY_PATH` and an empty, NUL-terminated
+    // path describes `fd` itself, a valid descriptor borrowed for the call,
+    // and writes at most one `struct statx` into `out`, a live local of that
+    // type; all-zero bytes are a valid `statx` (plain integers).
+    let rc = unsafe {
+        libc::statx(
+            fd.as_fd().as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            libc::STATX_DIOALIGN,
+            out.as_mut_ptr(),
+        )
+    };
+    if rc != 0 {
+        return Err(nix::errno::Errno::last());
+    }
+    // Safety: zero-initialised above and written by the kernel: every bit
+    // pattern of its integer fields is valid.
+    let stx = unsafe { out.assume_init() };
+    Ok((stx.stx_mask & libc::STATX_DIOALIGN != 0).then_some(stx.stx_dio_offset_align))
 }
 
 /// `struct fsuuid2` of `FS_IOC_GETFSUUID` (Linux 6.5): the UUID's length
@@ -320,6 +419,7 @@ mod tests {
         assert_eq!(std::mem::size_of::<RawBmap>(), 32);
         assert_eq!(std::mem::size_of::<RawBmapx>(), 48);
         assert_eq!(std::mem::size_of::<RawFiemap>(), 32);
+        assert_eq!(std::mem::size_of::<RawLoopInfo64>(), 232);
         assert_eq!(std::mem::size_of::<RawExtent>(), 56);
         assert_eq!(
             std::mem::size_of::<FiemapRequest>(),

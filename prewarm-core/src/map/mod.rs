@@ -5,9 +5,11 @@
 //!
 //! * `extent`: FIEMAP's answer sorted into device [`Extent`]s, ranges that
 //!   must be read through the file, and unwritten bytes that need no read;
-//! * `fiemap` (private): the three ioctls, the only `unsafe` of this stage;
+//! * `fiemap` (private): the ioctls, the only `unsafe` of this stage;
 //! * `device`: from `st_dev` to the `/dev` node FIEMAP's offsets refer to,
 //!   opened read-only;
+//! * `loop_backing`: a buffered loop device's backing file, read in its
+//!   place (the driver passes its requests on one at a time);
 //! * `fsid`: the filesystem type and UUID in a superblock, and finding the
 //!   device that holds a UUID (how a manifest names its device);
 //! * `pool`: the thread pool that makes metadata calls as wide as the
@@ -32,6 +34,7 @@ pub(crate) mod extent;
 mod fiemap;
 pub(crate) mod fsid;
 pub(crate) mod inode_tables;
+pub(crate) mod loop_backing;
 pub(crate) mod pool;
 pub(crate) mod readahead;
 #[cfg(test)]

@@ -132,9 +132,10 @@ impl<'scope> EngineFeed<'scope, '_> {
             ReadMode::Touch => d.device.logical_block_size,
         };
         let queue = Arc::new(OpQueue::new(max_len).counting_chunks(chunk_len));
-        let direct = d.device.direct;
+        // The device, or a buffered loop device's backing file.
+        let (file, direct, base) = d.device.read_target();
         let align = d.device.logical_block_size;
-        let handle = match d.device.file.try_clone() {
+        let handle = match file.try_clone() {
             Ok(file) => {
                 let (ecfg, q) = (self.ecfg, queue.clone());
                 Ok(self.scope.spawn(move || {
@@ -142,6 +143,7 @@ impl<'scope> EngineFeed<'scope, '_> {
                         fd: file.as_fd(),
                         direct,
                         align,
+                        base,
                     };
                     engine::run_queue(&[target], &q, ecfg)
                 }))

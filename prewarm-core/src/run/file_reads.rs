@@ -148,6 +148,7 @@ fn read_batch(
             fd: f.as_fd(),
             direct: *direct,
             align: FILE_ALIGN as u32,
+            base: 0,
         })
         .collect();
     // Reads of files that could not be opened are dropped (the warning

@@ -511,6 +511,7 @@ mod tests {
             size: 3 << 20,
             fs_type: None,
             mount_point: None,
+            backing: Default::default(),
         };
         planner.add_device(dev);
         let id = DeviceId {
