@@ -255,6 +255,12 @@ freed fetch slot; a cold run first walks a chain of cold metadata reads, which p
             let _ = writeln!(out, "Fixture: {}.\n", sc.fixture);
         }
         let _ = writeln!(out, "Targets: {}.\n", s.targets.describe());
+        if !s.direct_io {
+            let _ = writeln!(
+                out,
+                "A buffered loop device passes its requests on to its backing file one at a time (fio at iodepth 32 on it: one fetch in flight), so every method reading through the device or its files waits for one fetch after another; prewarm reads such a device through its backing file, at its offset (`devices[].read_through`), as many fetches in flight as the testbed serves.\n"
+            );
+        }
         let _ = writeln!(
             out,
             "Physical limit = ceil({} chunks / {}) × {} ms{} = **{:.1} ms**. Medians of {} run(s){}; `{}` on `{}`. Other processes on the host used {:.1} CPU-s during this scenario's {:.0} s (load average `{}` at its start, `{}` at its end; our own blocked readers count in it).\n",
