@@ -217,17 +217,19 @@ impl LazyStore {
     /// which would evict an image on a disk filesystem, and the testbed
     /// would then read every hydrated chunk from the host's disk.
     pub fn open(testbed_bin: &Path, image: &Path, work: &Path, args: &[String]) -> Result<Self> {
-        Self::open_with(testbed_bin, image, work, args, "ro,noload")
+        Self::open_with(testbed_bin, image, work, args, "ro,noload", true)
     }
 
     /// As [`LazyStore::open`], mounted with `options` (XFS wants
-    /// `ro,norecovery`, not ext4's `noload`).
+    /// `ro,norecovery`, not ext4's `noload`), on a direct-I/O loop device
+    /// or (`direct_io` false) a buffered one.
     pub fn open_with(
         testbed_bin: &Path,
         image: &Path,
         work: &Path,
         args: &[String],
         options: &str,
+        direct_io: bool,
     ) -> Result<Self> {
         let testbed = TestbedProcess::start(
             testbed_bin,
@@ -236,7 +238,7 @@ impl LazyStore {
             args,
             &work.join("testbed.log"),
         )?;
-        let loop_device = LoopDevice::attach(&testbed.disk(), true)?;
+        let loop_device = LoopDevice::attach(&testbed.disk(), direct_io)?;
         let mount = Mount::new(&loop_device.path, &work.join("vol"), options)?;
         Ok(LazyStore {
             mount,

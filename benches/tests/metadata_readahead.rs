@@ -8,7 +8,8 @@
 //! of `elsewhere/`'s directory blocks cold; with the read-ahead (the
 //! default) it must hydrate every one of them, read exactly the same plan,
 //! and report the read-ahead as done. With a budget of one chunk it must
-//! stop at the budget and say so. Directory blocks come from `debugfs`, not
+//! stop at the budget and say so. The same on a buffered loop device, whose
+//! read-ahead goes to its backing file. Directory blocks come from `debugfs`, not
 //! from prewarm's own reading of the filesystem.
 //!
 //! The same on XFS, where `elsewhere/`'s directories and their inodes are
@@ -203,9 +204,22 @@ fn read_ahead_all<'a>(
 
 #[test]
 fn a_walk_reads_its_filesystems_metadata_ahead() {
-    if !privileged_with(true, &["mkfs.ext4", "debugfs"]) {
-        return;
+    if privileged_with(true, &["mkfs.ext4", "debugfs"]) {
+        ext4_walk_reads_ahead(true);
     }
+}
+
+/// On a buffered loop device the read-ahead asks its backing file, at the
+/// device's offset there (the device would pass the requests on one at a
+/// time): the same chunks are hydrated.
+#[test]
+fn a_walk_on_a_buffered_loop_device_reads_ahead_through_its_backing_file() {
+    if privileged_with(true, &["mkfs.ext4", "debugfs"]) {
+        ext4_walk_reads_ahead(false);
+    }
+}
+
+fn ext4_walk_reads_ahead(direct_io: bool) {
     const DEPTH: &str = "4";
     let tmp = tempfile::tempdir().unwrap();
     let work = tmp.path();
@@ -235,7 +249,15 @@ fn a_walk_reads_its_filesystems_metadata_ahead() {
         }
     }
 
-    let lazy = LazyStore::open(Path::new(TESTBED), &image, work, &testbed_args()).unwrap();
+    let lazy = LazyStore::open_with(
+        Path::new(TESTBED),
+        &image,
+        work,
+        &testbed_args(),
+        "ro,noload",
+        direct_io,
+    )
+    .unwrap();
     let dir = lazy.mount.dir.join("walked");
 
     let (without, cold_without) = cold_run(&lazy, &dir, DEPTH, &["--metadata-readahead", "0"]);
@@ -251,6 +273,13 @@ fn a_walk_reads_its_filesystems_metadata_ahead() {
         &["inode_table_bytes", "directory_bytes"],
     );
     assert_eq!(ra["budget_reached"], false, "{ra}");
+    let through = &with["devices"][0]["read_through"];
+    if direct_io {
+        assert!(through.is_null(), "{through}");
+    } else {
+        let disk = lazy.testbed.disk();
+        assert_eq!(through["backing_file"]["path"], disk.to_str().unwrap());
+    }
 
     let (small, _) = cold_run(&lazy, &dir, DEPTH, &["--metadata-readahead", "512K"]);
     let ra = &small["metadata_readahead"][0];
@@ -321,6 +350,7 @@ fn an_xfs_walk_reads_its_filesystems_metadata_ahead() {
         work,
         &testbed_args(),
         "ro,norecovery",
+        true,
     )
     .unwrap();
     let dir = lazy.mount.dir.join("walked");

@@ -51,6 +51,19 @@ fn lazy_device_at(
     (tb, lo)
 }
 
+/// `prewarm --json ARGS --device LOOP`: its exit code and its report.
+fn sweep(lo: &LoopDevice, args: &[&str]) -> (Option<i32>, serde_json::Value) {
+    let out = Command::new(prewarm_bin())
+        .arg("--json")
+        .args(args)
+        .arg("--device")
+        .arg(&lo.path)
+        .output()
+        .unwrap();
+    let report = serde_json::from_slice(&out.stdout).unwrap();
+    (out.status.code(), report)
+}
+
 #[test]
 fn sigterm_stops_a_slow_run_promptly() {
     if !privileged() {
@@ -108,17 +121,8 @@ fn an_eio_chunk_is_counted_and_the_rest_is_hydrated() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let (tb, lo) = lazy_device(tmp.path(), &["--latency-ms", "1", "--fail-chunks", "5"]);
-    let out = Command::new(prewarm_bin())
-        .args(["--json", "--device"])
-        .arg(&lo.path)
-        .output()
-        .unwrap();
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "a failed read makes the run partial"
-    );
+    let (code, report) = sweep(&lo, &[]);
+    assert_eq!(code, Some(1), "a failed read makes the run partial");
     assert_eq!(report["errors"], 1, "{}", report["failures"]);
     let failure = &report["failures"][0];
     assert!(
@@ -153,32 +157,32 @@ fn a_buffered_loop_device_is_read_through_its_backing_file() {
         false,
         2 * CHUNK,
     );
-    let out = Command::new(prewarm_bin())
-        .args(["--json", "--device"])
-        .arg(&lo.path)
-        .output()
-        .unwrap();
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(out.status.code(), Some(0), "{report}");
-    let device = &report["devices"][0];
-    assert_eq!(
-        device["read_through"]["backing_file"]["path"],
-        tb.disk().display().to_string(),
-        "{device}"
-    );
-    assert_eq!(device["read_through"]["backing_file"]["offset"], 2 * CHUNK);
-    assert_eq!(report["bytes_read"], (32 << 20) - 2 * CHUNK);
-    // Exactly the device's chunks of the image, at its offset, each once,
-    // and many at a time: through the device they come one by one.
-    let stats = tb.stats(true).unwrap();
-    let hydrated = stats.hydrated.unwrap_or_default();
-    assert_eq!(hydrated, (2..64).collect::<Vec<u64>>());
-    assert_eq!(stats.fetches, 62);
-    assert!(
-        stats.peak_concurrent_fetches >= 4,
-        "at most {} fetches at once",
-        stats.peak_concurrent_fetches
-    );
+    // Both engines: the offset is added where each makes its system call.
+    for engine in ["uring", "pread"] {
+        tb.reset().unwrap();
+        let (code, report) = sweep(&lo, &["--engine", engine]);
+        assert_eq!(code, Some(0), "{report}");
+        let device = &report["devices"][0];
+        assert_eq!(device["read"]["backend"], engine, "{device}");
+        assert_eq!(
+            device["read_through"]["backing_file"]["path"],
+            tb.disk().display().to_string(),
+            "{device}"
+        );
+        assert_eq!(device["read_through"]["backing_file"]["offset"], 2 * CHUNK);
+        assert_eq!(report["bytes_read"], (32 << 20) - 2 * CHUNK);
+        // Exactly the device's chunks of the image, at its offset, each
+        // once, and many at a time: through the device they come one by one.
+        let stats = tb.stats(true).unwrap();
+        let hydrated = stats.hydrated.unwrap_or_default();
+        assert_eq!(hydrated, (2..64).collect::<Vec<u64>>(), "{engine}");
+        assert_eq!(stats.fetches, 62, "{engine}");
+        assert!(
+            stats.peak_concurrent_fetches >= 4,
+            "{engine}: at most {} fetches at once",
+            stats.peak_concurrent_fetches
+        );
+    }
 }
 
 #[test]
@@ -188,13 +192,8 @@ fn a_direct_io_loop_device_is_read_as_it_is() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let (_tb, lo) = lazy_device(tmp.path(), &["--latency-ms", "1"]);
-    let out = Command::new(prewarm_bin())
-        .args(["--json", "--device"])
-        .arg(&lo.path)
-        .output()
-        .unwrap();
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(out.status.code(), Some(0), "{report}");
+    let (code, report) = sweep(&lo, &[]);
+    assert_eq!(code, Some(0), "{report}");
     assert!(
         report["devices"][0].get("read_through").is_none(),
         "{report}"

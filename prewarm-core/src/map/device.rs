@@ -195,7 +195,7 @@ pub fn open(id: DeviceId) -> Result<BlockDevice, DeviceError> {
     let size = fiemap::device_size(&file).map_err(ioctl_err)?;
     // One read of the mount table serves both.
     let mounts = mounts_of(id);
-    let backing = loop_backing::backing(&file, id, logical_block_size);
+    let backing = loop_backing::backing(&file, id, Some(logical_block_size));
     Ok(BlockDevice {
         id,
         fs_type: mounts.first().map(|m| m.fs_type.clone()),

@@ -23,10 +23,14 @@
 //! inode are the ones `LOOP_GET_STATUS64` gives for the backing file.
 //! Otherwise the device is read as it is, and the report says why.
 //!
-//! The file is read with O_DIRECT where its filesystem takes it at the
-//! device's alignment (design fact 1: hydrating is not cache-warming).
+//! The engine reads the file with O_DIRECT where its filesystem takes it at
+//! the device's alignment (design fact 1: hydrating is not cache-warming).
 //! Where it does not, it is read buffered, which fills the page cache the
-//! loop device itself reads through, and no other.
+//! loop device itself reads through, and no other. The metadata read-ahead
+//! (`readahead`) asks for its blocks on the file, buffered, on purpose: the
+//! device's requests would wait in line behind each other and behind the
+//! walk's own, and a read of the device then finds them in the file's
+//! cache, which is where the loop driver looks.
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -66,10 +70,13 @@ pub(crate) struct BackingFile {
     pub direct: bool,
 }
 
-/// How the loop device `device` (number `id`, logical blocks of
-/// `logical_block_size` bytes) is to be read: through its backing file when
-/// it is a buffered loop device whose file is still the one attached.
-pub(crate) fn backing(device: &File, id: DeviceId, logical_block_size: u32) -> Backing {
+/// How the loop device `device` (number `id`) is to be read: through its
+/// backing file when it is a buffered loop device whose file is still the
+/// one attached. With `direct` (the device's logical block size), the file
+/// is opened O_DIRECT where its filesystem takes reads at that alignment
+/// (the engine's reads); with `None`, buffered (the metadata read-ahead,
+/// whose requests fill the very cache the loop device reads through).
+pub(crate) fn backing(device: &File, id: DeviceId, direct: Option<u32>) -> Backing {
     if id.major != LOOP_MAJOR {
         return Backing::Device;
     }
@@ -81,7 +88,7 @@ pub(crate) fn backing(device: &File, id: DeviceId, logical_block_size: u32) -> B
     if status.direct_io {
         return Backing::Device;
     }
-    match open_backing(id, status, logical_block_size) {
+    match open_backing(id, status, direct) {
         Ok(file) => Backing::File(file),
         Err(reason) => Backing::Unusable(reason),
     }
@@ -90,7 +97,7 @@ pub(crate) fn backing(device: &File, id: DeviceId, logical_block_size: u32) -> B
 fn open_backing(
     id: DeviceId,
     status: fiemap::LoopStatus,
-    logical_block_size: u32,
+    direct: Option<u32>,
 ) -> Result<BackingFile, String> {
     let sysfs = format!("/sys/dev/block/{id}/loop/backing_file");
     let named = std::fs::read_to_string(&sysfs).map_err(|e| format!("reading {sysfs}: {e}"))?;
@@ -114,7 +121,7 @@ fn open_backing(
             path.display()
         ));
     }
-    let direct = set_flags(&file, status.offset, logical_block_size).map_err(|e| {
+    let direct = set_flags(&file, status.offset, direct).map_err(|e| {
         format!(
             "setting the flags of its backing file {}: {e}",
             path.display()
@@ -128,11 +135,16 @@ fn open_backing(
     })
 }
 
-/// Clear `O_NONBLOCK` and set `O_DIRECT` where the file's filesystem takes
-/// direct reads at the device's alignment; returns whether it is set.
-fn set_flags(file: &File, offset: u64, logical_block_size: u32) -> nix::Result<bool> {
+/// Clear `O_NONBLOCK` and, with `direct` (the device's logical block
+/// size), set `O_DIRECT` where the file's filesystem takes direct reads at
+/// that alignment; returns whether it is set.
+fn set_flags(file: &File, offset: u64, direct: Option<u32>) -> nix::Result<bool> {
     let fd = file.as_raw_fd();
     let flags = OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL)?) - OFlag::O_NONBLOCK;
+    let Some(logical_block_size) = direct else {
+        fcntl(fd, FcntlArg::F_SETFL(flags))?;
+        return Ok(false);
+    };
     let block = u64::from(logical_block_size.max(1));
     let aligned = match fiemap::dio_offset_align(file) {
         // The filesystem states its alignment: 0 means no direct I/O.
@@ -161,7 +173,10 @@ mod tests {
             major: 259,
             minor: 0,
         };
-        assert!(matches!(backing(tmp.as_file(), id, 512), Backing::Device));
+        assert!(matches!(
+            backing(tmp.as_file(), id, Some(512)),
+            Backing::Device
+        ));
     }
 
     #[test]
@@ -173,7 +188,10 @@ mod tests {
             major: LOOP_MAJOR,
             minor: 0,
         };
-        assert!(matches!(backing(tmp.as_file(), id, 512), Backing::Device));
+        assert!(matches!(
+            backing(tmp.as_file(), id, Some(512)),
+            Backing::Device
+        ));
     }
 
     #[test]
@@ -185,11 +203,14 @@ mod tests {
         let flags =
             |f: &File| OFlag::from_bits_truncate(fcntl(f.as_raw_fd(), FcntlArg::F_GETFL).unwrap());
         // An offset off every block: never direct.
-        assert!(!set_flags(&file, 1, 512).unwrap());
+        assert!(!set_flags(&file, 1, Some(512)).unwrap());
         assert!(!flags(&file).contains(OFlag::O_NONBLOCK));
         assert!(!flags(&file).contains(OFlag::O_DIRECT));
         // Aligned: direct where this filesystem takes it (tmpfs may not).
-        let direct = set_flags(&file, 4096, 4096).unwrap();
+        let direct = set_flags(&file, 4096, Some(4096)).unwrap();
         assert_eq!(flags(&file).contains(OFlag::O_DIRECT), direct);
+        // Asked for buffered: never direct.
+        assert!(!set_flags(&file, 4096, None).unwrap());
+        assert!(!flags(&file).contains(OFlag::O_DIRECT));
     }
 }

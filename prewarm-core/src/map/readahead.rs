@@ -13,8 +13,9 @@
 //! once, reads each as it arrives, and asks for the blocks and tree nodes of
 //! every directory it names: the walk that follows finds them hydrated.
 //!
-//! The requests are `POSIX_FADV_WILLNEED` on the block device, buffered,
-//! on purpose (unlike the engine's reads): the kernel starts each fetch
+//! The requests are `POSIX_FADV_WILLNEED` on the block device (for a
+//! buffered loop device, on its backing file: see `loop_backing`),
+//! buffered, on purpose (unlike the engine's reads): the kernel starts each fetch
 //! without a thread per read or a copy (at most the queue depth of them on
 //! their way, so the device's queue is never filled by hints), and ext4
 //! reads its metadata
@@ -57,6 +58,7 @@ use serde::Serialize;
 
 use super::device::{self, DeviceId};
 use super::ext4::Ext4Layout;
+use super::loop_backing::{self, Backing};
 use super::xfs::{InobtNode, XfsLayout};
 use crate::engine::StopSignal;
 
@@ -356,6 +358,9 @@ struct Asked<'a> {
     shared: &'a Shared,
     progress: &'a Progress,
     file: &'a File,
+    /// Where the device's byte 0 is in `file` (a buffered loop device's
+    /// backing file; 0 for the device itself).
+    base: u64,
     /// Per chunk touched, the hull of the bytes asked for in it: a later
     /// directory in the same chunk is asked for only if it adds to it.
     covered: HashMap<u64, Range<u64>>,
@@ -402,7 +407,7 @@ impl Asked<'_> {
         self.progress.reads.fetch_add(1, Ordering::Relaxed);
         let asked = nix::fcntl::posix_fadvise(
             self.file.as_raw_fd(),
-            r.start as libc::off_t,
+            (self.base + r.start) as libc::off_t,
             (r.end - r.start) as libc::off_t,
             nix::fcntl::PosixFadviseAdvice::POSIX_FADV_WILLNEED,
         );
@@ -417,7 +422,7 @@ impl Asked<'_> {
     fn wait_oldest(&mut self) {
         if let Some(at) = self.on_the_way.pop_front() {
             let mut byte = [0u8; 1];
-            if let Err(e) = self.file.read_exact_at(&mut byte, at) {
+            if let Err(e) = self.file.read_exact_at(&mut byte, self.base + at) {
                 self.progress.errors.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!("metadata read-ahead at {at}: {e}");
             }
@@ -427,7 +432,7 @@ impl Asked<'_> {
     /// Read `r` (asked for already) into `buf`; a failure is counted.
     fn read(&self, r: &Range<u64>, buf: &mut Vec<u8>) -> std::io::Result<()> {
         buf.resize((r.end - r.start) as usize, 0);
-        let read = self.file.read_exact_at(buf, r.start);
+        let read = self.file.read_exact_at(buf, self.base + r.start);
         if let Err(e) = &read {
             self.progress.errors.fetch_add(1, Ordering::Relaxed);
             tracing::debug!("metadata read-ahead at {}: {e}", r.start);
@@ -583,8 +588,15 @@ impl Layout {
 fn read_ahead(shared: &Shared, progress: &Progress, ino: u64) -> Result<(), String> {
     let node = device::resolve_node(progress.device).map_err(|e| e.to_string())?;
     *progress.node.lock().unwrap_or_else(|e| e.into_inner()) = Some(node.clone());
-    let (file, _) = device::open_read_only(&node, false, 0)
+    let (device, _) = device::open_read_only(&node, false, 0)
         .map_err(|e| format!("opening {}: {e}", node.display()))?;
+    // A buffered loop device would pass the requests on one at a time,
+    // behind the walk's own: they go to its backing file, whose cache is
+    // where the device's reads then find them (`loop_backing`).
+    let (file, base) = match loop_backing::backing(&device, progress.device, None) {
+        Backing::File(b) => (b.file, b.offset),
+        Backing::Device | Backing::Unusable(_) => (device, 0),
+    };
     // No read-ahead around each read: the reads name exactly what is needed.
     let _ = nix::fcntl::posix_fadvise(
         file.as_raw_fd(),
@@ -596,6 +608,7 @@ fn read_ahead(shared: &Shared, progress: &Progress, ino: u64) -> Result<(), Stri
         shared,
         progress,
         file: &file,
+        base,
         covered: HashMap::new(),
         spent: 0,
         on_the_way: VecDeque::new(),
