@@ -25,7 +25,6 @@ use serde::Serialize;
 
 use super::fiemap;
 use super::loop_backing::{self, Backing};
-use crate::report::ReadThrough;
 
 /// A block device number, `MAJ:MIN`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -128,21 +127,6 @@ impl BlockDevice {
         match &self.backing {
             Backing::File(b) => (&b.file, b.direct, b.offset),
             Backing::Device | Backing::Unusable(_) => (&self.file, self.direct, 0),
-        }
-    }
-
-    /// What the report says of it: a buffered loop device's backing file,
-    /// or why it is not used.
-    pub fn read_through(&self) -> Option<ReadThrough> {
-        match &self.backing {
-            Backing::Device => None,
-            Backing::File(b) => Some(ReadThrough::BackingFile {
-                path: b.path.display().to_string(),
-                offset: b.offset,
-            }),
-            Backing::Unusable(reason) => Some(ReadThrough::Device {
-                reason: reason.clone(),
-            }),
         }
     }
 }

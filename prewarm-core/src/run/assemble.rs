@@ -9,12 +9,13 @@ use super::file_reads::FileReads;
 use super::{cache, Config, Prepared};
 use crate::engine::{EngineStats, OpQueue};
 use crate::error::Error;
+use crate::map::loop_backing::Backing;
 use crate::map::DeviceId;
 use crate::plan::spans::{self, Span};
 use crate::plan::PlanStats;
 use crate::report::{
     ClassReport, DeviceReport, FailureReport, Fallback, FileLevelReport, FileMapReport, ReadStats,
-    Report,
+    ReadThrough, Report,
 };
 
 impl Prepared {
@@ -138,7 +139,7 @@ impl Prepared {
                 size: d.device.size,
                 logical_block_size: d.device.logical_block_size,
                 direct: d.device.read_target().1,
-                read_through: d.device.read_through(),
+                read_through: read_through(&d.device.backing),
                 files: d.files,
                 swept: d.swept,
                 plan: stats,
@@ -297,5 +298,20 @@ fn read_stats(s: &EngineStats) -> ReadStats {
         eof: s.eof,
         not_issued: s.not_issued,
         elapsed_ms: s.elapsed.as_secs_f64() * 1e3,
+    }
+}
+
+/// What the report says of how a device was reached: a buffered loop
+/// device's backing file, or why it was not used (nothing for the others).
+fn read_through(backing: &Backing) -> Option<ReadThrough> {
+    match backing {
+        Backing::Device => None,
+        Backing::File(b) => Some(ReadThrough::BackingFile {
+            path: b.path.display().to_string(),
+            offset: b.offset,
+        }),
+        Backing::Unusable(reason) => Some(ReadThrough::Device {
+            reason: reason.clone(),
+        }),
     }
 }
