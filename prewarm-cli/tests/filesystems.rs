@@ -545,6 +545,11 @@ fn files_on_a_partition_map_to_the_partition_device_or_are_read_through_the_file
     assert_eq!(run["devices"][0]["node"], lo.partition().as_str());
     assert_eq!(u(&run["bytes_read"]), u(&run["planned_bytes"]));
     assert_eq!(u(&run["file_level"]["read"]["bytes_read"]), 0);
+    // The loop device is buffered: the partition is read through the
+    // image, from the partition's start in it.
+    let through = &run["devices"][0]["read_through"]["backing_file"];
+    assert_eq!(through["path"], image.to_str().unwrap(), "{run}");
+    assert_eq!(through["offset"], K * K);
 
     // Without its device node the device cannot be opened: the same files
     // are read through the files instead, every byte of them.

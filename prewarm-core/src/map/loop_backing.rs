@@ -1,10 +1,11 @@
-//! A buffered loop device read through its backing file.
+//! A buffered loop device (or a partition of one) read through its
+//! backing file.
 //!
 //! A loop device attached without direct I/O (`losetup` without
 //! `--direct-io=on`, its default) serves its requests with synchronous,
-//! buffered reads of its backing file, one at a time for the requests of
-//! one cgroup: however many reads prewarm keeps in flight on the device,
-//! the file beneath sees one. Measured on the testbed (4 ms fetches, 8
+//! buffered reads of its backing file, and they reach the file one at a
+//! time: however many reads prewarm keeps in flight on the device, the
+//! file beneath sees one. Measured on the testbed (4 ms fetches, 8
 //! served at once), a cold `prewarm --paths` of the default fixture's
 //! critical set (703 chunks): through the device one fetch at a time and
 //! 3.07 s; through the file 8 at a time and 0.43 s (the latency bound is
@@ -14,6 +15,8 @@
 //! the backing file directly, at the device's offset in it, as many in
 //! flight as for any device, and the device's own queue is left alone.
 //! The ranges are the device's either way (the engine adds the offset).
+//! A partition of such a device (`losetup -P`) is read the same way, from
+//! the partition's start in the file.
 //! With direct I/O the loop driver already hands its requests to the file
 //! asynchronously, and the device is read as any other.
 //!
@@ -35,7 +38,7 @@
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 
@@ -64,22 +67,25 @@ pub(crate) struct BackingFile {
     /// Its path, as the kernel names it.
     pub path: PathBuf,
     pub file: File,
-    /// Where the device's first byte is in the file (`losetup -o`).
+    /// Where the device's first byte is in the file (`losetup -o`, plus a
+    /// partition's start).
     pub offset: u64,
     /// Opened with O_DIRECT.
     pub direct: bool,
 }
 
-/// How the loop device `device` (number `id`) is to be read: through its
-/// backing file when it is a buffered loop device whose file is still the
-/// one attached. With `direct` (the device's logical block size), the file
-/// is opened O_DIRECT where its filesystem takes reads at that alignment
-/// (the engine's reads); with `None`, buffered (the metadata read-ahead,
-/// whose requests fill the very cache the loop device reads through).
+/// How the device `device` (number `id`) is to be read: through its
+/// loop device's backing file when it is a buffered loop device, or a
+/// partition of one, whose file is still the one attached. With `direct`
+/// (the device's logical block size), the file is opened O_DIRECT where its
+/// filesystem takes reads at that alignment (the engine's reads); with
+/// `None`, buffered (the metadata read-ahead, whose requests fill the very
+/// cache the loop device reads through).
 pub(crate) fn backing(device: &File, id: DeviceId, direct: Option<u32>) -> Backing {
-    if id.major != LOOP_MAJOR {
+    let Some((loop_dir, start)) = on_loop(id) else {
         return Backing::Device;
-    }
+    };
+    // A partition's descriptor answers for its whole loop device.
     let status = match fiemap::loop_status(device) {
         Ok(s) => s,
         // ENXIO: nothing attached (then there is nothing to read either).
@@ -88,19 +94,44 @@ pub(crate) fn backing(device: &File, id: DeviceId, direct: Option<u32>) -> Backi
     if status.direct_io {
         return Backing::Device;
     }
-    match open_backing(id, status, direct) {
+    match open_backing(&loop_dir, status, start, direct) {
         Ok(file) => Backing::File(file),
         Err(reason) => Backing::Unusable(reason),
     }
 }
 
+/// Whether device `id` is a loop device or a partition of one: the loop
+/// device's sysfs directory, and where the device starts on it (0, or the
+/// partition's start).
+fn on_loop(id: DeviceId) -> Option<(PathBuf, u64)> {
+    let sys = PathBuf::from(format!("/sys/dev/block/{id}"));
+    if !sys.join("partition").exists() {
+        return (id.major == LOOP_MAJOR).then_some((sys, 0));
+    }
+    // A partition's sysfs directory sits in its disk's.
+    let disk = sys.join("..");
+    let number = std::fs::read_to_string(disk.join("dev")).ok()?;
+    let major: u32 = number.trim().split(':').next()?.parse().ok()?;
+    if major != LOOP_MAJOR {
+        return None;
+    }
+    let sectors: u64 = std::fs::read_to_string(sys.join("start"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some((disk, sectors.checked_mul(512)?))
+}
+
 fn open_backing(
-    id: DeviceId,
+    loop_dir: &Path,
     status: fiemap::LoopStatus,
+    start: u64,
     direct: Option<u32>,
 ) -> Result<BackingFile, String> {
-    let sysfs = format!("/sys/dev/block/{id}/loop/backing_file");
-    let named = std::fs::read_to_string(&sysfs).map_err(|e| format!("reading {sysfs}: {e}"))?;
+    let sysfs = loop_dir.join("loop/backing_file");
+    let named =
+        std::fs::read_to_string(&sysfs).map_err(|e| format!("reading {}: {e}", sysfs.display()))?;
     let path = PathBuf::from(named.trim_end_matches('\n'));
     // O_NONBLOCK: a FIFO put at that path does not hold the open. It is
     // cleared below, once the file is known to be the backing file (io_uring
@@ -121,7 +152,11 @@ fn open_backing(
             path.display()
         ));
     }
-    let direct = set_flags(&file, status.offset, direct).map_err(|e| {
+    let offset = status
+        .offset
+        .checked_add(start)
+        .ok_or_else(|| format!("the offset of {} overflows", path.display()))?;
+    let direct = set_flags(&file, offset, direct).map_err(|e| {
         format!(
             "setting the flags of its backing file {}: {e}",
             path.display()
@@ -130,7 +165,7 @@ fn open_backing(
     Ok(BackingFile {
         path,
         file,
-        offset: status.offset,
+        offset,
         direct,
     })
 }
@@ -140,7 +175,9 @@ fn open_backing(
 /// that alignment; returns whether it is set.
 fn set_flags(file: &File, offset: u64, direct: Option<u32>) -> nix::Result<bool> {
     let fd = file.as_raw_fd();
-    let flags = OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL)?) - OFlag::O_NONBLOCK;
+    let flags = OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL)?)
+        - OFlag::O_NONBLOCK
+        - OFlag::O_DIRECT;
     let Some(logical_block_size) = direct else {
         fcntl(fd, FcntlArg::F_SETFL(flags))?;
         return Ok(false);
