@@ -328,7 +328,8 @@ pub enum ReadThrough {
     BackingFile {
         /// The file, as the kernel names it.
         path: String,
-        /// The device's offset in it (`losetup -o`).
+        /// The device's offset in it (`losetup -o`, plus a partition's
+        /// start).
         offset: u64,
     },
     /// Through the device (one read at a time): the backing file could
