@@ -91,6 +91,28 @@ fn workload(mnt: &Path) {
     cmd("sh", &["-c", &script]);
 }
 
+/// Holds `len` bytes of `path` from `offset` in memory until dropped. The
+/// recorder takes what the page cache holds at the end for what was read,
+/// and these machines run proactive reclaim (a DAMON `pageout` scheme),
+/// which evicts clean pages read seconds before: so the workload holds
+/// what it read, as a service holds its mapped binary. The mapping is
+/// `MADV_RANDOM`, so locking it reads nothing around the range.
+fn hold(path: &Path, offset: u64, len: usize) -> memmap2::Mmap {
+    let file = fs::File::open(path).unwrap();
+    // Safety: the mapping is never read by this process (only locked);
+    // nothing writes the file while it is mapped.
+    let map = unsafe {
+        memmap2::MmapOptions::new()
+            .offset(offset)
+            .len(len)
+            .map(&file)
+    }
+    .unwrap();
+    map.advise(memmap2::Advice::Random).unwrap();
+    map.lock().unwrap();
+    map
+}
+
 /// The recording's entries: (path, priority, ranges).
 fn entries(rec: &Path) -> Vec<(PathBuf, u32, Option<Vec<ByteRange>>)> {
     let (entries, warnings) = prewarm_core::read_list(rec).unwrap();
@@ -121,6 +143,10 @@ fn record_names_what_was_read_in_order_and_plans_only_that() {
         m.dir.to_str().unwrap(),
     ]);
     workload(&m.dir);
+    let _held = [
+        hold(&m.dir.join("small"), 0, 10 << 10),
+        hold(&m.dir.join("big"), AT, 65536),
+    ];
     assert_eq!(wait(&mut child, Duration::from_secs(20)), 0);
     let mut summary = String::new();
     child
@@ -206,6 +232,7 @@ fn sigterm_ends_a_recording_with_it_written() {
     f.seek(SeekFrom::Start(AT)).unwrap();
     let mut buf = vec![0u8; 4096];
     f.read_exact(&mut buf).unwrap();
+    let _held = hold(&m.dir.join("big"), AT, 4096);
     std::thread::sleep(Duration::from_millis(300));
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
@@ -235,6 +262,7 @@ fn files_read_before_the_recorder_started_join_an_earlier_class() {
         .unwrap()
         .read_exact(&mut early)
         .unwrap();
+    let _held = hold(&m.dir.join("small"), 0, 4096);
     for (flag, expect) in [(None, true), (Some("--only-events"), false)] {
         let rec = tmp.path().join(format!("{flag:?}.rec"));
         let mut args = vec!["--duration", "1s", "-o", rec.to_str().unwrap()];

@@ -21,6 +21,13 @@
 //!    that were read (readahead included); pages nobody touched are not.
 //!    A file with none (opened, never read, or evicted since) is left out.
 //!
+//!    So what is evicted before the end is missing from the recording:
+//!    under memory pressure, but also on machines that reclaim cold pages
+//!    proactively. A DAMON `pageout` scheme (these test machines run one)
+//!    pages out clean page cache that was read seconds ago; the recorder
+//!    warns when one is on ([`proactive_reclaim`]), and a recording made
+//!    there should be merged with another or checked.
+//!
 //! The recording is a list ([`crate::source::list`]) with byte ranges, one
 //! line per file in first-access order, and its priority class says when
 //! the file was first accessed: `10 + floor(ms since the start / class
@@ -40,7 +47,7 @@
 mod residency;
 
 use std::collections::HashSet;
-use std::io::Write as _;
+use std::io::{Read as _, Write as _};
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -267,6 +274,12 @@ pub fn record(opts: &RecordOptions) -> Result<Recording, Error> {
         .map_or(0, |d| d.as_secs());
     let fan = watch(opts)?;
     let start = Instant::now();
+    for kdamond in proactive_reclaim(Path::new(DAMON_KDAMONDS)) {
+        tracing::warn!(
+            "DAMON kdamond {kdamond} pages out cold memory: pages read during the recording \
+             may be evicted before it ends and be missing from it"
+        );
+    }
     let units = UnitWatch::spawn(&opts.until, opts.stop.clone());
     let mut stats = RecordStats::default();
     let mut seen: HashSet<(u64, u64)> = HashSet::new();
@@ -353,7 +366,6 @@ pub fn record(opts: &RecordOptions) -> Result<Recording, Error> {
 
 /// The class width: the one asked for, else the one that puts
 /// `urgent_span` (the time until the units were active) in
-/// [`URGENT_CLASSES`] classes.
 /// [`URGENT_CLASSES`] classes (rounded up, so the last millisecond of the
 /// span is still in the last of them), in ms.
 fn class_width_ms(asked: Option<Duration>, urgent_span: Duration) -> u64 {
@@ -365,6 +377,63 @@ fn class_width_ms(asked: Option<Duration>, urgent_span: Duration) -> u64 {
             .div_ceil(u64::from(URGENT_CLASSES))
             .max(ms(MIN_CLASS_WIDTH)),
     }
+}
+
+/// DAMON's sysfs interface: one directory per kdamond (monitoring thread).
+const DAMON_KDAMONDS: &str = "/sys/kernel/mm/damon/admin/kdamonds";
+
+/// Most kdamonds, contexts of one and schemes of one looked at.
+const DAMON_MAX_ENTRIES: usize = 64;
+
+/// The kdamonds under `kdamonds` (DAMON's sysfs directory) that are on and
+/// have a `pageout` scheme: proactive reclaim, which evicts page cache
+/// that is not used again within its age limit. Empty without DAMON. Only
+/// small sysfs files are read, and at most [`DAMON_MAX_ENTRIES`] entries of
+/// each directory.
+fn proactive_reclaim(kdamonds: &Path) -> Vec<String> {
+    // The numbered entries of `dir` (kdamonds, contexts, schemes).
+    let numbered = |dir: &Path| -> Vec<PathBuf> {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .take(DAMON_MAX_ENTRIES)
+            .filter(|e| {
+                e.file_name()
+                    .to_str()
+                    .is_some_and(|n| n.parse::<u32>().is_ok())
+            })
+            .map(|e| e.path())
+            .collect()
+    };
+    let word = |path: PathBuf| -> Option<String> {
+        let mut text = String::new();
+        std::fs::File::open(path)
+            .ok()?
+            .take(64)
+            .read_to_string(&mut text)
+            .ok()?;
+        Some(text.trim().to_owned())
+    };
+    let mut on = Vec::new();
+    for kdamond in numbered(kdamonds) {
+        if word(kdamond.join("state")).as_deref() != Some("on") {
+            continue;
+        }
+        let pages_out = numbered(&kdamond.join("contexts")).iter().any(|context| {
+            numbered(&context.join("schemes"))
+                .into_iter()
+                .any(|scheme| word(scheme.join("action")).as_deref() == Some("pageout"))
+        });
+        if pages_out {
+            if let Some(name) = kdamond.file_name() {
+                on.push(name.to_string_lossy().into_owned());
+            }
+        }
+    }
+    on.sort();
+    on
 }
 
 /// A fanotify group watching every filesystem of `opts.mounts`.
@@ -662,6 +731,28 @@ fn unit_active(unit: &str) -> std::io::Result<bool> {
 mod tests {
     use super::*;
     use crate::source::parse_list;
+
+    #[test]
+    fn proactive_reclaim_is_an_on_kdamond_with_a_pageout_scheme() {
+        let dir = tempfile::tempdir().unwrap();
+        let put = |rel: &str, text: &str| {
+            let path = dir.path().join(rel);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap();
+        };
+        // 0: on, its second context pages out; 1: on, only statistics;
+        // 2: pages out but off; a stray file is no kdamond.
+        put("0/state", "on\n");
+        put("0/contexts/0/schemes/0/action", "stat\n");
+        put("0/contexts/1/schemes/0/action", "pageout\n");
+        put("1/state", "on\n");
+        put("1/contexts/0/schemes/0/action", "stat\n");
+        put("2/state", "off\n");
+        put("2/contexts/0/schemes/0/action", "pageout\n");
+        put("nr_kdamonds", "3\n");
+        assert_eq!(proactive_reclaim(dir.path()), ["0"]);
+        assert!(proactive_reclaim(&dir.path().join("absent")).is_empty());
+    }
 
     #[test]
     fn a_recording_reads_back_as_its_list() {
