@@ -69,10 +69,8 @@ pub struct Options {
     pub buffered: bool,
     /// Testbed throughput cap, MiB/s.
     pub max_mibps: Option<f64>,
-    /// Repetitions of every method in the direct-I/O scenarios.
+    /// Repetitions of every method in every scenario.
     pub repeat: usize,
-    /// Repetitions in the buffered-loop scenario.
-    pub repeat_buffered: usize,
     /// Kill any single method after this long.
     pub timeout: Duration,
     /// Run only the methods whose key contains one of these (empty: all).
@@ -234,7 +232,7 @@ impl Harness {
             .collect();
         if o.buffered && !o.ci && shape == Shape::Node {
             if let Some(&c) = o.concurrencies.first() {
-                out.push(mk(false, c, o.repeat_buffered, false));
+                out.push(mk(false, c, o.repeat, false));
             }
         }
         out
