@@ -285,7 +285,7 @@ pub fn record(cmd: &RecordCmd, ui: Ui) -> Result<u8> {
         write_stdout(|out| {
             writeln!(
                 out,
-                "wrote {}: {} files, {} in their read ranges, in {} ms (ended by {}); {} events ({:.0}/s), {} files seen, {} with nothing cached, {} changed, {} over the cap, {} queue overflows; recorder: {:.0} ms CPU, {} KiB peak RSS",
+                "wrote {}: {} files, {} in their read ranges, in {} ms (ended by {}); {} events ({:.0}/s), {} files seen, {} with nothing cached, {} changed, {} over the cap, {} queue overflows, {} read and evicted before the end (kept from earlier looks); recorder: {:.0} ms CPU, {} KiB peak RSS",
                 cmd.output.display(),
                 s.files_recorded,
                 format_bytes(s.bytes_recorded),
@@ -298,6 +298,7 @@ pub fn record(cmd: &RecordCmd, ui: Ui) -> Result<u8> {
                 s.changed,
                 s.over_cap,
                 s.overflows,
+                format_bytes(s.bytes_evicted),
                 s.cpu_ms,
                 s.max_rss_kib
             )

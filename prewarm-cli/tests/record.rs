@@ -92,11 +92,12 @@ fn workload(mnt: &Path) {
 }
 
 /// Holds `len` bytes of `path` from `offset` in memory until dropped. The
-/// recorder takes what the page cache holds at the end for what was read,
-/// and these machines run proactive reclaim (a DAMON `pageout` scheme),
-/// which evicts clean pages read seconds before: so the workload holds
-/// what it read, as a service holds its mapped binary. The mapping is
-/// `MADV_RANDOM`, so locking it reads nothing around the range.
+/// recorder takes what the page cache holds (every second and at the end)
+/// for what was read, and these machines run proactive reclaim (a DAMON
+/// `pageout` scheme), which can evict a clean page within a second of its
+/// read: so the workload holds what it read, as a service holds its mapped
+/// binary. The mapping is `MADV_RANDOM`, so locking it reads nothing
+/// around the range.
 fn hold(path: &Path, offset: u64, len: usize) -> memmap2::Mmap {
     let file = fs::File::open(path).unwrap();
     // Safety: the mapping is never read by this process (only locked);
@@ -282,6 +283,69 @@ fn files_read_before_the_recorder_started_join_an_earlier_class() {
             "{got:?}"
         );
     }
+    drop(m);
+    drop(lo);
+}
+
+/// A page read and then evicted before the recording ends (here by
+/// `POSIX_FADV_DONTNEED`, as reclaim would) is still recorded: a look at
+/// the page cache while watching saw it, and the summary counts it.
+#[test]
+fn pages_evicted_before_the_end_are_still_recorded() {
+    if !privileged(
+        "pages_evicted_before_the_end",
+        &["mkfs.ext4", "losetup", "dd"],
+    ) {
+        return;
+    }
+    let _serial = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let (lo, m) = image(tmp.path());
+    let rec = tmp.path().join("boot.rec");
+    let mut child = start_recording(&[
+        "--json",
+        "--duration",
+        "4s",
+        "-o",
+        rec.to_str().unwrap(),
+        m.dir.to_str().unwrap(),
+    ]);
+    let big = m.dir.join("big");
+    let script = format!(
+        "dd if={} of=/dev/null bs=65536 skip={} count=1 2>/dev/null",
+        big.display(),
+        AT / 65536
+    );
+    cmd("sh", &["-c", &script]);
+    let held = hold(&big, AT, 65536);
+    // The recorder looks every second: two looks see the range held.
+    std::thread::sleep(Duration::from_millis(2500));
+    drop(held);
+    let f = fs::File::open(&big).unwrap();
+    posix_fadvise(f.as_raw_fd(), 0, 0, PosixFadviseAdvice::POSIX_FADV_DONTNEED).unwrap();
+    drop(f);
+    assert_eq!(wait(&mut child, Duration::from_secs(20)), 0);
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    let summary: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(u(&summary["looks"]) >= 2, "{summary}");
+    assert!(u(&summary["bytes_evicted"]) >= 65536, "{summary}");
+
+    let got = entries(&rec);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].0, big);
+    let ranges = got[0].2.clone().unwrap();
+    assert!(
+        ranges
+            .iter()
+            .any(|r| r.offset <= AT && r.end() >= AT + 65536),
+        "the range read, then evicted, is recorded: {ranges:?}"
+    );
     drop(m);
     drop(lo);
 }

@@ -99,8 +99,8 @@ fn main() -> Result<()> {
             files.push(path);
         }
         sh("umount", &[&m])?;
-        let (mut base, mut with, mut eps, mut cpu, mut rss, mut recorded) =
-            (vec![], vec![], vec![], vec![], vec![], vec![]);
+        let (mut base, mut with, mut eps, mut cpu, mut rss, mut recorded, mut looks) =
+            (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
         for run in 0..runs {
             // Without the recorder.
             sh("mount", &[&lo, &m])?;
@@ -141,6 +141,7 @@ fn main() -> Result<()> {
             cpu.push(summary["cpu_ms"].as_f64().unwrap_or(0.0));
             rss.push(summary["max_rss_kib"].as_f64().unwrap_or(0.0));
             recorded.push(summary["files_recorded"].as_f64().unwrap_or(0.0));
+            looks.push(summary["looks"].as_f64().unwrap_or(0.0));
             sh("umount", &[&m])?;
             eprintln!(
                 "run {run}: without {:.1} ms, with {:.1} ms, {events} events, {} files recorded",
@@ -165,6 +166,10 @@ fn main() -> Result<()> {
             median(cpu)
         );
         println!("| recorder peak RSS, KiB | {:.0} |", median(rss));
+        println!(
+            "| files looked at in the page cache while watching | {:.0} |",
+            median(looks)
+        );
         Ok(())
     })();
     let _ = Command::new("umount")

@@ -14,19 +14,25 @@
 //!    per file, not one per read. The recorder's own accesses are ignored.
 //!    At most [`MAX_RECORDED_FILES`] files are recorded (the rest are
 //!    counted), which bounds the memory at about 200 bytes a file.
-//! 2. **Asking the page cache.** When the watch ends (the `--until` units
-//!    are active and the settle time has passed, the `--duration` is over,
-//!    or SIGTERM/SIGINT), each recorded file is opened again and
-//!    [`residency`] says which of its pages are cached. Those are the ranges
-//!    that were read (readahead included); pages nobody touched are not.
-//!    A file with none (opened, never read, or evicted since) is left out.
+//! 2. **Asking the page cache.** [`residency`] says which pages of a file
+//!    are cached: those were read (readahead included); pages nobody
+//!    touched are not. It is asked while watching, a few files at a time
+//!    ([`ResidencyLooks`]: every [`LOOK_EVERY`], at most [`LOOK_BUDGET`] of
+//!    work, so at most 5 % of a CPU), and once more for every file when
+//!    the watch ends (the `--until` units are active and the settle time
+//!    has passed, the `--duration` is over, or SIGTERM/SIGINT). A file's
+//!    ranges are the union of what every look found. A file with none
+//!    (opened, never read) is left out.
 //!
-//!    So what is evicted before the end is missing from the recording:
-//!    under memory pressure, but also on machines that reclaim cold pages
-//!    proactively. A DAMON `pageout` scheme (these test machines run one)
-//!    pages out clean page cache that was read seconds ago; the recorder
-//!    warns when one is on ([`proactive_reclaim`]), and a recording made
-//!    there should be merged with another or checked.
+//!    The looks while watching are there because a page can be evicted
+//!    between its read and the end: under memory pressure, and on
+//!    machines that reclaim cold pages proactively. A DAMON `pageout`
+//!    scheme (these test machines run one) pages out clean page cache that
+//!    was read seconds before. What an earlier look saw and the end no
+//!    longer had is counted ([`RecordStats::bytes_evicted`]); what was
+//!    read and evicted between two looks of its file is still missed, so
+//!    the recorder warns when a DAMON `pageout` scheme is on
+//!    ([`proactive_reclaim`]).
 //!
 //! The recording is a list ([`crate::source::list`]) with byte ranges, one
 //! line per file in first-access order, and its priority class says when
@@ -76,6 +82,11 @@ const UNIT_POLL: Duration = Duration::from_millis(500);
 const UNIT_CALL_TIMEOUT: Duration = Duration::from_secs(2);
 /// Longest wait for events before the stop conditions are looked at again.
 const EVENT_POLL_MS: u16 = 100;
+/// How often the page cache is asked about recorded files while watching.
+const LOOK_EVERY: Duration = Duration::from_secs(1);
+/// Most time one round of those looks takes; the next round goes on from
+/// the file this one stopped at.
+const LOOK_BUDGET: Duration = Duration::from_millis(50);
 
 /// What to record, and when to stop.
 #[derive(Debug, Clone)]
@@ -167,7 +178,7 @@ pub struct RecordedFile {
     pub first_access_ms: u64,
     /// Its priority class.
     pub priority: u32,
-    /// What of it was in the page cache at the end.
+    /// What of it the page cache held, at any look (see the module doc).
     pub ranges: Vec<ByteRange>,
 }
 
@@ -182,7 +193,7 @@ pub struct RecordStats {
     pub files_recorded: u64,
     /// Bytes in their ranges.
     pub bytes_recorded: u64,
-    /// Files met with nothing in the page cache at the end: left out.
+    /// Files met with nothing in the page cache at any look: left out.
     pub not_resident: u64,
     /// Files gone or replaced (another inode) by the end: left out.
     pub changed: u64,
@@ -203,6 +214,12 @@ pub struct RecordStats {
     /// Files found cached at the end that no event named
     /// ([`RecordOptions::resident_before`]).
     pub resident_before: u64,
+    /// Files the page cache was asked about while watching (one file can
+    /// count many times).
+    pub looks: u64,
+    /// Bytes an earlier look found cached that the end no longer had:
+    /// read, then evicted (they are in the recording).
+    pub bytes_evicted: u64,
 }
 
 /// A finished recording.
@@ -234,7 +251,7 @@ impl Recording {
         );
         let _ = writeln!(
             out,
-            "# priority = {FIRST_CLASS} + ms since the start / {}; @ranges: what was in the page cache at the end",
+            "# priority = {FIRST_CLASS} + ms since the start / {}; @ranges: what the page cache held of it, at any look",
             self.class_width_ms
         );
         for f in &self.files {
@@ -263,6 +280,82 @@ struct Seen {
     dev: u64,
     ino: u64,
     at: Duration,
+    /// What earlier looks found cached, sorted and merged.
+    cached: Vec<ByteRange>,
+}
+
+impl Seen {
+    /// What of this file the page cache holds now, and its size; `None`
+    /// when the path no longer names this file (gone or replaced).
+    fn look(&self) -> Option<(Vec<ByteRange>, u64)> {
+        let (file, _) = open_file(&self.path, false).ok()?;
+        let meta = file.metadata().ok()?;
+        if meta.dev() != self.dev || meta.ino() != self.ino {
+            return None;
+        }
+        let cached = residency::resident_ranges(&file, meta.len()).unwrap_or_else(|e| {
+            tracing::debug!(path = %self.path.display(), "mincore: {e}");
+            Vec::new()
+        });
+        Some((cached, meta.len()))
+    }
+
+    /// Add `found` to what was found cached before.
+    fn remember(&mut self, found: &[ByteRange]) {
+        self.cached = union_ranges(&self.cached, found);
+    }
+}
+
+/// The union of two sorted, merged range lists (through the crate's one
+/// interval algebra).
+fn union_ranges(a: &[ByteRange], b: &[ByteRange]) -> Vec<ByteRange> {
+    let spans =
+        |r: &[ByteRange]| -> Vec<(u64, u64)> { r.iter().map(|r| (r.offset, r.end())).collect() };
+    crate::plan::spans::union(&spans(a), &spans(b))
+        .into_iter()
+        .map(|(start, end)| ByteRange {
+            offset: start,
+            len: end - start,
+        })
+        .collect()
+}
+
+/// The looks at the page cache while watching: every [`LOOK_EVERY`], the
+/// recorded files in turn for at most [`LOOK_BUDGET`], going on next time
+/// from where the last round stopped.
+struct ResidencyLooks {
+    next_round: Instant,
+    cursor: usize,
+}
+
+impl ResidencyLooks {
+    fn new(start: Instant) -> Self {
+        ResidencyLooks {
+            next_round: start + LOOK_EVERY,
+            cursor: 0,
+        }
+    }
+
+    /// One round, if one is due.
+    fn run_if_due(&mut self, files: &mut [Seen], stats: &mut RecordStats) {
+        let now = Instant::now();
+        if now < self.next_round || files.is_empty() {
+            return;
+        }
+        for _ in 0..files.len() {
+            if now.elapsed() >= LOOK_BUDGET {
+                break;
+            }
+            self.cursor %= files.len();
+            let seen = &mut files[self.cursor];
+            if let Some((found, _)) = seen.look() {
+                seen.remember(&found);
+            }
+            stats.looks += 1;
+            self.cursor += 1;
+        }
+        self.next_round = Instant::now() + LOOK_EVERY;
+    }
 }
 
 /// Record until a stop condition of `opts` (see the module doc). Fails only
@@ -286,6 +379,7 @@ pub fn record(opts: &RecordOptions) -> Result<Recording, Error> {
     let mut files: Vec<Seen> = Vec::new();
     let own_pid = std::process::id() as i32;
     let mut settled_at: Option<Instant> = None;
+    let mut looks = ResidencyLooks::new(start);
     let ended = loop {
         match opts.stop.check() {
             Some(StopReason::Cancelled) => break RecordEnd::Cancelled,
@@ -306,6 +400,7 @@ pub fn record(opts: &RecordOptions) -> Result<Recording, Error> {
         if settled_at.is_some_and(|t| t.elapsed() >= opts.settle) {
             break RecordEnd::UnitsSettled;
         }
+        looks.run_if_due(&mut files, &mut stats);
         let mut fds = [PollFd::new(fan.as_fd(), PollFlags::POLLIN)];
         match poll(&mut fds, PollTimeout::from(EVENT_POLL_MS)) {
             Ok(0) | Err(Errno::EINTR) => continue,
@@ -547,6 +642,7 @@ fn handle_event(
         dev: st.st_dev,
         ino: st.st_ino,
         at: start.elapsed(),
+        cached: Vec::new(),
     });
 }
 
@@ -608,34 +704,30 @@ fn resident_unseen(
     out
 }
 
-/// Each file met, with what of it is cached now; files with nothing cached,
-/// or gone or replaced since, are left out (and counted).
+/// Each file met, with what of it is cached now or was at an earlier
+/// look; files with nothing cached at any look, or gone or replaced by the
+/// end, are left out (and counted).
 fn resolve_ranges(files: Vec<Seen>, class_ms: u64, stats: &mut RecordStats) -> Vec<RecordedFile> {
     let mut out = Vec::with_capacity(files.len());
-    for seen in files {
+    for mut seen in files {
         if !seen.path.is_absolute() || seen.path.as_os_str().as_encoded_bytes().contains(&b'\n') {
             stats.unlistable += 1;
             continue;
         }
-        let Ok((file, _)) = open_file(&seen.path, false) else {
+        let Some((now, size)) = seen.look() else {
             stats.changed += 1;
             continue;
         };
-        let Ok(meta) = file.metadata() else {
-            stats.changed += 1;
-            continue;
-        };
-        if meta.dev() != seen.dev || meta.ino() != seen.ino {
-            stats.changed += 1;
-            continue;
-        }
-        let ranges = match residency::resident_ranges(&file, meta.len()) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::debug!(path = %seen.path.display(), "mincore: {e}");
-                Vec::new()
-            }
-        };
+        let before: u64 = now.iter().map(|r| r.len).sum();
+        // A file cut short since an earlier look: nothing past its end.
+        seen.cached.retain_mut(|r| {
+            r.len = r.len.min(size.saturating_sub(r.offset));
+            r.len > 0
+        });
+        seen.remember(&now);
+        let ranges = seen.cached;
+        let total: u64 = ranges.iter().map(|r| r.len).sum();
+        stats.bytes_evicted += total - before;
         if ranges.is_empty() {
             stats.not_resident += 1;
             continue;
@@ -731,6 +823,70 @@ fn unit_active(unit: &str) -> std::io::Result<bool> {
 mod tests {
     use super::*;
     use crate::source::parse_list;
+
+    #[test]
+    fn what_an_earlier_look_saw_stays_in_the_recording_cut_at_the_end() {
+        use std::os::fd::AsRawFd;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, vec![7u8; 1 << 20]).unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        file.sync_all().unwrap();
+        nix::fcntl::posix_fadvise(
+            file.as_raw_fd(),
+            0,
+            0,
+            nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+        )
+        .unwrap();
+        let meta = file.metadata().unwrap();
+        let mut seen = Seen {
+            path: path.clone(),
+            dev: meta.dev(),
+            ino: meta.ino(),
+            at: Duration::from_millis(250),
+            cached: Vec::new(),
+        };
+        let (now, size) = seen.look().unwrap();
+        assert_eq!(size, 1 << 20);
+        if !now.is_empty() {
+            eprintln!(
+                "skipped: the page cache of {} cannot be dropped here",
+                path.display()
+            );
+            return;
+        }
+        // An earlier look saw 64 KiB at 256 KiB and 4 MiB from 768 KiB
+        // (the file was longer then); both are gone from the cache now.
+        let r = |offset, len| ByteRange { offset, len };
+        seen.remember(&[r(768 << 10, 4 << 20)]);
+        seen.remember(&[r(256 << 10, 64 << 10)]);
+        let mut stats = RecordStats::default();
+        let got = resolve_ranges(vec![seen], 100, &mut stats);
+        assert_eq!(got.len(), 1);
+        assert_eq!(
+            got[0].ranges,
+            [r(256 << 10, 64 << 10), r(768 << 10, 256 << 10)]
+        );
+        assert_eq!(got[0].priority, FIRST_CLASS + 2);
+        assert_eq!(stats.bytes_evicted, 320 << 10);
+        assert_eq!(stats.not_resident, 0);
+
+        // Replaced by another file: left out, whatever was seen before.
+        let mut gone = Seen {
+            path: path.clone(),
+            dev: meta.dev(),
+            ino: meta.ino(),
+            at: Duration::ZERO,
+            cached: vec![r(0, 4096)],
+        };
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, b"new").unwrap();
+        gone.remember(&[]);
+        let got = resolve_ranges(vec![gone], 100, &mut stats);
+        assert!(got.is_empty());
+        assert_eq!(stats.changed, 1);
+    }
 
     #[test]
     fn proactive_reclaim_is_an_on_kdamond_with_a_pageout_scheme() {
