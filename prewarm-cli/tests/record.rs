@@ -33,10 +33,27 @@ fn image(dir: &Path) -> (LoopDev, Mounted) {
     fs::write(m.dir.join("untouched"), vec![3u8; 1 << 20]).unwrap();
     cmd("sync", &[]);
     for name in ["small", "big", "untouched"] {
-        let f = fs::File::open(m.dir.join(name)).unwrap();
-        posix_fadvise(f.as_raw_fd(), 0, 0, PosixFadviseAdvice::POSIX_FADV_DONTNEED).unwrap();
+        drop_cached(&m.dir.join(name));
     }
     (lo, m)
+}
+
+/// Evict the clean pages of `path` from the page cache, as reclaim would.
+fn drop_cached(path: &Path) {
+    let f = fs::File::open(path).unwrap();
+    posix_fadvise(f.as_raw_fd(), 0, 0, PosixFadviseAdvice::POSIX_FADV_DONTNEED).unwrap();
+}
+
+/// Everything the recorder printed on standard output, once it has ended.
+fn stdout_of(child: &mut Child) -> String {
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    out
 }
 
 /// `prewarm record ARGS`, returned once it says it is watching.
@@ -124,41 +141,62 @@ fn entries(rec: &Path) -> Vec<(PathBuf, u32, Option<Vec<ByteRange>>)> {
         .collect()
 }
 
-#[test]
-fn record_names_what_was_read_in_order_and_plans_only_that() {
-    if !privileged(
-        "record_names_what_was_read",
-        &["mkfs.ext4", "losetup", "dd"],
-    ) {
-        return;
+/// A recording of a fresh [`image`]: the recorder, started with the
+/// arguments asked for and `-o REC MNT`, and what it watches. Fields drop
+/// in order: the mount before its loop device, the directory after both,
+/// the lock last.
+struct Session {
+    child: Child,
+    rec: PathBuf,
+    m: Mounted,
+    _lo: LoopDev,
+    _tmp: tempfile::TempDir,
+    _serial: std::sync::MutexGuard<'static, ()>,
+}
+
+/// A [`Session`], or none when privileged tests are skipped.
+fn session(test: &str, tools: &[&str], args: &[&str]) -> Option<Session> {
+    if !privileged(test, tools) {
+        return None;
     }
-    let _serial = serial();
+    let serial = serial();
     let tmp = tempfile::tempdir().unwrap();
     let (lo, m) = image(tmp.path());
     let rec = tmp.path().join("boot.rec");
-    let mut child = start_recording(&[
-        "--duration",
-        "3s",
-        "-o",
-        rec.to_str().unwrap(),
-        m.dir.to_str().unwrap(),
-    ]);
+    let (out, dir) = (rec.to_str().unwrap(), m.dir.to_str().unwrap());
+    let mut all = args.to_vec();
+    all.extend(["-o", out, dir]);
+    let child = start_recording(&all);
+    Some(Session {
+        child,
+        rec,
+        m,
+        _lo: lo,
+        _tmp: tmp,
+        _serial: serial,
+    })
+}
+
+#[test]
+fn record_names_what_was_read_in_order_and_plans_only_that() {
+    let Some(mut s) = session(
+        "record_names_what_was_read",
+        &["mkfs.ext4", "losetup", "dd"],
+        &["--duration", "3s"],
+    ) else {
+        return;
+    };
+    let (m, rec) = (&s.m, &s.rec);
     workload(&m.dir);
     let _held = [
         hold(&m.dir.join("small"), 0, 10 << 10),
         hold(&m.dir.join("big"), AT, 65536),
     ];
-    assert_eq!(wait(&mut child, Duration::from_secs(20)), 0);
-    let mut summary = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut summary)
-        .unwrap();
+    assert_eq!(wait(&mut s.child, Duration::from_secs(20)), 0);
+    let summary = stdout_of(&mut s.child);
     assert!(summary.contains("ended by the duration"), "{summary}");
 
-    let got = entries(&rec);
+    let got = entries(rec);
     let names: Vec<_> = got.iter().map(|(p, _, _)| p.clone()).collect();
     assert_eq!(
         names,
@@ -197,7 +235,7 @@ fn record_names_what_was_read_in_order_and_plans_only_that() {
 
     // A manifest carries the ranges; a changed file is mapped again for
     // them only.
-    let manifest = tmp.path().join("boot.manifest");
+    let manifest = rec.with_file_name("boot.manifest");
     let out = prewarm(&[
         "plan",
         "--paths",
@@ -215,20 +253,14 @@ fn record_names_what_was_read_in_order_and_plans_only_that() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(u(&run["manifest"]["changed"]), 1, "{}", run["manifest"]);
     assert!(u(&run["planned_bytes"]) <= covered + (4 << 20), "{run}");
-    drop(m);
-    drop(lo);
 }
 
 #[test]
 fn sigterm_ends_a_recording_with_it_written() {
-    if !privileged("sigterm_ends_a_recording", &["mkfs.ext4", "losetup"]) {
+    let Some(mut s) = session("sigterm_ends_a_recording", &["mkfs.ext4", "losetup"], &[]) else {
         return;
-    }
-    let _serial = serial();
-    let tmp = tempfile::tempdir().unwrap();
-    let (lo, m) = image(tmp.path());
-    let rec = tmp.path().join("boot.rec");
-    let mut child = start_recording(&["-o", rec.to_str().unwrap(), m.dir.to_str().unwrap()]);
+    };
+    let m = &s.m;
     let mut f = fs::File::open(m.dir.join("big")).unwrap();
     f.seek(SeekFrom::Start(AT)).unwrap();
     let mut buf = vec![0u8; 4096];
@@ -236,17 +268,15 @@ fn sigterm_ends_a_recording_with_it_written() {
     let _held = hold(&m.dir.join("big"), AT, 4096);
     std::thread::sleep(Duration::from_millis(300));
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::unistd::Pid::from_raw(s.child.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
-    assert_eq!(wait(&mut child, Duration::from_secs(10)), 0);
-    let got = entries(&rec);
+    assert_eq!(wait(&mut s.child, Duration::from_secs(10)), 0);
+    let got = entries(&s.rec);
     assert_eq!(got.len(), 1, "{got:?}");
     assert_eq!(got[0].0, m.dir.join("big"));
     drop(f);
-    drop(m);
-    drop(lo);
 }
 
 #[test]
@@ -292,25 +322,14 @@ fn files_read_before_the_recorder_started_join_an_earlier_class() {
 /// the page cache while watching saw it, and the summary counts it.
 #[test]
 fn pages_evicted_before_the_end_are_still_recorded() {
-    if !privileged(
+    let Some(mut s) = session(
         "pages_evicted_before_the_end",
         &["mkfs.ext4", "losetup", "dd"],
-    ) {
+        &["--json", "--duration", "4s"],
+    ) else {
         return;
-    }
-    let _serial = serial();
-    let tmp = tempfile::tempdir().unwrap();
-    let (lo, m) = image(tmp.path());
-    let rec = tmp.path().join("boot.rec");
-    let mut child = start_recording(&[
-        "--json",
-        "--duration",
-        "4s",
-        "-o",
-        rec.to_str().unwrap(),
-        m.dir.to_str().unwrap(),
-    ]);
-    let big = m.dir.join("big");
+    };
+    let big = s.m.dir.join("big");
     let script = format!(
         "dd if={} of=/dev/null bs=65536 skip={} count=1 2>/dev/null",
         big.display(),
@@ -321,22 +340,13 @@ fn pages_evicted_before_the_end_are_still_recorded() {
     // The recorder looks every second: two looks see the range held.
     std::thread::sleep(Duration::from_millis(2500));
     drop(held);
-    let f = fs::File::open(&big).unwrap();
-    posix_fadvise(f.as_raw_fd(), 0, 0, PosixFadviseAdvice::POSIX_FADV_DONTNEED).unwrap();
-    drop(f);
-    assert_eq!(wait(&mut child, Duration::from_secs(20)), 0);
-    let mut out = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
-    let summary: serde_json::Value = serde_json::from_str(&out).unwrap();
+    drop_cached(&big);
+    assert_eq!(wait(&mut s.child, Duration::from_secs(20)), 0);
+    let summary: serde_json::Value = serde_json::from_str(&stdout_of(&mut s.child)).unwrap();
     assert!(u(&summary["looks"]) >= 2, "{summary}");
     assert!(u(&summary["bytes_evicted"]) >= 65536, "{summary}");
 
-    let got = entries(&rec);
+    let got = entries(&s.rec);
     assert_eq!(got.len(), 1, "{got:?}");
     assert_eq!(got[0].0, big);
     let ranges = got[0].2.clone().unwrap();
@@ -346,6 +356,4 @@ fn pages_evicted_before_the_end_are_still_recorded() {
             .any(|r| r.offset <= AT && r.end() >= AT + 65536),
         "the range read, then evicted, is recorded: {ranges:?}"
     );
-    drop(m);
-    drop(lo);
 }
