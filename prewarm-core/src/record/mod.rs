@@ -71,6 +71,7 @@ use crate::error::Error;
 use crate::map::extent::open_file;
 use crate::map::ByteRange;
 use crate::source::list::format_line;
+use crate::source::union_within;
 
 /// Most files one recording holds.
 pub const MAX_RECORDED_FILES: usize = 1 << 20;
@@ -302,22 +303,8 @@ impl Seen {
 
     /// Add `found` to what was found cached before.
     fn remember(&mut self, found: &[ByteRange]) {
-        self.cached = union_ranges(&self.cached, found);
+        self.cached = union_within(&self.cached, found, u64::MAX);
     }
-}
-
-/// The union of two sorted, merged range lists (through the crate's one
-/// interval algebra).
-fn union_ranges(a: &[ByteRange], b: &[ByteRange]) -> Vec<ByteRange> {
-    let spans =
-        |r: &[ByteRange]| -> Vec<(u64, u64)> { r.iter().map(|r| (r.offset, r.end())).collect() };
-    crate::plan::spans::union(&spans(a), &spans(b))
-        .into_iter()
-        .map(|(start, end)| ByteRange {
-            offset: start,
-            len: end - start,
-        })
-        .collect()
 }
 
 /// The looks at the page cache while watching: every [`LOOK_EVERY`], the
@@ -338,12 +325,12 @@ impl ResidencyLooks {
 
     /// One round, if one is due.
     fn run_if_due(&mut self, files: &mut [Seen], stats: &mut RecordStats) {
-        let now = Instant::now();
-        if now < self.next_round || files.is_empty() {
+        let round = Instant::now();
+        if round < self.next_round || files.is_empty() {
             return;
         }
         for _ in 0..files.len() {
-            if now.elapsed() >= LOOK_BUDGET {
+            if round.elapsed() >= LOOK_BUDGET {
                 break;
             }
             self.cursor %= files.len();
@@ -709,7 +696,7 @@ fn resident_unseen(
 /// end, are left out (and counted).
 fn resolve_ranges(files: Vec<Seen>, class_ms: u64, stats: &mut RecordStats) -> Vec<RecordedFile> {
     let mut out = Vec::with_capacity(files.len());
-    for mut seen in files {
+    for seen in files {
         if !seen.path.is_absolute() || seen.path.as_os_str().as_encoded_bytes().contains(&b'\n') {
             stats.unlistable += 1;
             continue;
@@ -719,13 +706,9 @@ fn resolve_ranges(files: Vec<Seen>, class_ms: u64, stats: &mut RecordStats) -> V
             continue;
         };
         let before: u64 = now.iter().map(|r| r.len).sum();
-        // A file cut short since an earlier look: nothing past its end.
-        seen.cached.retain_mut(|r| {
-            r.len = r.len.min(size.saturating_sub(r.offset));
-            r.len > 0
-        });
-        seen.remember(&now);
-        let ranges = seen.cached;
+        // Cut at the end's size: a file cut short since an earlier look
+        // has nothing past its end.
+        let ranges = union_within(&seen.cached, &now, size);
         let total: u64 = ranges.iter().map(|r| r.len).sum();
         stats.bytes_evicted += total - before;
         if ranges.is_empty() {

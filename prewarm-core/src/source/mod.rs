@@ -158,6 +158,15 @@ fn ranges_of(spans: &[Span]) -> Vec<ByteRange> {
         .collect()
 }
 
+/// The union of the byte ranges `a` and `b` of a file, cut at `size`:
+/// sorted and merged.
+pub(crate) fn union_within(a: &[ByteRange], b: &[ByteRange], size: u64) -> Vec<ByteRange> {
+    ranges_of(&spans::union(
+        &spans_of(Some(a), size),
+        &spans_of(Some(b), size),
+    ))
+}
+
 /// A whole block device to read (a full-volume sweep, like `fio
 /// --rw=read`, through the same engine and merged with any file plan on
 /// the same device).
@@ -1030,13 +1039,7 @@ impl<'a> Collector<'a> {
     fn widen_in_batch(&mut self, idx: usize, entry: &SourceEntry) {
         let first = &mut self.set.files[idx];
         first.ranges = match (&first.ranges, &entry.ranges) {
-            (Some(had), Some(asked)) => {
-                let union = spans::union(
-                    &spans_of(Some(had), first.size),
-                    &spans_of(Some(asked), first.size),
-                );
-                Some(ranges_of(&union))
-            }
+            (Some(had), Some(asked)) => Some(union_within(had, asked, first.size)),
             _ => None,
         };
         first.priority = first.priority.min(entry.priority);
