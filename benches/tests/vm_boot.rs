@@ -9,17 +9,21 @@
 //!
 //! 1. the initrd unit ran before switch-root;
 //! 2. `prewarm.service` was READY before the stand-in kubelet started;
-//! 3. the stand-in's big file was hydrated by prewarm, not by the stand-in
-//!    (every chunk of it hydrated before the stand-in's marker chunk was
-//!    fetched, and named in prewarm's reports); the boot without prewarm is
-//!    the control: there the stand-in hydrates them itself;
+//! 3. with the hand-written manifest, the stand-in's big file was hydrated
+//!    by prewarm, not by the stand-in (every chunk of it hydrated before the
+//!    stand-in's marker chunk was fetched, and named in prewarm's reports);
+//!    with the recorded one, prewarm read all of it and the initrd's part
+//!    was hydrated before that fetch (the recording's clock may put the file
+//!    one class past the initrd's, in the root phase's background, read
+//!    beside the stand-in); the boot without prewarm is the control: there
+//!    the stand-in hydrates them itself;
 //! 4. no chunk was read twice by prewarm (initrd and root phase reports name
 //!    disjoint chunk sets);
 //! 5. the recording names the stand-in kubelet and the files systemd runs
 //!    before it, in first-access order; the recorded manifest covers at
 //!    least 90 % of the file-data chunks the boot without prewarm fetched
 //!    before the stand-in finished reading; with it the stand-in finishes
-//!    reading earlier than without, in every round;
+//!    reading earlier than without, in the median;
 //!
 //! and records kernel start → "kubelet finished reading" for every kind of boot in a
 //! `vm-boot` section for `benches/RESULTS.md`, written outside the source

@@ -92,7 +92,8 @@ lines: prewarm, the stand-in's binary, libc, libsystemd-shared, systemctl, libcr
 the manifest planned from a recorded boot (`prewarm.manifest=/etc/prewarm/recorded.manifest`, both \
 manifests in the image and the initrd), and no prewarm; on a warm disk (the same image booted \
 directly, nothing to fetch), prewarm with the hand-written list's manifest and no prewarm, which \
-shows what prewarm itself costs a boot.\n\n",
+shows what prewarm itself costs a boot (more rounds of those, as their difference is small against the emulator's noise; \"initrd started\": the \
+initrd's systemd, before which no prewarm code runs, the origin of the warm-disk target).\n\n",
         match timings.get("accel").map(String::as_str) {
             Some("kvm") => "KVM",
             _ => "TCG (KVM probed: it does not boot a stock kernel on this host)",
@@ -130,8 +131,8 @@ shows what prewarm itself costs a boot.\n\n",
         "\nEach boot, seconds since kernel start (\"hydrated first\": chunks of the binary hydrated \
 before the stand-in's first read, testbed clock; READY: `prewarm.service` became active):\n\n",
     );
-    s.push_str("| boot | disk seen | root device found | switch-root | READY | kubelet started | finished reading | reading took | hydrated first | prewarm CPU initrd / root | qemu wall |\n");
-    s.push_str("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
+    s.push_str("| boot | initrd started | disk seen | root device found | switch-root | READY | kubelet started | finished reading | reading took | hydrated first | prewarm CPU initrd / root | qemu wall |\n");
+    s.push_str("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
     for b in boots {
         let (st, done, took) = match b.standin {
             Some((a, _, c)) => (
@@ -156,6 +157,9 @@ before the stand-in's first read, testbed clock; READY: `prewarm.service` became
         };
         let (dev, switch) = (at("Found device dev-disk-by"), at("Switching root."));
         let disk = at("virtio_blk virtio0: [vda]");
+        let initrd = b
+            .initrd_started()
+            .map_or("-".to_string(), |t| format!("{t:.2}"));
         // The JSON reports' cpu_ms: what each phase's process cost.
         let cpu = |unit: &str| {
             b.reports(unit)
@@ -169,7 +173,7 @@ before the stand-in's first read, testbed clock; READY: `prewarm.service` became
             cpu("prewarm.service")
         );
         s.push_str(&format!(
-            "| {} | {disk} | {dev} | {switch} | {ready} | {st} | {done} | {took} | {hyd} | {cpu} | {wall} |\n",
+            "| {} | {initrd} | {disk} | {dev} | {switch} | {ready} | {st} | {done} | {took} | {hyd} | {cpu} | {wall} |\n",
             b.name
         ));
     }
