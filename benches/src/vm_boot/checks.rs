@@ -77,19 +77,19 @@ impl Checks {
             if b.kind == "warmwithout" {
                 checks.check(&b.name, "prewarm disabled", b.check_disabled());
             } else if b.kind == "with" || b.kind == "recorded" {
-                if b.kind == "with" {
-                    checks.check(
-                        &b.name,
+                // What each manifest promises for the stand-in's file (see
+                // check_read_by_prewarm).
+                let (what, verdict) = match b.kind.as_str() {
+                    "with" => (
                         "kubelet's file hydrated by prewarm",
                         b.check_hydrated_by_prewarm(layout),
-                    );
-                } else {
-                    checks.check(
-                        &b.name,
+                    ),
+                    _ => (
                         "kubelet's file read by prewarm, the initrd's part before the stand-in read it",
                         b.check_read_by_prewarm(layout),
-                    );
-                }
+                    ),
+                };
+                checks.check(&b.name, what, verdict);
                 checks.check(
                     &b.name,
                     "no chunk read twice by prewarm",
@@ -369,21 +369,27 @@ fn median_earlier(
 ) -> Result<String, String> {
     let (a, av) = median_of(boots, kind, &done)?;
     let (b, bv) = median_of(boots, base, &done)?;
-    let rounds: Vec<String> = pairs(boots, kind, base)
-        .into_iter()
-        .filter_map(|(x, y)| Some(format!("{} {:+.2} s", x.name, done(x)? - done(y)?)))
-        .collect();
     let detail = format!(
         "median {a:.2} s against {b:.2} s ({:+.2} s; {kind}: {}; {base}: {}; by round: {})",
         a - b,
         seconds(&av),
         seconds(&bv),
-        rounds.join(", ")
+        by_round(boots, kind, base, &done)
     );
     if a >= b {
         return Err(detail);
     }
     Ok(detail)
+}
+
+/// Each round's difference of `f` between its boot of `kind` and of
+/// `base`: "kind-N +x.xx s, ...".
+fn by_round(boots: &[Boot], kind: &str, base: &str, f: impl Fn(&Boot) -> Option<f64>) -> String {
+    pairs(boots, kind, base)
+        .into_iter()
+        .filter_map(|(x, y)| Some(format!("{} {:+.2} s", x.name, f(x)? - f(y)?)))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Most prewarm may delay the stand-in's start on a warm disk.
@@ -403,19 +409,12 @@ pub fn check_warm_cost(boots: &[Boot]) -> Result<String, String> {
     let uptime = |b: &Boot| b.standin.map(|s| s.0);
     let (ua, _) = median_of(boots, "warmwith", uptime)?;
     let (ub, _) = median_of(boots, "warmwithout", uptime)?;
-    let rounds: Vec<String> = pairs(boots, "warmwith", "warmwithout")
-        .into_iter()
-        .filter_map(|(x, y)| {
-            let d = x.start_since_initrd()? - y.start_since_initrd()?;
-            Some(format!("{} {d:+.2} s", x.name))
-        })
-        .collect();
     let detail = format!(
         "median start {a:.2} s against {b:.2} s after the initrd's systemd started ({:+.2} s; with: {}; without: {}; by round: {}); in guest uptime {ua:.2} s against {ub:.2} s ({:+.2} s)",
         a - b,
         seconds(&av),
         seconds(&bv),
-        rounds.join(", "),
+        by_round(boots, "warmwith", "warmwithout", Boot::start_since_initrd),
         ua - ub
     );
     if a - b > MAX_WARM_COST_S {
