@@ -13,10 +13,10 @@
 //!    by prewarm, not by the stand-in (every chunk of it hydrated before the
 //!    stand-in's marker chunk was fetched, and named in prewarm's reports);
 //!    with the recorded one, prewarm read all of it and the initrd's part
-//!    was hydrated before that fetch (the recording's clock may put the file
-//!    one class past the initrd's, in the root phase's background, read
-//!    beside the stand-in); the boot without prewarm is the control: there
-//!    the stand-in hydrates them itself;
+//!    was hydrated before that fetch (a recording may put the file one
+//!    class past the initrd's, in the root phase's background, read beside
+//!    the stand-in: see `check_read_by_prewarm`); the boot without prewarm
+//!    is the control: there the stand-in hydrates them itself;
 //! 4. no chunk was read twice by prewarm (initrd and root phase reports name
 //!    disjoint chunk sets);
 //! 5. the recording names the stand-in kubelet and the files systemd runs

@@ -353,7 +353,8 @@ pub struct RecordCmd {
     /// Width of a priority class: a file first read N widths after the
     /// start gets priority 10 + N. Default: what was read before the
     /// `--until` units were active (else before the end) spans classes 10
-    /// to 20, the classes the initrd run reads.
+    /// to 20, the classes the initrd run reads, and what the units' own
+    /// processes first read once they are active stays in 20.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub class_width: Option<Duration>,
 

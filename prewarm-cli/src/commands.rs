@@ -285,7 +285,7 @@ pub fn record(cmd: &RecordCmd, ui: Ui) -> Result<u8> {
         write_stdout(|out| {
             writeln!(
                 out,
-                "wrote {}: {} files, {} in their read ranges, in {} ms (ended by {}); {} events ({:.0}/s), {} files seen, {} with nothing cached, {} changed, {} over the cap, {} queue overflows, {} read and evicted before the end (kept from earlier looks); recorder: {:.0} ms CPU, {} KiB peak RSS",
+                "wrote {}: {} files, {} in their read ranges, in {} ms (ended by {}); {} events ({:.0}/s), {} files seen, {} with nothing cached, {} changed, {} over the cap, {} queue overflows, {} read and evicted before the end (kept from earlier looks), {} files first read by the --until units once active (kept urgent); recorder: {:.0} ms CPU, {} KiB peak RSS",
                 cmd.output.display(),
                 s.files_recorded,
                 format_bytes(s.bytes_recorded),
@@ -299,6 +299,7 @@ pub fn record(cmd: &RecordCmd, ui: Ui) -> Result<u8> {
                 s.over_cap,
                 s.overflows,
                 format_bytes(s.bytes_evicted),
+                s.until_unit_files,
                 s.cpu_ms,
                 s.max_rss_kib
             )

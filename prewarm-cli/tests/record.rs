@@ -3,7 +3,8 @@
 //! recording names both in first-access order, the big one with the range
 //! around what was read (not the whole file), and not the file nobody
 //! touched. The recording plans and replays only those ranges, and
-//! SIGTERM ends a recording with it written.
+//! SIGTERM ends a recording with it written; an `--until` unit's first
+//! reads once it is active stay in the urgent classes.
 
 mod common;
 
@@ -58,7 +59,16 @@ fn stdout_of(child: &mut Child) -> String {
 
 /// `prewarm record ARGS`, returned once it says it is watching.
 fn start_recording(args: &[&str]) -> Child {
-    let mut child = Command::new(assert_cmd::cargo::cargo_bin("prewarm"))
+    start_recording_with_path(args, None)
+}
+
+/// [`start_recording`] with `PATH` set to `path` (a fake `systemctl`).
+fn start_recording_with_path(args: &[&str], path: Option<&str>) -> Child {
+    let mut command = Command::new(assert_cmd::cargo::cargo_bin("prewarm"));
+    if let Some(path) = path {
+        command.env("PATH", path);
+    }
+    let mut child = command
         .arg("record")
         .args(args)
         .env("RUST_LOG", "info")
@@ -156,6 +166,16 @@ struct Session {
 
 /// A [`Session`], or none when privileged tests are skipped.
 fn session(test: &str, tools: &[&str], args: &[&str]) -> Option<Session> {
+    session_with_path(test, tools, args, None)
+}
+
+/// [`session`] with the recorder's `PATH` set to `path`.
+fn session_with_path(
+    test: &str,
+    tools: &[&str],
+    args: &[&str],
+    path: Option<&str>,
+) -> Option<Session> {
     if !privileged(test, tools) {
         return None;
     }
@@ -166,7 +186,7 @@ fn session(test: &str, tools: &[&str], args: &[&str]) -> Option<Session> {
     let (out, dir) = (rec.to_str().unwrap(), m.dir.to_str().unwrap());
     let mut all = args.to_vec();
     all.extend(["-o", out, dir]);
-    let child = start_recording(&all);
+    let child = start_recording_with_path(&all, path);
     Some(Session {
         child,
         rec,
@@ -356,4 +376,123 @@ fn pages_evicted_before_the_end_are_still_recorded() {
             .any(|r| r.offset <= AT && r.end() >= AT + 65536),
         "the range read, then evicted, is recorded: {ranges:?}"
     );
+}
+
+/// A cgroup named like a systemd service, made in the first hierarchy
+/// that takes one (the unified one, else a controller's), removed on drop.
+struct UnitCgroup {
+    dir: PathBuf,
+}
+
+impl UnitCgroup {
+    fn make(unit: &str) -> Option<UnitCgroup> {
+        let root = Path::new("/sys/fs/cgroup");
+        let mut bases = vec![root.to_path_buf()];
+        if let Ok(dirs) = fs::read_dir(root) {
+            let mut v1: Vec<PathBuf> = dirs.filter_map(|e| e.ok().map(|e| e.path())).collect();
+            v1.sort();
+            bases.extend(v1);
+        }
+        bases
+            .into_iter()
+            .filter(|b| b.join("cgroup.procs").exists())
+            .find_map(|b| {
+                let dir = b.join(unit);
+                fs::create_dir(&dir).ok()?;
+                Some(UnitCgroup { dir })
+            })
+    }
+}
+
+impl Drop for UnitCgroup {
+    fn drop(&mut self) {
+        // Its processes are gone by now (waited for); a cgroup with none
+        // is removed with rmdir.
+        let _ = fs::remove_dir(&self.dir);
+    }
+}
+
+/// The `--until` unit's own first reads once it is active (a service's
+/// start-up, just after systemd started it) stay in the last urgent class,
+/// and come before what other processes read then. The unit is a cgroup
+/// named like one; a fake `systemctl` on the recorder's PATH says it is
+/// active once a flag file exists.
+#[test]
+fn an_until_units_reads_once_it_is_active_stay_urgent() {
+    let test = "an_until_units_reads_once_it_is_active_stay_urgent";
+    if !privileged(test, &["mkfs.ext4", "losetup", "dd"]) {
+        return;
+    }
+    let unit = format!("prewarm-test-{}.service", std::process::id());
+    let Some(cgroup) = UnitCgroup::make(&unit) else {
+        skip(test, "no cgroup hierarchy takes a new cgroup here");
+        return;
+    };
+    let fake = tempfile::tempdir().unwrap();
+    let flag = fake.path().join("active");
+    let systemctl = fake.path().join("systemctl");
+    fs::write(
+        &systemctl,
+        format!("#!/bin/sh\nexec test -e {}\n", flag.display()),
+    )
+    .unwrap();
+    cmd("chmod", &["+x", systemctl.to_str().unwrap()]);
+    let path = format!(
+        "{}:{}",
+        fake.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let Some(mut s) = session_with_path(
+        test,
+        &[],
+        &["--json", "--until", &unit, "--settle", "3s"],
+        Some(&path),
+    ) else {
+        return;
+    };
+    let m = s.m.dir.clone();
+    // Before the unit is active: `big`, by this test's dd.
+    let dd = |name: &str, skip: u64| {
+        let input = format!("if={}", m.join(name).display());
+        let skip = format!("skip={skip}");
+        cmd(
+            "dd",
+            &[&input, "of=/dev/null", "bs=65536", "count=1", &skip],
+        );
+    };
+    dd("big", AT / 65536);
+    let _big = hold(&m.join("big"), AT, 65536);
+    std::thread::sleep(Duration::from_millis(300));
+    fs::write(&flag, b"").unwrap();
+    // The recorder asks every 500 ms: it has seen the unit active by now.
+    std::thread::sleep(Duration::from_millis(1500));
+    // Once it is active: `small`, read whole by a shell in the unit's
+    // cgroup (which stays alive for the recorder to ask about it), and
+    // `untouched`'s first 64 KiB by this test, in no unit.
+    let procs = cgroup.dir.join("cgroup.procs");
+    let script = format!(
+        "echo $$ > {} && read -r line < {} ; sleep 2",
+        procs.display(),
+        m.join("small").display()
+    );
+    let mut in_unit = Command::new("sh").args(["-c", &script]).spawn().unwrap();
+    dd("untouched", 0);
+    std::thread::sleep(Duration::from_millis(300));
+    let _held = [
+        hold(&m.join("small"), 0, 10 << 10),
+        hold(&m.join("untouched"), 0, 65536),
+    ];
+    assert_eq!(wait(&mut s.child, Duration::from_secs(20)), 0);
+    assert!(in_unit.wait().unwrap().success());
+    let summary: serde_json::Value = serde_json::from_str(&stdout_of(&mut s.child)).unwrap();
+    assert_eq!(summary["ended"], "units_settled", "{summary}");
+    assert_eq!(summary["until_unit_files"], 1, "{summary}");
+    let got: Vec<(PathBuf, u32)> = entries(&s.rec).into_iter().map(|e| (e.0, e.1)).collect();
+    let last_urgent = prewarm_core::record::FIRST_CLASS + prewarm_core::record::URGENT_CLASSES - 1;
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert_eq!(got[0].0, m.join("big"), "{got:?}");
+    assert!(got[0].1 <= last_urgent, "{got:?}");
+    assert_eq!(got[1], (m.join("small"), last_urgent), "{got:?}");
+    assert_eq!(got[2].0, m.join("untouched"), "{got:?}");
+    assert!(got[2].1 > last_urgent, "{got:?}");
 }

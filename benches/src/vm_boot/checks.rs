@@ -248,7 +248,7 @@ pub fn check_recording(layout: &Layout, run: &RecordedRun) -> Result<String, Str
         STANDIN_FILES
             .iter()
             .zip(&standin)
-            .map(|(p, i)| format!("{p} #{i}"))
+            .map(|(p, &i)| format!("{p} #{i} (class {})", rec.files[i].priority))
             .collect::<Vec<_>>()
             .join(", ")
     ))
@@ -589,16 +589,20 @@ impl Boot {
         ))
     }
 
-    /// With the recorded manifest, whose classes follow the recording's
-    /// clock (10 + seconds since it started): the stand-in's big file lands
-    /// in class 20 or 21 depending on how fast the recording boot ran, so
-    /// in the initrd's classes (up to 20) or in the root phase's background,
-    /// read beside the stand-in once READY let it start. Asserted: prewarm
-    /// read every chunk of it, and every chunk the initrd read was hydrated
-    /// before the stand-in's first read (the initrd ended before
-    /// switch-root). How many of the root phase's chunks won the race with
-    /// the stand-in is reported, not asserted: the boot's gain is the
-    /// median check against the boots without prewarm.
+    /// With the recorded manifest, whose classes follow the recording: the
+    /// time until the `--until` unit (the stand-in) was active is cut into
+    /// the classes 10 to 20 that the initrd reads, and the stand-in reads
+    /// its file just as its unit becomes active. Whether the recorder (which
+    /// asks about the unit every 500 ms) had seen it active by then used to
+    /// decide between class 19 or 20 (the initrd) and 21 (the root phase's
+    /// background, read after READY beside the stand-in, which it then
+    /// races); the recorder now keeps a unit's own first reads in class 20.
+    /// Asserted here is what holds either way: prewarm read every chunk of
+    /// the file, and every chunk the initrd read was hydrated before the
+    /// stand-in's first read (the initrd ended before switch-root). How
+    /// many of the root phase's chunks, if any, won the race with the
+    /// stand-in is reported, not asserted: the boot's gain is the median
+    /// check against the boots without prewarm.
     pub fn check_read_by_prewarm(&self, layout: &Layout) -> Result<String, String> {
         let (marker_start, ends) = self.hydration(layout)?;
         self.big_file_in_reports(layout)?;

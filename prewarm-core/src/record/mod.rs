@@ -35,13 +35,18 @@
 //!    ([`proactive_reclaim`]).
 //!
 //! The recording is a list ([`crate::source::list`]) with byte ranges, one
-//! line per file in first-access order, and its priority class says when
+//! line per file, and its priority class says when
 //! the file was first accessed: `10 + floor(ms since the start / class
 //! width)`, so the plan reads what the boot needed first, first. By default
 //! the width is chosen at the end so that everything read before the
 //! `--until` units were active (or, without them, before the end) falls in
 //! the classes 10 to 20 ([`URGENT_CLASSES`]): the classes the initrd run
-//! reads. What only the settle time saw gets 21 and later.
+//! reads. What only the settle time saw gets 21 and later, but for what
+//! the `--until` units themselves first read then: their start-up reads
+//! (a service's binary and libraries, read just after systemd started it,
+//! and seen active only at the next look) stay in the last urgent class
+//! ([`unit_cgroup`]). So the list is in class order, first-access order
+//! within a class: first-access order throughout, but for those.
 //!
 //! Every wait is bounded: the event loop polls with a 100 ms timeout and
 //! looks at the stop signal each time; the units are asked about with
@@ -51,6 +56,7 @@
 
 #[allow(unsafe_code)]
 mod residency;
+mod unit_cgroup;
 
 use std::collections::HashSet;
 use std::io::{Read as _, Write as _};
@@ -221,12 +227,17 @@ pub struct RecordStats {
     /// Bytes an earlier look found cached that the end no longer had:
     /// read, then evicted (they are in the recording).
     pub bytes_evicted: u64,
+    /// Files in the recording first read by a process of an `--until` unit
+    /// after the units were active: in the last urgent class at most (see
+    /// the module doc).
+    pub until_unit_files: u64,
 }
 
 /// A finished recording.
 #[derive(Debug, Clone, Serialize)]
 pub struct Recording {
-    /// Files in first-access order.
+    /// Files in class order, first access within a class (see the module
+    /// doc).
     pub files: Vec<RecordedFile>,
     /// Why it ended.
     pub ended: RecordEnd,
@@ -240,12 +251,12 @@ pub struct Recording {
 
 impl Recording {
     /// The recording as a list file: a comment header, then one line per
-    /// file, `PRIORITY @RANGES PATH`, in first-access order.
+    /// file, `PRIORITY @RANGES PATH`, in [`Recording::files`]' order.
     pub fn to_list(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.files.len() * 96 + 256);
         let _ = writeln!(
             out,
-            "# prewarm recording: {} files in first-access order, started at Unix time {}, ended by {}",
+            "# prewarm recording: {} files by class, in first-access order within one, started at Unix time {}, ended by {}",
             self.files.len(),
             self.started_unix,
             self.ended
@@ -281,6 +292,9 @@ struct Seen {
     dev: u64,
     ino: u64,
     at: Duration,
+    /// First read by a process of an `--until` unit after the units were
+    /// active: kept in the last urgent class.
+    by_until_unit: bool,
     /// What earlier looks found cached, sorted and merged.
     cached: Vec<ByteRange>,
 }
@@ -361,6 +375,13 @@ pub fn record(opts: &RecordOptions) -> Result<Recording, Error> {
         );
     }
     let units = UnitWatch::spawn(&opts.until, opts.stop.clone());
+    // With an automatic class width: the units whose own reads after they
+    // were active stay urgent (a fixed width is time alone).
+    let urgent_units = if opts.class_width.is_none() {
+        unit_cgroup::unit_names(&opts.until)
+    } else {
+        Vec::new()
+    };
     let mut stats = RecordStats::default();
     let mut seen: HashSet<(u64, u64)> = HashSet::new();
     let mut files: Vec<Seen> = Vec::new();
@@ -408,10 +429,17 @@ pub fn record(opts: &RecordOptions) -> Result<Recording, Error> {
                     break;
                 }
             };
+            let ctx = EventContext {
+                own_pid,
+                start,
+                urgent_units: if settled_at.is_some() {
+                    &urgent_units
+                } else {
+                    &[]
+                },
+            };
             for event in &events {
-                handle_event(
-                    &fan, event, own_pid, start, &mut seen, &mut files, &mut stats,
-                );
+                handle_event(&fan, event, &ctx, &mut seen, &mut files, &mut stats);
             }
             if opts.stop.check().is_some() {
                 break;
@@ -576,13 +604,22 @@ fn watch(opts: &RecordOptions) -> Result<Fanotify, Error> {
     Ok(fan)
 }
 
+/// What handling an event needs to know besides the event.
+struct EventContext<'a> {
+    /// The recorder's own accesses are not recorded.
+    own_pid: i32,
+    start: Instant,
+    /// The `--until` units whose processes' first reads stay urgent: empty
+    /// until the units are active, and with a fixed class width.
+    urgent_units: &'a [String],
+}
+
 /// Record the file of one event if it is new, and stop the kernel from
 /// reporting it again.
 fn handle_event(
     fan: &Fanotify,
     event: &nix::sys::fanotify::FanotifyEvent,
-    own_pid: i32,
-    start: Instant,
+    ctx: &EventContext<'_>,
     seen: &mut HashSet<(u64, u64)>,
     files: &mut Vec<Seen>,
     stats: &mut RecordStats,
@@ -592,7 +629,7 @@ fn handle_event(
         return;
     };
     stats.events += 1;
-    if event.pid() == own_pid {
+    if event.pid() == ctx.own_pid {
         return;
     }
     let Ok(st) = nix::sys::stat::fstat(fd.as_raw_fd()) else {
@@ -624,11 +661,14 @@ fn handle_event(
     let Ok(path) = std::fs::read_link(&link) else {
         return;
     };
+    // Asked at once: the reading process may not live long.
+    let by_until_unit = unit_cgroup::process_in_units(event.pid(), ctx.urgent_units);
     files.push(Seen {
         path,
         dev: st.st_dev,
         ino: st.st_ino,
-        at: start.elapsed(),
+        at: ctx.start.elapsed(),
+        by_until_unit,
         cached: Vec::new(),
     });
 }
@@ -692,8 +732,9 @@ fn resident_unseen(
 }
 
 /// Each file met, with what of it is cached now or was at an earlier
-/// look; files with nothing cached at any look, or gone or replaced by the
-/// end, are left out (and counted).
+/// look, and its class (the last urgent one at most for a file an
+/// `--until` unit read first), in class order; files with nothing cached at
+/// any look, or gone or replaced by the end, are left out (and counted).
 fn resolve_ranges(files: Vec<Seen>, class_ms: u64, stats: &mut RecordStats) -> Vec<RecordedFile> {
     let mut out = Vec::with_capacity(files.len());
     for seen in files {
@@ -716,7 +757,11 @@ fn resolve_ranges(files: Vec<Seen>, class_ms: u64, stats: &mut RecordStats) -> V
             continue;
         }
         let ms = seen.at.as_millis() as u64;
-        let class = u32::try_from(ms / class_ms).unwrap_or(u32::MAX - FIRST_CLASS);
+        let mut class = u32::try_from(ms / class_ms).unwrap_or(u32::MAX - FIRST_CLASS);
+        if seen.by_until_unit {
+            class = class.min(URGENT_CLASSES - 1);
+            stats.until_unit_files += 1;
+        }
         out.push(RecordedFile {
             path: seen.path,
             first_access_ms: ms,
@@ -724,6 +769,10 @@ fn resolve_ranges(files: Vec<Seen>, class_ms: u64, stats: &mut RecordStats) -> V
             ranges,
         });
     }
+    // Class order; stable, so first-access order within a class (`files`
+    // is in first-access order, and so is `out` but for the --until
+    // units' files kept urgent).
+    out.sort_by_key(|f| f.priority);
     out
 }
 
@@ -808,6 +857,59 @@ mod tests {
     use crate::source::parse_list;
 
     #[test]
+    fn an_until_units_first_read_while_settling_stays_in_the_last_urgent_class() {
+        let dir = tempfile::tempdir().unwrap();
+        let seen_at = |name: &str, ms: u64, by_until_unit: bool| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, vec![1u8; 4096]).unwrap();
+            let meta = std::fs::metadata(&path).unwrap();
+            let mut seen = Seen {
+                path,
+                dev: meta.dev(),
+                ino: meta.ino(),
+                at: Duration::from_millis(ms),
+                by_until_unit,
+                cached: Vec::new(),
+            };
+            seen.remember(&[ByteRange {
+                offset: 0,
+                len: 4096,
+            }]);
+            seen
+        };
+        // In first-access order, with 100 ms classes: the unit's file read
+        // at 0.5 s keeps its class, 15; another process's at 2.5 s gets
+        // 35; the unit's at 2.6 s (it was active by then) stays at 20,
+        // and so comes before the other.
+        let files = vec![
+            seen_at("early", 500, true),
+            seen_at("other", 2500, false),
+            seen_at("unit", 2600, true),
+        ];
+        let mut stats = RecordStats::default();
+        let got: Vec<(String, u32)> = resolve_ranges(files, 100, &mut stats)
+            .into_iter()
+            .map(|f| {
+                (
+                    f.path.file_name().unwrap().to_string_lossy().into_owned(),
+                    f.priority,
+                )
+            })
+            .collect();
+        let last_urgent = FIRST_CLASS + URGENT_CLASSES - 1;
+        assert_eq!(last_urgent, 20);
+        assert_eq!(
+            got,
+            [
+                ("early".to_string(), 15),
+                ("unit".to_string(), last_urgent),
+                ("other".to_string(), 35)
+            ]
+        );
+        assert_eq!(stats.until_unit_files, 2);
+    }
+
+    #[test]
     fn what_an_earlier_look_saw_stays_in_the_recording_cut_at_the_end() {
         use std::os::fd::AsRawFd;
         let dir = tempfile::tempdir().unwrap();
@@ -828,6 +930,7 @@ mod tests {
             dev: meta.dev(),
             ino: meta.ino(),
             at: Duration::from_millis(250),
+            by_until_unit: false,
             cached: Vec::new(),
         };
         let (now, size) = seen.look().unwrap();
@@ -861,6 +964,7 @@ mod tests {
             dev: meta.dev(),
             ino: meta.ino(),
             at: Duration::ZERO,
+            by_until_unit: false,
             cached: vec![r(0, 4096)],
         };
         std::fs::remove_file(&path).unwrap();
