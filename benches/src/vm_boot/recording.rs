@@ -1,8 +1,8 @@
 //! The recorded boot of the VM boot test: the recording the guest wrote
-//! (`boot.rec`, a list with byte ranges in first-access order), the chunks
-//! of the manifest planned from it, and which chunks of the image hold file
-//! data at all; then how much of what a boot without prewarm fetched the
-//! recorded manifest covers ([`Coverage`]).
+//! (`boot.rec`, a list with byte ranges in class order, first access within
+//! a class), the chunks of the manifest planned from it, and which chunks
+//! of the image hold file data at all; then how much of what a boot
+//! without prewarm fetched the recorded manifest covers ([`Coverage`]).
 //!
 //! `run.sh` leaves, in its work directory: `boot.rec`, the recording boot's
 //! logs in `record/`, and the manifests `recorded.manifest` (planned from
@@ -34,7 +34,8 @@ pub struct RecordedFile {
     pub bytes: u64,
 }
 
-/// A recording (`prewarm record`'s list), in its order: first access.
+/// A recording (`prewarm record`'s list), in its order: by class, first
+/// access within a class.
 #[derive(Debug, Clone, Default)]
 pub struct Recording {
     pub files: Vec<RecordedFile>,
@@ -64,7 +65,7 @@ impl Recording {
         self.files.iter().map(|f| f.bytes).sum()
     }
 
-    /// Index of `path` in first-access order.
+    /// Index of `path` in the recording's order.
     pub fn position(&self, path: &str) -> Option<usize> {
         self.files.iter().position(|f| f.path == Path::new(path))
     }
