@@ -8,7 +8,9 @@
 //! of `elsewhere/`'s directory blocks cold; with the read-ahead (the
 //! default) it must hydrate every one of them, read exactly the same plan,
 //! and report the read-ahead as done. With a budget of one chunk it must
-//! stop at the budget and say so. The same on a buffered loop device, whose
+//! stop at the budget and say so. A list naming files in 40 directories
+//! must have it read ahead too (`elsewhere/` hydrated); a list of two files
+//! must not. The same on a buffered loop device, whose
 //! read-ahead goes to its backing file. Directory blocks come from `debugfs`, not
 //! from prewarm's own reading of the filesystem.
 //!
@@ -234,6 +236,11 @@ fn ext4_walk_reads_ahead(direct_io: bool) {
     for i in 0..300 {
         std::fs::create_dir_all(src.join(format!("elsewhere/d{i:03}/inner"))).unwrap();
     }
+    for i in 0..LISTED_DIRECTORIES {
+        let d = src.join(format!("listed/d{i:02}"));
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("f"), format!("file {i}")).unwrap();
+    }
     let (_backing, image) = image_on_tmpfs(work, 96 << 20);
     run(Command::new("mkfs.ext4")
         .args(["-q", "-F", "-b", "4096", "-d"])
@@ -286,7 +293,59 @@ fn ext4_walk_reads_ahead(direct_io: bool) {
     assert_eq!(ra["budget_reached"], true, "{ra}");
     assert_eq!(ra["chunks"], 1, "{ra}");
     assert_eq!(small["bytes_read"], without["bytes_read"], "{small}");
+
+    // A list of files walks nothing; in enough directories it still has
+    // the filesystem read ahead (elsewhere/ included), from the start.
+    let list = |name: &str, files: Vec<String>| {
+        let path = work.join(name);
+        let text: String = files
+            .iter()
+            .map(|f| format!("{}\n", lazy.mount.dir.join(f).display()))
+            .collect();
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let many = list(
+        "many.list",
+        (0..LISTED_DIRECTORIES)
+            .map(|i| format!("listed/d{i:02}/f"))
+            .collect(),
+    );
+    // `--paths` last: cold_run puts the list after it.
+    let (listed, cold_listed) = cold_run(&lazy, &many, DEPTH, &["--paths"]);
+    assert_eq!(listed["files"], LISTED_DIRECTORIES, "{listed}");
+    let ra = &listed["metadata_readahead"][0];
+    assert_eq!(ra["state"], "done", "{listed}");
+    let missed: BTreeSet<u64> = untouched.difference(&cold_listed).copied().collect();
+    assert!(
+        missed.is_empty(),
+        "chunks of elsewhere/ left cold by a list's read-ahead: {}",
+        ranges(&missed)
+    );
+    println!("a list in {LISTED_DIRECTORIES} directories: {ra}");
+    // Two files in two directories: their lookups are all there is.
+    let few = list(
+        "few.list",
+        vec!["walked/a/b/big".into(), "walked/c/small".into()],
+    );
+    let (two, cold_two) = cold_run(&lazy, &few, DEPTH, &["--paths"]);
+    assert_eq!(two["files"], 2, "{two}");
+    let none = two
+        .get("metadata_readahead")
+        .and_then(Value::as_array)
+        .is_none_or(Vec::is_empty);
+    assert!(none, "{two}");
+    assert_eq!(
+        untouched.difference(&cold_two).count(),
+        untouched.len(),
+        "{two}"
+    );
 }
+
+/// Directories of `listed/`, one file in each: enough for a list of their
+/// files to be read ahead (`LIST_DIRECTORIES` in prewarm-core's
+/// `map/readahead.rs`).
+const LISTED_DIRECTORIES: usize = 40;
 
 #[test]
 fn an_xfs_walk_reads_its_filesystems_metadata_ahead() {

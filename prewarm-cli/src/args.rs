@@ -281,10 +281,11 @@ pub struct EngineArgs {
     #[arg(long, value_parser = humantime::parse_duration)]
     pub deadline: Option<Duration>,
 
-    /// Before walking a directory, read up to this much of its
-    /// filesystem's metadata (the used inode tables or chunks, then every
-    /// directory's blocks) many at a time, so the walk does not fetch it one
-    /// lookup after another; `0` turns it off. Counted by the chunks it
+    /// Before walking a directory (or looking up a list's files in 32
+    /// directories or more), read up to this much of its filesystem's
+    /// metadata (the used inode tables or chunks, then every directory's
+    /// blocks) many at a time, so the lookups do not fetch it one after
+    /// another; `0` turns it off. Counted by the chunks it
     /// touches. By default 64M on ext4 and none on XFS (measured no faster
     /// there); given, it applies to both. Manifest runs walk nothing and
     /// read none.

@@ -260,14 +260,29 @@ pub fn mounted_filesystems() -> Vec<(DeviceId, PathBuf)> {
         .into_iter()
         .filter(|m| m.root == "/")
         .filter_map(|m| {
-            let (major, minor) = m.majmin.split_once(':')?;
-            let id = DeviceId {
-                major: major.parse().ok()?,
-                minor: minor.parse().ok()?,
-            };
+            let id = device_of(&m)?;
             (id.major != 0 && seen.insert(id)).then_some((id, m.mount_point))
         })
         .collect()
+}
+
+/// Every mount: its mount point and the device of its filesystem (major 0
+/// for a filesystem on no block device: tmpfs, overlay, proc).
+pub fn mounts() -> Vec<(PathBuf, DeviceId)> {
+    mountinfo()
+        .into_iter()
+        .filter_map(|m| Some((device_of(&m)?, m)))
+        .map(|(id, m)| (m.mount_point, id))
+        .collect()
+}
+
+/// The device of a mount, from its `major:minor`.
+fn device_of(m: &procfs::process::MountInfo) -> Option<DeviceId> {
+    let (major, minor) = m.majmin.split_once(':')?;
+    Some(DeviceId {
+        major: major.parse().ok()?,
+        minor: minor.parse().ok()?,
+    })
 }
 
 /// `/proc/self/mountinfo` (the one place that file is read).

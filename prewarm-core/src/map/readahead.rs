@@ -32,8 +32,16 @@
 //! walk in a later class is queued only once the earlier classes are
 //! mapped and their data queued ahead of everything; so a scout also
 //! `lstat`s the first entries of every class, as wide as the reads, and
-//! starts it at the first directory it meets. A list of files only starts
-//! nothing: its lookups are few and need no tables read whole.
+//! starts it at the first directory it meets. A list of files has no
+//! directory to meet, but its lookups are the same chain, once per
+//! directory on the way (the directory's inode, then its block, then the
+//! next one down); where the first entries name files in at least
+//! [`LIST_DIRECTORIES`] directories of one filesystem, the scout starts it
+//! at once, at the root of the mount they are under (found in the mount
+//! table, without a lookup): on the node fixture that moved the first data
+//! fetch of a cold run from about 30 ms to 5 ms (benches/PROFILE.md,
+//! section 2). A list of a few files starts nothing: its chains are short
+//! and would cost less than the tables read whole.
 //!
 //! It is a hint, bounded every way: a budget of bytes per filesystem
 //! (charged by the chunks its requests touch, so a volume fetches at most
@@ -49,7 +57,7 @@ use std::fs::File;
 use std::ops::Range;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -212,6 +220,15 @@ impl Progress {
     }
 }
 
+/// Directories (the parents of the entries the scout looks at) of one
+/// filesystem from which a list of files has that filesystem's metadata
+/// read ahead. Each directory costs a cold lookup up to two dependent
+/// fetches (its inode's table chunk, then its block); from 32 on, that is
+/// up to 64 fetches waited for one after another in each chain, against a
+/// read-ahead that asks for the tables and directories all at once and is
+/// charged at most its budget (128 chunks by default).
+pub const LIST_DIRECTORIES: usize = 32;
+
 /// A run's metadata read-aheads: started per filesystem the first time a
 /// walk (or a look ahead at the entries) meets a directory on it.
 #[derive(Clone)]
@@ -304,6 +321,9 @@ impl MetadataReadahead {
             .name("prewarm-scout".into())
             .stack_size(256 * 1024)
             .spawn(move || {
+                for (dev, ino) in listed_filesystems(&paths, &device::mounts()) {
+                    this.walk_on(dev, ino);
+                }
                 let next = AtomicUsize::new(0);
                 let look = || {
                     use std::os::unix::fs::MetadataExt;
@@ -576,6 +596,51 @@ impl Layout {
     }
 }
 
+/// The filesystems whose metadata a list read ahead: for `paths`, the
+/// deepest mount each is under (`mounts`: mount point and device, from the
+/// mount table), counted by the distinct parent directories of its paths;
+/// each of a block device reached by [`LIST_DIRECTORIES`] of them, as the
+/// `(dev, ino)` of its mount point. The mount points are stat'ed, not the
+/// paths: a mount point is in memory while it is mounted, so this waits for
+/// no fetch. A path that reaches its file through a symlink to another
+/// filesystem is counted on the one its text is under: the read-ahead is a
+/// hint, and a wrong one costs at most its budget.
+fn listed_filesystems(paths: &[PathBuf], mounts: &[(PathBuf, DeviceId)]) -> Vec<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let cwd = std::env::current_dir().ok();
+    let mut parents: HashMap<&Path, HashSet<PathBuf>> = HashMap::new();
+    for path in paths {
+        let absolute = match (&cwd, path.is_absolute()) {
+            (_, true) => path.clone(),
+            (Some(cwd), false) => cwd.join(path),
+            (None, false) => continue,
+        };
+        let Some(parent) = absolute.parent() else {
+            continue;
+        };
+        let under = mounts
+            .iter()
+            .filter(|(point, _)| absolute.starts_with(point))
+            .max_by_key(|(point, _)| point.components().count());
+        if let Some((point, _)) = under.filter(|(_, id)| id.major != 0) {
+            parents
+                .entry(point.as_path())
+                .or_default()
+                .insert(parent.to_path_buf());
+        }
+    }
+    let mut found: Vec<(u64, u64)> = parents
+        .into_iter()
+        .filter(|(_, dirs)| dirs.len() >= LIST_DIRECTORIES)
+        .filter_map(|(point, _)| std::fs::metadata(point).ok())
+        .filter(|meta| meta.is_dir())
+        .map(|meta| (meta.dev(), meta.ino()))
+        .collect();
+    found.sort_unstable();
+    found.dedup();
+    found
+}
+
 /// Read `progress.device`'s metadata ahead: the superblock, then what
 /// finds the inodes (ext4: the group descriptors; XFS: every group's AGI and
 /// inode B+tree, level by level), then ask for every used inode table or
@@ -765,4 +830,72 @@ fn xfs_chunk_pieces(
     let mut pieces: Vec<InodePiece> = by_volume_chunk.into_values().collect();
     pieces.sort_by_key(|p| (p.read.start < first_byte, p.read.start));
     asked.ask_pieces(pieces)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::MetadataExt;
+
+    use super::*;
+
+    fn dev(major: u32, minor: u32) -> DeviceId {
+        DeviceId { major, minor }
+    }
+
+    /// `n` paths, one file in each of `n` directories under `root`.
+    fn spread(root: &Path, n: usize) -> Vec<PathBuf> {
+        (0..n).map(|i| root.join(format!("d{i}/f"))).collect()
+    }
+
+    #[test]
+    fn a_list_in_many_directories_reads_its_mounts_filesystem_ahead() {
+        let tmp = tempfile::tempdir().unwrap();
+        let meta = std::fs::metadata(tmp.path()).unwrap();
+        let mounts = [
+            (PathBuf::from("/"), dev(8, 1)),
+            (tmp.path().to_path_buf(), dev(7, 0)),
+        ];
+        let mut paths = spread(tmp.path(), LIST_DIRECTORIES);
+        // Files under `/` only: the deepest mount decides.
+        paths.extend(spread(Path::new("/elsewhere"), 3));
+        assert_eq!(
+            listed_filesystems(&paths, &mounts),
+            [(meta.dev(), meta.ino())]
+        );
+    }
+
+    #[test]
+    fn a_list_in_few_directories_or_on_no_block_device_reads_nothing_ahead() {
+        let tmp = tempfile::tempdir().unwrap();
+        let block = [(tmp.path().to_path_buf(), dev(7, 0))];
+        // Many files, few directories.
+        let few: Vec<PathBuf> = (0..100)
+            .map(|i| tmp.path().join(format!("d{}/f{i}", i % 3)))
+            .collect();
+        assert!(listed_filesystems(&few, &block).is_empty());
+        // One short of the threshold.
+        let short = spread(tmp.path(), LIST_DIRECTORIES - 1);
+        assert!(listed_filesystems(&short, &block).is_empty());
+        // A tmpfs or an overlay: major 0, nothing to read ahead.
+        let virt = [(tmp.path().to_path_buf(), dev(0, 42))];
+        assert!(listed_filesystems(&spread(tmp.path(), 64), &virt).is_empty());
+        // A mount point that is gone: nothing, and no error.
+        let gone = [(tmp.path().join("gone"), dev(7, 0))];
+        let under_gone = spread(&tmp.path().join("gone"), 64);
+        assert!(listed_filesystems(&under_gone, &gone).is_empty());
+    }
+
+    #[test]
+    fn relative_paths_count_from_the_working_directory() {
+        let cwd = std::env::current_dir().unwrap();
+        let meta = std::fs::metadata(&cwd).unwrap();
+        let mounts = [(cwd.clone(), dev(7, 0))];
+        let relative: Vec<PathBuf> = (0..LIST_DIRECTORIES)
+            .map(|i| PathBuf::from(format!("d{i}/f")))
+            .collect();
+        assert_eq!(
+            listed_filesystems(&relative, &mounts),
+            [(meta.dev(), meta.ino())]
+        );
+    }
 }
