@@ -418,6 +418,8 @@ impl Harness {
             rec.error = Some(format!("{e:#}"));
             return Ok(rec);
         }
+        let programs = self.programs(m);
+        sys::cache_files(&programs);
         let reset_at = tb.reset()?;
         let cpu0 = sys::cpu_counters();
         let tcpu0 = tb.cpu_ms();
@@ -470,6 +472,7 @@ impl Harness {
         // hydrated, caches dropped.
         if m == (Method::PrewarmManifest { touch: false }) && rec.error.is_none() {
             sys::drop_caches()?;
+            sys::cache_files(&programs);
             let t = Instant::now();
             let again = self.execute(m, &lo.path);
             let ms = t.elapsed().as_secs_f64() * 1e3;
@@ -490,6 +493,11 @@ impl Harness {
     ) -> Result<SweepRecord> {
         tb.wait_idle(Duration::from_secs(10))?;
         sys::drop_caches()?;
+        sys::cache_files(&if tool == "fio" {
+            self.programs(Method::Fio)
+        } else {
+            vec![self.opts.prewarm.clone()]
+        });
         tb.reset()?;
         let mut cmd = if tool == "fio" {
             Self::fio_cmd(&lo.path)

@@ -264,6 +264,27 @@ impl Harness {
         Ok(f.stdout)
     }
 
+    /// The programs `m` runs (none for the in-process readers), to be read
+    /// into the page cache after each cache drop: the drop is there to
+    /// make the testbed's volume cold, and a program loaded from the
+    /// host's own disk would add that disk's time, which no node has, to
+    /// the method's.
+    pub(super) fn programs(&self, m: Method) -> Vec<PathBuf> {
+        let named = |names: &[&str]| names.iter().filter_map(|n| sys::which(n)).collect();
+        match m {
+            Method::AppCold | Method::PhysicalOrder => Vec::new(),
+            Method::Cat => named(&["cat"]),
+            Method::Xargs { .. } => named(&["xargs", "cat"]),
+            Method::Vmtouch => named(&["vmtouch"]),
+            Method::Fio => named(&["fio"]),
+            Method::Prewarm { .. }
+            | Method::PrewarmNoReadahead
+            | Method::PrewarmManifest { .. } => {
+                vec![self.opts.prewarm.clone()]
+            }
+        }
+    }
+
     /// Where `prewarm plan` writes the manifest of the critical list.
     pub(super) fn manifest_path(&self) -> PathBuf {
         self.list.with_extension("manifest")

@@ -246,6 +246,17 @@ pub fn drop_caches() -> Result<()> {
     std::fs::write("/proc/sys/vm/drop_caches", "3\n").context("writing /proc/sys/vm/drop_caches")
 }
 
+/// Read each of `files` whole, so that its pages are in the page cache (a
+/// file that cannot be read is left as it is: its program then fails or
+/// loads slowly, which the run shows).
+pub fn cache_files(files: &[PathBuf]) {
+    for f in files {
+        if let Ok(mut file) = std::fs::File::open(f) {
+            let _ = std::io::copy(&mut file, &mut std::io::sink());
+        }
+    }
+}
+
 /// A read-only loop device over a file; detached on drop.
 #[derive(Debug)]
 pub struct LoopDevice {
