@@ -607,10 +607,7 @@ impl Boot {
         let (marker_start, ends) = self.hydration(layout)?;
         self.big_file_in_reports(layout)?;
         let early = hydrated_by(layout, &ends, marker_start);
-        let mut initrd = BTreeSet::new();
-        for r in self.reports("prewarm-initrd.service") {
-            initrd.extend(chunk_set(&r).map_err(|e| format!("initrd report: {e}"))?);
-        }
+        let initrd = self.chunks_read_by("prewarm-initrd.service")?;
         let by_initrd: BTreeSet<u64> = layout.big_chunks.intersection(&initrd).copied().collect();
         let late: Vec<u64> = by_initrd.difference(&early).copied().collect();
         if !late.is_empty() {
@@ -630,14 +627,19 @@ impl Boot {
         ))
     }
 
+    /// The chunks `unit`'s reports say it read, all of them.
+    fn chunks_read_by(&self, unit: &str) -> Result<BTreeSet<u64>, String> {
+        let mut read = BTreeSet::new();
+        for r in self.reports(unit) {
+            read.extend(chunk_set(&r).map_err(|e| format!("{unit} report: {e}"))?);
+        }
+        Ok(read)
+    }
+
     /// Every chunk of the big file is in a prewarm report (either phase).
     fn big_file_in_reports(&self, layout: &Layout) -> Result<(), String> {
-        let mut read = BTreeSet::new();
-        for unit in ["prewarm-initrd.service", "prewarm.service"] {
-            for r in self.reports(unit) {
-                read.extend(chunk_set(&r).map_err(|e| format!("{unit} report: {e}"))?);
-            }
-        }
+        let mut read = self.chunks_read_by("prewarm-initrd.service")?;
+        read.extend(self.chunks_read_by("prewarm.service")?);
         let unread: Vec<u64> = layout.big_chunks.difference(&read).copied().collect();
         if !unread.is_empty() {
             return Err(format!(
@@ -685,8 +687,8 @@ impl Boot {
                 root.len()
             ));
         }
-        let a = chunk_set(&initrd[0]).map_err(|e| format!("initrd report: {e}"))?;
-        let b = chunk_set(&root[0]).map_err(|e| format!("root report: {e}"))?;
+        let a = self.chunks_read_by("prewarm-initrd.service")?;
+        let b = self.chunks_read_by("prewarm.service")?;
         let both: Vec<u64> = a.intersection(&b).copied().collect();
         if !both.is_empty() {
             return Err(format!(
