@@ -314,16 +314,23 @@ impl MetadataReadahead {
     /// walk in a later class then finds its metadata read while the first
     /// classes are mapped, instead of starting it only when its class comes.
     /// The `lstat`s run as wide as the reads (each may wait for a fetch),
-    /// so the first directory is met within a fetch or two.
+    /// so the first directory is met within a fetch or two. First, without
+    /// a lookup, each filesystem the paths name files in many directories
+    /// of is read ahead at once ([`LIST_DIRECTORIES`]), and its paths are
+    /// not looked at: there is nothing left to find on it, and on a
+    /// 2-CPU node a thousand `lstat`s held the mapping back by 2-4 ms once
+    /// the metadata arrived.
     pub fn scout(&self, paths: Vec<PathBuf>) {
         let this = self.clone();
         let spawned = std::thread::Builder::new()
             .name("prewarm-scout".into())
             .stack_size(256 * 1024)
             .spawn(move || {
-                for (dev, ino) in listed_filesystems(&paths, &device::mounts()) {
+                let listed = listed_filesystems(paths, &device::mounts());
+                for &(dev, ino) in &listed.read_ahead {
                     this.walk_on(dev, ino);
                 }
+                let paths = listed.to_look_at;
                 let next = AtomicUsize::new(0);
                 let look = || {
                     use std::os::unix::fs::MetadataExt;
@@ -596,49 +603,78 @@ impl Layout {
     }
 }
 
-/// The filesystems whose metadata a list read ahead: for `paths`, the
-/// deepest mount each is under (`mounts`: mount point and device, from the
-/// mount table), counted by the distinct parent directories of its paths;
-/// each of a block device reached by [`LIST_DIRECTORIES`] of them, as the
-/// `(dev, ino)` of its mount point. The mount points are stat'ed, not the
-/// paths: a mount point is in memory while it is mounted, so this waits for
-/// no fetch. A path that reaches its file through a symlink to another
-/// filesystem is counted on the one its text is under: the read-ahead is a
-/// hint, and a wrong one costs at most its budget.
-fn listed_filesystems(paths: &[PathBuf], mounts: &[(PathBuf, DeviceId)]) -> Vec<(u64, u64)> {
+/// What the scout does with a list's first entries: the filesystems to
+/// read ahead at once, and the entries still worth an `lstat`.
+#[derive(Debug, PartialEq)]
+struct ListedFilesystems {
+    /// `(dev, ino)` of the mount point of each filesystem the entries name
+    /// files in [`LIST_DIRECTORIES`] directories of.
+    read_ahead: Vec<(u64, u64)>,
+    /// The entries on no such filesystem: an `lstat` may still find a
+    /// directory there (one on those is read ahead already, and an `lstat`
+    /// would only cost a lookup).
+    to_look_at: Vec<PathBuf>,
+}
+
+/// Sorts `paths` by the deepest mount each is under (`mounts`: mount point
+/// and device, from the mount table) and counts each mount's distinct
+/// parent directories (see [`ListedFilesystems`]). The mount points are
+/// stat'ed, not the paths: a mount point is in memory while it is mounted,
+/// so this waits for no fetch. A path that reaches its file through a
+/// symlink to another filesystem is counted on the one its text is under:
+/// the read-ahead is a hint, and a wrong one costs at most its budget.
+fn listed_filesystems(paths: Vec<PathBuf>, mounts: &[(PathBuf, DeviceId)]) -> ListedFilesystems {
     use std::os::unix::fs::MetadataExt;
     let cwd = std::env::current_dir().ok();
     let mut parents: HashMap<&Path, HashSet<PathBuf>> = HashMap::new();
+    // Each path with the mount it is under (None: a relative path with no
+    // working directory, or under no mount of a block device).
+    let mut placed = Vec::with_capacity(paths.len());
     for path in paths {
         let absolute = match (&cwd, path.is_absolute()) {
-            (_, true) => path.clone(),
-            (Some(cwd), false) => cwd.join(path),
-            (None, false) => continue,
+            (_, true) => Some(path.clone()),
+            (Some(cwd), false) => Some(cwd.join(&path)),
+            (None, false) => None,
         };
-        let Some(parent) = absolute.parent() else {
-            continue;
-        };
-        let under = mounts
-            .iter()
-            .filter(|(point, _)| absolute.starts_with(point))
-            .max_by_key(|(point, _)| point.components().count());
-        if let Some((point, _)) = under.filter(|(_, id)| id.major != 0) {
+        let under = absolute.as_ref().and_then(|a| {
+            mounts
+                .iter()
+                .filter(|(point, _)| a.starts_with(point))
+                .max_by_key(|(point, _)| point.components().count())
+                .filter(|(_, id)| id.major != 0)
+        });
+        if let (Some((point, _)), Some(parent)) =
+            (under, absolute.as_deref().and_then(Path::parent))
+        {
             parents
                 .entry(point.as_path())
                 .or_default()
                 .insert(parent.to_path_buf());
         }
+        placed.push((path, under.map(|(point, _)| point.as_path())));
     }
-    let mut found: Vec<(u64, u64)> = parents
+    let mut read_ahead = Vec::new();
+    let mut covered = HashSet::new();
+    for (point, dirs) in parents {
+        if dirs.len() < LIST_DIRECTORIES {
+            continue;
+        }
+        if let Some(meta) = std::fs::metadata(point).ok().filter(|m| m.is_dir()) {
+            read_ahead.push((meta.dev(), meta.ino()));
+            covered.insert(point);
+        }
+    }
+    read_ahead.sort_unstable();
+    read_ahead.dedup();
+    let to_look_at = placed
         .into_iter()
-        .filter(|(_, dirs)| dirs.len() >= LIST_DIRECTORIES)
-        .filter_map(|(point, _)| std::fs::metadata(point).ok())
-        .filter(|meta| meta.is_dir())
-        .map(|meta| (meta.dev(), meta.ino()))
+        .filter(|(_, under)| !under.is_some_and(|point| covered.contains(point)))
+        .map(|(path, _)| path)
         .collect();
-    found.sort_unstable();
-    found.dedup();
-    found
+    ListedFilesystems {
+        read_ahead,
+        to_look_at,
+    }
 }
 
 /// Read `progress.device`'s metadata ahead: the superblock, then what
@@ -856,11 +892,27 @@ mod tests {
             (tmp.path().to_path_buf(), dev(7, 0)),
         ];
         let mut paths = spread(tmp.path(), LIST_DIRECTORIES);
-        // Files under `/` only: the deepest mount decides.
-        paths.extend(spread(Path::new("/elsewhere"), 3));
+        // Files under `/` only: the deepest mount decides, and `/` is in
+        // too few directories to be read ahead; its paths are looked at.
+        let elsewhere = spread(Path::new("/elsewhere"), 3);
+        paths.extend(elsewhere.iter().cloned());
         assert_eq!(
-            listed_filesystems(&paths, &mounts),
-            [(meta.dev(), meta.ino())]
+            listed_filesystems(paths, &mounts),
+            ListedFilesystems {
+                read_ahead: vec![(meta.dev(), meta.ino())],
+                to_look_at: elsewhere,
+            }
+        );
+    }
+
+    /// Nothing read ahead: every path is still looked at.
+    fn nothing(paths: Vec<PathBuf>, mounts: &[(PathBuf, DeviceId)]) {
+        assert_eq!(
+            listed_filesystems(paths.clone(), mounts),
+            ListedFilesystems {
+                read_ahead: vec![],
+                to_look_at: paths,
+            }
         );
     }
 
@@ -872,17 +924,15 @@ mod tests {
         let few: Vec<PathBuf> = (0..100)
             .map(|i| tmp.path().join(format!("d{}/f{i}", i % 3)))
             .collect();
-        assert!(listed_filesystems(&few, &block).is_empty());
+        nothing(few, &block);
         // One short of the threshold.
-        let short = spread(tmp.path(), LIST_DIRECTORIES - 1);
-        assert!(listed_filesystems(&short, &block).is_empty());
+        nothing(spread(tmp.path(), LIST_DIRECTORIES - 1), &block);
         // A tmpfs or an overlay: major 0, nothing to read ahead.
         let virt = [(tmp.path().to_path_buf(), dev(0, 42))];
-        assert!(listed_filesystems(&spread(tmp.path(), 64), &virt).is_empty());
+        nothing(spread(tmp.path(), 64), &virt);
         // A mount point that is gone: nothing, and no error.
         let gone = [(tmp.path().join("gone"), dev(7, 0))];
-        let under_gone = spread(&tmp.path().join("gone"), 64);
-        assert!(listed_filesystems(&under_gone, &gone).is_empty());
+        nothing(spread(&tmp.path().join("gone"), 64), &gone);
     }
 
     #[test]
@@ -894,8 +944,11 @@ mod tests {
             .map(|i| PathBuf::from(format!("d{i}/f")))
             .collect();
         assert_eq!(
-            listed_filesystems(&relative, &mounts),
-            [(meta.dev(), meta.ino())]
+            listed_filesystems(relative, &mounts),
+            ListedFilesystems {
+                read_ahead: vec![(meta.dev(), meta.ino())],
+                to_look_at: vec![],
+            }
         );
     }
 }
