@@ -1,5 +1,6 @@
 //! CPU priority of a run's background part: every thread drops to nice 19
-//! once READY is sent.
+//! once READY is sent; and the mapping threads' lower priority throughout
+//! ([`lower_this_thread`], used by `map/pool.rs`, which says why).
 //!
 //! After READY the services that waited on prewarm start, and the rest of
 //! the run (the less urgent classes, the check of each file) is worth doing
@@ -26,8 +27,8 @@
 //! Priority is per thread in Linux: each thread of the process, found in
 //! `/proc/self/task`, is moved; threads created afterwards, io_uring's
 //! workers included, inherit the nice value of the thread that creates
-//! them. This is one of the crate's small `unsafe` modules: the one
-//! `setpriority` call.
+//! them. This is one of the crate's small `unsafe` modules: the
+//! `setpriority` and `nice` calls.
 
 use std::collections::BTreeSet;
 use std::io;
@@ -93,6 +94,17 @@ fn set_background_nice(tid: libc::pid_t) -> io::Result<()> {
     } else {
         Err(io::Error::last_os_error())
     }
+}
+
+/// Lowers the calling thread's priority by `levels` nice levels (nice
+/// caps it at 19). Best effort: a refusal leaves the thread as it was,
+/// which only costs the others some CPU.
+pub(crate) fn lower_this_thread(levels: i32) {
+    // Safety: nice(2) takes no pointer; on Linux it changes the nice value
+    // of the calling thread alone (glibc's setpriority(PRIO_PROCESS, 0)),
+    // and raising it needs no privilege. Its result (the new value, or -1
+    // with errno) is not needed.
+    unsafe { libc::nice(levels) };
 }
 
 #[cfg(test)]

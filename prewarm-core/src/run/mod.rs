@@ -31,7 +31,7 @@ mod planner;
 pub(crate) mod ready;
 // `unsafe` for one system call (setpriority), justified there.
 #[allow(unsafe_code)]
-mod cpu_priority;
+pub(crate) mod cpu_priority;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
