@@ -610,9 +610,9 @@ struct ListedFilesystems {
     /// `(dev, ino)` of the mount point of each filesystem the entries name
     /// files in [`LIST_DIRECTORIES`] directories of.
     read_ahead: Vec<(u64, u64)>,
-    /// The entries on no such filesystem: an `lstat` may still find a
-    /// directory there (one on those is read ahead already, and an `lstat`
-    /// would only cost a lookup).
+    /// The entries on none of those filesystems, where an `lstat` may still
+    /// find a directory (on those, the read-ahead has started already, and
+    /// an `lstat` would only cost a lookup).
     to_look_at: Vec<PathBuf>,
 }
 
@@ -620,13 +620,26 @@ struct ListedFilesystems {
 /// and device, from the mount table) and counts each mount's distinct
 /// parent directories (see [`ListedFilesystems`]). The mount points are
 /// stat'ed, not the paths: a mount point is in memory while it is mounted,
-/// so this waits for no fetch. A path that reaches its file through a
-/// symlink to another filesystem is counted on the one its text is under:
-/// the read-ahead is a hint, and a wrong one costs at most its budget.
+/// so this waits for no fetch. The mount table is searched once per
+/// directory, not per path (a node running containers has hundreds of
+/// mounts). A path that reaches its file through a symlink to another
+/// filesystem is counted on the one its text is under: the read-ahead is a
+/// hint, and a wrong one costs at most its budget.
 fn listed_filesystems(paths: Vec<PathBuf>, mounts: &[(PathBuf, DeviceId)]) -> ListedFilesystems {
     use std::os::unix::fs::MetadataExt;
+    // The deepest mount `path` is under, if it is a block device's.
+    let deepest = |path: &Path| -> Option<&Path> {
+        mounts
+            .iter()
+            .filter(|(point, _)| path.starts_with(point))
+            .max_by_key(|(point, _)| point.components().count())
+            .filter(|(_, id)| id.major != 0)
+            .map(|(point, _)| point.as_path())
+    };
+    let points: HashSet<&Path> = mounts.iter().map(|(point, _)| point.as_path()).collect();
     let cwd = std::env::current_dir().ok();
-    let mut parents: HashMap<&Path, HashSet<PathBuf>> = HashMap::new();
+    // Each directory named, with the mount it is under.
+    let mut directories: HashMap<PathBuf, Option<&Path>> = HashMap::new();
     // Each path with the mount it is under (None: a relative path with no
     // working directory, or under no mount of a block device).
     let mut placed = Vec::with_capacity(paths.len());
@@ -636,27 +649,26 @@ fn listed_filesystems(paths: Vec<PathBuf>, mounts: &[(PathBuf, DeviceId)]) -> Li
             (Some(cwd), false) => Some(cwd.join(&path)),
             (None, false) => None,
         };
-        let under = absolute.as_ref().and_then(|a| {
-            mounts
-                .iter()
-                .filter(|(point, _)| a.starts_with(point))
-                .max_by_key(|(point, _)| point.components().count())
-                .filter(|(_, id)| id.major != 0)
-        });
-        if let (Some((point, _)), Some(parent)) =
-            (under, absolute.as_deref().and_then(Path::parent))
-        {
-            parents
-                .entry(point.as_path())
-                .or_default()
-                .insert(parent.to_path_buf());
-        }
-        placed.push((path, under.map(|(point, _)| point.as_path())));
+        let under = match absolute.as_deref() {
+            // A mount point is on its own filesystem, not its parent's.
+            Some(a) if points.contains(a) => deepest(a),
+            Some(a) => a.parent().and_then(|parent| {
+                *directories
+                    .entry(parent.to_path_buf())
+                    .or_insert_with(|| deepest(parent))
+            }),
+            None => None,
+        };
+        placed.push((path, under));
+    }
+    let mut counts: HashMap<&Path, usize> = HashMap::new();
+    for point in directories.values().flatten() {
+        *counts.entry(point).or_default() += 1;
     }
     let mut read_ahead = Vec::new();
     let mut covered = HashSet::new();
-    for (point, dirs) in parents {
-        if dirs.len() < LIST_DIRECTORIES {
+    for (point, dirs) in counts {
+        if dirs < LIST_DIRECTORIES {
             continue;
         }
         if let Some(meta) = std::fs::metadata(point).ok().filter(|m| m.is_dir()) {
@@ -933,6 +945,24 @@ mod tests {
         // A mount point that is gone: nothing, and no error.
         let gone = [(tmp.path().join("gone"), dev(7, 0))];
         nothing(spread(&tmp.path().join("gone"), 64), &gone);
+    }
+
+    /// An entry that is itself a mount point (a directory to walk on a
+    /// volume of its own) is still looked at when its parent's
+    /// filesystem is read ahead.
+    #[test]
+    fn a_mount_point_in_the_list_is_on_its_own_filesystem() {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("data");
+        let mounts = [
+            (tmp.path().to_path_buf(), dev(7, 0)),
+            (data.clone(), dev(7, 1)),
+        ];
+        let mut paths = spread(tmp.path(), LIST_DIRECTORIES);
+        paths.push(data.clone());
+        let listed = listed_filesystems(paths, &mounts);
+        assert_eq!(listed.read_ahead.len(), 1, "{listed:?}");
+        assert_eq!(listed.to_look_at, [data]);
     }
 
     #[test]
