@@ -271,8 +271,10 @@ pub fn mounted_filesystems() -> Vec<(DeviceId, PathBuf)> {
 pub fn mounts() -> Vec<(PathBuf, DeviceId)> {
     mountinfo()
         .into_iter()
-        .filter_map(|m| Some((device_of(&m)?, m)))
-        .map(|(id, m)| (m.mount_point, id))
+        .filter_map(|m| {
+            let id = device_of(&m)?;
+            Some((m.mount_point, id))
+        })
         .collect()
 }
 

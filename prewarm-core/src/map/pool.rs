@@ -210,9 +210,8 @@ mod tests {
 
     /// The nice value of the calling thread.
     fn own_nice() -> i64 {
-        let tid = nix::unistd::gettid().as_raw();
-        let me = procfs::process::Process::myself().unwrap();
-        me.task_from_tid(tid).unwrap().stat().unwrap().nice
+        use crate::run::cpu_priority::tests::{gettid, nice};
+        nice(gettid())
     }
 
     #[test]

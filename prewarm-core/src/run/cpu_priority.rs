@@ -108,7 +108,7 @@ pub(crate) fn lower_this_thread(levels: i32) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::process::Command;
     use std::sync::{Arc, Barrier};
@@ -116,13 +116,13 @@ mod tests {
     /// Set in the child process that runs the test's body.
     const CHILD: &str = "PREWARM_TEST_CPU_PRIORITY_CHILD";
 
-    /// The nice value of thread `tid`.
-    fn nice(tid: libc::pid_t) -> i64 {
+    /// The nice value of thread `tid` (also for `map/pool.rs`'s tests).
+    pub(crate) fn nice(tid: libc::pid_t) -> i64 {
         let me = procfs::process::Process::myself().unwrap();
         me.task_from_tid(tid).unwrap().stat().unwrap().nice
     }
 
-    fn gettid() -> libc::pid_t {
+    pub(crate) fn gettid() -> libc::pid_t {
         nix::unistd::gettid().as_raw()
     }
 
