@@ -272,16 +272,24 @@ fn sixteen_parallel_cold_reads_are_capped_at_eight_fetches() {
     want.sort_unstable();
     assert_eq!(s.hydrated, Some(want));
 
-    // From the testbed's own clock: every fetch took at least the latency,
-    // the second wave of 8 started only as slots of the first freed, and
-    // the whole took about two latencies (two rounds, not one, not 16).
+    // From the testbed's own clock: every fetch held its slot for the
+    // latency and was readable no sooner, the second wave of 8 started only
+    // as slots of the first freed, and the whole took about two latencies
+    // (two rounds, not one, not 16).
     let lat_us = latency_ms * 1000;
     let mut order = s.hydration_order.expect("hydration order");
     order.sort_by_key(|e| e.start_us);
     for e in &order {
-        assert!(e.end_us - e.start_us >= lat_us, "fetch too fast: {e:?}");
+        assert!(e.slot_us() >= lat_us, "fetch too fast: {e:?}");
+        assert!(
+            e.end_us - e.start_us >= lat_us,
+            "chunk readable too soon: {e:?}"
+        );
     }
-    let mut first_wave_ends: Vec<u64> = order[..8].iter().map(|e| e.end_us).collect();
+    let mut first_wave_ends: Vec<u64> = order[..8]
+        .iter()
+        .map(|e| e.start_us + e.slot_us())
+        .collect();
     first_wave_ends.sort_unstable();
     for (k, e) in order[8..].iter().enumerate() {
         assert!(

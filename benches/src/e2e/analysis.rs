@@ -201,7 +201,8 @@ pub struct Hydration {
     /// From method start until the first fetch of a critical chunk took a
     /// slot (start-up and mapping time of the method).
     pub first_critical_fetch_ms: Option<f64>,
-    /// Mean time a fetch held its slot (configured latency + overshoot).
+    /// Mean time a fetch held its slot (the configured latency, plus any
+    /// jitter and rate-cap wait; the slots keep the volume's clock).
     pub mean_fetch_ms: Option<f64>,
     /// Fraction of the `concurrency` slots busy between method start and
     /// the critical set's completion.
@@ -240,12 +241,7 @@ pub fn analyse(stats: &Stats, critical: &[u64], start_us: f64) -> Hydration {
         .min()
         .map(|s| (s as f64 - start_us) / 1e3);
     let mean = (!events.is_empty()).then(|| {
-        events
-            .iter()
-            .map(|e| e.end_us.saturating_sub(e.start_us) as f64)
-            .sum::<f64>()
-            / events.len() as f64
-            / 1e3
+        events.iter().map(|e| e.slot_us() as f64).sum::<f64>() / events.len() as f64 / 1e3
     });
     let utilisation = ttc.filter(|t| *t > 0.0).map(|t| {
         let window_end = start_us + t * 1e3;
@@ -253,7 +249,7 @@ pub fn analyse(stats: &Stats, critical: &[u64], start_us: f64) -> Hydration {
             .iter()
             .map(|e| {
                 let s = (e.start_us as f64).max(start_us);
-                let end = (e.end_us as f64).min(window_end);
+                let end = ((e.start_us + e.slot_us()) as f64).min(window_end);
                 (end - s).max(0.0)
             })
             .sum();
@@ -361,6 +357,7 @@ mod tests {
                         chunk,
                         start_us,
                         end_us,
+                        slot_end_us: None,
                     })
                     .collect(),
             ),
