@@ -9,7 +9,8 @@
 //! default) it must hydrate every one of them, read exactly the same plan,
 //! and report the read-ahead as done. With a budget of one chunk it must
 //! stop at the budget and say so. A list naming files in 40 directories
-//! must have it read ahead too (`elsewhere/` hydrated); a list of two files
+//! must have it read ahead too (`elsewhere/` hydrated), unless its lookups
+//! are cached already (then nothing is); a list of two files
 //! must not. The same on a buffered loop device, whose
 //! read-ahead goes to its backing file. Directory blocks come from `debugfs`, not
 //! from prewarm's own reading of the filesystem.
@@ -323,6 +324,61 @@ fn ext4_walk_reads_ahead(direct_io: bool) {
         ranges(&missed)
     );
     println!("a list in {LISTED_DIRECTORIES} directories: {ra}");
+    // The same list with its lookups cached (a dry run has just mapped
+    // it, then the volume went cold under the cache): the metadata the
+    // list needs is in memory, and nothing is read ahead.
+    lazy.cold().unwrap();
+    let dry = Command::new(prewarm_bin())
+        .args(["--dry-run", "--paths"])
+        .arg(&many)
+        .output()
+        .unwrap();
+    assert!(
+        dry.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dry.stderr)
+    );
+    lazy.testbed.reset().unwrap();
+    let out = Command::new(prewarm_bin())
+        .args(["--json", "--queue-depth", DEPTH, "--paths"])
+        .arg(&many)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cached: Value = serde_json::from_slice(&out.stdout).unwrap();
+    lazy.testbed.wait_idle(Duration::from_secs(5)).unwrap();
+    let hydrated: BTreeSet<u64> = lazy
+        .testbed
+        .stats(true)
+        .unwrap()
+        .hydrated
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    assert_eq!(cached["files"], LISTED_DIRECTORIES, "{cached}");
+    let none = cached
+        .get("metadata_readahead")
+        .and_then(Value::as_array)
+        .is_none_or(Vec::is_empty);
+    assert!(
+        none,
+        "a list whose lookups are cached was read ahead: {cached}"
+    );
+    // Fetched: the files' own chunks, and nothing else.
+    let read: BTreeSet<u64> = cached["devices"][0]["chunks_read"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| r[0].as_u64().unwrap()..r[1].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        hydrated, read,
+        "chunks hydrated beside the files' own although their lookups were cached: {cached}"
+    );
     // Two files in two directories: their lookups are all there is.
     let few = list(
         "few.list",

@@ -41,7 +41,10 @@
 //! table, without a lookup): on the node fixture that moved the first data
 //! fetch of a cold run from about 30 ms to 5 ms (benches/PROFILE.md,
 //! section 2). A list of a few files starts nothing: its chains are short
-//! and would cost less than the tables read whole.
+//! and would cost less than the tables read whole. Nor does a list whose
+//! lookups are all in the kernel's cache already ([`lookups_cached`]): its
+//! metadata is in memory, and a read-ahead would fetch only what no lookup
+//! needs.
 //!
 //! It is a hint, bounded every way: a budget of bytes per filesystem
 //! (charged by the chunks its requests touch, so a volume fetches at most
@@ -319,7 +322,8 @@ impl MetadataReadahead {
     /// of is read ahead at once ([`LIST_DIRECTORIES`]), and its paths are
     /// not looked at: there is nothing left to find on it, and on a
     /// 2-CPU node a thousand `lstat`s held the mapping back by 2-4 ms once
-    /// the metadata arrived.
+    /// the metadata arrived. Unless a sample of those paths is found in the
+    /// lookup cache ([`lookups_cached`]): then there is nothing to read.
     pub fn scout(&self, paths: Vec<PathBuf>) {
         let this = self.clone();
         let spawned = std::thread::Builder::new()
@@ -327,8 +331,15 @@ impl MetadataReadahead {
             .stack_size(256 * 1024)
             .spawn(move || {
                 let listed = listed_filesystems(paths, &device::mounts());
-                for &(dev, ino) in &listed.read_ahead {
-                    this.walk_on(dev, ino);
+                for fs in &listed.read_ahead {
+                    if lookups_cached(&fs.sample) {
+                        tracing::debug!(
+                            "the listed files' lookups on {:?} are cached: its metadata is not read ahead",
+                            fs.root
+                        );
+                        continue;
+                    }
+                    this.walk_on(fs.root.0, fs.root.1);
                 }
                 let paths = listed.to_look_at;
                 let next = AtomicUsize::new(0);
@@ -607,13 +618,59 @@ impl Layout {
 /// read ahead at once, and the entries still worth an `lstat`.
 #[derive(Debug, PartialEq)]
 struct ListedFilesystems {
-    /// `(dev, ino)` of the mount point of each filesystem the entries name
-    /// files in [`LIST_DIRECTORIES`] directories of.
-    read_ahead: Vec<(u64, u64)>,
+    /// Each filesystem the entries name files in [`LIST_DIRECTORIES`]
+    /// directories of.
+    read_ahead: Vec<ListedFilesystem>,
     /// The entries on none of those filesystems, where an `lstat` may still
     /// find a directory (on those, the read-ahead has started already, and
     /// an `lstat` would only cost a lookup).
     to_look_at: Vec<PathBuf>,
+}
+
+/// A filesystem a list names files in many directories of.
+#[derive(Debug, PartialEq)]
+struct ListedFilesystem {
+    /// `(dev, ino)` of its mount point.
+    root: (u64, u64),
+    /// Up to [`CACHE_PROBES`] of the list's paths on it, spread over the
+    /// list: whether their lookups are cached says whether its metadata
+    /// still needs reading ([`lookups_cached`]).
+    sample: Vec<PathBuf>,
+}
+
+/// Paths of a listed filesystem whose lookups are tried from the cache.
+const CACHE_PROBES: usize = 32;
+
+/// Whether every one of `paths` that the kernel can answer for is found
+/// without I/O, each component in the lookup cache (`openat2` with
+/// `RESOLVE_CACHED`, Linux 5.12, which fails at once rather than read),
+/// and at least one is. Then the files' metadata is in memory already (a
+/// second run, or a walk before it): reading the filesystem's metadata
+/// ahead would fetch only what no lookup needs, in the slots the data
+/// reads want. A single lookup that would need the filesystem (a path
+/// never looked up, even one that turns out not to exist) says it is not;
+/// a kernel that cannot say, or a path already known to be gone, says
+/// nothing.
+fn lookups_cached(paths: &[PathBuf]) -> bool {
+    use nix::errno::Errno;
+    use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
+    let mut cached = 0;
+    for path in paths {
+        let how = OpenHow::new()
+            .flags(OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC)
+            .resolve(ResolveFlag::from_bits_retain(libc::RESOLVE_CACHED));
+        match openat2(libc::AT_FDCWD, path.as_path(), how) {
+            Ok(fd) => {
+                let _ = nix::unistd::close(fd);
+                cached += 1;
+            }
+            Err(Errno::EAGAIN) => return false,
+            // Gone, refused, or a kernel without RESOLVE_CACHED (EINVAL)
+            // or openat2 (ENOSYS): no answer from this one.
+            Err(_) => {}
+        }
+    }
+    cached > 0
 }
 
 /// Sorts `paths` by the deepest mount each is under (`mounts`: mount point
@@ -640,8 +697,8 @@ fn listed_filesystems(paths: Vec<PathBuf>, mounts: &[(PathBuf, DeviceId)]) -> Li
     let cwd = std::env::current_dir().ok();
     // Each directory named, with the mount it is under.
     let mut directories: HashMap<PathBuf, Option<&Path>> = HashMap::new();
-    // Each path with the mount it is under (None: a relative path with no
-    // working directory, or under no mount of a block device).
+    // Each path, absolute, with the mount it is under (None: a relative
+    // path with no working directory, or under no mount of a block device).
     let mut placed = Vec::with_capacity(paths.len());
     for path in paths {
         let absolute = match (&cwd, path.is_absolute()) {
@@ -659,29 +716,40 @@ fn listed_filesystems(paths: Vec<PathBuf>, mounts: &[(PathBuf, DeviceId)]) -> Li
             }),
             None => None,
         };
-        placed.push((path, under));
+        placed.push((path, absolute, under));
     }
     let mut counts: HashMap<&Path, usize> = HashMap::new();
     for point in directories.values().flatten() {
         *counts.entry(point).or_default() += 1;
     }
-    let mut read_ahead = Vec::new();
-    let mut covered = HashSet::new();
+    let mut roots = BTreeMap::new();
     for (point, dirs) in counts {
         if dirs < LIST_DIRECTORIES {
             continue;
         }
         if let Some(meta) = std::fs::metadata(point).ok().filter(|m| m.is_dir()) {
-            read_ahead.push((meta.dev(), meta.ino()));
-            covered.insert(point);
+            roots.insert(point, (meta.dev(), meta.ino()));
         }
     }
-    read_ahead.sort_unstable();
-    read_ahead.dedup();
+    let mut read_ahead: Vec<ListedFilesystem> = Vec::new();
+    for (&point, &root) in &roots {
+        let on_it: Vec<&PathBuf> = placed
+            .iter()
+            .filter(|(_, _, under)| *under == Some(point))
+            .filter_map(|(_, absolute, _)| absolute.as_ref())
+            .collect();
+        let every = on_it.len().div_ceil(CACHE_PROBES).max(1);
+        let sample = on_it.into_iter().step_by(every).cloned().collect();
+        // Two mounts of one filesystem (bind mounts): read it once.
+        if !read_ahead.iter().any(|f| f.root == root) {
+            read_ahead.push(ListedFilesystem { root, sample });
+        }
+    }
+    read_ahead.sort_unstable_by_key(|f| f.root);
     let to_look_at = placed
         .into_iter()
-        .filter(|(_, under)| !under.is_some_and(|point| covered.contains(point)))
-        .map(|(path, _)| path)
+        .filter(|(_, _, under)| !under.is_some_and(|point| roots.contains_key(point)))
+        .map(|(path, _, _)| path)
         .collect();
     ListedFilesystems {
         read_ahead,
@@ -908,13 +976,43 @@ mod tests {
         // too few directories to be read ahead; its paths are looked at.
         let elsewhere = spread(Path::new("/elsewhere"), 3);
         paths.extend(elsewhere.iter().cloned());
-        assert_eq!(
-            listed_filesystems(paths, &mounts),
-            ListedFilesystems {
-                read_ahead: vec![(meta.dev(), meta.ino())],
-                to_look_at: elsewhere,
-            }
-        );
+        let listed = listed_filesystems(paths.clone(), &mounts);
+        assert_eq!(listed.to_look_at, elsewhere);
+        let [fs] = &listed.read_ahead[..] else {
+            panic!("{listed:?}")
+        };
+        assert_eq!(fs.root, (meta.dev(), meta.ino()));
+        // Its cache probes: the paths on it, spread over the list.
+        assert_eq!(fs.sample, paths[..CACHE_PROBES]);
+        let more = spread(tmp.path(), 3 * CACHE_PROBES);
+        let listed = listed_filesystems(more.clone(), &mounts);
+        let sample = &listed.read_ahead[0].sample;
+        assert_eq!(sample.len(), CACHE_PROBES);
+        assert_eq!((&sample[0], &sample[1]), (&more[0], &more[3]));
+    }
+
+    #[test]
+    fn lookups_in_the_cache_say_so_and_gone_paths_say_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let paths = spread(tmp.path(), 4);
+        for p in &paths {
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, b"x").unwrap();
+            // Looked up just now: in the cache.
+            std::fs::symlink_metadata(p).unwrap();
+        }
+        assert!(lookups_cached(&paths));
+        let gone = spread(&tmp.path().join("gone"), 4);
+        // Never looked up: finding out that they are not there takes a
+        // lookup by the filesystem.
+        assert!(!lookups_cached(&gone));
+        for p in &gone {
+            assert!(std::fs::symlink_metadata(p).is_err());
+        }
+        // Known to be gone now: they say nothing, either way.
+        assert!(!lookups_cached(&gone));
+        assert!(lookups_cached(&[gone, paths].concat()));
+        assert!(!lookups_cached(&[]));
     }
 
     /// Nothing read ahead: every path is still looked at.
@@ -973,12 +1071,12 @@ mod tests {
         let relative: Vec<PathBuf> = (0..LIST_DIRECTORIES)
             .map(|i| PathBuf::from(format!("d{i}/f")))
             .collect();
-        assert_eq!(
-            listed_filesystems(relative, &mounts),
-            ListedFilesystems {
-                read_ahead: vec![(meta.dev(), meta.ino())],
-                to_look_at: vec![],
-            }
-        );
+        let listed = listed_filesystems(relative, &mounts);
+        assert!(listed.to_look_at.is_empty(), "{listed:?}");
+        let [fs] = &listed.read_ahead[..] else {
+            panic!("{listed:?}")
+        };
+        assert_eq!(fs.root, (meta.dev(), meta.ino()));
+        assert_eq!(fs.sample[0], cwd.join("d0/f"));
     }
 }
