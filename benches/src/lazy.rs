@@ -941,13 +941,13 @@ mod tests {
         assert_eq!(v.stats(false).fetches, 4);
     }
 
-    #[test]
-    fn concurrency_cap_is_respected() {
-        let (v, _, _f) = vol(32, cfg(100, 8));
-        let barrier = Arc::new(std::sync::Barrier::new(16));
-        let handles: Vec<_> = (0..16u64)
+    /// `n` readers released at once, reader `i` reading the first byte of
+    /// chunk `i`.
+    fn first_bytes_at_once(v: &Arc<LazyVolume>, n: u64) {
+        let barrier = Arc::new(std::sync::Barrier::new(n as usize));
+        let handles: Vec<_> = (0..n)
             .map(|i| {
-                let v = Arc::clone(&v);
+                let v = Arc::clone(v);
                 let barrier = Arc::clone(&barrier);
                 std::thread::spawn(move || {
                     barrier.wait();
@@ -958,6 +958,12 @@ mod tests {
         for h in handles {
             assert_eq!(h.join().expect("join").expect("read"), 1);
         }
+    }
+
+    #[test]
+    fn concurrency_cap_is_respected() {
+        let (v, _, _f) = vol(32, cfg(100, 8));
+        first_bytes_at_once(&v, 16);
         let s = v.stats(false);
         assert_eq!(s.fetches, 16);
         assert_eq!(s.peak_concurrent_fetches, 8);
@@ -971,20 +977,7 @@ mod tests {
         // volume's clock, each starting the microsecond the one before it
         // ends, however late the threads that slept through them woke.
         let (v, _, _f) = vol(8, cfg(10, 1));
-        let barrier = Arc::new(std::sync::Barrier::new(6));
-        let handles: Vec<_> = (0..6u64)
-            .map(|i| {
-                let v = Arc::clone(&v);
-                let barrier = Arc::clone(&barrier);
-                std::thread::spawn(move || {
-                    barrier.wait();
-                    v.read(i * CS, 1).map(|b| b.len())
-                })
-            })
-            .collect();
-        for h in handles {
-            assert_eq!(h.join().expect("join").expect("read"), 1);
-        }
+        first_bytes_at_once(&v, 6);
         let s = v.stats(true);
         let mut starts: Vec<u64> = s
             .hydration_order

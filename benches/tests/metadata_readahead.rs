@@ -134,6 +134,13 @@ fn xfs_chunks_of(image: &Path, dirs: &[String]) -> BTreeSet<u64> {
 /// `args`: its report, and the chunks the testbed hydrated.
 fn cold_run(lazy: &LazyStore, dir: &Path, depth: &str, args: &[&str]) -> (Value, BTreeSet<u64>) {
     lazy.cold().unwrap();
+    run_on(lazy, dir, depth, args)
+}
+
+/// Run prewarm on `dir` as the caches and the testbed stand, at `depth`
+/// reads in flight with `args`: its report, and the chunks the testbed
+/// hydrated.
+fn run_on(lazy: &LazyStore, dir: &Path, depth: &str, args: &[&str]) -> (Value, BTreeSet<u64>) {
     let out = Command::new(prewarm_bin())
         .args(["--json", "--queue-depth", depth])
         .args(args)
@@ -327,38 +334,9 @@ fn ext4_walk_reads_ahead(direct_io: bool) {
     // The same list with its lookups cached (a dry run has just mapped
     // it, then the volume went cold under the cache): the metadata the
     // list needs is in memory, and nothing is read ahead.
-    lazy.cold().unwrap();
-    let dry = Command::new(prewarm_bin())
-        .args(["--dry-run", "--paths"])
-        .arg(&many)
-        .output()
-        .unwrap();
-    assert!(
-        dry.status.success(),
-        "{}",
-        String::from_utf8_lossy(&dry.stderr)
-    );
+    cold_run(&lazy, &many, DEPTH, &["--dry-run", "--paths"]);
     lazy.testbed.reset().unwrap();
-    let out = Command::new(prewarm_bin())
-        .args(["--json", "--queue-depth", DEPTH, "--paths"])
-        .arg(&many)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let cached: Value = serde_json::from_slice(&out.stdout).unwrap();
-    lazy.testbed.wait_idle(Duration::from_secs(5)).unwrap();
-    let hydrated: BTreeSet<u64> = lazy
-        .testbed
-        .stats(true)
-        .unwrap()
-        .hydrated
-        .unwrap_or_default()
-        .into_iter()
-        .collect();
+    let (cached, hydrated) = run_on(&lazy, &many, DEPTH, &["--paths"]);
     assert_eq!(cached["files"], LISTED_DIRECTORIES, "{cached}");
     let none = cached
         .get("metadata_readahead")
