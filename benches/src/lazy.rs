@@ -383,6 +383,16 @@ struct State {
     slots: Vec<(Instant, Instant)>,
 }
 
+impl State {
+    /// Slots whose latest fetch runs at instant `t`.
+    fn busy_at(&self, t: Instant) -> usize {
+        self.slots
+            .iter()
+            .filter(|&&(from, to)| from <= t && t < to)
+            .count()
+    }
+}
+
 /// A lazily hydrated view of a backing image.
 #[derive(Debug)]
 pub struct LazyVolume {
@@ -668,13 +678,8 @@ impl LazyVolume {
         if let Some(s) = st.slots.get_mut(slot) {
             *s = (taken, done_at);
         }
-        let running = st
-            .slots
-            .iter()
-            .filter(|&&(from, to)| from <= taken && taken < to)
-            .count();
         st.inflight += 1;
-        st.peak_inflight = st.peak_inflight.max(running.max(1));
+        st.peak_inflight = st.peak_inflight.max(st.busy_at(taken).max(1));
         let counted = st.epoch == epoch;
         if counted {
             st.fetches += 1;
@@ -724,11 +729,7 @@ impl LazyVolume {
         st.chunks.iter_mut().for_each(|c| *c = ChunkState::Cold);
         let now = Instant::now();
         st.reset_at = now;
-        st.peak_inflight = st
-            .slots
-            .iter()
-            .filter(|&&(from, to)| from <= now && now < to)
-            .count();
+        st.peak_inflight = st.busy_at(now);
         st.fetches = 0;
         st.fetched_bytes = 0;
         st.hydrated = 0;

@@ -654,11 +654,11 @@ const CACHE_PROBES: usize = 32;
 fn lookups_cached(paths: &[PathBuf]) -> bool {
     use nix::errno::Errno;
     use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
+    let how = OpenHow::new()
+        .flags(OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC)
+        .resolve(ResolveFlag::from_bits_retain(libc::RESOLVE_CACHED));
     let mut cached = 0;
     for path in paths {
-        let how = OpenHow::new()
-            .flags(OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC)
-            .resolve(ResolveFlag::from_bits_retain(libc::RESOLVE_CACHED));
         match openat2(libc::AT_FDCWD, path.as_path(), how) {
             Ok(fd) => {
                 let _ = nix::unistd::close(fd);
