@@ -16,7 +16,11 @@
 //! costs as much again (2,700 `clone3`s and their stacks for one run). So
 //! the pool's threads live as long as the pool, sleep on a condition
 //! variable between calls, and a call hands them one shared queue of its
-//! items: nothing spins, nothing is started twice.
+//! items: nothing spins, nothing is started twice. Nor before it is
+//! needed: a call's shares wait in that queue, the caller takes items
+//! itself at once, and a thread of the pool starts the others while shares
+//! still wait (see [`MetadataPool::map`]); a call of cached lookups is over
+//! before most of them would run.
 //!
 //! The threads run [`MAP_NICE`] levels below the rest of the run. Once the
 //! metadata a class needs is cached (read ahead, or a warm tree), their
@@ -50,17 +54,25 @@ const STACK_SIZE: usize = 256 * 1024;
 
 type Job = Box<dyn FnOnce() + Send>;
 
-/// Jobs waiting for a thread, and whether the pool is gone.
+/// Jobs waiting for a thread, the threads, and whether the pool is gone.
 #[derive(Default)]
 struct Jobs {
-    queue: VecDeque<Job>,
+    /// Each waiting job, with the call it is a share of.
+    queue: VecDeque<(u64, Job)>,
     closed: bool,
+    /// Threads started so far.
+    started: usize,
+    /// A thread is starting others.
+    growing: bool,
+    /// The number of the next call to [`MetadataPool::map`].
+    next_call: u64,
 }
 
-#[derive(Default)]
 struct Shared {
     jobs: Mutex<Jobs>,
     ready: Condvar,
+    /// Most threads (the caller of a call is one more).
+    max_threads: usize,
 }
 
 impl Shared {
@@ -72,7 +84,7 @@ impl Shared {
                     return;
                 };
                 loop {
-                    if let Some(job) = jobs.queue.pop_front() {
+                    if let Some((_, job)) = jobs.queue.pop_front() {
                         break job;
                     }
                     if jobs.closed {
@@ -87,24 +99,67 @@ impl Shared {
             job();
         }
     }
+
+    /// Start threads, one after another, while jobs wait for one (up to
+    /// `max_threads`); then nothing is growing the pool.
+    fn grow(self: &Arc<Self>) {
+        loop {
+            let number = {
+                let Ok(mut jobs) = self.jobs.lock() else {
+                    return;
+                };
+                if jobs.closed || jobs.queue.is_empty() || jobs.started >= self.max_threads {
+                    jobs.growing = false;
+                    return;
+                }
+                jobs.started += 1;
+                jobs.started - 1
+            };
+            let shared = Arc::clone(self);
+            if spawn(number, move || shared.serve()).is_err() {
+                self.stop_growing();
+                return;
+            }
+        }
+    }
+
+    /// A thread could not be started: count it out, and let a later call
+    /// try again.
+    fn stop_growing(&self) {
+        if let Ok(mut jobs) = self.jobs.lock() {
+            jobs.started -= 1;
+            jobs.growing = false;
+        }
+    }
 }
 
-/// Threads for metadata calls, as many as the queue depth, started as
-/// calls need them.
+/// Start pool thread `number`, running `body`.
+fn spawn(number: usize, body: impl FnOnce() + Send + 'static) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name(format!("prewarm-map-{number}"))
+        .stack_size(STACK_SIZE)
+        .spawn(body)
+        .map(drop)
+}
+
+/// Threads for metadata calls, up to the queue depth, started as calls
+/// wait for them.
 pub struct MetadataPool {
     width: usize,
     shared: Arc<Shared>,
-    /// Threads started so far.
-    started: Mutex<usize>,
 }
 
 impl MetadataPool {
     /// A pool of `width` threads (clamped to 1..=[`MAX_WIDTH`]).
     pub fn new(width: usize) -> Self {
+        let width = width.clamp(1, MAX_WIDTH);
         MetadataPool {
-            width: width.clamp(1, MAX_WIDTH),
-            shared: Arc::default(),
-            started: Mutex::new(0),
+            width,
+            shared: Arc::new(Shared {
+                jobs: Mutex::default(),
+                ready: Condvar::new(),
+                max_threads: width - 1,
+            }),
         }
     }
 
@@ -113,29 +168,43 @@ impl MetadataPool {
         self.width
     }
 
-    /// Start threads until `n` run (at most `width - 1`: the caller is
-    /// one more); how many there are. Threads the system refuses leave
-    /// the work to the others (at worst the caller alone): slower, never
-    /// fatal.
-    fn threads(&self, n: usize) -> usize {
-        let Ok(mut started) = self.started.lock() else {
-            return 0;
-        };
-        while *started < n.min(self.width - 1) {
-            let shared = Arc::clone(&self.shared);
-            let spawned = std::thread::Builder::new()
-                .name(format!("prewarm-map-{started}"))
-                .stack_size(STACK_SIZE)
-                .spawn(move || {
-                    cpu_priority::lower_this_thread(MAP_NICE);
-                    shared.serve()
-                });
-            if spawned.is_err() {
-                break;
+    /// Threads started so far.
+    #[cfg(test)]
+    fn threads_started(&self) -> usize {
+        self.shared.jobs.lock().map_or(0, |j| j.started)
+    }
+
+    /// Have threads started for the jobs waiting, unless that is under way
+    /// or the pool is full. The caller starts one, which starts the others
+    /// ([`Shared::grow`]) while the caller works: starting 31 threads took
+    /// 1-3 ms on a 2-CPU node, which a call of cached `lstat`s (a few
+    /// microseconds each) would otherwise wait for before its first item,
+    /// and such a call is over before most of them would be needed. A
+    /// thread the system refuses leaves the work to the others (at worst
+    /// the caller alone): slower, never fatal.
+    fn start_growing(&self) {
+        let number = {
+            let Ok(mut jobs) = self.shared.jobs.lock() else {
+                return;
+            };
+            if jobs.growing || jobs.closed || jobs.started >= self.shared.max_threads {
+                return;
             }
-            *started += 1;
+            jobs.growing = true;
+            jobs.started += 1;
+            jobs.started - 1
+        };
+        let shared = Arc::clone(&self.shared);
+        let spawned = spawn(number, move || {
+            // Threads inherit the nice value of the thread that starts
+            // them: this one is lowered, the ones it starts are too.
+            cpu_priority::lower_this_thread(MAP_NICE);
+            shared.grow();
+            shared.serve()
+        });
+        if spawned.is_err() {
+            self.shared.stop_growing();
         }
-        *started
     }
 
     /// `f` applied to every item, `width` at a time (the caller's thread
@@ -148,8 +217,8 @@ impl MetadataPool {
         F: Fn(T) -> R + Send + Sync + 'static,
     {
         let n = items.len();
-        let helpers = self.threads(n.saturating_sub(1));
-        if helpers == 0 || n <= 1 {
+        let helpers = (self.width - 1).min(n.saturating_sub(1));
+        if helpers == 0 {
             return items.into_iter().map(f).collect();
         }
         let items = Arc::new(Mutex::new(items.into_iter().enumerate()));
@@ -165,22 +234,34 @@ impl MetadataPool {
             done
         };
         let (tx, rx) = mpsc::channel();
-        let helpers = helpers.min(n - 1);
+        let mut call = None;
         if let Ok(mut jobs) = self.shared.jobs.lock() {
+            let number = jobs.next_call;
+            jobs.next_call += 1;
+            call = Some(number);
             for _ in 0..helpers {
                 let take = take.clone();
                 let tx = tx.clone();
-                jobs.queue.push_back(Box::new(move || {
-                    let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(take));
-                    let _ = tx.send(done);
-                }));
+                jobs.queue.push_back((
+                    number,
+                    Box::new(move || {
+                        let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(take));
+                        let _ = tx.send(done);
+                    }),
+                ));
             }
         }
         drop(tx);
         self.shared.ready.notify_all();
+        self.start_growing();
         let mut results = take();
-        // Each helper's share, or its panic; the channel closes once every
-        // job ran (or was dropped with the pool).
+        // Every item is taken: the shares no thread took have nothing left
+        // to do, and are not waited for.
+        if let (Some(call), Ok(mut jobs)) = (call, self.shared.jobs.lock()) {
+            jobs.queue.retain(|(c, _)| *c != call);
+        }
+        // Each running helper's share, or its panic; the channel closes
+        // once every share ran or was dropped.
         for done in rx {
             match done {
                 Ok(done) => results.extend(done),
@@ -259,6 +340,27 @@ mod tests {
             .collect();
         assert!(again.is_subset(&first), "{again:?} not in {first:?}");
         assert!(first.len() <= 8);
+    }
+
+    #[test]
+    fn threads_start_while_shares_wait_for_them_and_no_more() {
+        // Slow items: every share waits for a thread, and gets one.
+        let pool = MetadataPool::new(8);
+        let slow = pool.map((0..64).collect::<Vec<u32>>(), |i| {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+            i
+        });
+        assert_eq!(slow, (0..64).collect::<Vec<_>>());
+        assert_eq!(pool.threads_started(), 7);
+        // However many calls come, never more than the width.
+        for _ in 0..20 {
+            pool.map((0..64).collect::<Vec<u32>>(), |i| i + 1);
+        }
+        assert_eq!(pool.threads_started(), 7);
+        // A call with a single item runs on the caller alone.
+        let pool = MetadataPool::new(8);
+        assert_eq!(pool.map(vec![5], |i| i * 2), [10]);
+        assert_eq!(pool.threads_started(), 0);
     }
 
     #[test]

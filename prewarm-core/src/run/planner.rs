@@ -58,10 +58,30 @@ fn piece_size(queue_depth: u32) -> usize {
 }
 
 /// The first piece of a class: small, so that its first data reads start
-/// after the first directories of a walk rather than after a full piece's;
-/// each next piece doubles, up to [`piece_size`].
+/// after the first directories of a walk (or the first files of a list)
+/// rather than after a full piece's; each next piece doubles, up to
+/// [`piece_size`].
 fn first_piece_size(queue_depth: u32) -> usize {
     (queue_depth as usize / 4).clamp(4, piece_size(queue_depth))
+}
+
+/// `files`, collected in one step, cut into the pieces that go to the
+/// engines one after another: `*next` files first, each next piece twice
+/// as many (`*next` follows), and once that reaches `full`, the rest in
+/// one, mapped in one call as wide as the pool. Always at least one piece
+/// (empty if `files` is).
+fn cut_pieces<T>(mut files: Vec<T>, next: &mut usize, full: usize) -> Vec<Vec<T>> {
+    let mut pieces = Vec::new();
+    loop {
+        let cut = if *next < full { *next } else { files.len() };
+        let rest = files.split_off(cut.min(files.len()));
+        *next = (*next * 2).min(full);
+        pieces.push(files);
+        if rest.is_empty() {
+            return pieces;
+        }
+        files = rest;
+    }
 }
 
 /// Builds a [`Prepared`] class by class.
@@ -169,6 +189,7 @@ impl<'c> Planner<'c> {
             // mapped), so metadata and data fetches share the volume's
             // slots. Entries are unpacked a batch at a time: a class of a
             // million list lines is never a million `SourceEntry`s at once.
+            let full_piece = piece_size(self.cfg.queue_depth);
             let mut piece_files = first_piece_size(self.cfg.queue_depth);
             let mut sweeps = self.sweeps.get(&priority).cloned().unwrap_or_default();
             let mut first = true;
@@ -181,7 +202,6 @@ impl<'c> Planner<'c> {
                 collector.push_entries(&batch);
                 loop {
                     let more = collector.walk_some(piece_files);
-                    piece_files = (piece_files * 2).min(piece_size(self.cfg.queue_depth));
                     let last = !more && batches.peek().is_none();
                     let files = collector.take_new();
                     if files.is_empty() && !first && !last {
@@ -194,12 +214,20 @@ impl<'c> Planner<'c> {
                         // bites there too.
                         self.prepared.stopped.get_or_insert(reason);
                     }
-                    let piece = ClassPiece {
-                        priority,
-                        first: std::mem::take(&mut first),
-                        last,
-                    };
-                    self.push_piece(pool, sink, files, &std::mem::take(&mut sweeps), piece);
+                    // What one step collected goes on in pieces too: a
+                    // list's batch is collected at once, and its first
+                    // reads start once a handful of its files are mapped.
+                    let mut pieces = cut_pieces(files, &mut piece_files, full_piece)
+                        .into_iter()
+                        .peekable();
+                    while let Some(files) = pieces.next() {
+                        let piece = ClassPiece {
+                            priority,
+                            first: std::mem::take(&mut first),
+                            last: last && pieces.peek().is_none(),
+                        };
+                        self.push_piece(pool, sink, files, &std::mem::take(&mut sweeps), piece);
+                    }
                     if !more {
                         break;
                     }
@@ -485,6 +513,29 @@ impl<'c> Planner<'c> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A step's files go on in doubling pieces, and the rest at once from
+    /// the full size on: every file once, in order.
+    #[test]
+    fn a_steps_files_go_on_in_doubling_pieces() {
+        let sizes = |n: usize, next: &mut usize| -> Vec<usize> {
+            let files: Vec<usize> = (0..n).collect();
+            let pieces = cut_pieces(files.clone(), next, 128);
+            assert_eq!(pieces.concat(), files);
+            pieces.iter().map(Vec::len).collect()
+        };
+        let mut next = 8;
+        assert_eq!(sizes(103, &mut next), [8, 16, 32, 47]);
+        assert_eq!(next, 128);
+        assert_eq!(sizes(1002, &mut next), [1002]);
+        let mut next = 8;
+        assert_eq!(sizes(1002, &mut next), [8, 16, 32, 64, 882]);
+        let mut next = 8;
+        assert_eq!(sizes(5, &mut next), [5]);
+        assert_eq!(next, 16);
+        assert_eq!(sizes(0, &mut next), [0]);
+        assert_eq!(next, 32);
+    }
 
     /// A device opened buffered (it refused O_DIRECT: `direct` false) is
     /// still read, every planned byte, and the report says it was read
