@@ -10,7 +10,8 @@
 //! and report the read-ahead as done. With a budget of one chunk it must
 //! stop at the budget and say so. A list naming files in 40 directories
 //! must have it read ahead too (`elsewhere/` hydrated), unless its lookups
-//! are cached already (then nothing is); a list of two files
+//! are cached already (then nothing is, and only the files' own chunks
+//! are hydrated; so for the walk after a dry run of it); a list of two files
 //! must not. The same on a buffered loop device, whose
 //! read-ahead goes to its backing file. Directory blocks come from `debugfs`, not
 //! from prewarm's own reading of the filesystem.
@@ -160,6 +161,36 @@ fn run_on(lazy: &LazyStore, dir: &Path, depth: &str, args: &[&str]) -> (Value, B
         report,
         stats.hydrated.unwrap_or_default().into_iter().collect(),
     )
+}
+
+/// Run prewarm on `target` with `args` after a dry run of the same (its
+/// lookups and walks cached) and a reset of the testbed; assert that it
+/// read nothing ahead and hydrated its files' own chunks and nothing else.
+/// Its report.
+fn cached_run(lazy: &LazyStore, target: &Path, depth: &str, args: &[&str]) -> Value {
+    // `--dry-run` first: the target comes after `args` (`--paths`).
+    cold_run(lazy, target, depth, &[&["--dry-run"], args].concat());
+    lazy.testbed.reset().unwrap();
+    let (cached, hydrated) = run_on(lazy, target, depth, args);
+    let none = cached
+        .get("metadata_readahead")
+        .and_then(Value::as_array)
+        .is_none_or(Vec::is_empty);
+    assert!(
+        none,
+        "read ahead although its metadata was cached: {cached}"
+    );
+    let read: BTreeSet<u64> = cached["devices"][0]["chunks_read"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| r[0].as_u64().unwrap()..r[1].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        hydrated, read,
+        "chunks hydrated beside the files' own although their metadata was cached: {cached}"
+    );
+    cached
 }
 
 /// The chunks of `elsewhere` a walk left cold (`hydrated`: what it
@@ -334,29 +365,11 @@ fn ext4_walk_reads_ahead(direct_io: bool) {
     // The same list with its lookups cached (a dry run has just mapped
     // it, then the volume went cold under the cache): the metadata the
     // list needs is in memory, and nothing is read ahead.
-    cold_run(&lazy, &many, DEPTH, &["--dry-run", "--paths"]);
-    lazy.testbed.reset().unwrap();
-    let (cached, hydrated) = run_on(&lazy, &many, DEPTH, &["--paths"]);
+    let cached = cached_run(&lazy, &many, DEPTH, &["--paths"]);
     assert_eq!(cached["files"], LISTED_DIRECTORIES, "{cached}");
-    let none = cached
-        .get("metadata_readahead")
-        .and_then(Value::as_array)
-        .is_none_or(Vec::is_empty);
-    assert!(
-        none,
-        "a list whose lookups are cached was read ahead: {cached}"
-    );
-    // Fetched: the files' own chunks, and nothing else.
-    let read: BTreeSet<u64> = cached["devices"][0]["chunks_read"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|r| r[0].as_u64().unwrap()..r[1].as_u64().unwrap())
-        .collect();
-    assert_eq!(
-        hydrated, read,
-        "chunks hydrated beside the files' own although their lookups were cached: {cached}"
-    );
+    // So with a walk whose tree a dry run has just walked.
+    let walked = cached_run(&lazy, &dir, DEPTH, &[]);
+    assert_eq!(walked["files"], without["files"], "{walked}");
     // Two files in two directories: their lookups are all there is.
     let few = list(
         "few.list",
