@@ -736,8 +736,8 @@ impl CacheProbe {
 
 /// The filesystems (`st_dev`) whose metadata a run looking up `paths` (and
 /// walking the directories among them) finds in memory: up to
-/// [`CACHE_PROBES`] of `paths`, spread over them, and a few entries under
-/// up to [`CACHE_PROBE_DIRECTORIES`] of the directories found, each found
+/// [`CACHE_PROBES`] of `paths`, spread over them, and a few directories
+/// under up to [`CACHE_PROBE_DIRECTORIES`] of the directories found, each found
 /// in the kernel's lookup cache. Then the files' metadata is there already
 /// (a second run, or a walk before it: one that opened those directories
 /// read their blocks and inodes too), and reading it ahead would fetch
@@ -793,8 +793,8 @@ fn listed_filesystems(paths: Vec<PathBuf>, mounts: &[(PathBuf, DeviceId)]) -> Li
     let cwd = std::env::current_dir().ok();
     // Each directory named, with the mount it is under.
     let mut directories: HashMap<PathBuf, Option<&Path>> = HashMap::new();
-    // Each path, absolute, with the mount it is under (None: a relative
-    // path with no working directory, or under no mount of a block device).
+    // Each path with the mount it is under (None: a relative path with no
+    // working directory, or under no mount of a block device).
     let mut placed = Vec::with_capacity(paths.len());
     for path in paths {
         let absolute = match (&cwd, path.is_absolute()) {
@@ -812,7 +812,7 @@ fn listed_filesystems(paths: Vec<PathBuf>, mounts: &[(PathBuf, DeviceId)]) -> Li
             }),
             None => None,
         };
-        placed.push((path, absolute, under));
+        placed.push((path, under));
     }
     let mut counts: HashMap<&Path, usize> = HashMap::new();
     for point in directories.values().flatten() {
@@ -833,8 +833,8 @@ fn listed_filesystems(paths: Vec<PathBuf>, mounts: &[(PathBuf, DeviceId)]) -> Li
     read_ahead.dedup_by_key(|root| root.0);
     let to_look_at = placed
         .into_iter()
-        .filter(|(_, _, under)| !under.is_some_and(|point| roots.contains_key(point)))
-        .map(|(path, _, _)| path)
+        .filter(|(_, under)| !under.is_some_and(|point| roots.contains_key(point)))
+        .map(|(path, _)| path)
         .collect();
     ListedFilesystems {
         read_ahead,
