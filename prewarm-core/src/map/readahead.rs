@@ -35,12 +35,14 @@
 //! starts it at the first directory it meets. A list of files has no
 //! directory to meet, but its lookups are the same chain, once per
 //! directory on the way (the directory's inode, then its block, then the
-//! next one down); where the first entries name files in at least
-//! [`LIST_DIRECTORIES`] directories of one filesystem, the scout starts it
-//! at once, at the root of the mount they are under (found in the mount
-//! table, without a lookup): on the node fixture that moved the first data
-//! fetch of a cold run from about 30 ms to 5 ms (benches/PROFILE.md,
-//! section 2). A list of a few files starts nothing: its chains are short
+//! next one down); where the lookups of the first entries go through at
+//! least [`LIST_DIRECTORIES`] directories of one filesystem, the scout
+//! starts it at once, at the root of the mount they are under (found in
+//! the mount table, without a lookup): on the node fixture that moved the
+//! first data fetch of a cold run from about 30 ms to 5 ms (benches/PROFILE.md,
+//! section 2), and on the big tree, whose list names its snapshots' trees
+//! deep under the mount, the read-ahead's start from 16 ms (the scout's
+//! `lstat`s' chains) to 1 ms (section 8). A list of a few files starts nothing: its chains are short
 //! and would cost less than the tables read whole. Nor does anything start
 //! on a filesystem whose lookups the scout finds in the kernel's cache
 //! before the run makes any ([`cached_filesystems`]: a sample of the
@@ -228,13 +230,17 @@ impl Progress {
     }
 }
 
-/// Directories (the parents of the entries the scout looks at) of one
-/// filesystem from which a list of files has that filesystem's metadata
+/// Directories of one filesystem that lookups of the entries the scout
+/// looks at go through (their parents, and every directory from there up
+/// to the mount point), from which a list has that filesystem's metadata
 /// read ahead. Each directory costs a cold lookup up to two dependent
 /// fetches (its inode's table chunk, then its block); from 32 on, that is
 /// up to 64 fetches waited for one after another in each chain, against a
 /// read-ahead that asks for the tables and directories all at once and is
-/// charged at most its budget (128 chunks by default).
+/// charged at most its budget (128 chunks by default). The directories
+/// above the parents count: a list naming a few directories deep in a
+/// tree (walks to come, such as an image's snapshots) goes through many,
+/// one dependent round after another, before it meets the first of them.
 pub const LIST_DIRECTORIES: usize = 32;
 
 /// A run's metadata read-aheads: started per filesystem the first time a
@@ -332,8 +338,8 @@ impl MetadataReadahead {
     /// classes are mapped, instead of starting it only when its class comes.
     /// The `lstat`s run as wide as the reads (each may wait for a fetch),
     /// so the first directory is met within a fetch or two. First, without
-    /// a lookup, each filesystem the paths name files in many directories
-    /// of is read ahead at once ([`LIST_DIRECTORIES`]), and its paths are
+    /// a lookup, each filesystem whose many directories the paths' lookups
+    /// go through is read ahead at once ([`LIST_DIRECTORIES`]), and its paths are
     /// not looked at: there is nothing left to find on it, and on a
     /// 2-CPU node a thousand `lstat`s held the mapping back by 2-4 ms once
     /// the metadata arrived. Before all that, and before anything looks
@@ -645,8 +651,8 @@ impl Layout {
 /// read ahead at once, and the entries still worth an `lstat`.
 #[derive(Debug, PartialEq)]
 struct ListedFilesystems {
-    /// `(dev, ino)` of the mount point of each filesystem the entries name
-    /// files in [`LIST_DIRECTORIES`] directories of.
+    /// `(dev, ino)` of the mount point of each filesystem whose
+    /// [`LIST_DIRECTORIES`] directories the entries' lookups go through.
     read_ahead: Vec<(u64, u64)>,
     /// The entries on none of those filesystems, where an `lstat` may still
     /// find a directory (on those, the read-ahead has started already, and
@@ -779,8 +785,8 @@ fn cached_filesystems(paths: &[PathBuf]) -> HashSet<u64> {
 }
 
 /// Sorts `paths` by the deepest mount each is under (`mounts`: mount point
-/// and device, from the mount table) and counts each mount's distinct
-/// parent directories (see [`ListedFilesystems`]). The mount points are
+/// and device, from the mount table) and counts the distinct directories
+/// their lookups go through on each mount (see [`LIST_DIRECTORIES`]). The mount points are
 /// stat'ed, not the paths: a mount point is in memory while it is mounted,
 /// so this waits for no fetch. The mount table is searched once per
 /// directory, not per path (a node running containers has hundreds of
@@ -823,13 +829,23 @@ fn listed_filesystems(paths: Vec<PathBuf>, mounts: &[(PathBuf, DeviceId)]) -> Li
         };
         placed.push((path, under));
     }
-    let mut counts: HashMap<&Path, usize> = HashMap::new();
-    for point in directories.values().flatten() {
-        *counts.entry(point).or_default() += 1;
+    // Each directory a lookup of the entries goes through, per mount: the
+    // parents, and every directory between them and the mount point. A
+    // parent's ancestors are inserted upwards until one is in already
+    // (those above it are, then), so each is inserted once.
+    let mut on_the_way: HashMap<&Path, HashSet<&Path>> = HashMap::new();
+    for (parent, point) in &directories {
+        let Some(point) = point else { continue };
+        let seen = on_the_way.entry(point).or_default();
+        for dir in parent.ancestors().take_while(|dir| dir != point) {
+            if !seen.insert(dir) {
+                break;
+            }
+        }
     }
     let mut roots = BTreeMap::new();
-    for (point, dirs) in counts {
-        if dirs < LIST_DIRECTORIES {
+    for (point, dirs) in on_the_way {
+        if dirs.len() < LIST_DIRECTORIES {
             continue;
         }
         if let Some(meta) = std::fs::metadata(point).ok().filter(|m| m.is_dir()) {
@@ -1172,6 +1188,30 @@ mod tests {
             assert!(probe.look_up(d).is_ok());
         }
         assert_eq!(probe.directories.len(), CACHE_PROBE_DIRECTORIES);
+    }
+
+    /// The directories above the entries' parents count too: a few entries
+    /// deep in a tree go through many directories, one lookup after
+    /// another; shared ones count once.
+    #[test]
+    fn a_list_deep_in_a_tree_reads_its_mounts_filesystem_ahead() {
+        let tmp = tempfile::tempdir().unwrap();
+        let meta = std::fs::metadata(tmp.path()).unwrap();
+        let block = [(tmp.path().to_path_buf(), dev(7, 0))];
+        let deep = |levels: usize| -> PathBuf {
+            (0..levels).fold(tmp.path().join("trunk"), |p, i| p.join(format!("l{i}")))
+        };
+        // `trunk` and `levels` directories under it, the parent of `f`.
+        let entry = |levels: usize| deep(levels).join("f");
+        let listed = listed_filesystems(vec![entry(LIST_DIRECTORIES - 1)], &block);
+        assert_eq!(listed.read_ahead, [(meta.dev(), meta.ino())]);
+        assert!(listed.to_look_at.is_empty());
+        nothing(vec![entry(LIST_DIRECTORIES - 2)], &block);
+        // Two entries on one branch: its directories count once.
+        nothing(
+            vec![entry(LIST_DIRECTORIES - 2), entry(LIST_DIRECTORIES / 2)],
+            &block,
+        );
     }
 
     /// Nothing read ahead: every path is still looked at.
