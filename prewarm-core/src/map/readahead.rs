@@ -28,27 +28,27 @@
 //! B+tree) are read back, to find the directories; `POSIX_FADV_RANDOM`
 //! keeps the kernel from reading around those reads.
 //!
-//! When to start: the collector starts it when it queues a walk, but a
-//! walk in a later class is queued only once the earlier classes are
-//! mapped and their data queued ahead of everything; so a scout also
-//! `lstat`s the first entries of every class, as wide as the reads, and
-//! starts it at the first directory it meets. A list of files has no
-//! directory to meet, but its lookups are the same chain, once per
-//! directory on the way (the directory's inode, then its block, then the
-//! next one down); where the lookups of the first entries go through at
-//! least [`LIST_DIRECTORIES`] directories of one filesystem, the scout
-//! starts it at once, at the root of the mount they are under (found in
-//! the mount table, without a lookup): on the node fixture that moved the
-//! first data fetch of a cold run from about 30 ms to 5 ms (benches/PROFILE.md,
-//! section 2), and on the big tree, whose list names its snapshots' trees
-//! deep under the mount, the read-ahead's start from 16 ms (the scout's
-//! `lstat`s' chains) to 1 ms (section 8). A list of a few files starts nothing: its chains are short
-//! and would cost less than the tables read whole. Nor does anything start
-//! on a filesystem whose lookups the scout finds in the kernel's cache
-//! before the run makes any ([`cached_filesystems`]: a sample of the
-//! entries, and of what is under the directories among them): its
-//! metadata is in memory, and a read-ahead would fetch only what no lookup
-//! or walk needs, in the fetch slots the first data reads want.
+//! When to start: the collector starts it when it queues a walk, but a walk
+//! in a later class is queued only once the earlier classes are mapped and
+//! their data queued ahead of everything; so a scout also `lstat`s the
+//! first entries of every class, as wide as the reads, and starts it at the
+//! first directory it meets. A list of files has no directory to meet, but
+//! its lookups are the same chain, once per directory on the way (the
+//! directory's inode, then its block, then the next one down); where the
+//! lookups of the first entries go through at least [`LIST_DIRECTORIES`]
+//! directories of one filesystem, the scout starts it at once, at the root
+//! of the mount they are under (found in the mount table, without a
+//! lookup): on the node fixture that moved the first data fetch of a cold
+//! run from about 30 ms to 5 ms (benches/PROFILE.md, section 2), and on the
+//! big tree, whose list names its snapshots' trees deep under the mount,
+//! the read-ahead's start from 16 ms (the scout's `lstat`s' chains) to
+//! under 1 ms (section 8). A list of a few files starts nothing: its chains
+//! are short and would cost less than the tables read whole. Nor does
+//! anything start on a filesystem whose lookups the scout finds in the
+//! kernel's cache before the run makes any ([`cached_filesystems`]: a
+//! sample of the entries, and of what is under the directories among them):
+//! its metadata is in memory, and a read-ahead would fetch only what no
+//! lookup or walk needs, in the fetch slots the first data reads want.
 //!
 //! It is a hint, bounded every way: a budget of bytes per filesystem
 //! (charged by the chunks its requests touch, so a volume fetches at most
