@@ -339,8 +339,8 @@ impl MetadataReadahead {
     /// The `lstat`s run as wide as the reads (each may wait for a fetch),
     /// so the first directory is met within a fetch or two. First, without
     /// a lookup, each filesystem whose many directories the paths' lookups
-    /// go through is read ahead at once ([`LIST_DIRECTORIES`]), and its paths are
-    /// not looked at: there is nothing left to find on it, and on a
+    /// go through is read ahead at once ([`LIST_DIRECTORIES`]), and its
+    /// paths are not looked at: there is nothing left to find on it, and on a
     /// 2-CPU node a thousand `lstat`s held the mapping back by 2-4 ms once
     /// the metadata arrived. Before all that, and before anything looks
     /// them up, a sample of the paths (and of what is under the
@@ -786,13 +786,13 @@ fn cached_filesystems(paths: &[PathBuf]) -> HashSet<u64> {
 
 /// Sorts `paths` by the deepest mount each is under (`mounts`: mount point
 /// and device, from the mount table) and counts the distinct directories
-/// their lookups go through on each mount (see [`LIST_DIRECTORIES`]). The mount points are
-/// stat'ed, not the paths: a mount point is in memory while it is mounted,
-/// so this waits for no fetch. The mount table is searched once per
-/// directory, not per path (a node running containers has hundreds of
-/// mounts). A path that reaches its file through a symlink to another
-/// filesystem is counted on the one its text is under: the read-ahead is a
-/// hint, and a wrong one costs at most its budget.
+/// their lookups go through on each mount (see [`LIST_DIRECTORIES`]). The
+/// mount points are stat'ed, not the paths: a mount point is in memory
+/// while it is mounted, so this waits for no fetch. The mount table is
+/// searched once per directory, not per path (a node running containers
+/// has hundreds of mounts). A path that reaches its file through a symlink
+/// to another filesystem is counted on the one its text is under: the
+/// read-ahead is a hint, and a wrong one costs at most its budget.
 fn listed_filesystems(paths: Vec<PathBuf>, mounts: &[(PathBuf, DeviceId)]) -> ListedFilesystems {
     use std::os::unix::fs::MetadataExt;
     // The deepest mount `path` is under, if it is a block device's.
